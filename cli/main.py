@@ -1,0 +1,117 @@
+"""``streams``: dev, serve, worker, relay, migrate, accounts create."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Sequence
+
+from core.broker import QUEUES
+from core.settings import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streams", description="Streams messaging backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="everything in one process on embedded defaults")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8080)
+
+    serve = commands.add_parser("serve", help="the ingress (dispatcher)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+
+    worker = commands.add_parser("worker", help="a worker pool for some or all queues")
+    worker.add_argument("--queues", default=",".join(QUEUES), help="comma-separated (default: all)")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--threads", type=int, default=8)
+    worker.add_argument("--metrics-port", type=int, default=None)
+
+    commands.add_parser("relay", help="the outbox sweep")
+    commands.add_parser("migrate", help="apply database migrations")
+
+    accounts = commands.add_parser("accounts", help="manage accounts")
+    account_commands = accounts.add_subparsers(dest="action", required=True)
+    create = account_commands.add_parser("create", help="create an account and print its key once")
+    create.add_argument("name")
+
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except RuntimeError as exc:  # configuration errors: say what to set, no traceback
+        print(f"streams: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "dev":
+        from cli.dev import run_dev
+
+        return run_dev(args.host, args.port)
+    settings = Settings()
+    from core.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        import uvicorn
+
+        settings.require_secret_key()
+        uvicorn.run(
+            "dispatcher.app:create_app_from_environment",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            timeout_graceful_shutdown=30,
+        )
+        return 0
+    if args.command == "worker":
+        from workers.pool import run_pool
+
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        unknown = sorted(set(queues) - set(QUEUES))
+        if unknown:
+            raise RuntimeError(
+                f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(QUEUES)}"
+            )
+        settings.require_secret_key()
+        run_pool(queues, args.processes, args.threads, args.metrics_port)
+        return 0
+    if args.command == "relay":
+        import signal
+
+        from core.runtime import build_runtime
+        from workers.relay import Relay
+
+        runtime = build_runtime(settings)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        Relay(runtime).run(stop)
+        runtime.close()
+        return 0
+    if args.command == "migrate":
+        from core.migrate import upgrade
+
+        upgrade(settings.database_url)
+        print("migrations applied")
+        return 0
+    if args.command == "accounts":
+        from core.accounts import create_account
+        from core.database import build_engine, build_session_factory
+
+        engine = build_engine(settings.database_url)
+        account_id, key = create_account(build_session_factory(engine), args.name)
+        engine.dispose()
+        print(f"account {account_id} created")
+        print(f"account key (shown once): {key}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

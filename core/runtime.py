@@ -1,0 +1,48 @@
+"""The long-lived parts one process needs, built once from settings at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import dramatiq
+import redis
+from sqlalchemy import Engine
+
+from core.broker import build_broker
+from core.clock import Clock, utcnow
+from core.credentials import SecretBox
+from core.database import SessionFactory, build_engine, build_session_factory
+from core.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    session_factory: SessionFactory
+    broker: dramatiq.Broker
+    secret_box: SecretBox
+    redis: redis.Redis | None
+    clock: Clock = field(default=utcnow)
+
+    def close(self) -> None:
+        self.broker.close()
+        self.engine.dispose()
+        if self.redis is not None:
+            self.redis.close()
+
+
+def build_runtime(
+    settings: Settings, *, broker: dramatiq.Broker | None = None, clock: Clock = utcnow
+) -> Runtime:
+    """Connect nothing yet: engines and clients connect lazily on first use."""
+    engine = build_engine(settings.database_url)
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        session_factory=build_session_factory(engine),
+        broker=broker if broker is not None else build_broker(settings),
+        secret_box=SecretBox(settings.require_secret_key()),
+        redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+        clock=clock,
+    )

@@ -1,0 +1,88 @@
+"""Configuration, read from ``STREAMS_*`` environment variables and an optional ``.env`` file.
+
+Nothing reads settings at import time: each entry point builds one ``Settings`` and passes it
+down (``create_app(settings)``, ``build_broker(settings)``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SQLITE_DEFAULT_URL = "sqlite:///.streams/dev.db"
+
+
+class SandboxSettings(BaseSettings):
+    """The simulated carrier used by demo streams, ``streams dev`` and the benchmarks."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMS_SANDBOX_", env_file=".env", extra="ignore"
+    )
+
+    latency_ms: float = Field(default=20.0, ge=0)
+    failure_rate: float = Field(default=0.0, ge=0, le=1)
+    undelivered_rate: float = Field(default=0.0, ge=0, le=1)
+    receipt_delay_seconds: float = Field(default=1.0, ge=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMS_", env_file=".env", extra="ignore")
+
+    database_url: str = SQLITE_DEFAULT_URL
+    #: Empty means dramatiq's in-process StubBroker: only for the all-in-one ``streams dev``.
+    redis_url: str | None = None
+    #: Derives the keys that encrypt stream tokens at rest. Required outside ``streams dev``.
+    secret_key: str | None = None
+    #: Peers whose ``X-Forwarded-For`` is believed (CIDRs). Everyone else is the client.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Public base URL of the ingress, shown in the Request API tab.
+    public_url: str = "http://localhost:8080"
+
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "INFO"
+
+    max_batch: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: How long an ingress process trusts its cached view of a token (invariant 3: ≤ 1 s).
+    auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
+
+    #: A message claimed for sending longer ago than this is considered abandoned and reclaimed.
+    claim_lease_seconds: float = Field(default=300.0, gt=0)
+    #: The relay leaves a fresh message to the ingress' own enqueue for this long.
+    relay_grace_seconds: float = Field(default=5.0, ge=0)
+    relay_interval_seconds: float = Field(default=1.0, gt=0)
+    relay_batch: int = Field(default=1000, ge=1)
+    #: Provider errors that may pass are retried this many times before the message fails.
+    max_send_attempts: int = Field(default=5, ge=1)
+    retry_backoff_seconds: float = Field(default=2.0, ge=0)
+
+    #: Provider for streams that are not demo streams (until real adapters are configured).
+    default_provider: str = "sandbox"
+
+    #: dramatiq Redis broker: how long without heartbeat before a worker's messages go back.
+    broker_heartbeat_timeout_ms: int = Field(default=60_000, ge=1000)
+    broker_maintenance_chance: int = Field(default=1000, ge=0, le=1_000_000)
+
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def require_secret_key(self) -> str:
+        """The configured secret key; raises ``RuntimeError`` naming the variable if unset."""
+        if not self.secret_key:
+            raise RuntimeError(
+                "STREAMS_SECRET_KEY is not set: it encrypts stream tokens at rest. "
+                "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return self.secret_key

@@ -1,0 +1,1 @@
+"""The ingress: send API, management API, provider webhooks and operations endpoints."""

@@ -1,0 +1,318 @@
+"""Accepting sends: validate each item, store the batch, then put it on the queue.
+
+The order is the heart of invariant 1: rows are committed first (a 202 means they are in
+PostgreSQL), then enqueued, then marked enqueued. If the enqueue fails the rows keep
+``enqueued_at = NULL`` and the relay sends them on later.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core import metrics
+from core.activity import ActivityTouch
+from core.database import insert_ignoring_duplicates
+from core.message_states import record_events
+from core.phones import InvalidPhoneNumber, normalize_sender, to_e164
+from core.runtime import Runtime
+from core.segments import count_segments
+from dispatcher.auth import StreamAccess
+from dispatcher.errors import describe_validation_error
+from schemas.enums import MessageStatus
+from schemas.messages import ItemError, SendItem, SendResponse, SendResult
+from schemas.tables import Message, Stream
+from workers.queueing import enqueue_delivery
+
+log = structlog.get_logger(__name__)
+
+DEMO_SENDER = "Streams"
+MAX_SCHEDULE_AHEAD = timedelta(days=90)
+
+
+@dataclass(slots=True)
+class PreparedItem:
+    index: int
+    internal_id: str | None
+    sender: str
+    recipient: str
+    body: str
+    segments: int
+    encoding: str
+    send_at: datetime | None
+    callback_url: str | None
+
+
+class ItemRejected(Exception):
+    def __init__(self, code: str, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.error = ItemError(code=code, message=message, field=field)
+
+
+def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> PreparedItem:
+    """Validate one send item and compute what we store. Raises ``ItemRejected`` naming the
+    field (as ``messages[i].field``)."""
+    prefix = f"messages[{index}]"
+    if not isinstance(raw, dict):
+        raise ItemRejected("invalid_item", f"{prefix} must be a JSON object", prefix)
+    try:
+        item = SendItem.model_validate(raw)
+    except ValidationError as exc:
+        location, message = describe_validation_error(exc.errors()[0])
+        return _raise(
+            "invalid_field", f"{prefix}.{message}", f"{prefix}.{location}" if location else prefix
+        )
+    for unsupported in ("event_key", "template", "media"):
+        if getattr(item, unsupported) is not None:
+            _raise(
+                "unsupported_content",
+                f"{prefix}.{unsupported} is not available yet; send message_content",
+                f"{prefix}.{unsupported}",
+            )
+    if item.message_content is None or not item.message_content.strip():
+        _raise(
+            "missing_content", f"{prefix}.message_content is required", f"{prefix}.message_content"
+        )
+    try:
+        recipient = to_e164(item.recipient_phone)
+    except InvalidPhoneNumber as exc:
+        _raise("invalid_phone", f"{prefix}.recipient_phone {exc}", f"{prefix}.recipient_phone")
+    sender_text = item.sender or access.default_sender or (DEMO_SENDER if access.demo else None)
+    if sender_text is None:
+        _raise(
+            "missing_sender",
+            f"{prefix}.sender is required (the stream has no default)",
+            f"{prefix}.sender",
+        )
+    try:
+        sender = normalize_sender(sender_text)
+    except ValueError as exc:
+        _raise("invalid_sender", f"{prefix}.sender: {exc}", f"{prefix}.sender")
+    send_at = item.send_at
+    if send_at is not None:
+        if send_at.tzinfo is None:
+            _raise(
+                "invalid_field",
+                f"{prefix}.send_at must include a time zone offset",
+                f"{prefix}.send_at",
+            )
+        if send_at - now > MAX_SCHEDULE_AHEAD:
+            _raise(
+                "invalid_field", f"{prefix}.send_at is more than 90 days ahead", f"{prefix}.send_at"
+            )
+        if send_at <= now:
+            send_at = None
+    body = item.message_content
+    count = count_segments(body)
+    return PreparedItem(
+        index=index,
+        internal_id=item.internal_id,
+        sender=sender,
+        recipient=recipient,
+        body=body,
+        segments=count.segments,
+        encoding=count.encoding,
+        send_at=send_at,
+        callback_url=str(item.callback_url) if item.callback_url else None,
+    )
+
+
+def _raise(code: str, message: str, field: str | None) -> Any:
+    raise ItemRejected(code, message, field)
+
+
+def accept_messages(
+    runtime: Runtime, access: StreamAccess, raw_items: list[Any], touch: ActivityTouch
+) -> SendResponse:
+    """Validate, store and enqueue a batch. Results come back in request order; a bad item is
+    rejected alone, and a repeated ``internal_id`` returns the first message."""
+    now = runtime.clock()
+    results: list[SendResult | None] = [None] * len(raw_items)
+    prepared: list[PreparedItem] = []
+    for index, raw in enumerate(raw_items):
+        try:
+            prepared.append(prepare_item(index, raw, access, now))
+        except ItemRejected as exc:
+            internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
+            results[index] = SendResult(
+                internal_id=internal_id if isinstance(internal_id, str) else None,
+                message_id=None,
+                status="rejected",
+                error=exc.error,
+            )
+            metrics.MESSAGES_REJECTED.labels(access.type.value, exc.error.code).inc()
+
+    fresh = _first_occurrences(prepared)
+    with runtime.session_factory() as session:
+        known = _existing_by_internal_id(
+            session, access.stream_id, [p.internal_id for p in prepared]
+        )
+        to_insert = [p for p in fresh if p.internal_id not in known]
+        ids = {p.index: uuid.uuid4() for p in to_insert}
+        inserted = _insert(session, access, to_insert, ids, now)
+        lost_races = [p for p in to_insert if ids[p.index] not in inserted]
+        if lost_races:
+            known.update(
+                _existing_by_internal_id(
+                    session, access.stream_id, [p.internal_id for p in lost_races]
+                )
+            )
+        if inserted and touch.due(access.stream_id):
+            session.execute(
+                update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
+            )
+        session.commit()
+
+    first_of: dict[str, SendResult] = {}
+    for p in to_insert:
+        if ids[p.index] in inserted:
+            result = SendResult(
+                internal_id=p.internal_id,
+                message_id=str(ids[p.index]),
+                status="scheduled" if p.send_at else "queued",
+                segments=p.segments,
+                encoding=p.encoding,  # type: ignore[arg-type]
+            )
+            results[p.index] = result
+            if p.internal_id is not None:
+                first_of[p.internal_id] = result
+    for p in prepared:
+        if results[p.index] is None and p.internal_id is not None:
+            original = first_of.get(p.internal_id) or known[p.internal_id]
+            results[p.index] = original.model_copy(update={"duplicate": True})
+
+    accepted_now = [p for p in to_insert if ids[p.index] in inserted]
+    for p in accepted_now:
+        metrics.MESSAGES.labels(access.type.value, "scheduled" if p.send_at else "queued").inc()
+    _enqueue(runtime, access, [ids[p.index] for p in accepted_now if p.send_at is None])
+
+    final = [r for r in results if r is not None]
+    rejected = sum(1 for r in final if r.status == "rejected")
+    return SendResponse(accepted=len(final) - rejected, rejected=rejected, results=final)
+
+
+def _first_occurrences(items: list[PreparedItem]) -> list[PreparedItem]:
+    """Items without an ``internal_id``, and the first item of each ``internal_id``."""
+    seen: set[str] = set()
+    firsts: list[PreparedItem] = []
+    for item in items:
+        if item.internal_id is None or item.internal_id not in seen:
+            firsts.append(item)
+            if item.internal_id is not None:
+                seen.add(item.internal_id)
+    return firsts
+
+
+def _existing_by_internal_id(
+    session: Session, stream_id: uuid.UUID, internal_ids: list[str | None]
+) -> dict[str, SendResult]:
+    wanted = sorted({i for i in internal_ids if i is not None})
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(
+            Message.internal_id, Message.id, Message.status, Message.segments, Message.encoding
+        ).where(Message.stream_id == stream_id, Message.internal_id.in_(wanted))
+    ).all()
+    return {
+        row.internal_id: SendResult(
+            internal_id=row.internal_id,
+            message_id=str(row.id),
+            status="scheduled" if row.status == MessageStatus.scheduled else "queued",
+            segments=row.segments,
+            encoding=row.encoding,
+        )
+        for row in rows
+    }
+
+
+def _insert(
+    session: Session,
+    access: StreamAccess,
+    items: list[PreparedItem],
+    ids: dict[int, uuid.UUID],
+    now: datetime,
+) -> set[uuid.UUID]:
+    """Insert the rows and their first history event; returns the ids really inserted (a
+    concurrent request may have taken an ``internal_id`` first)."""
+    if not items:
+        return set()
+    rows = [
+        {
+            "id": ids[p.index],
+            "account_id": access.account_id,
+            "stream_id": access.stream_id,
+            "stream_type": access.type.value,
+            "internal_id": p.internal_id,
+            "sender": p.sender,
+            "recipient": p.recipient,
+            "body": p.body,
+            "segments": p.segments,
+            "encoding": p.encoding,
+            "status": (MessageStatus.scheduled if p.send_at else MessageStatus.queued).value,
+            "callback_url": p.callback_url,
+            "send_at": p.send_at,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for p in items
+    ]
+    statement = insert_ignoring_duplicates(session, Message, ["stream_id", "internal_id"])
+    returned = session.execute(statement.returning(Message.id), rows).scalars().all()
+    inserted = set(returned)
+    by_status: dict[MessageStatus, list[uuid.UUID]] = {}
+    for p in items:
+        if ids[p.index] in inserted:
+            status = MessageStatus.scheduled if p.send_at else MessageStatus.queued
+            by_status.setdefault(status, []).append(ids[p.index])
+    for status, message_ids in by_status.items():
+        record_events(session, message_ids, status=status, at=now)
+    return inserted
+
+
+def _enqueue(runtime: Runtime, access: StreamAccess, message_ids: list[uuid.UUID]) -> None:
+    """Enqueue after commit; whatever fails stays in the outbox for the relay."""
+    if not message_ids:
+        return
+    queue = access.type.queue_name
+    done: list[uuid.UUID] = []
+    try:
+        for message_id in message_ids:
+            enqueue_delivery(runtime.broker, queue, str(message_id))
+            done.append(message_id)
+    except Exception as exc:  # the broker's connection errors vary by client version
+        missed = len(message_ids) - len(done)
+        metrics.ENQUEUE_FAILURES.labels(queue).inc(missed)
+        log.warning(
+            "enqueue_failed_left_to_relay",
+            stream_id=str(access.stream_id),
+            queue=queue,
+            missed=missed,
+            error=type(exc).__name__,
+        )
+    if done:
+        _mark_enqueued(runtime, done)
+
+
+def _mark_enqueued(runtime: Runtime, message_ids: list[uuid.UUID]) -> None:
+    try:
+        with runtime.session_factory() as session:
+            session.execute(
+                update(Message)
+                .where(Message.id.in_(message_ids), Message.enqueued_at.is_(None))
+                .values(enqueued_at=runtime.clock())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+    except Exception as exc:
+        # Already accepted and on the queue; at worst the relay enqueues them once more and
+        # the worker's claim turns the extra copy into a no-op.
+        log.warning("mark_enqueued_failed", count=len(message_ids), error=type(exc).__name__)

@@ -1,0 +1,85 @@
+"""Send API bodies and the message views."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from schemas.enums import MessageStatus
+
+MAX_CONTENT_LENGTH = 1_600  # ten concatenated GSM-7 segments and then some
+
+
+class SendItem(BaseModel):
+    """One message of a send request. Validated item by item, so that one bad item is
+    rejected alone (invariant 7)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    internal_id: str | None = Field(default=None, min_length=1, max_length=128)
+    sender: str | None = Field(default=None, max_length=32)
+    recipient_phone: str = Field(max_length=64)
+    message_content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
+    send_at: datetime | None = None
+    callback_url: AnyHttpUrl | None = None
+    event_key: str | None = Field(default=None, max_length=64)
+    variables: dict[str, Any] | None = None
+    template: dict[str, Any] | None = None
+    media: dict[str, Any] | None = None
+
+
+class SendRequest(BaseModel):
+    """The envelope only; items are checked one by one by the ingress."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class SendResult(BaseModel):
+    internal_id: str | None
+    message_id: str | None
+    status: Literal["queued", "scheduled", "rejected"]
+    segments: int | None = None
+    encoding: Literal["GSM-7", "UCS-2"] | None = None
+    duplicate: bool | None = None
+    error: ItemError | None = None
+
+
+class SendResponse(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[SendResult]
+
+
+class StatusEventOut(BaseModel):
+    status: MessageStatus
+    at: datetime
+    detail: str | None = None
+
+
+class MessageOut(BaseModel):
+    message_id: str
+    stream_id: str
+    internal_id: str | None
+    sender: str | None
+    recipient_phone: str
+    message_content: str
+    segments: int
+    encoding: str
+    status: MessageStatus
+    error: ItemError | None = None
+    send_at: datetime | None
+    provider: str | None
+    provider_message_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    history: list[StatusEventOut]

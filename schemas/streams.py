@@ -1,0 +1,179 @@
+"""Stream bodies: create, patch, settings, and what the API returns."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from schemas.enums import StreamStatus, StreamType
+
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuietHours(Strict):
+    """The window in which marketing messages may go out, in the recipient's local time."""
+
+    start: str = "09:00"
+    end: str = "20:00"
+    timezone: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not _CLOCK.match(value):
+            raise ValueError("must be a 24-hour time HH:MM")
+        return value
+
+
+OTP_ONLY_SETTINGS = (
+    "code_mode",
+    "code_length",
+    "alphabet",
+    "ttl_seconds",
+    "max_failures",
+    "resend_cooldown_seconds",
+    "template",
+)
+CALLBACK_SETTINGS = ("callback_url", "callback_method", "callback_headers")
+OTP_DEFAULTS: dict[str, Any] = {
+    "code_mode": "generate",
+    "code_length": 5,
+    "alphabet": "digits",
+    "ttl_seconds": 300,
+    "max_failures": 3,
+    "resend_cooldown_seconds": 30,
+    "template": "Your code is {code}",
+}
+
+
+class StreamSettings(Strict):
+    """Limits for every type, OTP code rules for OTP streams, callbacks for two-way and
+    WhatsApp streams. ``None`` means "not set"."""
+
+    max_per_second: int | None = Field(default=None, ge=1, le=100_000)
+    max_per_recipient_per_hour: int | None = Field(default=None, ge=1, le=100_000)
+    max_per_day: int | None = Field(default=None, ge=1, le=100_000_000)
+    quiet_hours: QuietHours | None = None
+
+    code_mode: Literal["generate", "customer_code", "full_text"] | None = None
+    code_length: int | None = Field(default=None, ge=4, le=10)
+    alphabet: Literal["digits", "alphanumeric"] | None = None
+    ttl_seconds: int | None = Field(default=None, ge=30, le=86_400)
+    max_failures: int | None = Field(default=None, ge=1, le=20)
+    resend_cooldown_seconds: int | None = Field(default=None, ge=0, le=3_600)
+    template: str | None = Field(default=None, min_length=1, max_length=1_000)
+
+    callback_url: AnyHttpUrl | None = None
+    callback_method: Literal["GET", "POST"] | None = None
+    callback_headers: dict[str, str] | None = None
+
+    @field_validator("template")
+    @classmethod
+    def _has_code(cls, value: str | None) -> str | None:
+        if value is not None and "{code}" not in value:
+            raise ValueError("must contain the {code} placeholder")
+        return value
+
+    @field_validator("callback_headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if len(value) > 20:
+            raise ValueError("at most 20 headers")
+        for key, header_value in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", key):
+                raise ValueError(f"header name {key!r} is not a valid HTTP header name")
+            if len(header_value) > 1024 or any(c in header_value for c in "\r\n\0"):
+                raise ValueError(f"header {key!r} has an invalid value")
+        return value
+
+
+class StreamCreate(Strict):
+    name: Name
+    type: StreamType
+    description: str | None = Field(default=None, max_length=2_000)
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    allowed_ips: list[str] = Field(default_factory=list, max_length=100)
+    default_sender: str | None = None
+    demo: bool = False
+    settings: StreamSettings = Field(default_factory=StreamSettings)
+
+
+class StreamPatch(Strict):
+    """Every field optional; only those given change. ``settings`` keys merge into the
+    current settings (a key set to null is cleared)."""
+
+    name: Name | None = None
+    description: str | None = Field(default=None, max_length=2_000)
+    tags: list[Tag] | None = Field(default=None, max_length=20)
+    allowed_ips: list[str] | None = Field(default=None, max_length=100)
+    default_sender: str | None = None
+    demo: bool | None = None
+    settings: StreamSettings | None = None
+
+    @model_validator(mode="after")
+    def _name_not_null(self) -> StreamPatch:
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null")
+        return self
+
+
+class StreamOut(BaseModel):
+    id: str
+    name: str
+    type: StreamType
+    status: StreamStatus
+    description: str | None
+    tags: list[str]
+    allowed_ips: list[str]
+    default_sender: str | None
+    demo: bool
+    settings: dict[str, Any]
+    restricted_reason: str | None = None
+    #: What still keeps a draft stream from sending (empty when ready).
+    missing_steps: list[str]
+    last_activity_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StreamPage(BaseModel):
+    items: list[StreamOut]
+    total: int
+    page: int
+    per_page: int
+
+
+class TokenOut(BaseModel):
+    token: str
+
+
+class TokenReset(Strict):
+    grace_seconds: int = Field(default=0, ge=0, le=86_400)
+
+
+class RestrictBody(Strict):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TestSend(Strict):
+    recipient_phone: str
+    message_content: str | None = Field(default=None, max_length=1_600)

@@ -1,0 +1,1 @@
+"""Provider adapters behind one small protocol (``workers.providers.base.Provider``)."""

@@ -1,0 +1,56 @@
+"""The contract every provider adapter keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    #: Our message id. Adapters pass it to the carrier as the idempotency key / client
+    #: reference, so a send repeated after a crash is recognised, not sent twice.
+    reference: str
+    sender: str | None
+    recipient: str
+    body: str
+    segments: int
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivery receipt the provider will report ``after_seconds`` from now."""
+
+    status: Literal["delivered", "undelivered"]
+    after_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    provider_message_id: str
+    receipt: Receipt | None = None
+
+
+class ProviderError(Exception):
+    """The provider did not take the message.
+
+    ``transient`` errors (timeouts, 5xx, throttling) may succeed later; others never will.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, transient: bool, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+class Provider(Protocol):
+    name: str
+
+    def send(self, message: OutboundMessage) -> Accepted:
+        """Hand one message to the carrier. Raises ``ProviderError``."""
+        ...

@@ -1,0 +1,84 @@
+"""The sandbox: a simulated carrier ("Demo Sending"), also what the benchmarks drive.
+
+It waits ``latency_ms``, refuses ``failure_rate`` of messages, and reports each accepted one
+``delivered`` (or ``undelivered`` at ``undelivered_rate``) after ``receipt_delay_seconds``.
+Like a carrier with idempotency keys, it accepts each reference once: a repeat returns the
+first answer. Its ledger lives in Redis when there is one, so every worker process shares it
+and tests can count real submissions.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from threading import Lock
+
+import redis
+
+from core.settings import SandboxSettings
+from workers.providers.base import Accepted, OutboundMessage, ProviderError, Receipt
+
+LEDGER_PREFIX = "streams:sandbox:ref:"
+SUBMISSIONS_KEY = "streams:sandbox:submissions"
+REPEATS_KEY = "streams:sandbox:repeats"
+_LEDGER_TTL_SECONDS = 7 * 24 * 3600
+
+
+class SandboxProvider:
+    name = "sandbox"
+
+    def __init__(
+        self,
+        settings: SandboxSettings,
+        redis_client: redis.Redis | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis_client
+        self._random = random.Random(seed)
+        self._memory: dict[str, str] = {}
+        self._counts = {"submissions": 0, "repeats": 0}
+        self._lock = Lock()
+
+    def send(self, message: OutboundMessage) -> Accepted:
+        if self._settings.latency_ms:
+            time.sleep(self._settings.latency_ms / 1000)
+        if self._random.random() < self._settings.failure_rate:
+            raise ProviderError(
+                "sandbox_refused", "The sandbox carrier refused the message.", transient=False
+            )
+        provider_id = "sbx_" + uuid.uuid4().hex
+        first_id = self._record(message.reference, provider_id)
+        undelivered = self._random.random() < self._settings.undelivered_rate
+        receipt = Receipt(
+            status="undelivered" if undelivered else "delivered",
+            after_seconds=self._settings.receipt_delay_seconds,
+        )
+        return Accepted(
+            provider_message_id=first_id, receipt=receipt if first_id == provider_id else None
+        )
+
+    def _record(self, reference: str, provider_id: str) -> str:
+        """Remember ``reference``; returns the provider id of its first submission."""
+        if self._redis is not None:
+            key = LEDGER_PREFIX + reference
+            if self._redis.set(key, provider_id, nx=True, ex=_LEDGER_TTL_SECONDS):
+                self._redis.incr(SUBMISSIONS_KEY)
+                return provider_id
+            self._redis.incr(REPEATS_KEY)
+            existing = self._redis.get(key)
+            return existing.decode() if existing else provider_id
+        with self._lock:
+            if reference in self._memory:
+                self._counts["repeats"] += 1
+                return self._memory[reference]
+            self._memory[reference] = provider_id
+            self._counts["submissions"] += 1
+            return provider_id
+
+    def submissions(self) -> int:
+        """How many distinct messages reached the carrier."""
+        if self._redis is not None:
+            return int(self._redis.get(SUBMISSIONS_KEY) or 0)
+        return self._counts["submissions"]
