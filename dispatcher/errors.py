@@ -99,8 +99,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        if first.get("type") in ("json_invalid", "model_attributes_type"):
+        if first.get("type") == "json_invalid":
             return error_response(422, "invalid_json", "The body is not valid JSON.")
+        if first.get("type") == "model_attributes_type":
+            return error_response(422, "invalid_field", "The body must be a JSON object.")
         location, message = describe_validation_error(first)
         return error_response(422, "invalid_field", message, location or None)
 

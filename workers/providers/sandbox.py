@@ -55,9 +55,9 @@ class SandboxProvider:
             status="undelivered" if undelivered else "delivered",
             after_seconds=self._settings.receipt_delay_seconds,
         )
-        return Accepted(
-            provider_message_id=first_id, receipt=receipt if first_id == provider_id else None
-        )
+        # A repeat is answered like the first submission, receipt included: the worker that
+        # made the first one died before it could pass the receipt on.
+        return Accepted(provider_message_id=first_id, receipt=receipt)
 
     def _record(self, reference: str, provider_id: str) -> str:
         """Remember ``reference``; returns the provider id of its first submission."""

@@ -1,0 +1,99 @@
+"""End to end with real processes: ``streams serve`` → Redis → ``streams worker`` → sandbox
+→ ``delivered``; and a paused stream's queued messages wait, then go."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import auth, message
+from tests.processes import ingress, wait_until, worker_pool
+from workers.pool import start_worker
+from workers.relay import Relay
+
+pytestmark = pytest.mark.slow
+
+
+def test_send_through_real_ingress_and_worker_processes(settings, runtime, account_key, tmp_path):
+    with (
+        ingress(settings, tmp_path / "ingress.log") as base,
+        worker_pool(settings, tmp_path / "worker.log", queues="otp,transactional"),
+    ):
+        created = httpx.post(
+            base + "/api/v1/streams",
+            json={
+                "name": "Shipping",
+                "type": "transactional",
+                "default_sender": "Acme",
+                "tags": ["eu"],
+            },
+            headers=auth(account_key),
+        ).json()
+        assert created["status"] == "ready"
+        token = httpx.get(
+            f"{base}/api/v1/streams/{created['id']}/token", headers=auth(account_key)
+        ).json()["token"]
+        accepted = httpx.post(
+            base + "/v1/messages",
+            json={"messages": [message(internal_id=f"e2e-{i}") for i in range(5)]},
+            headers=auth(token),
+        )
+        assert accepted.status_code == 202
+        ids = [r["message_id"] for r in accepted.json()["results"]]
+
+        def all_delivered() -> bool:
+            return all(
+                httpx.get(f"{base}/v1/messages/{i}", headers=auth(token)).json()["status"]
+                == "delivered"
+                for i in ids
+            )
+
+        assert wait_until(all_delivered, timeout=30, interval=0.2)
+        history = httpx.get(f"{base}/api/v1/messages/{ids[0]}", headers=auth(account_key)).json()[
+            "history"
+        ]
+        assert [h["status"] for h in history] == ["queued", "sending", "sent", "delivered"]
+        listed = httpx.get(
+            base + "/api/v1/streams", params={"status": "sending"}, headers=auth(account_key)
+        )
+        assert [s["id"] for s in listed.json()["items"]] == [created["id"]]
+        metrics = httpx.get(base + "/metrics").text
+        assert 'streams_messages_total{status="queued",type="transactional"} 5.0' in metrics
+
+
+def test_disabled_stream_holds_queued_messages_until_enabled(
+    client, runtime, make_stream, account_key
+):
+    stream = make_stream()
+    ids = [
+        r["message_id"]
+        for r in client.post(
+            "/v1/messages",
+            json={"messages": [message() for _ in range(3)]},
+            headers=auth(stream["token"]),
+        ).json()["results"]
+    ]
+    client.post(f"/api/v1/streams/{stream['id']}/disable", headers=auth(account_key))
+    worker = start_worker(runtime, ["transactional"], threads=2)
+    try:
+
+        def statuses() -> list[str]:
+            return [
+                client.get(f"/api/v1/messages/{i}", headers=auth(account_key)).json()["status"]
+                for i in ids
+            ]
+
+        assert wait_until(lambda: runtime.redis.llen("dramatiq:transactional") == 0, timeout=10)
+        relay = Relay(runtime)
+        relay.sweep()
+        assert statuses() == ["queued"] * 3, "a paused stream's messages wait; none is dropped"
+
+        client.post(f"/api/v1/streams/{stream['id']}/enable", headers=auth(account_key))
+
+        def delivered() -> bool:
+            relay.sweep()
+            return statuses() == ["delivered"] * 3
+
+        assert wait_until(delivered, timeout=20, interval=0.2)
+    finally:
+        worker.stop(timeout=5_000)
