@@ -195,6 +195,14 @@ def accept_messages(
 
     final = [r for r in results if r is not None]
     rejected = sum(1 for r in final if r.status == "rejected")
+    log.info(
+        "messages_accepted",
+        stream_id=str(access.stream_id),
+        stream_type=access.type.value,
+        accepted=len(final) - rejected,
+        rejected=rejected,
+        stored=len(accepted_now),
+    )
     return SendResponse(accepted=len(final) - rejected, rejected=rejected, results=final)
 
 

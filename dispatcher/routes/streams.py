@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from sqlalchemy import and_, exists, func, not_, or_, select
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ from schemas.streams import (
 from schemas.tables import Message, Stream, StreamTag
 
 router = APIRouter(prefix="/api/v1/streams", tags=["streams"])
+log = structlog.get_logger(__name__)
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 422)}
 Account = Annotated[uuid.UUID, Depends(require_account)]
 
@@ -218,7 +220,10 @@ def create_stream(body: StreamCreate, request: Request, account_id: Account) -> 
     with runtime.session_factory() as session:
         session.add(stream)
         session.commit()
-        return stream_view(stream, in_flight=False, now=now)
+    log.info(
+        "stream_created", stream_id=str(stream.id), stream_type=stream.type, status=stream.status
+    )
+    return stream_view(stream, in_flight=False, now=now)
 
 
 def _status_condition(status: StreamStatus, now: datetime):  # type: ignore[no-untyped-def]
@@ -330,6 +335,7 @@ def delete_stream(stream_id: str, request: Request, account_id: Account) -> Resp
         stream.tags = []
         session.commit()
         _forget(request, stream.id)
+    log.info("stream_deleted", stream_id=stream_id)
     return Response(status_code=204)
 
 
@@ -367,6 +373,7 @@ def reset_token(
         stream.updated_at = now
         session.commit()
         _forget(request, stream.id)
+    log.info("stream_token_reset", stream_id=stream_id, grace_seconds=grace)
     return TokenOut(token=token)
 
 
@@ -381,6 +388,7 @@ def _set_hold(request: Request, account_id: uuid.UUID, stream_id: str, **changes
         _refresh_status(stream)
         session.commit()
         _forget(request, stream.id)
+        log.info("stream_hold_changed", stream_id=stream_id, status=stream.status)
         return _one_view(session, stream, now)
 
 
