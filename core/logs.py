@@ -16,17 +16,18 @@ import structlog
 
 REDACTED = "[redacted]"
 _SENSITIVE_KEYS = re.compile(
-    r"^(code|otp|otp_code|pin)$|token|secret|password|passwd|authorization|api_?key|"
-    r"account_key|credential",
+    r"^(code|otp|pin|passcode)$|(otp|verification|one_time)_code|token|secret|password|passwd|"
+    r"authorization|api[_-]?key|account[_-]?key|credential",
     re.IGNORECASE,
 )
-_SECRET_SHAPES = re.compile(r"\b(st|sk|whsec)_[A-Za-z0-9_\-]{16,}")
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s,\"']+")
+#: Our keys and tokens: a prefix and 43 url-safe characters, wherever they stand.
+_SECRET_SHAPES = re.compile(r"(st|sk|whsec)_[A-Za-z0-9_\-]{40,}")
+_AUTH_SCHEME = re.compile(r"(?i)\b((?:bearer|basic)\s+)[^\s,\"']+")
 
 
 def scrub(text: str) -> str:
     """Mask every key- or token-shaped substring of ``text``."""
-    return _BEARER.sub(r"\1" + REDACTED, _SECRET_SHAPES.sub(REDACTED, text))
+    return _AUTH_SCHEME.sub(r"\1" + REDACTED, _SECRET_SHAPES.sub(REDACTED, text))
 
 
 def _redact(value: Any) -> Any:
@@ -37,9 +38,12 @@ def _redact(value: Any) -> Any:
             key: REDACTED if _SENSITIVE_KEYS.search(str(key)) else _redact(inner)
             for key, inner in value.items()
         }
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_redact(inner) for inner in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else is rendered as text anyway (exceptions, objects): scrub that text.
+    return scrub(repr(value) if isinstance(value, BaseException) else str(value))
 
 
 def redact_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:

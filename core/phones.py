@@ -3,9 +3,15 @@ port), because hand-written regexes accept numbers no carrier will route."""
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 
 MAX_INPUT_LENGTH = 32
+#: Digits and the separators people type. Letters are refused: libphonenumber would map
+#: them to keypad digits ("+1-800-FLOWERS") or drop them as an extension, turning a typo
+#: into somebody else's number.
+_DIALLABLE = re.compile(r"\+[0-9][0-9 ().\-]*")
 
 
 class InvalidPhoneNumber(ValueError):
@@ -24,8 +30,10 @@ def to_e164(text: str) -> str:
         raise InvalidPhoneNumber(
             "must be in international format, starting with + and the country code"
         )
-    if not candidate.isascii():
-        raise InvalidPhoneNumber("must contain only ASCII digits after the +")
+    if not _DIALLABLE.fullmatch(candidate):
+        raise InvalidPhoneNumber(
+            "may contain only digits, spaces, dashes, dots and brackets after the +"
+        )
     try:
         number = phonenumbers.parse(candidate, None)
     except phonenumbers.NumberParseException as exc:

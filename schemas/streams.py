@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AnyHttpUrl,
@@ -20,7 +21,7 @@ from schemas.enums import StreamStatus, StreamType
 
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_CLOCK = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 
 
 class Strict(BaseModel):
@@ -37,8 +38,19 @@ class QuietHours(Strict):
     @field_validator("start", "end")
     @classmethod
     def _clock(cls, value: str) -> str:
-        if not _CLOCK.match(value):
+        if not _CLOCK.fullmatch(value):
             raise ValueError("must be a 24-hour time HH:MM")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)") from None
         return value
 
 
@@ -101,7 +113,9 @@ class StreamSettings(Strict):
         for key, header_value in value.items():
             if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", key):
                 raise ValueError(f"header name {key!r} is not a valid HTTP header name")
-            if len(header_value) > 1024 or any(c in header_value for c in "\r\n\0"):
+            if len(header_value) > 1024 or any(
+                (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in header_value
+            ):
                 raise ValueError(f"header {key!r} has an invalid value")
         return value
 
