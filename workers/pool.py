@@ -55,18 +55,25 @@ def run_worker_process(queues: Sequence[str], threads: int) -> None:
     log.info("worker_stopped", pid=os.getpid())
 
 
+def _serve_metrics(port: int, *, multiprocess: bool) -> None:
+    """Expose this pool's metrics. With several processes, prometheus-client's multiprocess
+    mode aggregates their files; the directory must be set before the children start."""
+    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+    from prometheus_client import multiprocess as prometheus_multiprocess
+
+    if not multiprocess:
+        start_http_server(port, registry=REGISTRY)
+        return
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="streams-metrics-"))
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+
+
 def run_pool(queues: Sequence[str], processes: int, threads: int, metrics_port: int | None) -> None:
     """``processes`` worker processes for ``queues``; metrics of all of them on one port."""
     if metrics_port is not None:
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="streams-metrics-")
-        )
-        from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client import multiprocess as prometheus_multiprocess
-
-        registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry)
-        start_http_server(metrics_port, registry=registry)
+        _serve_metrics(metrics_port, multiprocess=processes > 1)
     if processes == 1:
         run_worker_process(queues, threads)
         return

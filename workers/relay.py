@@ -6,7 +6,7 @@ Each sweep:
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
   died between commit and enqueue), once the ingress' own grace period has passed.
 
-Messages of paused streams stay put until the stream accepts sends again. Rows are locked
+Messages of paused or draft streams stay put until the stream accepts sends again. Rows are locked
 with ``FOR UPDATE SKIP LOCKED`` so several relays can run side by side.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from core import metrics
 from core.message_states import record_events
@@ -117,8 +117,8 @@ class Relay:
                     Message.status == MessageStatus.queued.value,
                     Message.enqueued_at.is_(None),
                     Message.updated_at < cutoff,
-                    Stream.status == StreamStatus.ready.value,
-                    Stream.deleted_at.is_(None),
+                    # Deleted streams' messages go too: the worker fails them with a reason.
+                    or_(Stream.status == StreamStatus.ready.value, Stream.deleted_at.is_not(None)),
                 )
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(of=Message, skip_locked=True)

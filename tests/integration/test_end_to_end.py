@@ -97,3 +97,37 @@ def test_disabled_stream_holds_queued_messages_until_enabled(
         assert wait_until(delivered, timeout=20, interval=0.2)
     finally:
         worker.stop(timeout=5_000)
+
+
+def test_deleted_streams_unsent_messages_fail_with_a_reason(
+    client, runtime, make_stream, account_key
+):
+    """Deleting a stream stops its token; what it had accepted but not sent is failed with
+    ``stream_deleted`` rather than left queued forever, and stays readable."""
+    from sqlalchemy import update
+
+    from schemas.tables import Message
+
+    stream = make_stream()
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    with runtime.session_factory() as session:  # as if Redis had been down at enqueue time
+        session.execute(update(Message).values(enqueued_at=None))
+        session.commit()
+    runtime.redis.flushdb()
+    assert (
+        client.delete(f"/api/v1/streams/{stream['id']}", headers=auth(account_key)).status_code
+        == 204
+    )
+    assert Relay(runtime).sweep().relayed == 1
+    worker = start_worker(runtime, ["transactional"], threads=1)
+    try:
+
+        def failed() -> bool:
+            body = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+            return body["status"] == "failed" and body["error"]["code"] == "stream_deleted"
+
+        assert wait_until(failed, timeout=10)
+    finally:
+        worker.stop(timeout=5_000)
