@@ -14,7 +14,6 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
-    model_validator,
 )
 
 from schemas.enums import StreamStatus, StreamType
@@ -143,11 +142,13 @@ class StreamPatch(Strict):
     demo: bool | None = None
     settings: StreamSettings | None = None
 
-    @model_validator(mode="after")
-    def _name_not_null(self) -> StreamPatch:
-        if "name" in self.model_fields_set and self.name is None:
-            raise ValueError("name cannot be null")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _name_not_null(cls, value: str | None) -> str:
+        # Runs only when a name is given: leaving it out keeps the current one.
+        if value is None:
+            raise ValueError("cannot be null")
+        return value
 
 
 class StreamOut(BaseModel):

@@ -72,33 +72,32 @@ def checked_sender(value: str | None) -> str | None:
         ) from None
 
 
-def checked_settings(stream_type: StreamType, settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings valid for this type, with the type's defaults filled in (JSON-ready)."""
+#: Settings that only some stream types take; the rest apply to every type.
+_SETTING_TYPES: dict[str, tuple[StreamType, ...]] = {
+    **{key: (StreamType.otp,) for key in OTP_ONLY_SETTINGS},
+    **{key: (StreamType.two_way, StreamType.whatsapp) for key in CALLBACK_SETTINGS},
+    "quiet_hours": (StreamType.marketing,),
+}
+
+
+def checked_settings(
+    stream_type: StreamType, settings: dict[str, Any], prefix: str = "settings."
+) -> dict[str, Any]:
+    """Settings valid for this type, with the type's defaults filled in (JSON-ready).
+
+    ``prefix`` is how the settings object is reached in the request body, so errors name
+    the field as the caller wrote it (``settings.template`` on create, ``template`` on PUT).
+    """
     given = {k: v for k, v in settings.items() if v is not None}
     for key in given:
-        if key in OTP_ONLY_SETTINGS and stream_type is not StreamType.otp:
+        types = _SETTING_TYPES.get(key)
+        if types is not None and stream_type not in types:
+            names = " and ".join(t.value for t in types)
             raise ApiError(
                 422,
                 "setting_not_applicable",
-                f"settings.{key} applies to otp streams only",
-                field=f"settings.{key}",
-            )
-        if key in CALLBACK_SETTINGS and stream_type not in (
-            StreamType.two_way,
-            StreamType.whatsapp,
-        ):
-            raise ApiError(
-                422,
-                "setting_not_applicable",
-                f"settings.{key} applies to two_way and whatsapp streams only",
-                field=f"settings.{key}",
-            )
-        if key == "quiet_hours" and stream_type is not StreamType.marketing:
-            raise ApiError(
-                422,
-                "setting_not_applicable",
-                "settings.quiet_hours applies to marketing streams only",
-                field="settings.quiet_hours",
+                f"{prefix}{key} applies to {names} streams only",
+                field=f"{prefix}{key}",
             )
     if stream_type is StreamType.otp:
         given = {**OTP_DEFAULTS, **given}
@@ -227,8 +226,11 @@ def create_stream(body: StreamCreate, request: Request, account_id: Account) -> 
 
 
 def _status_condition(status: StreamStatus, now: datetime):  # type: ignore[no-untyped-def]
+    # Spelled so that a NULL last_activity_at is false, not unknown (NOT NULL is NULL).
     active = or_(
-        Stream.last_activity_at >= now - ACTIVITY_WINDOW,
+        and_(
+            Stream.last_activity_at.is_not(None), Stream.last_activity_at >= now - ACTIVITY_WINDOW
+        ),
         exists().where(
             Message.stream_id == Stream.id,
             Message.status.in_([s.value for s in IN_FLIGHT_MESSAGE_STATUSES]),
@@ -430,7 +432,7 @@ def put_settings(
     with runtime.session_factory() as session:
         stream = _owned(session, account_id, stream_id)
         stream.settings = checked_settings(
-            StreamType(stream.type), body.model_dump(exclude_none=True)
+            StreamType(stream.type), body.model_dump(exclude_none=True), prefix=""
         )
         stream.updated_at = runtime.clock()
         _refresh_status(stream)
