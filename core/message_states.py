@@ -1,17 +1,20 @@
 """Message status changes. Each change is a conditional update plus a history row, so two
-processes racing on one message cannot both move it (invariant 2)."""
+processes racing on one message cannot both move it (invariant 2). Every change is also
+queued on the session and published by ``core.status_feed`` once committed."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.orm import Session
 
+from core.status_feed import pending_changes
 from schemas.enums import MessageStatus
+from schemas.events import StatusChange
 from schemas.tables import Message, MessageEvent
 
 
@@ -24,36 +27,45 @@ def transition(
     at: datetime,
     detail: str | None = None,
     values: dict[str, Any] | None = None,
-) -> bool:
+) -> StatusChange | None:
     """Move a message to ``to`` if its status is one of ``allowed_from``.
 
-    Returns False (and changes nothing) when another process moved it first. The caller
-    commits.
+    Returns the change, or None (changing nothing) when another process moved it first.
+    The caller commits.
     """
     statement = (
         update(Message)
         .where(Message.id == message_id, Message.status.in_([s.value for s in allowed_from]))
         .values(status=to.value, updated_at=at, **(values or {}))
+        .returning(Message.stream_id, Message.account_id, Message.stream_type, Message.segments)
         .execution_options(synchronize_session=False)
     )
-    if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
-        return False
-    record_events(session, [message_id], status=to, at=at, detail=detail)
-    return True
+    row = session.execute(statement).first()
+    if row is None:
+        return None
+    change = StatusChange(
+        message_id=message_id,
+        stream_id=row.stream_id,
+        account_id=row.account_id,
+        stream_type=row.stream_type,
+        status=to,
+        at=at,
+        segments=row.segments,
+        detail=detail,
+    )
+    record_changes(session, [change])
+    return change
 
 
-def record_events(
-    session: Session,
-    message_ids: Iterable[uuid.UUID],
-    *,
-    status: MessageStatus,
-    at: datetime,
-    detail: str | None = None,
-) -> None:
-    """Append one history row per message (one INSERT for all of them)."""
-    rows = [
-        {"message_id": mid, "status": status.value, "at": at, "detail": detail}
-        for mid in message_ids
-    ]
-    if rows:
-        session.execute(insert(MessageEvent), rows)
+def record_changes(session: Session, changes: Sequence[StatusChange]) -> None:
+    """Append the history rows (one INSERT for all) and queue the changes for publishing."""
+    if not changes:
+        return
+    session.execute(
+        insert(MessageEvent),
+        [
+            {"message_id": c.message_id, "status": c.status.value, "at": c.at, "detail": c.detail}
+            for c in changes
+        ],
+    )
+    pending_changes(session).extend(changes)

@@ -13,6 +13,7 @@ from core.clock import Clock, utcnow
 from core.credentials import SecretBox
 from core.database import SessionFactory, build_engine, build_session_factory
 from core.settings import Settings
+from core.status_feed import StatusFeed
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Runtime:
     broker: dramatiq.Broker
     secret_box: SecretBox
     redis: redis.Redis | None
+    status_feed: StatusFeed
     clock: Clock = field(default=utcnow)
 
     def close(self) -> None:
@@ -37,10 +39,14 @@ def build_runtime(
 ) -> Runtime:
     """Connect nothing yet: engines and clients connect lazily on first use."""
     engine = build_engine(settings.database_url)
+    session_factory = build_session_factory(engine)
+    status_feed = StatusFeed()
+    status_feed.install(session_factory)
     return Runtime(
         settings=settings,
         engine=engine,
-        session_factory=build_session_factory(engine),
+        session_factory=session_factory,
+        status_feed=status_feed,
         broker=broker if broker is not None else build_broker(settings),
         secret_box=SecretBox(settings.require_secret_key()),
         redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,

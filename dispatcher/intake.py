@@ -20,13 +20,14 @@ from sqlalchemy.orm import Session
 from core import metrics
 from core.activity import ActivityTouch
 from core.database import insert_ignoring_duplicates
-from core.message_states import record_events
+from core.message_states import record_changes
 from core.phones import InvalidPhoneNumber, normalize_sender, to_e164
 from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import describe_validation_error
 from schemas.enums import MessageStatus
+from schemas.events import StatusChange
 from schemas.messages import ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
 from workers.queueing import enqueue_delivery
@@ -189,8 +190,6 @@ def accept_messages(
             results[p.index] = original.model_copy(update={"duplicate": True})
 
     accepted_now = [p for p in to_insert if ids[p.index] in inserted]
-    for p in accepted_now:
-        metrics.MESSAGES.labels(access.type.value, "scheduled" if p.send_at else "queued").inc()
     _enqueue(runtime, access, [ids[p.index] for p in accepted_now if p.send_at is None])
 
     final = [r for r in results if r is not None]
@@ -276,13 +275,22 @@ def _insert(
     statement = insert_ignoring_duplicates(session, Message, ["stream_id", "internal_id"])
     returned = session.execute(statement.returning(Message.id), rows).scalars().all()
     inserted = set(returned)
-    by_status: dict[MessageStatus, list[uuid.UUID]] = {}
-    for p in items:
-        if ids[p.index] in inserted:
-            status = MessageStatus.scheduled if p.send_at else MessageStatus.queued
-            by_status.setdefault(status, []).append(ids[p.index])
-    for status, message_ids in by_status.items():
-        record_events(session, message_ids, status=status, at=now)
+    record_changes(
+        session,
+        [
+            StatusChange(
+                message_id=ids[p.index],
+                stream_id=access.stream_id,
+                account_id=access.account_id,
+                stream_type=access.type.value,
+                status=MessageStatus.scheduled if p.send_at else MessageStatus.queued,
+                at=now,
+                segments=p.segments,
+            )
+            for p in items
+            if ids[p.index] in inserted
+        ],
+    )
     return inserted
 
 

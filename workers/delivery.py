@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
-from core.message_states import record_events, transition
+from core.message_states import record_changes, transition
 from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
+from schemas.events import StatusChange
 from schemas.tables import Message, Stream
 from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.registry import ProviderRegistry
@@ -102,7 +103,6 @@ class Delivery:
                     "error_message": "The stream was deleted before sending.",
                 },
             )
-            metrics.MESSAGES.labels(message.stream_type, "failed").inc()
             return None
         if stream_status in _PAUSED:
             # Park it: the relay enqueues it again once the stream accepts sends.
@@ -137,7 +137,20 @@ class Delivery:
         if claimed != 1:
             log_.debug("delivery_already_claimed")
             return None
-        record_events(session, [key], status=MessageStatus.sending, at=now)
+        record_changes(
+            session,
+            [
+                StatusChange(
+                    message_id=key,
+                    stream_id=message.stream_id,
+                    account_id=message.account_id,
+                    stream_type=message.stream_type,
+                    status=MessageStatus.sending,
+                    at=now,
+                    segments=message.segments,
+                )
+            ],
+        )
         return Claim(
             message=OutboundMessage(
                 reference=str(key),
@@ -173,7 +186,6 @@ class Delivery:
         if not moved:
             log_.warning("sent_but_claim_lost")
             return
-        metrics.MESSAGES.labels(claim.stream_type, "sent").inc()
         metrics.SEGMENTS_SENT.labels(claim.stream_type).inc(claim.message.segments)
         log_.info("message_sent", provider=provider, segments=claim.message.segments)
         if accepted.receipt is not None:
@@ -223,7 +235,6 @@ class Delivery:
                 )
             session.commit()
         if not retry:
-            metrics.MESSAGES.labels(claim.stream_type, "failed").inc()
             log_.warning("message_failed", error_code=error.code, attempt=claim.attempt)
             return
         delay = (
@@ -271,7 +282,6 @@ class Delivery:
         now = self.runtime.clock()
         key = uuid.UUID(message_id)
         with self.runtime.session_factory() as session:
-            stream_type = session.scalar(select(Message.stream_type).where(Message.id == key))
             moved = transition(
                 session,
                 key,
@@ -287,7 +297,6 @@ class Delivery:
             )
             session.commit()
         if moved:
-            metrics.MESSAGES.labels(stream_type or "unknown", outcome.value).inc()
             log.info("message_receipt", message_id=message_id, status=outcome.value)
 
 

@@ -21,9 +21,10 @@ import structlog
 from sqlalchemy import or_, select, update
 
 from core import metrics
-from core.message_states import record_events
+from core.message_states import record_changes
 from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
+from schemas.events import StatusChange
 from schemas.tables import Message, Stream
 from workers.queueing import enqueue_delivery
 
@@ -86,7 +87,13 @@ class Relay:
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, Message.stream_type)
+                select(
+                    Message.id,
+                    Message.stream_type,
+                    Message.stream_id,
+                    Message.account_id,
+                    Message.segments,
+                )
                 .where(*where(now))
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(skip_locked=True)
@@ -100,7 +107,22 @@ class Relay:
                 .values(status=MessageStatus.queued.value, enqueued_at=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
-            record_events(session, ids, status=MessageStatus.queued, at=now, detail=detail)
+            record_changes(
+                session,
+                [
+                    StatusChange(
+                        message_id=row.id,
+                        stream_id=row.stream_id,
+                        account_id=row.account_id,
+                        stream_type=row.stream_type,
+                        status=MessageStatus.queued,
+                        at=now,
+                        segments=row.segments,
+                        detail=detail,
+                    )
+                    for row in rows
+                ],
+            )
             enqueued = self._enqueue(session, [(row.id, row.stream_type) for row in rows], now)
             session.commit()
         metrics.RELAYED.labels(reason).inc(len(enqueued))

@@ -1,0 +1,23 @@
+"""Events the system publishes about messages."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.enums import MessageStatus
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A message reached ``status`` at ``at``. Published once the change is committed."""
+
+    message_id: uuid.UUID
+    stream_id: uuid.UUID
+    account_id: uuid.UUID
+    stream_type: str
+    status: MessageStatus
+    at: datetime
+    segments: int
+    detail: str | None = None
