@@ -13,7 +13,7 @@ from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
 from dispatcher.request_metrics import RequestMetrics
-from dispatcher.routes import messages, operations, streams
+from dispatcher.routes import dead_letters, messages, operations, streams
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -31,6 +31,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     install_error_handlers(app)
     app.include_router(messages.router)
     app.include_router(streams.router)
+    app.include_router(dead_letters.router)
     app.include_router(operations.router)
 
     app.add_middleware(RequestMetrics)

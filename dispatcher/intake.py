@@ -30,7 +30,7 @@ from schemas.enums import MessageStatus
 from schemas.events import StatusChange
 from schemas.messages import ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
-from workers.queueing import enqueue_delivery
+from workers.queueing import enqueue_committed
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,7 @@ class PreparedItem:
     segments: int
     encoding: str
     send_at: datetime | None
+    expires_at: datetime | None
     callback_url: str | None
 
 
@@ -121,6 +122,11 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
         segments=count.segments,
         encoding=count.encoding,
         send_at=send_at,
+        expires_at=(
+            (send_at or now) + timedelta(seconds=item.validity_seconds)
+            if item.validity_seconds
+            else None
+        ),
         callback_url=str(item.callback_url) if item.callback_url else None,
     )
 
@@ -190,7 +196,9 @@ def accept_messages(
             results[p.index] = original.model_copy(update={"duplicate": True})
 
     accepted_now = [p for p in to_insert if ids[p.index] in inserted]
-    _enqueue(runtime, access, [ids[p.index] for p in accepted_now if p.send_at is None])
+    enqueue_committed(
+        runtime, access.type.queue_name, [ids[p.index] for p in accepted_now if p.send_at is None]
+    )
 
     final = [r for r in results if r is not None]
     rejected = sum(1 for r in final if r.status == "rejected")
@@ -266,6 +274,7 @@ def _insert(
             "status": (MessageStatus.scheduled if p.send_at else MessageStatus.queued).value,
             "callback_url": p.callback_url,
             "send_at": p.send_at,
+            "expires_at": p.expires_at,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
@@ -292,43 +301,3 @@ def _insert(
         ],
     )
     return inserted
-
-
-def _enqueue(runtime: Runtime, access: StreamAccess, message_ids: list[uuid.UUID]) -> None:
-    """Enqueue after commit; whatever fails stays in the outbox for the relay."""
-    if not message_ids:
-        return
-    queue = access.type.queue_name
-    done: list[uuid.UUID] = []
-    try:
-        for message_id in message_ids:
-            enqueue_delivery(runtime.broker, queue, str(message_id))
-            done.append(message_id)
-    except Exception as exc:  # the broker's connection errors vary by client version
-        missed = len(message_ids) - len(done)
-        metrics.ENQUEUE_FAILURES.labels(queue).inc(missed)
-        log.warning(
-            "enqueue_failed_left_to_relay",
-            stream_id=str(access.stream_id),
-            queue=queue,
-            missed=missed,
-            error=type(exc).__name__,
-        )
-    if done:
-        _mark_enqueued(runtime, done)
-
-
-def _mark_enqueued(runtime: Runtime, message_ids: list[uuid.UUID]) -> None:
-    try:
-        with runtime.session_factory() as session:
-            session.execute(
-                update(Message)
-                .where(Message.id.in_(message_ids), Message.enqueued_at.is_(None))
-                .values(enqueued_at=runtime.clock())
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
-    except Exception as exc:
-        # Already accepted and on the queue; at worst the relay enqueues them once more and
-        # the worker's claim turns the extra copy into a no-op.
-        log.warning("mark_enqueued_failed", count=len(message_ids), error=type(exc).__name__)

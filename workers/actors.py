@@ -15,8 +15,14 @@ from workers.queueing import delivery_actor_name, receipt_actor_name
 def declare_actors(
     broker: dramatiq.Broker, delivery: Delivery, queues: Iterable[str] = QUEUES
 ) -> None:
-    """Register the actors of ``queues`` on ``broker``, bound to ``delivery``."""
+    """Register the actors of ``queues`` on ``broker``, bound to ``delivery``.
+
+    Declaring again on the same broker rebinds them (a process that restarts its worker
+    with new settings).
+    """
     for queue in queues:
+        broker.actors.pop(delivery_actor_name(queue), None)
+        broker.actors.pop(receipt_actor_name(queue), None)
         dramatiq.actor(
             _deliver(delivery),
             actor_name=delivery_actor_name(queue),

@@ -7,7 +7,17 @@ actor declared and imports nothing else from ``workers``.
 
 from __future__ import annotations
 
+import uuid
+
 import dramatiq
+import structlog
+from sqlalchemy import update
+
+from core import metrics
+from core.runtime import Runtime
+from schemas.tables import Message
+
+log = structlog.get_logger(__name__)
 
 
 def delivery_actor_name(queue: str) -> str:
@@ -49,3 +59,39 @@ def enqueue_receipt(
         ),
         delay=delay_ms or None,
     )
+
+
+def enqueue_committed(runtime: Runtime, queue: str, message_ids: list[uuid.UUID]) -> int:
+    """Enqueue messages already committed as ``queued`` and mark them enqueued.
+
+    This is the second half of invariant 1: if the broker fails part-way, the rest keep
+    ``enqueued_at = NULL`` and the relay enqueues them later. Never raises; returns how
+    many reached the broker.
+    """
+    done: list[uuid.UUID] = []
+    try:
+        for message_id in message_ids:
+            enqueue_delivery(runtime.broker, queue, str(message_id))
+            done.append(message_id)
+    except Exception as exc:  # the broker's connection errors vary by client version
+        missed = len(message_ids) - len(done)
+        metrics.ENQUEUE_FAILURES.labels(queue).inc(missed)
+        log.warning(
+            "enqueue_failed_left_to_relay", queue=queue, missed=missed, error=type(exc).__name__
+        )
+    if not done:
+        return 0
+    try:
+        with runtime.session_factory() as session:
+            session.execute(
+                update(Message)
+                .where(Message.id.in_(done), Message.enqueued_at.is_(None))
+                .values(enqueued_at=runtime.clock())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
+    except Exception as exc:
+        # Already on the queue; at worst the relay enqueues them once more and the
+        # worker's claim turns the extra copy into a no-op.
+        log.warning("mark_enqueued_failed", count=len(done), error=type(exc).__name__)
+    return len(done)
