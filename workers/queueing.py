@@ -11,11 +11,9 @@ import uuid
 
 import dramatiq
 import structlog
-from sqlalchemy import update
 
 from core import metrics
 from core.runtime import Runtime
-from schemas.tables import Message
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +60,8 @@ def enqueue_receipt(
 
 
 def enqueue_committed(runtime: Runtime, queue: str, message_ids: list[uuid.UUID]) -> int:
-    """Enqueue messages already committed as ``queued`` and mark them enqueued.
+    """Enqueue messages already committed as ``queued``; they are marked enqueued shortly
+    after (``core.enqueue_marks``).
 
     This is the second half of invariant 1: if the broker fails part-way, the rest keep
     ``enqueued_at = NULL`` and the relay enqueues them later. Never raises; returns how
@@ -79,19 +78,5 @@ def enqueue_committed(runtime: Runtime, queue: str, message_ids: list[uuid.UUID]
         log.warning(
             "enqueue_failed_left_to_relay", queue=queue, missed=missed, error=type(exc).__name__
         )
-    if not done:
-        return 0
-    try:
-        with runtime.session_factory() as session:
-            session.execute(
-                update(Message)
-                .where(Message.id.in_(done), Message.enqueued_at.is_(None))
-                .values(enqueued_at=runtime.clock())
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
-    except Exception as exc:
-        # Already on the queue; at worst the relay enqueues them once more and the
-        # worker's claim turns the extra copy into a no-op.
-        log.warning("mark_enqueued_failed", count=len(done), error=type(exc).__name__)
+    runtime.enqueue_marks.add(done)
     return len(done)
