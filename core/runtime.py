@@ -45,7 +45,7 @@ def build_runtime(
     settings: Settings, *, broker: dramatiq.Broker | None = None, clock: Clock = utcnow
 ) -> Runtime:
     """Connect nothing yet: engines and clients connect lazily on first use."""
-    engine = build_engine(settings.database_url)
+    engine = build_engine(settings.database_url, pool_size=settings.database_pool_size)
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMS_", env_file=".env", extra="ignore")
 
     database_url: str = SQLITE_DEFAULT_URL
+    #: Connections per process (plus half as many again in bursts). Size it to the threads
+    #: that use it: an ingress runs up to 40 request threads, a worker ``--threads``.
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     #: Empty means dramatiq's in-process StubBroker: only for the all-in-one ``streams dev``.
     redis_url: str | None = None
     #: Derives the keys that encrypt stream tokens at rest. Required outside ``streams dev``.

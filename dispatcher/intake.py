@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
-from core.database import insert_ignoring_duplicates
+from core.database import bulk_insert
 from core.message_states import record_changes
 from core.phones import InvalidPhoneNumber, normalize_sender, to_e164
 from core.runtime import Runtime
@@ -281,9 +281,15 @@ def _insert(
         }
         for p in items
     ]
-    statement = insert_ignoring_duplicates(session, Message, ["stream_id", "internal_id"])
-    returned = session.execute(statement.returning(Message.id), rows).scalars().all()
-    inserted = set(returned)
+    inserted = set(
+        bulk_insert(
+            session,
+            Message.__table__,  # type: ignore[arg-type]
+            rows,
+            skip_conflicts_on=("stream_id", "internal_id"),
+            returning="id",
+        )
+    )
     record_changes(
         session,
         [
