@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     max_batch: int = Field(default=1000, ge=1)
+    #: A batch goes onto its queue as jobs of this many messages each: fewer broker round
+    #: trips at the ingress, while the jobs still spread over every worker thread.
+    enqueue_chunk_size: int = Field(default=20, ge=1, le=500)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: How long an ingress process trusts its cached view of a token (invariant 3: ≤ 1 s).
     auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
