@@ -27,7 +27,7 @@ def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
         return engine
     # No pre-ping: it costs a round trip per checkout. A connection that died with the
     # server fails its statement, is invalidated, and the request answers 503 (retryable).
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size // 2, pool_recycle=1800)
+    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
 
 
 def build_session_factory(engine: Engine) -> SessionFactory:

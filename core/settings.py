@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMS_", env_file=".env", extra="ignore")
 
     database_url: str = SQLITE_DEFAULT_URL
-    #: Connections per process (plus half as many again in bursts). Size it to the threads
-    #: that use it: an ingress runs up to 40 request threads, a worker ``--threads``.
+    #: Connections per process. The ingress runs as many request threads; a worker pool
+    #: needs at least ``--threads`` (plus the relay and receipts) per process.
     database_pool_size: int = Field(default=20, ge=1, le=200)
     #: Empty means dramatiq's in-process StubBroker: only for the all-in-one ``streams dev``.
     redis_url: str | None = None

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
 from fastapi import FastAPI
 
 from core.activity import ActivityTouch
@@ -19,7 +23,17 @@ from dispatcher.routes import dead_letters, messages, operations, streams
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
     """Build the ingress. Pass a ``runtime`` to share one (``streams dev``, tests)."""
     runtime = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Request threads beyond the database pool would only queue for a connection, or
+        # open and close overflow connections on every request.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = settings.database_pool_size
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Streams API",
         version="1",
         description="Send SMS and WhatsApp messages through streams; manage the streams.",
