@@ -25,6 +25,7 @@ from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
+from workers.opt_out import reject_if_opted_out
 from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.registry import ProviderRegistry
 from workers.queueing import enqueue_delivery, enqueue_receipt
@@ -64,7 +65,7 @@ class Delivery:
             return
         log_ = log_.bind(stream_id=str(claim.stream_id))
         try:
-            provider = self.providers.for_stream(demo=claim.demo)
+            provider = self.providers.for_stream(demo=claim.demo, stream_type=claim.stream_type)
             with metrics.PROVIDER_CALL.labels(provider.name).time():
                 accepted = provider.send(claim.message)
         except ProviderError as error:
@@ -113,6 +114,8 @@ class Delivery:
             )
             log_.info("delivery_parked", stream_status=stream_status)
             return None
+        if message.status == MessageStatus.queued and reject_if_opted_out(session, message, now):
+            return None
         lease_cutoff = now - timedelta(seconds=self.runtime.settings.claim_lease_seconds)
         claimed = session.execute(
             update(Message)
@@ -159,6 +162,8 @@ class Delivery:
                 body=message.body,
                 segments=message.segments,
                 encoding=message.encoding,
+                stream_id=str(message.stream_id),
+                content=message.content,
             ),
             message_id=key,
             stream_id=message.stream_id,

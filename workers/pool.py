@@ -21,8 +21,12 @@ from core.logs import configure_logging
 from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from workers.actors import declare_actors
+from workers.callback_actors import declare_callback_actors
+from workers.callbacks import CallbackSender
 from workers.delivery import Delivery
 from workers.providers.registry import ProviderRegistry
+from workers.queueing import subscribe_status_followups
+from workers.status_followup import StatusFollowUp
 
 log = structlog.get_logger(__name__)
 
@@ -31,8 +35,10 @@ SHUTDOWN_TIMEOUT_MS = 30_000
 
 def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> dramatiq.Worker:
     """Declare the actors on the runtime's broker and start consuming ``queues``."""
-    delivery = Delivery(runtime, ProviderRegistry.from_settings(runtime.settings, runtime.redis))
+    delivery = Delivery(runtime, ProviderRegistry.from_runtime(runtime))
     declare_actors(runtime.broker, delivery)
+    declare_callback_actors(runtime.broker, CallbackSender(runtime), StatusFollowUp(runtime))
+    subscribe_status_followups(runtime)
     worker = dramatiq.Worker(runtime.broker, queues=set(queues), worker_threads=threads)
     worker.start()
     log.info("worker_started", queues=list(queues), threads=threads, pid=os.getpid())
