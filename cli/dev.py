@@ -49,7 +49,7 @@ def ensure_demo_stream(runtime: Runtime) -> tuple[str, str, str]:
     """The dev account (with a fresh key each start) and its demo stream's token."""
     from sqlalchemy import select
 
-    from core.credentials import digest, new_stream_token
+    from core.credentials import digest, new_stream_token, new_webhook_secret
     from schemas.tables import Account, Stream
 
     state_file = DATA_DIR / "dev.json"
@@ -87,6 +87,7 @@ def ensure_demo_stream(runtime: Runtime) -> tuple[str, str, str]:
                 settings={},
                 token_digest=digest(token),
                 token_sealed=runtime.secret_box.seal(token),
+                webhook_secret_sealed=runtime.secret_box.seal(new_webhook_secret()),
                 created_at=now,
                 updated_at=now,
             )
