@@ -29,3 +29,7 @@ class FailurePlan:
     def take(self) -> Failure | None:
         with self._lock:
             return self._queue.popleft() if self._queue else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
