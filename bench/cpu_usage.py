@@ -80,6 +80,28 @@ def process_cpu_seconds(pid: int, *, with_reaped_children: bool = False) -> floa
     return used / _TICKS
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its living descendants (a worker pool's leader and its children)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if len(fields) > 1:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of ``pid`` and its living descendants. A descendant that
+    exits between two readings takes its seconds with it: read while the tree is steady."""
+    return sum(process_cpu_seconds(member) for member in process_tree(pid))
+
+
 def process_cpu_split(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of ``pid``, all threads (zeros if it is gone)."""
     fields = _stat_fields(pid)

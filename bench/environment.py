@@ -8,8 +8,9 @@ Ctrl-C.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import psycopg
@@ -69,17 +70,20 @@ def create_bench_account(database_url: str) -> str:
     return key
 
 
-def create_bench_stream(base_url: str, account_key: str) -> str:
-    """Create a ready transactional demo stream through the management API; returns its send
-    token. Raises ``httpx.HTTPStatusError`` if the API refuses."""
+def create_bench_stream(
+    base_url: str, account_key: str, stream: Mapping[str, Any] = BENCH_STREAM
+) -> str:
+    """Create a ready stream through the management API (by default a transactional demo
+    stream, ``BENCH_STREAM``; ``stream`` is the create body); returns its send token. Raises
+    ``httpx.HTTPStatusError`` if the API refuses."""
     headers = {"Authorization": f"Bearer {account_key}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=30.0) as client:
-        created = client.post("/api/v1/streams", json=BENCH_STREAM)
+        created = client.post("/api/v1/streams", json=dict(stream))
         created.raise_for_status()
-        stream = created.json()
-        if stream.get("status") != "ready":
-            raise RuntimeError(f"the benchmark stream is {stream.get('status')!r}, not ready")
-        token = client.get(f"/api/v1/streams/{stream['id']}/token")
+        made = created.json()
+        if made.get("status") != "ready":
+            raise RuntimeError(f"the benchmark stream is {made.get('status')!r}, not ready")
+        token = client.get(f"/api/v1/streams/{made['id']}/token")
         token.raise_for_status()
         return str(token.json()["token"])
 

@@ -81,6 +81,36 @@ def running_server(
         stop_process_group(process)
 
 
+@contextmanager
+def running_process(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    grace: float = 10.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``argv`` (a process that serves no HTTP: a worker pool, the relay) in its own
+    process group, yield it, and stop the whole group on exit (SIGTERM, then SIGKILL after
+    ``grace`` seconds), whatever happened. Readiness is the caller's business."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        stop_process_group(process, grace=grace)
+
+
 def wait_until_healthy(server: Server, timeout: float) -> None:
     """Poll ``/healthz`` until it answers 200. Raises ``ServerFailed`` on exit or timeout."""
     deadline = time.monotonic() + timeout

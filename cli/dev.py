@@ -17,12 +17,13 @@ import structlog
 import uvicorn
 
 from core.accounts import create_account, rotate_account_key
-from core.broker import QUEUES
+from core.broker import ALL_QUEUES
 from core.logs import configure_logging
 from core.migrate import upgrade
 from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from dispatcher.app import create_app
+from workers.callback_sweep import CallbackSweep
 from workers.pool import start_worker
 from workers.relay import Relay
 
@@ -48,7 +49,7 @@ def ensure_demo_stream(runtime: Runtime) -> tuple[str, str, str]:
     """The dev account (with a fresh key each start) and its demo stream's token."""
     from sqlalchemy import select
 
-    from core.credentials import digest, new_stream_token
+    from core.credentials import digest, new_stream_token, new_webhook_secret
     from schemas.tables import Account, Stream
 
     state_file = DATA_DIR / "dev.json"
@@ -86,6 +87,7 @@ def ensure_demo_stream(runtime: Runtime) -> tuple[str, str, str]:
                 settings={},
                 token_digest=digest(token),
                 token_sealed=runtime.secret_box.seal(token),
+                webhook_secret_sealed=runtime.secret_box.seal(new_webhook_secret()),
                 created_at=now,
                 updated_at=now,
             )
@@ -104,10 +106,14 @@ def run_dev(host: str, port: int) -> int:
     )
     upgrade(settings.database_url)
     runtime = build_runtime(settings)
-    worker = start_worker(runtime, QUEUES, threads=4)
+    worker = start_worker(runtime, ALL_QUEUES, threads=4)
     stop = threading.Event()
     relay = threading.Thread(target=Relay(runtime).run, args=(stop,), name="relay", daemon=True)
     relay.start()
+    callback_sweep = threading.Thread(
+        target=CallbackSweep(runtime).run, args=(stop,), name="callback-sweep", daemon=True
+    )
+    callback_sweep.start()
     key, token, stream_id = ensure_demo_stream(runtime)
     base = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}"
     print(_banner(base, key, token, stream_id), flush=True)

@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from core.broker import QUEUES
+from core.broker import ALL_QUEUES
 from core.settings import Settings
 
 
@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1)
 
     worker = commands.add_parser("worker", help="a worker pool for some or all queues")
-    worker.add_argument("--queues", default=",".join(QUEUES), help="comma-separated (default: all)")
+    worker.add_argument(
+        "--queues", default=",".join(ALL_QUEUES), help="comma-separated (default: all)"
+    )
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--threads", type=int, default=8)
     worker.add_argument("--metrics-port", type=int, default=None)
@@ -73,10 +75,10 @@ def _run(args: argparse.Namespace) -> int:
         from workers.pool import run_pool
 
         queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-        unknown = sorted(set(queues) - set(QUEUES))
+        unknown = sorted(set(queues) - set(ALL_QUEUES))
         if unknown:
             raise RuntimeError(
-                f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(QUEUES)}"
+                f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(ALL_QUEUES)}"
             )
         settings.require_secret_key()
         run_pool(queues, args.processes, args.threads, args.metrics_port)
@@ -85,13 +87,17 @@ def _run(args: argparse.Namespace) -> int:
         import signal
 
         from core.runtime import build_runtime
+        from workers.callback_sweep import CallbackSweep
         from workers.relay import Relay
 
         runtime = build_runtime(settings)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
+        callback_sweep = threading.Thread(target=CallbackSweep(runtime).run, args=(stop,))
+        callback_sweep.start()
         Relay(runtime).run(stop)
+        callback_sweep.join()
         runtime.close()
         return 0
     if args.command == "migrate":

@@ -20,6 +20,11 @@ from schemas.enums import StreamType
 
 #: One queue per stream type (invariant 6).
 QUEUES: tuple[str, ...] = tuple(t.queue_name for t in StreamType)
+#: Customer callbacks have a queue and pool of their own, so a slow customer endpoint never
+#: holds up sending.
+CALLBACK_QUEUE = "callbacks"
+#: Every queue a worker pool may consume.
+ALL_QUEUES: tuple[str, ...] = (*QUEUES, CALLBACK_QUEUE)
 NAMESPACE = "dramatiq"
 
 
@@ -49,6 +54,6 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         )
     else:
         broker = StubBroker(middleware=middleware)
-    for queue in QUEUES:
+    for queue in ALL_QUEUES:
         broker.declare_queue(queue)
     return broker

@@ -68,14 +68,11 @@ def bulk_insert(
         return []
     dialect = session.get_bind().dialect
     if dialect.name != "postgresql" or len(rows) < _UNNEST_FROM_ROWS:
-        statement: Any = insert(table)
-        if skip_conflicts_on:
-            from sqlalchemy.dialects import postgresql, sqlite
-
-            module = postgresql if dialect.name == "postgresql" else sqlite
-            statement = module.insert(table).on_conflict_do_nothing(
-                index_elements=list(skip_conflicts_on)
-            )
+        statement: Any = (
+            insert_ignoring_duplicates(session, table, list(skip_conflicts_on))
+            if skip_conflicts_on
+            else insert(table)
+        )
         if returning is None:
             session.execute(statement, list(rows))
             return []
@@ -100,3 +97,15 @@ def bulk_insert(
 
 
 _UNNEST_FROM_ROWS = 4
+
+
+def insert_ignoring_duplicates(session: Session, table: Any, conflict_columns: list[str]) -> Any:
+    """An INSERT that skips rows violating the unique key on ``conflict_columns``.
+
+    PostgreSQL and SQLite both support ``ON CONFLICT DO NOTHING``; the dialect decides which
+    construct builds it.
+    """
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return module.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)

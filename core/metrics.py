@@ -88,6 +88,27 @@ RELAYED = Counter(
     ["reason"],
 )
 
+CALLBACKS = Counter(
+    "streams_callbacks_total",
+    "Customer callback attempts by event and outcome (delivered, retry, dead, canceled).",
+    ["event", "outcome"],
+)
+CALLBACK_DURATION = Histogram(
+    "streams_callback_duration_seconds",
+    "Time a customer endpoint took to answer a callback.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOKS = Counter(
+    "streams_webhooks_total",
+    "Provider webhooks received (inbound, receipt, whatsapp), by outcome.",
+    ["kind", "outcome"],
+)
+INBOUND_MESSAGES = Counter(
+    "streams_inbound_messages_total",
+    "Inbound messages stored, by provider and opt-out action (none, stop, start).",
+    ["provider", "opt_out"],
+)
+
 
 def render_metrics() -> tuple[bytes, str]:
     """The text exposition of this process (or of all processes in multiprocess mode)."""

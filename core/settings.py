@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SQLITE_DEFAULT_URL = "sqlite:///.streams/dev.db"
@@ -29,6 +29,115 @@ class SandboxSettings(BaseSettings):
     receipt_delay_seconds: float = Field(default=1.0, ge=0)
     #: The carrier's own throughput, fleet-wide, in segments per second (unset: unlimited).
     max_per_second: float | None = Field(default=None, gt=0)
+
+
+class HttpProviderSettings(BaseSettings):
+    """The generic HTTP SMS provider (``default_provider = "http"``): where it is, how we
+    authenticate to it, and how our fields map onto its JSON (dot paths reach nested keys)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMS_HTTP_PROVIDER_", env_file=".env", extra="ignore"
+    )
+
+    url: str | None = None
+    auth_header: str = "Authorization"
+    #: The whole header value, e.g. ``Bearer abc``. Never logged.
+    auth_value: SecretStr | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    #: Our field (sender, recipient, body, reference) → the provider's request field.
+    request_fields: dict[str, str] = Field(
+        default_factory=lambda: {
+            "sender": "from",
+            "recipient": "to",
+            "body": "text",
+            "reference": "reference",
+        }
+    )
+    #: Fixed fields added to every request body (e.g. ``{"type": "sms"}``).
+    extra_fields: dict[str, object] = Field(default_factory=dict)
+    #: Where the provider's message id is in its answer.
+    response_id_field: str = "message_id"
+    #: Delivery receipts: our field (message_id, reference, status, part, parts, error_code)
+    #: → the provider's field.
+    receipt_fields: dict[str, str] = Field(
+        default_factory=lambda: {
+            "message_id": "message_id",
+            "reference": "reference",
+            "status": "status",
+            "part": "part",
+            "parts": "parts",
+            "error_code": "error_code",
+        }
+    )
+    #: The provider's receipt status words → ``sent``, ``delivered`` or ``undelivered``.
+    receipt_statuses: dict[str, str] = Field(
+        default_factory=lambda: {
+            "accepted": "sent",
+            "sent": "sent",
+            "ACCEPTD": "sent",
+            "ENROUTE": "sent",
+            "delivered": "delivered",
+            "DELIVRD": "delivered",
+            "undelivered": "undelivered",
+            "UNDELIV": "undelivered",
+            "failed": "undelivered",
+            "expired": "undelivered",
+            "EXPIRED": "undelivered",
+            "rejected": "undelivered",
+            "REJECTD": "undelivered",
+        }
+    )
+    #: Inbound (MO) messages: our field (from, to, text, message_id, received_at) → theirs.
+    inbound_fields: dict[str, str] = Field(
+        default_factory=lambda: {
+            "from": "from",
+            "to": "to",
+            "text": "text",
+            "message_id": "message_id",
+            "received_at": "received_at",
+        }
+    )
+    #: Receipts and inbound messages must carry ``signature_header``: the hex HMAC-SHA256 of
+    #: the raw body keyed with this secret (``sha256=`` prefix optional). Unset: refused.
+    webhook_secret: SecretStr | None = None
+    signature_header: str = "X-Signature"
+
+
+class WhatsAppApiSettings(BaseSettings):
+    """The WhatsApp Cloud API (Graph API). Credentials are per stream, set through
+    ``/api/v1/streams/{id}/whatsapp``; only the endpoint is configured here."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMS_WHATSAPP_", env_file=".env", extra="ignore"
+    )
+
+    api_base_url: str = "https://graph.facebook.com"
+    api_version: str = "v21.0"
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    #: Meta's pair rate limit (131056) means "not to this person for a while".
+    pair_rate_retry_seconds: float = Field(default=60.0, ge=0)
+    #: How long a worker trusts its cached copy of a stream's credentials.
+    credentials_cache_seconds: float = Field(default=5.0, ge=0)
+
+
+class CallbackSettings(BaseSettings):
+    """Signed callbacks to customers (inbound messages and status changes)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMS_CALLBACK_", env_file=".env", extra="ignore"
+    )
+
+    connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    #: Retries stop this long after the first attempt; the callback becomes a dead letter.
+    retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
+    backoff_base_seconds: float = Field(default=10.0, ge=0)
+    backoff_max_seconds: float = Field(default=3600.0, ge=0)
+    #: Callback URLs that resolve to loopback, private, link-local or reserved addresses are
+    #: refused (SSRF). Only turn this on for tests or a closed network.
+    allow_private_addresses: bool = False
+    #: A pending callback this long overdue is enqueued again by ``streams relay``.
+    sweep_grace_seconds: float = Field(default=120.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -76,6 +185,7 @@ class Settings(BaseSettings):
     relay_lookahead_seconds: float = Field(default=1.0, ge=0, le=60)
 
     #: Provider for streams that are not demo streams (until real adapters are configured).
+    #: ``sandbox`` or ``http``; WhatsApp streams always use ``whatsapp_cloud``.
     default_provider: str = "sandbox"
 
     #: How long an idle worker waits between polls of its queue (dramatiq's worker_timeout,
@@ -87,6 +197,9 @@ class Settings(BaseSettings):
     broker_maintenance_chance: int = Field(default=1000, ge=0, le=1_000_000)
 
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    http_provider: HttpProviderSettings = Field(default_factory=HttpProviderSettings)
+    whatsapp: WhatsAppApiSettings = Field(default_factory=WhatsAppApiSettings)
+    callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -17,7 +17,17 @@ from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
 from dispatcher.request_metrics import RequestMetrics
-from dispatcher.routes import dead_letters, messages, operations, streams
+from dispatcher.routes import (
+    callbacks,
+    dead_letters,
+    messages,
+    operations,
+    streams,
+    suppressions,
+    webhooks,
+    whatsapp,
+)
+from workers.queueing import subscribe_status_followups
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -47,6 +57,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(streams.router)
     app.include_router(dead_letters.router)
     app.include_router(operations.router)
+    app.include_router(whatsapp.router)
+    app.include_router(callbacks.router)
+    app.include_router(suppressions.router)
+    app.include_router(webhooks.router)
+    subscribe_status_followups(runtime)
 
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -8,6 +8,7 @@ PostgreSQL), then enqueued, then marked enqueued. If the enqueue fails the rows 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +27,14 @@ from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import describe_validation_error
-from schemas.enums import MessageStatus
+from dispatcher.whatsapp_content import (
+    WHATSAPP_SENDER,
+    ContentRejected,
+    TemplateSpec,
+    load_templates,
+    whatsapp_content,
+)
+from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
 from schemas.messages import ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
@@ -50,6 +58,8 @@ class PreparedItem:
     send_at: datetime | None
     expires_at: datetime | None
     callback_url: str | None
+    #: WhatsApp template or media (``messages.content``); None for text.
+    content: dict[str, Any] | None = None
 
 
 class ItemRejected(Exception):
@@ -58,7 +68,13 @@ class ItemRejected(Exception):
         self.error = ItemError(code=code, message=message, field=field)
 
 
-def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> PreparedItem:
+def prepare_item(
+    index: int,
+    raw: Any,
+    access: StreamAccess,
+    now: datetime,
+    whatsapp_templates: Mapping[str, Sequence[TemplateSpec]] | None = None,
+) -> PreparedItem:
     """Validate one send item and compute what we store. Raises ``ItemRejected`` naming the
     field (as ``messages[i].field``)."""
     prefix = f"messages[{index}]"
@@ -72,13 +88,21 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
             "invalid_field", f"{prefix}.{message}", f"{prefix}.{location}" if location else prefix
         )
     for unsupported in ("event_key", "template", "media"):
+        if unsupported != "event_key" and access.type is StreamType.whatsapp:
+            continue  # WhatsApp content: checked by whatsapp_content below
         if getattr(item, unsupported) is not None:
             _raise(
                 "unsupported_content",
                 f"{prefix}.{unsupported} is not available yet; send message_content",
                 f"{prefix}.{unsupported}",
             )
-    if item.message_content is None or not item.message_content.strip():
+    whatsapp = None
+    if access.type is StreamType.whatsapp:
+        try:
+            whatsapp = whatsapp_content(prefix, item, whatsapp_templates or {})
+        except ContentRejected as exc:
+            _raise(exc.code, exc.message, exc.field)
+    if whatsapp is None and (item.message_content is None or not item.message_content.strip()):
         _raise(
             "missing_content", f"{prefix}.message_content is required", f"{prefix}.message_content"
         )
@@ -87,6 +111,8 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
     except InvalidPhoneNumber as exc:
         _raise("invalid_phone", f"{prefix}.recipient_phone {exc}", f"{prefix}.recipient_phone")
     sender_text = item.sender or access.default_sender or (DEMO_SENDER if access.demo else None)
+    if sender_text is None and access.type is StreamType.whatsapp:
+        sender_text = WHATSAPP_SENDER
     if sender_text is None:
         _raise(
             "missing_sender",
@@ -111,7 +137,7 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
             )
         if send_at <= now:
             send_at = None
-    body = item.message_content
+    body = whatsapp.body if whatsapp else item.message_content
     count = count_segments(body)
     return PreparedItem(
         index=index,
@@ -128,6 +154,7 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
             else None
         ),
         callback_url=str(item.callback_url) if item.callback_url else None,
+        content=whatsapp.content if whatsapp else None,
     )
 
 
@@ -143,9 +170,12 @@ def accept_messages(
     now = runtime.clock()
     results: list[SendResult | None] = [None] * len(raw_items)
     prepared: list[PreparedItem] = []
+    templates = (
+        load_templates(runtime, access.stream_id) if access.type is StreamType.whatsapp else None
+    )
     for index, raw in enumerate(raw_items):
         try:
-            prepared.append(prepare_item(index, raw, access, now))
+            prepared.append(prepare_item(index, raw, access, now, templates))
         except ItemRejected as exc:
             internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
             results[index] = SendResult(
@@ -273,6 +303,7 @@ def _insert(
             "encoding": p.encoding,
             "status": (MessageStatus.scheduled if p.send_at else MessageStatus.queued).value,
             "callback_url": p.callback_url,
+            "content": p.content,
             "send_at": p.send_at,
             "expires_at": p.expires_at,
             "attempts": 0,

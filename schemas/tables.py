@@ -66,6 +66,8 @@ class Stream(Base):
     tags: Mapped[list[StreamTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="StreamTag.position"
     )
+    #: The WhatsApp Cloud API set-up of a ``whatsapp`` stream (None until it is saved).
+    whatsapp: Mapped[WhatsAppConfig | None] = relationship(lazy="selectin")
 
 
 class StreamTag(Base):
@@ -88,6 +90,7 @@ class Message(Base):
         Index("ix_messages_status_enqueued", "status", "enqueued_at"),
         Index("ix_messages_account_created", "account_id", "created_at"),
         Index("ix_messages_status_not_before", "status", "not_before"),
+        Index("ix_messages_provider_message_id", "provider", "provider_message_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -120,6 +123,8 @@ class Message(Base):
     expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: What a WhatsApp message carries besides text (template and its parameters, or media).
+    content: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class MessageEvent(Base):
@@ -154,3 +159,153 @@ class DeadLetter(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime]
     replayed_at: Mapped[datetime | None]
+
+
+# ---------------------------------------------------------------- two-way and WhatsApp
+
+
+class WhatsAppConfig(Base):
+    """A WhatsApp stream's Cloud API set-up. Secrets are sealed (``SecretBox``); the access
+    token's last four characters are kept apart so the API can show them."""
+
+    __tablename__ = "whatsapp_configs"
+
+    stream_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("streams.id", ondelete="CASCADE"), primary_key=True
+    )
+    business_account_id: Mapped[str | None] = mapped_column(String(32))
+    phone_number_id: Mapped[str | None] = mapped_column(String(32))
+    access_token_sealed: Mapped[str | None] = mapped_column(Text)
+    access_token_last4: Mapped[str | None] = mapped_column(String(4))
+    app_secret_sealed: Mapped[str | None] = mapped_column(Text)
+    verify_token_sealed: Mapped[str | None] = mapped_column(Text)
+    #: Set when Meta refused the credentials (e.g. an expired token); cleared by a new token.
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class WhatsAppTemplate(Base):
+    """A message template approved by Meta, registered on a stream so sends can be checked."""
+
+    __tablename__ = "whatsapp_templates"
+    __table_args__ = (
+        UniqueConstraint("stream_id", "name", "language", name="uq_whatsapp_templates_name"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(512))
+    language: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(20))
+    body: Mapped[str] = mapped_column(Text)
+    parameter_count: Mapped[int] = mapped_column(Integer)
+    buttons: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime]
+
+
+class InboundMessage(Base):
+    """A message a person sent to one of a stream's numbers (two-way MO, WhatsApp)."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (
+        UniqueConstraint(
+            "stream_id", "provider", "provider_message_id", name="uq_inbound_provider_message"
+        ),
+        Index("ix_inbound_stream_received", "stream_id", "received_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"))
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    sender: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str | None] = mapped_column(String(32))
+    text: Mapped[str | None] = mapped_column(Text)
+    media: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: ``stop`` or ``start`` when the text was an opt-out keyword.
+    opt_out: Mapped[str | None] = mapped_column(String(8))
+    received_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+
+
+class Suppression(Base):
+    """A number that opted out of an account's marketing (STOP); START removes it."""
+
+    __tablename__ = "suppressions"
+
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    phone: Mapped[str] = mapped_column(String(20), primary_key=True)
+    keyword: Mapped[str] = mapped_column(String(16))
+    stream_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("streams.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime]
+
+
+class ProviderReceipt(Base):
+    """A final delivery receipt for a message, or for one part of a multipart message.
+
+    Receipts that name a provider id no message carries yet (they can beat the worker's
+    ``sent``) wait here with ``message_id`` NULL until the message is known.
+    """
+
+    __tablename__ = "provider_receipts"
+    __table_args__ = (
+        UniqueConstraint(
+            "provider", "provider_message_id", "part", name="uq_provider_receipts_part"
+        ),
+        Index("ix_provider_receipts_message", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_message_id: Mapped[str] = mapped_column(String(128))
+    message_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE")
+    )
+    #: 0 for a whole-message receipt, else the part number (1-based).
+    part: Mapped[int] = mapped_column(Integer)
+    parts: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+
+
+class CallbackDelivery(Base):
+    """One signed callback to a customer (a status change or an inbound message): the outbox
+    row of the callbacks queue, then its outcome. ``dead`` rows are the dead letters."""
+
+    __tablename__ = "callback_deliveries"
+    __table_args__ = (
+        Index("ix_callback_deliveries_stream_state", "stream_id", "state"),
+        Index("ix_callback_deliveries_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"))
+    #: ``message.status`` or ``message.inbound``.
+    event: Mapped[str] = mapped_column(String(32))
+    #: A message's own ``callback_url``; NULL means the stream's current callback set-up.
+    url: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: pending | delivered | dead | canceled
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    #: Retries stop once this is more than the retry window ago (reset by a replay).
+    window_started_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+    dead_at: Mapped[datetime | None]
+    replayed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]

@@ -40,9 +40,10 @@ from schemas.enums import MessageStatus, StreamStatus, StreamType
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
 from workers.admission import Admission, Limits, Request
+from workers.opt_out import reject_if_opted_out
 from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
-from workers.queueing import enqueue_receipt
+from workers.queueing import enqueue_delivery, enqueue_receipt
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,8 @@ class Job:
     expires_at: datetime | None
     demo: bool
     settings: dict[str, Any]
+    #: WhatsApp template or media (``messages.content``); None for text.
+    content: dict[str, Any] | None = None
 
     def outbound(self) -> OutboundMessage:
         return OutboundMessage(
@@ -76,6 +79,8 @@ class Job:
             body=self.body,
             segments=self.segments,
             encoding=self.encoding,
+            stream_id=str(self.stream_id),
+            content=self.content,
         )
 
 
@@ -107,7 +112,7 @@ class Delivery:
             return
         log_ = log_.bind(stream_id=str(job.stream_id))
         try:
-            provider = self.providers.for_stream(demo=job.demo)
+            provider = self.providers.for_stream(demo=job.demo, stream_type=job.stream_type.value)
         except ProviderError as error:
             self._fail(job, error.code, error.message, log_)
             return
@@ -161,6 +166,8 @@ class Delivery:
             self._hold(session, key, now, until=None, reason="stream_paused")
             log_.info("delivery_parked", stream_status=stream_status)
             return None
+        if message.status == MessageStatus.queued and reject_if_opted_out(session, message, now):
+            return None
         return Job(
             message_id=message.id,
             stream_id=message.stream_id,
@@ -175,6 +182,7 @@ class Delivery:
             expires_at=as_utc(message.expires_at) if message.expires_at else None,
             demo=demo,
             settings=dict(settings or {}),
+            content=message.content,
         )
 
     def _waiting(self, message: Message, now: datetime) -> bool:
@@ -355,6 +363,35 @@ class Delivery:
             attempt=attempt,
             delay_s=round(delay, 2),
         )
+        self._enqueue_retry(job, delay, log_)
+
+    def _enqueue_retry(self, job: Job, delay: float, log_: Any) -> None:
+        """Put the retry on the broker with its back-off delay and mark it enqueued, so it
+        does not wait for a relay sweep. If the broker is down, the message stays held and
+        the relay releases it when due."""
+        try:
+            enqueue_delivery(
+                self.runtime.broker,
+                job.stream_type.queue_name,
+                str(job.message_id),
+                delay_ms=int(delay * 1000),
+            )
+        except Exception as exc:
+            log_.warning("retry_enqueue_failed_left_to_relay", error=type(exc).__name__)
+            return
+        with self.runtime.session_factory() as session:
+            session.execute(
+                update(Message)
+                .where(
+                    Message.id == job.message_id,
+                    Message.status == MessageStatus.queued.value,
+                    Message.hold_reason == "retry",
+                    Message.enqueued_at.is_(None),
+                )
+                .values(enqueued_at=self.runtime.clock())
+                .execution_options(synchronize_session=False)
+            )
+            session.commit()
 
     def _fail(
         self,

@@ -22,9 +22,13 @@ from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from workers.actors import declare_actors
 from workers.admission import LocalAdmission, RedisAdmission
+from workers.callback_actors import declare_callback_actors
+from workers.callbacks import CallbackSender
 from workers.dead_letter_middleware import DeadLetters
 from workers.delivery import Delivery
 from workers.providers.registry import ProviderRegistry
+from workers.queueing import subscribe_status_followups
+from workers.status_followup import StatusFollowUp
 
 log = structlog.get_logger(__name__)
 
@@ -34,10 +38,10 @@ SHUTDOWN_TIMEOUT_MS = 30_000
 def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> dramatiq.Worker:
     """Declare the actors on the runtime's broker and start consuming ``queues``."""
     admission = RedisAdmission(runtime.redis) if runtime.redis is not None else LocalAdmission()
-    delivery = Delivery(
-        runtime, ProviderRegistry.from_settings(runtime.settings, runtime.redis), admission
-    )
+    delivery = Delivery(runtime, ProviderRegistry.from_runtime(runtime), admission)
     declare_actors(runtime.broker, delivery)
+    declare_callback_actors(runtime.broker, CallbackSender(runtime), StatusFollowUp(runtime))
+    subscribe_status_followups(runtime)
     if not any(isinstance(m, DeadLetters) for m in runtime.broker.middleware):
         runtime.broker.add_middleware(DeadLetters(runtime))
     worker = dramatiq.Worker(

@@ -17,6 +17,7 @@ from core.network import parse_network
 from core.phones import normalize_sender
 from core.runtime import Runtime
 from core.stream_rules import ACTIVITY_WINDOW, missing_steps, shown_status, stored_status
+from core.whatsapp_setup import whatsapp_steps
 from dispatcher.auth import StreamAccess, ensure_accepts_sends, require_account, runtime_of
 from dispatcher.errors import ApiError, not_found
 from dispatcher.intake import accept_messages
@@ -153,6 +154,7 @@ def _missing(stream: Stream) -> list[str]:
         default_sender=stream.default_sender,
         demo=stream.demo,
         settings=stream.settings,
+        whatsapp=whatsapp_steps(stream),
     )
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +17,10 @@ class OutboundMessage:
     body: str
     segments: int
     encoding: str
+    #: The stream it belongs to (WhatsApp credentials are per stream).
+    stream_id: str | None = None
+    #: WhatsApp: a template and its parameters, or media (``messages.content``); None = text.
+    content: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

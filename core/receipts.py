@@ -1,0 +1,209 @@
+"""Delivery receipts from providers (HTTP DLRs, WhatsApp statuses) applied to messages.
+
+Receipts arrive in any order and more than once, sometimes before the worker has recorded
+``sent``. So a receipt only ever moves a message forward: ``sent`` only from ``sending``;
+``delivered`` / ``undelivered`` only from ``sending`` or ``sent``. A ``delivered`` message never
+goes back to ``sent``, and a repeated receipt changes nothing.
+
+A message of several parts (segments) gets one final status: ``delivered`` once every part is
+reported delivered, ``undelivered`` (naming how many parts arrived) once every part is
+reported and one of them was not. A receipt naming a provider id that no message carries yet
+is kept and applied when the worker records the id (``resolve_waiting_receipts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.database import insert_ignoring_duplicates
+from core.message_states import transition
+from schemas.enums import MessageStatus
+from schemas.events import StatusChange
+from schemas.tables import Message, ProviderReceipt
+
+ReceiptStatus = Literal["sent", "delivered", "undelivered"]
+RECEIPT_STATUSES: frozenset[str] = frozenset({"sent", "delivered", "undelivered"})
+_FINAL_FROM = (MessageStatus.sending, MessageStatus.sent)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptIn:
+    """A receipt as a provider reported it, already in our words."""
+
+    provider: str
+    status: ReceiptStatus
+    provider_message_id: str | None
+    #: Our message id, when the provider echoes it (WhatsApp ``biz_opaque_callback_data``).
+    reference: str | None = None
+    #: 1-based part number and part count for multipart messages; None for the whole message.
+    part: int | None = None
+    parts: int | None = None
+    error_code: str | None = None
+
+
+def multipart_outcome(
+    expected_parts: int, part_statuses: Mapping[int, str]
+) -> tuple[MessageStatus, str] | None:
+    """The final status once every part has reported, else None. Pure."""
+    reported = {part: status for part, status in part_statuses.items() if part >= 1}
+    if len(reported) < max(expected_parts, 1):
+        return None
+    delivered = sum(1 for status in reported.values() if status == "delivered")
+    detail = f"{delivered} of {len(reported)} parts delivered"
+    if delivered == len(reported):
+        return MessageStatus.delivered, detail
+    return MessageStatus.undelivered, detail
+
+
+def record_receipt(
+    session: Session, receipt: ReceiptIn, now: datetime, *, stream_id: uuid.UUID | None = None
+) -> StatusChange | None:
+    """Apply one receipt (the caller commits). ``stream_id`` confines the look-up to a stream
+    (WhatsApp webhooks are per stream). Returns the status change made, if any."""
+    message = _find_message(session, receipt, stream_id)
+    if message is None:
+        if receipt.status != "sent" and receipt.provider_message_id:
+            _store(session, receipt, None, receipt.provider_message_id, now)
+        return None
+    known_ids = (
+        {}
+        if message.provider_message_id or not receipt.provider_message_id
+        else {"provider": receipt.provider, "provider_message_id": receipt.provider_message_id}
+    )
+    if receipt.status == "sent":
+        return transition(
+            session,
+            message.id,
+            to=MessageStatus.sent,
+            allowed_from=[MessageStatus.sending],
+            at=now,
+            detail="provider receipt",
+            values=known_ids or None,
+        )
+    provider_id = receipt.provider_message_id or message.provider_message_id or str(message.id)
+    _store(session, receipt, message.id, provider_id, now)
+    return _evaluate(session, message, now, known_ids)
+
+
+def resolve_waiting_receipts(
+    session: Session, message_id: uuid.UUID, now: datetime
+) -> StatusChange | None:
+    """Attach receipts that arrived before the message's provider id was recorded, and apply
+    them. The caller commits."""
+    message = session.scalars(
+        select(Message).where(Message.id == message_id).with_for_update()
+    ).first()
+    if message is None or not message.provider or not message.provider_message_id:
+        return None
+    attached = session.execute(
+        update(ProviderReceipt)
+        .where(
+            ProviderReceipt.provider == message.provider,
+            ProviderReceipt.provider_message_id == message.provider_message_id,
+            ProviderReceipt.message_id.is_(None),
+        )
+        .values(message_id=message.id)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not attached:
+        return None
+    return _evaluate(session, message, now, {})
+
+
+def _find_message(
+    session: Session, receipt: ReceiptIn, stream_id: uuid.UUID | None
+) -> Message | None:
+    conditions = []
+    if receipt.reference:
+        with contextlib.suppress(ValueError):
+            conditions.append(Message.id == uuid.UUID(receipt.reference))
+    if not conditions and receipt.provider_message_id:
+        conditions += [
+            Message.provider == receipt.provider,
+            Message.provider_message_id == receipt.provider_message_id,
+        ]
+    if not conditions:
+        return None
+    if stream_id is not None:
+        conditions.append(Message.stream_id == stream_id)
+    # Locked, so parts reported at the same moment are counted one after the other.
+    return session.scalars(select(Message).where(*conditions).with_for_update()).first()
+
+
+def _store(
+    session: Session,
+    receipt: ReceiptIn,
+    message_id: uuid.UUID | None,
+    provider_id: str,
+    now: datetime,
+) -> None:
+    statement = insert_ignoring_duplicates(
+        session, ProviderReceipt, ["provider", "provider_message_id", "part"]
+    )
+    session.execute(
+        statement,
+        [
+            {
+                "provider": receipt.provider,
+                "provider_message_id": provider_id,
+                "message_id": message_id,
+                "part": receipt.part or 0,
+                "parts": receipt.parts,
+                "status": receipt.status,
+                "error_code": receipt.error_code,
+                "received_at": now,
+            }
+        ],
+    )
+
+
+def _evaluate(
+    session: Session, message: Message, now: datetime, known_ids: dict[str, str]
+) -> StatusChange | None:
+    rows = session.execute(
+        select(
+            ProviderReceipt.part,
+            ProviderReceipt.parts,
+            ProviderReceipt.status,
+            ProviderReceipt.error_code,
+        )
+        .where(ProviderReceipt.message_id == message.id)
+        .order_by(ProviderReceipt.id)
+    ).all()
+    whole = [row for row in rows if row.part == 0]
+    if whole:
+        status = MessageStatus(whole[0].status)
+        detail = "provider receipt"
+        error_code = whole[0].error_code
+    else:
+        expected = max([row.parts for row in rows if row.parts] or [message.segments])
+        outcome = multipart_outcome(expected, {row.part: row.status for row in rows})
+        if outcome is None:
+            return None
+        status, detail = outcome
+        error_code = next((row.error_code for row in rows if row.error_code), None)
+    values: dict[str, object] = dict(known_ids)
+    if status is MessageStatus.undelivered:
+        values["error_code"] = "undelivered"
+        values["error_message"] = (
+            f"The carrier could not deliver it ({detail})."
+            if not whole
+            else "The carrier could not deliver it."
+        ) + (f" Provider code: {error_code}." if error_code else "")
+    return transition(
+        session,
+        message.id,
+        to=status,
+        allowed_from=_FINAL_FROM,
+        at=now,
+        detail=detail,
+        values=values or None,
+    )

@@ -1,0 +1,76 @@
+"""A fake generic HTTP SMS API, speaking what ``workers.providers.http`` is configured for:
+``POST /sms`` with a JSON body ``{"from", "to", "text", "reference"}`` and an
+``Authorization: Bearer <key>`` header; answers ``{"message_id": …}``, refuses bad numbers
+with 400 ``{"error": {"code", "message"}}`` and a wrong key with 401, and can be told to fail
+the next N requests (500/503, 429 with ``Retry-After``, or a delay past the client timeout).
+Like a real provider with idempotency keys, a repeated reference gets the first answer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from dataclasses import dataclass, field
+from threading import Lock
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from tests.fakes.failures import Failure, FailurePlan
+
+API_KEY = "fake-sms-key-1234"
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+
+
+@dataclass
+class FakeHttpSms:
+    api_key: str = API_KEY
+    failures: FailurePlan = field(default_factory=FailurePlan)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    by_reference: dict[str, str] = field(default_factory=dict)
+    _lock: Lock = field(default_factory=Lock)
+
+    def fail_next(self, times: int, status: int, **kwargs: Any) -> None:
+        self.failures.fail_next(times, Failure(status=status, **kwargs))
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r.get("answered") == 200]
+
+    async def send(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        record = {"body": body, "headers": dict(request.headers)}
+        with self._lock:
+            self.requests.append(record)
+        failure = self.failures.take()
+        if failure is not None:
+            if failure.delay_seconds:
+                await asyncio.sleep(failure.delay_seconds)
+            record["answered"] = failure.status
+            return JSONResponse(
+                failure.body or {"error": {"code": "server_error", "message": "try later"}},
+                status_code=failure.status,
+                headers=failure.headers,
+            )
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            record["answered"] = 401
+            return JSONResponse(
+                {"error": {"code": "unauthorized", "message": "bad API key"}}, status_code=401
+            )
+        to = body.get("to")
+        if not isinstance(to, str) or not _E164.fullmatch(to) or to.startswith("+999"):
+            record["answered"] = 400
+            return JSONResponse(
+                {"error": {"code": "invalid_number", "message": f"cannot route {to}"}},
+                status_code=400,
+            )
+        reference = str(body.get("reference"))
+        with self._lock:
+            provider_id = self.by_reference.setdefault(reference, "sms-" + uuid.uuid4().hex)
+        record["answered"] = 200
+        return JSONResponse({"message_id": provider_id, "status": "accepted"})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/sms", self.send, methods=["POST"])])

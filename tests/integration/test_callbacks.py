@@ -1,0 +1,263 @@
+"""Customer callbacks: signed with the stream's webhook secret, retried with backoff until
+the customer answers, dead letters after the retry window, replay, the SSRF guard, and a
+slow customer that never slows sending."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import parse_qs
+
+import pytest
+from sqlalchemy import select
+
+from core.settings import CallbackSettings
+from core.signatures import SIGNATURE_HEADER, verify_streams_signature
+from schemas.tables import CallbackDelivery
+from tests.conftest import auth, message
+from tests.fakes.customer import FakeCustomer
+from tests.fakes.server import serve
+from tests.processes import wait_until
+from tests.two_way import post_signed_inbound, signing_secret
+from workers.pool import start_worker
+
+
+@pytest.fixture
+def customer():
+    fake = FakeCustomer()
+    with serve(fake.app()) as base:
+        fake.base_url = base
+        yield fake
+
+
+def callback_settings(**extra) -> CallbackSettings:
+    values = {
+        "allow_private_addresses": True,
+        "backoff_base_seconds": 0.05,
+        "backoff_max_seconds": 0.2,
+        "connect_timeout_seconds": 1,
+        "timeout_seconds": 1,
+        **extra,
+    }
+    return CallbackSettings(_env_file=None, **values)
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.model_copy(update={"callbacks": callback_settings()})
+
+
+@pytest.fixture
+def callbacks_worker(runtime):
+    worker = start_worker(runtime, ["callbacks"], threads=2)
+    yield worker
+    worker.stop(timeout=5_000)
+
+
+def two_way_stream(make_stream, customer, **settings):
+    return make_stream(
+        name="Support",
+        type="two_way",
+        settings={"callback_url": f"{customer.base_url}/hooks/streams", **settings},
+    )
+
+
+def deliveries(runtime):
+    with runtime.session_factory() as session:
+        return session.scalars(select(CallbackDelivery).order_by(CallbackDelivery.created_at)).all()
+
+
+def test_inbound_callback_is_retried_until_the_customer_answers(
+    client, runtime, make_stream, account_key, customer, callbacks_worker
+):
+    stream = two_way_stream(make_stream, customer, callback_headers={"X-Customer-Key": "abc"})
+    secret = signing_secret(client, account_key, stream["id"])
+    customer.fail_next(3)
+    accepted = post_signed_inbound(
+        client, stream["id"], secret, {"from": "+972524265292", "to": "Acme", "text": "Hello"}
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert wait_until(lambda: len(customer.received) == 1, 15)
+    assert customer.attempts == 4
+    request = customer.received[0]
+    assert request["method"] == "POST" and request["path"] == "/hooks/streams"
+    assert request["headers"]["x-customer-key"] == "abc"
+    assert verify_streams_signature(
+        request["headers"][SIGNATURE_HEADER.lower()], request["body"], secret, time.time()
+    )
+    assert not verify_streams_signature(
+        request["headers"][SIGNATURE_HEADER.lower()], request["body"] + b" ", secret, time.time()
+    )
+    payload = json.loads(request["body"])
+    assert payload["event"] == "message.inbound"
+    assert payload["from"] == "+972524265292" and payload["text"] == "Hello"
+    assert payload["inbound_id"] == accepted.json()["inbound_id"]
+    [row] = deliveries(runtime)
+    assert row.state == "delivered" and row.attempts == 4 and row.last_status_code == 200
+
+
+def test_status_changes_reach_the_callback_with_get_and_signed_query(
+    client, runtime, make_stream, account_key, customer
+):
+    stream = two_way_stream(make_stream, customer, callback_method="GET")
+    secret = signing_secret(client, account_key, stream["id"])
+    message_id = client.post(
+        "/v1/messages",
+        json={"messages": [message(internal_id="ask-1")]},
+        headers=auth(stream["token"]),
+    ).json()["results"][0]["message_id"]
+    worker = start_worker(runtime, ["two_way", "callbacks"], threads=2)
+    try:
+        assert wait_until(
+            lambda: (
+                {parse_qs(r["query"])["status"][0] for r in customer.received}
+                >= {"sent", "delivered"}
+            ),
+            20,
+        )
+    finally:
+        worker.stop(timeout=5_000)
+    for request in customer.received:
+        assert request["method"] == "GET" and request["body"] == b""
+        query = request["query"].encode()
+        assert verify_streams_signature(
+            request["headers"][SIGNATURE_HEADER.lower()], query, secret, time.time()
+        )
+        fields = parse_qs(request["query"])
+        assert fields["message_id"] == [message_id] and fields["internal_id"] == ["ask-1"]
+        assert fields["event"] == ["message.status"]
+
+
+def test_a_messages_own_callback_url_gets_a_signed_post(
+    client, runtime, make_stream, account_key, customer
+):
+    stream = make_stream()  # transactional: no stream callback set-up
+    secret = signing_secret_for_any(runtime, stream["id"])
+    client.post(
+        "/v1/messages",
+        json={"messages": [message(callback_url=f"{customer.base_url}/per-message")]},
+        headers=auth(stream["token"]),
+    )
+    worker = start_worker(runtime, ["transactional", "callbacks"], threads=2)
+    try:
+        assert wait_until(
+            lambda: any(json.loads(r["body"])["status"] == "delivered" for r in customer.received),
+            20,
+        )
+    finally:
+        worker.stop(timeout=5_000)
+    request = customer.received[-1]
+    assert request["path"] == "/per-message"
+    assert verify_streams_signature(
+        request["headers"][SIGNATURE_HEADER.lower()], request["body"], secret, time.time()
+    )
+
+
+def signing_secret_for_any(runtime, stream_id):
+    import uuid
+
+    from schemas.tables import Stream
+
+    with runtime.session_factory() as session:
+        stream = session.get(Stream, uuid.UUID(stream_id))
+        return runtime.secret_box.open(stream.webhook_secret_sealed)
+
+
+def test_dead_letter_after_the_retry_window_then_replay(
+    client, runtime, make_stream, account_key, other_account_key, customer, callbacks_worker
+):
+    runtime.settings.callbacks.retry_window_seconds = 0.5
+    stream = two_way_stream(make_stream, customer)
+    secret = signing_secret(client, account_key, stream["id"])
+    customer.fail_next(1000)
+    post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hello"})
+    assert wait_until(lambda: [r.state for r in deliveries(runtime)] == ["dead"], 15)
+    dead = client.get(
+        f"/api/v1/streams/{stream['id']}/callbacks/dead-letters", headers=auth(account_key)
+    ).json()
+    assert dead["total"] == 1
+    letter = dead["items"][0]
+    assert letter["event"] == "message.inbound" and letter["attempts"] >= 2
+    assert letter["last_error"] == "HTTP 500" and letter["payload"]["text"] == "Hello"
+    attempts_before = customer.attempts
+
+    other = client.get(
+        f"/api/v1/streams/{stream['id']}/callbacks/dead-letters", headers=auth(other_account_key)
+    )
+    assert other.status_code == 404
+    stolen = client.post(
+        f"/api/v1/streams/{stream['id']}/callbacks/dead-letters/{letter['id']}/replay",
+        headers=auth(other_account_key),
+    )
+    assert stolen.status_code == 404
+    time.sleep(0.3)
+    assert customer.attempts == attempts_before, "a dead letter is not retried by itself"
+
+    customer.failures.clear()  # the customer fixed their endpoint
+    runtime.settings.callbacks.retry_window_seconds = 30
+    replay = client.post(
+        f"/api/v1/streams/{stream['id']}/callbacks/dead-letters/{letter['id']}/replay",
+        headers=auth(account_key),
+    )
+    assert replay.status_code == 200 and replay.json() == {"replayed": 1}
+    assert wait_until(lambda: len(customer.received) == 1, 15)
+    assert json.loads(customer.received[0]["body"])["event_id"] == letter["id"]
+    assert [r.state for r in deliveries(runtime)] == ["delivered"]
+    again = client.post(
+        f"/api/v1/streams/{stream['id']}/callbacks/dead-letters/replay", headers=auth(account_key)
+    )
+    assert again.json() == {"replayed": 0}
+
+
+def test_callbacks_to_private_addresses_are_refused_by_default(
+    client, runtime, make_stream, account_key, customer
+):
+    runtime.settings.callbacks.allow_private_addresses = False
+    worker = start_worker(runtime, ["callbacks"], threads=1)
+    try:
+        stream = two_way_stream(make_stream, customer)
+        secret = signing_secret(client, account_key, stream["id"])
+        post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
+        assert wait_until(lambda: [r.state for r in deliveries(runtime)] == ["dead"], 15)
+    finally:
+        worker.stop(timeout=5_000)
+    [row] = deliveries(runtime)
+    assert "non-public address (127.0.0.1)" in row.last_error
+    assert customer.attempts == 0
+
+
+@pytest.mark.slow
+def test_a_slow_customer_never_slows_sending(client, runtime, make_stream, account_key, customer):
+    """The customer's endpoint hangs past our timeout on every call; messages of the stream
+    are delivered all the same, because callbacks have their own queue and pool."""
+    from core.runtime import build_runtime
+
+    customer.fail_next(1000, delay_seconds=3)
+    stream = two_way_stream(make_stream, customer)
+    callbacks_runtime = build_runtime(runtime.settings)  # its own process in production
+    callbacks = start_worker(callbacks_runtime, ["callbacks"], threads=1)
+    sending = start_worker(runtime, ["two_way"], threads=2)
+    try:
+        ids = [
+            r["message_id"]
+            for r in client.post(
+                "/v1/messages",
+                json={"messages": [message() for _ in range(20)]},
+                headers=auth(stream["token"]),
+            ).json()["results"]
+        ]
+
+        def all_delivered():
+            return all(
+                client.get(f"/api/v1/messages/{i}", headers=auth(account_key)).json()["status"]
+                == "delivered"
+                for i in ids
+            )
+
+        assert wait_until(all_delivered, 20, interval=0.2)
+        assert len(customer.received) == 0
+        assert any(r.state == "pending" for r in deliveries(runtime)), "callbacks still trying"
+    finally:
+        sending.stop(timeout=5_000)
+        callbacks.stop(timeout=10_000)
+        callbacks_runtime.close()

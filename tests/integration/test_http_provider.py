@@ -1,0 +1,275 @@
+"""The generic HTTP provider: the adapter against a local fake SMS API (success and every
+kind of error), its delivery receipts on /webhooks/dlr/http (signed; multipart), and its
+inbound messages."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from core.settings import HttpProviderSettings
+from core.signatures import body_hmac
+from tests.conftest import auth, message
+from tests.fakes.http_sms import API_KEY, FakeHttpSms
+from tests.fakes.server import serve
+from tests.processes import wait_until
+from workers.pool import start_worker
+from workers.providers.base import OutboundMessage, ProviderError
+from workers.providers.http import HttpProvider
+
+WEBHOOK_SECRET = "http-provider-webhook-secret"
+
+
+@pytest.fixture
+def sms():
+    fake = FakeHttpSms()
+    with serve(fake.app()) as base:
+        fake.base_url = base
+        yield fake
+
+
+def provider_settings(base_url: str, **extra) -> HttpProviderSettings:
+    return HttpProviderSettings(
+        url=f"{base_url}/sms",
+        auth_value=f"Bearer {API_KEY}",
+        timeout_seconds=1,
+        webhook_secret=WEBHOOK_SECRET,
+        _env_file=None,
+        **extra,
+    )
+
+
+@pytest.fixture
+def settings(settings, sms):
+    return settings.model_copy(
+        update={
+            "http_provider": provider_settings(sms.base_url),
+            "default_provider": "http",
+            "retry_backoff_seconds": 0.05,
+        }
+    )
+
+
+def outbound(recipient: str = "+972524265292") -> OutboundMessage:
+    return OutboundMessage(
+        reference=str(uuid.uuid4()),
+        sender="Acme",
+        recipient=recipient,
+        body="Your parcel is on its way",
+        segments=1,
+        encoding="GSM-7",
+    )
+
+
+# ---------------------------------------------------------------- the adapter
+
+
+def test_adapter_maps_fields_authenticates_and_reads_the_id(sms):
+    provider = HttpProvider(provider_settings(sms.base_url, extra_fields={"type": "sms"}))
+    sent = outbound()
+    accepted = provider.send(sent)
+    request = sms.requests[-1]
+    assert request["body"] == {
+        "type": "sms",
+        "from": "Acme",
+        "to": "+972524265292",
+        "text": "Your parcel is on its way",
+        "reference": sent.reference,
+    }
+    assert request["headers"]["authorization"] == f"Bearer {API_KEY}"
+    assert request["headers"]["idempotency-key"] == sent.reference
+    assert accepted.provider_message_id.startswith("sms-")
+    assert provider.send(sent).provider_message_id == accepted.provider_message_id
+    provider.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "kwargs", "code", "transient", "retry_after"),
+    [
+        (500, {}, "provider_unavailable", True, None),
+        (503, {"headers": {"Retry-After": "7"}}, "provider_unavailable", True, 7.0),
+        (429, {"headers": {"Retry-After": "3"}}, "provider_throttled", True, 3.0),
+        (408, {}, "provider_unavailable", True, None),
+        (200, {"delay_seconds": 1.5}, "provider_timeout", True, None),
+        (
+            422,
+            {"body": {"error": {"message": "sender not allowed"}}},
+            "provider_rejected",
+            False,
+            None,
+        ),
+    ],
+)
+def test_adapter_maps_errors(sms, status, kwargs, code, transient, retry_after):
+    provider = HttpProvider(provider_settings(sms.base_url))
+    sms.fail_next(1, status, **kwargs)
+    with pytest.raises(ProviderError) as raised:
+        provider.send(outbound())
+    assert (raised.value.code, raised.value.transient, raised.value.retry_after) == (
+        code,
+        transient,
+        retry_after,
+    )
+    provider.close()
+
+
+def test_adapter_refusals_are_permanent(sms):
+    provider = HttpProvider(provider_settings(sms.base_url))
+    with pytest.raises(ProviderError) as invalid:
+        provider.send(outbound("+99912345678"))
+    assert invalid.value.code == "provider_rejected" and not invalid.value.transient
+    assert "cannot route" in invalid.value.message
+    wrong_key = HttpProvider(
+        HttpProviderSettings(url=f"{sms.base_url}/sms", auth_value="Bearer nope", _env_file=None)
+    )
+    with pytest.raises(ProviderError) as refused:
+        wrong_key.send(outbound())
+    assert refused.value.code == "provider_auth_failed" and not refused.value.transient
+    assert "nope" not in refused.value.message
+    unreachable = HttpProvider(HttpProviderSettings(url="http://127.0.0.1:9/sms", _env_file=None))
+    with pytest.raises(ProviderError) as down:
+        unreachable.send(outbound())
+    assert down.value.code == "provider_unreachable" and down.value.transient
+
+
+def test_a_2xx_without_an_id_is_not_retried(sms):
+    provider = HttpProvider(provider_settings(sms.base_url, response_id_field="data.id"))
+    with pytest.raises(ProviderError) as raised:
+        provider.send(outbound())
+    assert raised.value.code == "provider_bad_response" and not raised.value.transient
+
+
+# ---------------------------------------------------------------- through the worker, and back
+
+
+def dlr(client, document, secret=WEBHOOK_SECRET):
+    raw = json.dumps(document).encode()
+    return client.post(
+        "/webhooks/dlr/http",
+        content=raw,
+        headers={"X-Signature": body_hmac(secret, raw), "Content-Type": "application/json"},
+    )
+
+
+def test_sends_retry_transient_errors_then_receipts_deliver(
+    client, runtime, make_stream, account_key, sms
+):
+    stream = make_stream()
+    sms.fail_next(2, 503)
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    worker = start_worker(runtime, ["transactional"], threads=2)
+    try:
+
+        def shown():
+            return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+        assert wait_until(lambda: shown()["status"] == "sent", 15)
+    finally:
+        worker.stop(timeout=5_000)
+    provider_id = shown()["provider_message_id"]
+    assert shown()["provider"] == "http" and provider_id.startswith("sms-")
+    assert len(sms.accepted()) == 1
+
+    assert (
+        dlr(client, {"message_id": provider_id, "status": "DELIVRD"}, secret="wrong").status_code
+        == 401
+    )
+    assert shown()["status"] == "sent"
+    assert dlr(client, {"message_id": provider_id, "status": "DELIVRD"}).json()["applied"] == 1
+    assert dlr(client, {"message_id": provider_id, "status": "ACCEPTD"}).json()["applied"] == 0
+    assert dlr(client, {"message_id": provider_id, "status": "UNDELIV"}).json()["applied"] == 0
+    assert shown()["status"] == "delivered"
+    bad = dlr(client, {"message_id": provider_id, "status": "MAYBE"})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "status"
+    assert client.post("/webhooks/dlr/smpp", content=b"{}").status_code == 404
+
+
+def _sent_message(client, runtime, stream, content, provider_id):
+    message_id = client.post(
+        "/v1/messages",
+        json={"messages": [message(message_content=content)]},
+        headers=auth(stream["token"]),
+    ).json()["results"][0]["message_id"]
+    with runtime.session_factory() as session:
+        session.execute(
+            text(
+                "UPDATE messages SET status='sent', provider='http', provider_message_id=:p "
+                "WHERE id=:id"
+            ),
+            {"p": provider_id, "id": uuid.UUID(message_id)},
+        )
+        session.commit()
+    return message_id
+
+
+def test_multipart_is_delivered_only_when_every_part_is(client, runtime, make_stream, account_key):
+    stream = make_stream()
+    long_text = "x" * 400  # three GSM-7 segments
+    ok = _sent_message(client, runtime, stream, long_text, "mp-ok")
+    partial = _sent_message(client, runtime, stream, long_text, "mp-partial")
+
+    def shown(message_id):
+        return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+    assert shown(ok)["segments"] == 3
+    dlr(client, {"message_id": "mp-ok", "status": "DELIVRD", "part": 1, "parts": 3})
+    dlr(client, {"message_id": "mp-ok", "status": "DELIVRD", "part": 3, "parts": 3})
+    dlr(client, {"message_id": "mp-ok", "status": "DELIVRD", "part": 3, "parts": 3})  # repeat
+    assert shown(ok)["status"] == "sent", "two of three parts: not final yet"
+    dlr(client, {"message_id": "mp-ok", "status": "DELIVRD", "part": 2, "parts": 3})
+    assert shown(ok)["status"] == "delivered"
+    assert shown(ok)["history"][-1]["detail"] == "3 of 3 parts delivered"
+
+    dlr(
+        client,
+        [
+            {"message_id": "mp-partial", "status": "DELIVRD", "part": 1, "parts": 3},
+            {"message_id": "mp-partial", "status": "UNDELIV", "part": 2, "parts": 3},
+            {"message_id": "mp-partial", "status": "DELIVRD", "part": 3, "parts": 3},
+        ],
+    )
+    final = shown(partial)
+    assert final["status"] == "undelivered"
+    assert final["history"][-1]["detail"] == "2 of 3 parts delivered"
+    assert final["error"]["code"] == "undelivered" and "2 of 3 parts" in final["error"]["message"]
+
+
+def test_a_receipt_before_the_provider_id_is_known_waits_for_it(
+    client, runtime, make_stream, account_key
+):
+    from core.receipts import resolve_waiting_receipts
+
+    stream = make_stream()
+    assert dlr(client, {"message_id": "early-1", "status": "DELIVRD"}).json()["applied"] == 0
+    message_id = _sent_message(client, runtime, stream, "hello", "early-1")
+    with runtime.session_factory() as session:
+        change = resolve_waiting_receipts(session, uuid.UUID(message_id), runtime.clock())
+        session.commit()
+    assert change is not None
+    shown = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    assert shown["status"] == "delivered"
+
+
+def test_inbound_in_the_providers_format(client, runtime, make_stream, account_key):
+    stream = make_stream(
+        name="Replies", type="two_way", settings={"callback_url": "https://example.com/hook"}
+    )
+    body = json.dumps(
+        {"from": "+972524265292", "to": "Acme", "text": "Hello", "message_id": "mo-1"}
+    ).encode()
+    url = f"/webhooks/{stream['id']}/inbound"
+    assert client.post(url, content=body, headers={"X-Signature": "0" * 64}).status_code == 401
+    first = client.post(url, content=body, headers={"X-Signature": body_hmac(WEBHOOK_SECRET, body)})
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    again = client.post(url, content=body, headers={"X-Signature": body_hmac(WEBHOOK_SECRET, body)})
+    assert again.json() == {**first.json(), "duplicate": True, "opt_out": None}
+    missing = json.dumps({"text": "no sender"}).encode()
+    refused = client.post(
+        url, content=missing, headers={"X-Signature": body_hmac(WEBHOOK_SECRET, missing)}
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "from"

@@ -1,0 +1,122 @@
+"""Customer callback URLs may not reach inside our network (SSRF).
+
+A callback URL is the customer's to choose, so a URL pointing at ``127.0.0.1``, a private
+range, link-local metadata (``169.254.169.254``) or another reserved address would let a
+customer make our workers call our own services. Every address a host name resolves to is
+checked, and the connection is then made to the checked address itself (a custom httpcore
+network backend), so a DNS answer that changes between the check and the connect
+(rebinding) cannot slip through. ``allow_private`` (setting
+``STREAMS_CALLBACK_ALLOW_PRIVATE_ADDRESSES``) turns the check off, for tests and closed
+networks only.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httpcore
+import httpx
+
+from core.network import IPAddress, parse_address
+
+
+class ForbiddenAddress(httpcore.ConnectError):
+    """The host resolves to an address callbacks may not reach."""
+
+
+def forbidden(address: IPAddress) -> bool:
+    """Loopback, private, link-local, multicast, reserved or otherwise not public. Pure."""
+    return not address.is_global or address.is_multicast
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to (IPv4-mapped IPv6 unwrapped)."""
+    literal = parse_address(host)
+    if literal is not None:
+        return [literal]
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found: list[IPAddress] = []
+    for info in infos:
+        address = parse_address(str(info[4][0]))
+        if address is not None and address not in found:
+            found.append(address)
+    return found
+
+
+def refusal(url: str, *, allow_private: bool) -> str | None:
+    """Why a callback may not go to ``url`` (scheme, or where it resolves), or None."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "the callback URL is not a valid URL"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "the callback URL must be http(s) with a host"
+    if allow_private:
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        addresses = resolve(parsed.host, port)
+    except OSError:
+        return None  # not resolvable now: a transient failure, found again at connect time
+    bad = [a for a in addresses if forbidden(a)]
+    if bad:
+        return f"the callback host resolves to a non-public address ({bad[0]})"
+    return None
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """Resolves, refuses non-public addresses, and connects to the address it checked."""
+
+    def __init__(self, *, allow_private: bool) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._allow_private = allow_private
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        if self._allow_private:
+            return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            addresses = resolve(host, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host}")
+        bad = [a for a in addresses if forbidden(a)]
+        if bad:
+            raise ForbiddenAddress(f"{host} resolves to a non-public address ({bad[0]})")
+        return self._inner.connect_tcp(
+            str(addresses[0]), port, timeout, local_address, socket_options
+        )
+
+    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("unix sockets are not callback targets")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def guarded_client(*, connect_timeout: float, timeout: float, allow_private: bool) -> httpx.Client:
+    """An httpx client for customer callbacks: short timeouts, no redirects (a redirect could
+    lead inside), no proxies from the environment, connections pinned to checked addresses."""
+    transport = httpx.HTTPTransport(trust_env=False)
+    # httpx takes no network backend of its own, so its pool is rebuilt with ours (the pool
+    # is what HTTPTransport wraps; httpcore's ConnectionPool accepts network_backend).
+    transport._pool = httpcore.ConnectionPool(  # noqa: SLF001
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=100,
+        max_keepalive_connections=20,
+        network_backend=GuardedBackend(allow_private=allow_private),
+    )
+    return httpx.Client(
+        transport=transport,
+        timeout=httpx.Timeout(timeout, connect=connect_timeout),
+        follow_redirects=False,
+        trust_env=False,
+    )

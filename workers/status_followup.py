@@ -1,0 +1,86 @@
+"""What follows a committed status change, off the sending path (``callbacks`` queue):
+
+* a ``sent`` message picks up delivery receipts that arrived before its provider id was
+  recorded (``core.receipts.resolve_waiting_receipts``);
+* each change becomes a signed customer callback when the message has its own
+  ``callback_url`` or its (two-way or WhatsApp) stream has one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from core.callback_events import STATUS_EVENT, add_callbacks, status_payload
+from core.provider_choice import HTTP, WHATSAPP_CLOUD
+from core.receipts import resolve_waiting_receipts
+from core.runtime import Runtime
+from schemas.enums import StreamType
+from schemas.tables import Message, Stream
+from workers.queueing import enqueue_callback
+
+log = structlog.get_logger(__name__)
+
+#: Stream types whose settings carry a callback set-up.
+CALLBACK_STREAM_TYPES = frozenset({StreamType.two_way.value, StreamType.whatsapp.value})
+_WEBHOOK_PROVIDERS = frozenset({HTTP, WHATSAPP_CLOUD})
+
+
+class StatusFollowUp:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def follow(self, changes: Sequence[Sequence[Any]]) -> None:
+        """``changes``: ``[message_id, status, at (ISO 8601), detail]`` items."""
+        parsed = [
+            (uuid.UUID(str(c[0])), str(c[1]), datetime.fromisoformat(str(c[2])), c[3])
+            for c in changes
+        ]
+        now = self.runtime.clock()
+        created: list[uuid.UUID] = []
+        with self.runtime.session_factory() as session:
+            for message_id, status, _at, _detail in parsed:
+                if status == "sent":
+                    resolve_waiting_receipts(session, message_id, now)
+            rows = session.execute(
+                select(Message, Stream)
+                .join(Stream, Stream.id == Message.stream_id)
+                .where(Message.id.in_({p[0] for p in parsed}))
+            ).all()
+            found = {message.id: (message, stream) for message, stream in rows}
+            callbacks: list[dict[str, Any]] = []
+            for message_id, status, at, detail in parsed:
+                if message_id not in found:
+                    continue
+                message, stream = found[message_id]
+                if stream.deleted_at is not None:
+                    continue
+                wants_stream = stream.type in CALLBACK_STREAM_TYPES and bool(
+                    (stream.settings or {}).get("callback_url")
+                )
+                if not message.callback_url and not wants_stream:
+                    continue
+                event_id = uuid.uuid4()
+                callbacks.append(
+                    {
+                        "id": event_id,
+                        "account_id": message.account_id,
+                        "stream_id": message.stream_id,
+                        "event": STATUS_EVENT,
+                        "url": message.callback_url,
+                        "payload": status_payload(event_id, message, status, at, detail),
+                    }
+                )
+                created.append(event_id)
+            add_callbacks(session, callbacks, now)
+            session.commit()
+        for event_id in created:
+            try:
+                enqueue_callback(self.runtime.broker, str(event_id))
+            except Exception as exc:  # the callback sweep enqueues it later
+                log.warning("callback_enqueue_failed", error=type(exc).__name__)
