@@ -12,6 +12,7 @@ from core.broker import build_broker
 from core.clock import Clock, utcnow
 from core.credentials import SecretBox
 from core.database import SessionFactory, build_engine, build_session_factory
+from core.sealed_bodies import forget_sealed_bodies
 from core.settings import Settings
 from core.status_feed import StatusFeed
 
@@ -42,6 +43,7 @@ def build_runtime(
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)
+    status_feed.subscribe(forget_sealed_bodies(session_factory))
     return Runtime(
         settings=settings,
         engine=engine,

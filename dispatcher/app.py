@@ -12,8 +12,9 @@ from core.settings import Settings
 from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
+from dispatcher.otp import OneTimeCodes
 from dispatcher.request_metrics import RequestMetrics
-from dispatcher.routes import messages, operations, streams
+from dispatcher.routes import events, messages, operations, otp, streams
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -28,10 +29,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.token_cache = TokenCache(settings.auth_cache_seconds)
     app.state.activity_touch = ActivityTouch()
     app.state.trusted_proxies = tuple(parse_network(cidr) for cidr in settings.trusted_proxies)
+    app.state.one_time_codes = OneTimeCodes.from_runtime(runtime, app.state.activity_touch)
     install_error_handlers(app)
     app.include_router(messages.router)
     app.include_router(streams.router)
     app.include_router(operations.router)
+    app.include_router(otp.router)
+    app.include_router(events.router)
 
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

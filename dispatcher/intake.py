@@ -8,6 +8,7 @@ PostgreSQL), then enqueued, then marked enqueued. If the enqueue fails the rows 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,9 +27,16 @@ from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import describe_validation_error
+from dispatcher.event_templates import (
+    EVENT_STREAM_TYPES,
+    EventRejected,
+    load_event_templates,
+    render_event,
+    wants_events,
+)
 from schemas.enums import MessageStatus
 from schemas.events import StatusChange
-from schemas.messages import ItemError, SendItem, SendResponse, SendResult
+from schemas.messages import MAX_CONTENT_LENGTH, ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
 from workers.queueing import enqueue_delivery
 
@@ -49,6 +57,8 @@ class PreparedItem:
     encoding: str
     send_at: datetime | None
     callback_url: str | None
+    #: The real text, sealed, when ``body`` is masked (``core.sealed_bodies``).
+    sealed_body: str | None = None
 
 
 class ItemRejected(Exception):
@@ -57,9 +67,16 @@ class ItemRejected(Exception):
         self.error = ItemError(code=code, message=message, field=field)
 
 
-def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> PreparedItem:
+def prepare_item(
+    index: int,
+    raw: Any,
+    access: StreamAccess,
+    now: datetime,
+    templates: Mapping[str, str] | None = None,
+) -> PreparedItem:
     """Validate one send item and compute what we store. Raises ``ItemRejected`` naming the
-    field (as ``messages[i].field``)."""
+    field (as ``messages[i].field``). ``templates`` are the stream's event templates by key,
+    for items that send by ``event_key``."""
     prefix = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise ItemRejected("invalid_item", f"{prefix} must be a JSON object", prefix)
@@ -70,14 +87,17 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
         return _raise(
             "invalid_field", f"{prefix}.{message}", f"{prefix}.{location}" if location else prefix
         )
-    for unsupported in ("event_key", "template", "media"):
+    for unsupported in ("template", "media"):
         if getattr(item, unsupported) is not None:
             _raise(
                 "unsupported_content",
                 f"{prefix}.{unsupported} is not available yet; send message_content",
                 f"{prefix}.{unsupported}",
             )
-    if item.message_content is None or not item.message_content.strip():
+    body = _event_text(prefix, item, access, templates or {})
+    if body is None:
+        body = item.message_content
+    if body is None or not body.strip():
         _raise(
             "missing_content", f"{prefix}.message_content is required", f"{prefix}.message_content"
         )
@@ -110,7 +130,6 @@ def prepare_item(index: int, raw: Any, access: StreamAccess, now: datetime) -> P
             )
         if send_at <= now:
             send_at = None
-    body = item.message_content
     count = count_segments(body)
     return PreparedItem(
         index=index,
@@ -129,17 +148,58 @@ def _raise(code: str, message: str, field: str | None) -> Any:
     raise ItemRejected(code, message, field)
 
 
+def _event_text(
+    prefix: str, item: SendItem, access: StreamAccess, templates: Mapping[str, str]
+) -> str | None:
+    """The rendered text of an item that sends by ``event_key``; None for a text item."""
+    if item.event_key is None:
+        if item.variables is not None:
+            _raise(
+                "invalid_field",
+                f"{prefix}.variables go with event_key",
+                f"{prefix}.variables",
+            )
+        return None
+    if access.type not in EVENT_STREAM_TYPES:
+        _raise(
+            "unsupported_content",
+            f"{prefix}.event_key: event templates are for transactional and OTP streams",
+            f"{prefix}.event_key",
+        )
+    if item.message_content is not None:
+        _raise(
+            "conflicting_content",
+            f"{prefix}: send either message_content or event_key, not both",
+            f"{prefix}.message_content",
+        )
+    try:
+        text = render_event(templates, item.event_key, item.variables)
+    except EventRejected as exc:
+        _raise(exc.code, f"{prefix}.{exc.message}", f"{prefix}.{exc.field}")
+    if len(text) > MAX_CONTENT_LENGTH:
+        _raise(
+            "content_too_long",
+            f"{prefix}: the rendered text has {len(text)} characters; at most {MAX_CONTENT_LENGTH}",
+            f"{prefix}.variables",
+        )
+    return text
+
+
 def accept_messages(
     runtime: Runtime, access: StreamAccess, raw_items: list[Any], touch: ActivityTouch
 ) -> SendResponse:
     """Validate, store and enqueue a batch. Results come back in request order; a bad item is
     rejected alone, and a repeated ``internal_id`` returns the first message."""
     now = runtime.clock()
+    templates: dict[str, str] = {}
+    if access.type in EVENT_STREAM_TYPES and wants_events(raw_items):
+        with runtime.session_factory() as session:
+            templates = load_event_templates(session, access.stream_id)
     results: list[SendResult | None] = [None] * len(raw_items)
     prepared: list[PreparedItem] = []
     for index, raw in enumerate(raw_items):
         try:
-            prepared.append(prepare_item(index, raw, access, now))
+            prepared.append(prepare_item(index, raw, access, now, templates))
         except ItemRejected as exc:
             internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
             results[index] = SendResult(
@@ -157,7 +217,7 @@ def accept_messages(
         )
         to_insert = [p for p in fresh if p.internal_id not in known]
         ids = {p.index: uuid.uuid4() for p in to_insert}
-        inserted = _insert(session, access, to_insert, ids, now)
+        inserted = insert_messages(session, access, to_insert, ids, now)
         lost_races = [p for p in to_insert if ids[p.index] not in inserted]
         if lost_races:
             known.update(
@@ -190,7 +250,7 @@ def accept_messages(
             results[p.index] = original.model_copy(update={"duplicate": True})
 
     accepted_now = [p for p in to_insert if ids[p.index] in inserted]
-    _enqueue(runtime, access, [ids[p.index] for p in accepted_now if p.send_at is None])
+    enqueue_messages(runtime, access, [ids[p.index] for p in accepted_now if p.send_at is None])
 
     final = [r for r in results if r is not None]
     rejected = sum(1 for r in final if r.status == "rejected")
@@ -240,7 +300,7 @@ def _existing_by_internal_id(
     }
 
 
-def _insert(
+def insert_messages(
     session: Session,
     access: StreamAccess,
     items: list[PreparedItem],
@@ -266,6 +326,7 @@ def _insert(
             "status": (MessageStatus.scheduled if p.send_at else MessageStatus.queued).value,
             "callback_url": p.callback_url,
             "send_at": p.send_at,
+            "sealed_body": p.sealed_body,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
@@ -294,7 +355,7 @@ def _insert(
     return inserted
 
 
-def _enqueue(runtime: Runtime, access: StreamAccess, message_ids: list[uuid.UUID]) -> None:
+def enqueue_messages(runtime: Runtime, access: StreamAccess, message_ids: list[uuid.UUID]) -> None:
     """Enqueue after commit; whatever fails stays in the outbox for the relay."""
     if not message_ids:
         return

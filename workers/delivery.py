@@ -22,6 +22,7 @@ from core import metrics
 from core.activity import ActivityTouch
 from core.message_states import record_changes, transition
 from core.runtime import Runtime
+from core.sealed_bodies import text_to_send
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
@@ -156,7 +157,7 @@ class Delivery:
                 reference=str(key),
                 sender=message.sender,
                 recipient=message.recipient,
-                body=message.body,
+                body=text_to_send(message, self.runtime.secret_box),
                 segments=message.segments,
                 encoding=message.encoding,
             ),
