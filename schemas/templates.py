@@ -13,6 +13,7 @@ decides which bodies are accepted.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from string import Formatter
@@ -97,6 +98,11 @@ def checked_variables(variables: Mapping[str, object]) -> dict[str, str]:
             raise InvalidVariable(name[:64], "must have a name of 1 to 64 characters")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise InvalidVariable(name, "must be a string or a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidVariable(name, "must be a finite number")
+        if isinstance(value, int) and abs(value) >= 10**MAX_VARIABLE_LENGTH:
+            # Checked before str(): Python refuses to print ints of over 4,300 digits.
+            raise InvalidVariable(name, f"must be at most {MAX_VARIABLE_LENGTH} characters")
         written = value if isinstance(value, str) else str(value)
         if len(written) > MAX_VARIABLE_LENGTH:
             raise InvalidVariable(name, f"must be at most {MAX_VARIABLE_LENGTH} characters")
