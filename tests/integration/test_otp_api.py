@@ -473,3 +473,62 @@ def test_settings_changes_apply_to_the_next_send(client, runtime, account_key, o
     )
     text, _ = sent_text(runtime, send_code(client, stream).json()["message_id"])
     assert re.fullmatch(r"Acme code [0-9]{8}", text)
+
+
+# ---------------------------------------------------------------- streams dev
+
+
+def test_the_otp_lifecycle_on_sqlite_without_redis(tmp_path):
+    """``streams dev`` runs on SQLite with no Redis: the upsert, the conditional updates and
+    the in-process cap work there too."""
+    from fastapi.testclient import TestClient
+
+    from core.accounts import create_account
+    from core.migrate import upgrade
+    from core.runtime import build_runtime
+    from core.settings import Settings
+    from dispatcher.app import create_app
+    from dispatcher.recipient_caps import MemoryRecipientCap
+
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, redis_url=None, secret_key="dev-key", _env_file=None)
+    runtime = build_runtime(settings)
+    try:
+        app = create_app(settings, runtime=runtime)
+        assert isinstance(app.state.one_time_codes.cap, MemoryRecipientCap)
+        key = create_account(runtime.session_factory, "Dev")[1]
+        with TestClient(app) as dev:
+            stream = dev.post(
+                STREAMS,
+                json={
+                    "name": "Codes",
+                    "type": "otp",
+                    "demo": True,
+                    "settings": {"codes_per_recipient_per_hour": 2, "ttl_seconds": 60},
+                },
+                headers=auth(key),
+            ).json()
+            stream["token"] = dev.get(f"{STREAMS}/{stream['id']}/token", headers=auth(key)).json()[
+                "token"
+            ]
+            code = code_of(runtime, send_code(dev, stream).json()["message_id"])
+            assert send_code(dev, stream).json()["error"]["code"] == "resend_cooldown"
+            assert verify(dev, stream, "x").json()["attempts_left"] == 2
+            assert verify(dev, stream, code).json() == {"valid": True, "attempts_left": 0}
+            assert verify(dev, stream, code).json()["reason"] == "used"
+            assert send_code(dev, stream).status_code == 202
+            start = runtime.clock()
+            runtime.clock = lambda: start + timedelta(seconds=61)
+            assert verify(dev, stream, code).json()["reason"] == "expired"
+            assert send_code(dev, stream).json()["error"]["code"] == "recipient_limit"
+    finally:
+        runtime.close()
+
+
+def test_openapi_documents_the_otp_and_event_routes(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths["/v1/otp/send"]) == {"post"}
+    assert set(paths["/v1/otp/verify"]) == {"post"}
+    assert set(paths["/api/v1/streams/{stream_id}/events"]) == {"get", "post"}
+    assert set(paths["/api/v1/streams/{stream_id}/events/{key}"]) == {"patch", "delete"}
