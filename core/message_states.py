@@ -9,9 +9,10 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from core.database import bulk_insert
 from core.status_feed import pending_changes
 from schemas.enums import MessageStatus
 from schemas.events import StatusChange
@@ -61,8 +62,9 @@ def record_changes(session: Session, changes: Sequence[StatusChange]) -> None:
     """Append the history rows (one INSERT for all) and queue the changes for publishing."""
     if not changes:
         return
-    session.execute(
-        insert(MessageEvent),
+    bulk_insert(
+        session,
+        MessageEvent.__table__,  # type: ignore[arg-type]
         [
             {"message_id": c.message_id, "status": c.status.value, "at": c.at, "detail": c.detail}
             for c in changes

@@ -66,9 +66,25 @@ ENQUEUE_FAILURES = Counter(
     "Accepted messages whose enqueue failed and were left to the relay.",
     ["queue"],
 )
+RATE_LIMIT_DELAYS = Counter(
+    "streams_rate_limit_delays_total",
+    "Times a message had to wait for its stream's or provider's rate limit.",
+    ["type"],
+)
+RATE_LIMIT_WAIT = Histogram(
+    "streams_rate_limit_wait_seconds",
+    "Time a worker thread waited in line for a rate-limit slot before sending.",
+    ["type"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+MESSAGES_HELD = Counter(
+    "streams_messages_held_total",
+    "Messages parked until later, by reason (rate_limited, quiet_hours).",
+    ["type", "reason"],
+)
 RELAYED = Counter(
     "streams_relay_enqueued_total",
-    "Messages the relay put on a queue, by reason (missed, scheduled, reclaimed).",
+    "Messages the relay put on a queue, by reason (missed, held, scheduled, reclaimed).",
     ["reason"],
 )
 

@@ -12,6 +12,7 @@ from core.broker import build_broker
 from core.clock import Clock, utcnow
 from core.credentials import SecretBox
 from core.database import SessionFactory, build_engine, build_session_factory
+from core.enqueue_marks import EnqueueMarks
 from core.sealed_bodies import forget_sealed_bodies
 from core.settings import Settings
 from core.status_feed import StatusFeed
@@ -27,8 +28,14 @@ class Runtime:
     redis: redis.Redis | None
     status_feed: StatusFeed
     clock: Clock = field(default=utcnow)
+    enqueue_marks: EnqueueMarks = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Reads the clock through the runtime, so a test that moves the clock moves it here.
+        self.enqueue_marks = EnqueueMarks(self.session_factory, lambda: self.clock())
 
     def close(self) -> None:
+        self.enqueue_marks.close()
         self.broker.close()
         self.engine.dispose()
         if self.redis is not None:
@@ -39,7 +46,7 @@ def build_runtime(
     settings: Settings, *, broker: dramatiq.Broker | None = None, clock: Clock = utcnow
 ) -> Runtime:
     """Connect nothing yet: engines and clients connect lazily on first use."""
-    engine = build_engine(settings.database_url)
+    engine = build_engine(settings.database_url, pool_size=settings.database_pool_size)
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)

@@ -23,14 +23,21 @@ class SandboxSettings(BaseSettings):
 
     latency_ms: float = Field(default=20.0, ge=0)
     failure_rate: float = Field(default=0.0, ge=0, le=1)
+    #: Share of sends refused with a passing error (like a carrier timeout or 503).
+    transient_failure_rate: float = Field(default=0.0, ge=0, le=1)
     undelivered_rate: float = Field(default=0.0, ge=0, le=1)
     receipt_delay_seconds: float = Field(default=1.0, ge=0)
+    #: The carrier's own throughput, fleet-wide, in segments per second (unset: unlimited).
+    max_per_second: float | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMS_", env_file=".env", extra="ignore")
 
     database_url: str = SQLITE_DEFAULT_URL
+    #: Connections per process. The ingress runs as many request threads; a worker pool
+    #: needs at least ``--threads`` (plus the relay and receipts) per process.
+    database_pool_size: int = Field(default=20, ge=1, le=200)
     #: Empty means dramatiq's in-process StubBroker: only for the all-in-one ``streams dev``.
     redis_url: str | None = None
     #: Derives the keys that encrypt stream tokens at rest. Required outside ``streams dev``.
@@ -44,6 +51,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     max_batch: int = Field(default=1000, ge=1)
+    #: A batch goes onto its queue as jobs of this many messages each: fewer broker round
+    #: trips at the ingress, while the jobs still spread over every worker thread.
+    enqueue_chunk_size: int = Field(default=20, ge=1, le=500)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: How long an ingress process trusts its cached view of a token (invariant 3: ≤ 1 s).
     auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
@@ -57,10 +67,21 @@ class Settings(BaseSettings):
     #: Provider errors that may pass are retried this many times before the message fails.
     max_send_attempts: int = Field(default=5, ge=1)
     retry_backoff_seconds: float = Field(default=2.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
+    #: A throttled message waits in its worker thread up to this long; beyond it, it is
+    #: parked in the database and the relay brings it back, freeing the thread.
+    throttle_inline_wait_seconds: float = Field(default=0.25, ge=0, le=5)
+    #: The relay releases scheduled and held messages due within this window, with a
+    #: broker delay for the rest, so they go out on time rather than one sweep late.
+    relay_lookahead_seconds: float = Field(default=1.0, ge=0, le=60)
 
     #: Provider for streams that are not demo streams (until real adapters are configured).
     default_provider: str = "sandbox"
 
+    #: How long an idle worker waits between polls of its queue (dramatiq's worker_timeout,
+    #: 1 s by default there). It bounds the latency of the first message on a quiet queue
+    #: and the precision of delayed messages; each idle poll is one cheap Redis call.
+    worker_poll_ms: int = Field(default=50, ge=5, le=5000)
     #: dramatiq Redis broker: how long without heartbeat before a worker's messages go back.
     broker_heartbeat_timeout_ms: int = Field(default=60_000, ge=1000)
     broker_maintenance_chance: int = Field(default=1000, ge=0, le=1_000_000)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio.to_thread
 from fastapi import FastAPI
 
 from core.activity import ActivityTouch
@@ -14,13 +18,23 @@ from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
 from dispatcher.otp import OneTimeCodes
 from dispatcher.request_metrics import RequestMetrics
-from dispatcher.routes import events, messages, operations, otp, streams
+from dispatcher.routes import dead_letters, events, messages, operations, otp, streams
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
     """Build the ingress. Pass a ``runtime`` to share one (``streams dev``, tests)."""
     runtime = runtime or build_runtime(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Request threads beyond the database pool would only queue for a connection, or
+        # open and close overflow connections on every request.
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = settings.database_pool_size
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Streams API",
         version="1",
         description="Send SMS and WhatsApp messages through streams; manage the streams.",
@@ -33,6 +47,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     install_error_handlers(app)
     app.include_router(messages.router)
     app.include_router(streams.router)
+    app.include_router(dead_letters.router)
     app.include_router(operations.router)
     app.include_router(otp.router)
     app.include_router(events.router)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
-from core.database import insert_ignoring_duplicates
+from core.database import bulk_insert
 from core.message_states import record_changes
 from core.phones import InvalidPhoneNumber, normalize_sender, to_e164
 from core.runtime import Runtime
@@ -38,7 +38,7 @@ from schemas.enums import MessageStatus
 from schemas.events import StatusChange
 from schemas.messages import MAX_CONTENT_LENGTH, ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
-from workers.queueing import enqueue_delivery
+from workers.queueing import enqueue_committed
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +56,7 @@ class PreparedItem:
     segments: int
     encoding: str
     send_at: datetime | None
+    expires_at: datetime | None
     callback_url: str | None
     #: The real text, sealed, when ``body`` is masked (``core.sealed_bodies``).
     sealed_body: str | None = None
@@ -140,6 +141,11 @@ def prepare_item(
         segments=count.segments,
         encoding=count.encoding,
         send_at=send_at,
+        expires_at=(
+            (send_at or now) + timedelta(seconds=item.validity_seconds)
+            if item.validity_seconds
+            else None
+        ),
         callback_url=str(item.callback_url) if item.callback_url else None,
     )
 
@@ -250,7 +256,9 @@ def accept_messages(
             results[p.index] = original.model_copy(update={"duplicate": True})
 
     accepted_now = [p for p in to_insert if ids[p.index] in inserted]
-    enqueue_messages(runtime, access, [ids[p.index] for p in accepted_now if p.send_at is None])
+    enqueue_committed(
+        runtime, access.type.queue_name, [ids[p.index] for p in accepted_now if p.send_at is None]
+    )
 
     final = [r for r in results if r is not None]
     rejected = sum(1 for r in final if r.status == "rejected")
@@ -326,6 +334,7 @@ def insert_messages(
             "status": (MessageStatus.scheduled if p.send_at else MessageStatus.queued).value,
             "callback_url": p.callback_url,
             "send_at": p.send_at,
+            "expires_at": p.expires_at,
             "sealed_body": p.sealed_body,
             "attempts": 0,
             "created_at": now,
@@ -333,9 +342,15 @@ def insert_messages(
         }
         for p in items
     ]
-    statement = insert_ignoring_duplicates(session, Message, ["stream_id", "internal_id"])
-    returned = session.execute(statement.returning(Message.id), rows).scalars().all()
-    inserted = set(returned)
+    inserted = set(
+        bulk_insert(
+            session,
+            Message.__table__,  # type: ignore[arg-type]
+            rows,
+            skip_conflicts_on=("stream_id", "internal_id"),
+            returning="id",
+        )
+    )
     record_changes(
         session,
         [
@@ -353,43 +368,3 @@ def insert_messages(
         ],
     )
     return inserted
-
-
-def enqueue_messages(runtime: Runtime, access: StreamAccess, message_ids: list[uuid.UUID]) -> None:
-    """Enqueue after commit; whatever fails stays in the outbox for the relay."""
-    if not message_ids:
-        return
-    queue = access.type.queue_name
-    done: list[uuid.UUID] = []
-    try:
-        for message_id in message_ids:
-            enqueue_delivery(runtime.broker, queue, str(message_id))
-            done.append(message_id)
-    except Exception as exc:  # the broker's connection errors vary by client version
-        missed = len(message_ids) - len(done)
-        metrics.ENQUEUE_FAILURES.labels(queue).inc(missed)
-        log.warning(
-            "enqueue_failed_left_to_relay",
-            stream_id=str(access.stream_id),
-            queue=queue,
-            missed=missed,
-            error=type(exc).__name__,
-        )
-    if done:
-        _mark_enqueued(runtime, done)
-
-
-def _mark_enqueued(runtime: Runtime, message_ids: list[uuid.UUID]) -> None:
-    try:
-        with runtime.session_factory() as session:
-            session.execute(
-                update(Message)
-                .where(Message.id.in_(message_ids), Message.enqueued_at.is_(None))
-                .values(enqueued_at=runtime.clock())
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
-    except Exception as exc:
-        # Already accepted and on the queue; at worst the relay enqueues them once more and
-        # the worker's claim turns the extra copy into a no-op.
-        log.warning("mark_enqueued_failed", count=len(message_ids), error=type(exc).__name__)

@@ -2,8 +2,8 @@
 
 Send: the code and its text are composed under the stream's rules (``core.otp_codes``), the
 resend cooldown and the per-recipient cap are checked, then ONE transaction stores the
-message (masked body, sealed text; ``dispatcher.intake.insert_messages``) and the code's
-digest. The code row is an upsert guarded by the cooldown, so two racing sends cannot both
+message (masked body, sealed text, expiring with the code; ``dispatcher.intake``) and the
+code's digest. The code row is an upsert guarded by the cooldown, so two racing sends cannot both
 pass it, and a new send overwrites (supersedes) the previous code. The message is enqueued on
 the ``otp`` queue after commit, like any accepted message (invariant 1).
 
@@ -22,6 +22,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 import structlog
 from sqlalchemy import or_, select, update
@@ -36,7 +37,7 @@ from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import ApiError
-from dispatcher.intake import DEMO_SENDER, PreparedItem, enqueue_messages, insert_messages
+from dispatcher.intake import DEMO_SENDER, PreparedItem, insert_messages
 from dispatcher.recipient_caps import RecipientCap, build_recipient_cap
 from schemas.messages import MAX_CONTENT_LENGTH
 from schemas.otp import (
@@ -47,6 +48,7 @@ from schemas.otp import (
     VerifyFailure,
 )
 from schemas.tables import OtpCode, Stream
+from workers.queueing import enqueue_committed
 
 log = structlog.get_logger(__name__)
 
@@ -153,34 +155,22 @@ class OneTimeCodes:
             segments=count.segments,
             encoding=count.encoding,
             send_at=None,
+            # A code that arrives after its TTL is no use: flow control expires the message
+            # instead of sending it late.
+            expires_at=expires_at,
             callback_url=None,
             sealed_body=self.runtime.secret_box.seal(composed.text),
         )
         try:
-            with self.runtime.session_factory() as session:
-                insert_messages(session, access, [item], {0: message_id}, now)
-                stored = self._store_code(
-                    session, access, recipient, message_id, composed.code, rules, now, expires_at
-                )
-                if not stored:
-                    session.rollback()
-                    waiting = self._cooldown(session, access, recipient, rules, now)
-                else:
-                    if self.touch.due(access.stream_id):
-                        session.execute(
-                            update(Stream)
-                            .where(Stream.id == access.stream_id)
-                            .values(last_activity_at=now)
-                        )
-                    session.commit()
+            waiting = self._persist(access, item, message_id, composed.code, rules, now)
         except Exception:
             self._release(cap_key, member)
             raise
-        if not stored:  # a concurrent send to the same number won the race
+        if waiting:  # a concurrent send to the same number won the race
             self._release(cap_key, member)
-            self._refuse_cooldown(access, max(waiting, 1))
+            self._refuse_cooldown(access, waiting)
 
-        enqueue_messages(self.runtime, access, [message_id])
+        enqueue_committed(self.runtime, access.type.queue_name, [message_id])
         metrics.OTP_SENDS.labels(rules.code_mode).inc()
         log.info(
             "otp_sent",
@@ -190,6 +180,32 @@ class OneTimeCodes:
             segments=count.segments,
         )
         return OtpSendResponse(message_id=str(message_id), expires_at=expires_at)
+
+    def _persist(
+        self,
+        access: StreamAccess,
+        item: PreparedItem,
+        message_id: uuid.UUID,
+        code: str,
+        rules: OtpRules,
+        now: datetime,
+    ) -> int:
+        """Store the message and the code's digest in one transaction. Returns 0, or — when
+        a concurrent send won the cooldown and nothing was stored — the seconds to wait."""
+        expires_at = now + timedelta(seconds=rules.ttl_seconds)
+        with self.runtime.session_factory() as session:
+            insert_messages(session, access, [item], {0: message_id}, now)
+            if not self._store_code(
+                session, access, item.recipient, message_id, code, rules, now, expires_at
+            ):
+                session.rollback()
+                return max(1, self._cooldown(session, access, item.recipient, rules, now))
+            if self.touch.due(access.stream_id):
+                session.execute(
+                    update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
+                )
+            session.commit()
+        return 0
 
     def _cooldown(
         self,
@@ -208,7 +224,7 @@ class OneTimeCodes:
             return 0
         return cooldown_left(row.sent_at, row.used_at, rules.resend_cooldown_seconds, now)
 
-    def _refuse_cooldown(self, access: StreamAccess, seconds: int) -> None:
+    def _refuse_cooldown(self, access: StreamAccess, seconds: int) -> NoReturn:
         metrics.OTP_SENDS_REJECTED.labels("resend_cooldown").inc()
         log.info("otp_send_refused", stream_id=str(access.stream_id), reason="resend_cooldown")
         raise ApiError(

@@ -23,6 +23,8 @@ class SendItem(BaseModel):
     recipient_phone: str = Field(max_length=64)
     message_content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
     send_at: datetime | None = None
+    #: Send within this many seconds of ``send_at`` (or of acceptance), or not at all.
+    validity_seconds: int | None = Field(default=None, ge=1, le=7 * 86_400)
     callback_url: AnyHttpUrl | None = None
     event_key: str | None = Field(default=None, max_length=64)
     variables: dict[str, Any] | None = None
@@ -78,6 +80,12 @@ class MessageOut(BaseModel):
     status: MessageStatus
     error: ItemError | None = None
     send_at: datetime | None
+    expires_at: datetime | None = None
+    #: Why a queued message is waiting (``rate_limited``, ``quiet_hours``, ``retry``,
+    #: ``stream_paused``) and until when.
+    hold_reason: str | None = None
+    not_before: datetime | None = None
+    attempts: int = 0
     provider: str | None
     provider_message_id: str | None
     created_at: datetime

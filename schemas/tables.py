@@ -87,6 +87,7 @@ class Message(Base):
         Index("ix_messages_stream_status", "stream_id", "status"),
         Index("ix_messages_status_enqueued", "status", "enqueued_at"),
         Index("ix_messages_account_created", "account_id", "created_at"),
+        Index("ix_messages_status_not_before", "status", "not_before"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -111,6 +112,12 @@ class Message(Base):
     enqueued_at: Mapped[datetime | None]
     #: When a worker claimed it (``queued → sending``); a stale claim is reclaimed.
     claimed_at: Mapped[datetime | None]
+    #: A queued message held back (rate limit, quiet hours) waits in the database until then;
+    #: the relay puts it back on its queue.
+    not_before: Mapped[datetime | None]
+    hold_reason: Mapped[str | None] = mapped_column(String(32))
+    #: Past this moment the message is ``expired`` rather than sent late.
+    expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     #: The text to send when ``body`` had to be masked (it holds an OTP code), sealed with
@@ -132,6 +139,24 @@ class MessageEvent(Base):
     status: Mapped[str] = mapped_column(String(20))
     at: Mapped[datetime]
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class DeadLetter(Base):
+    """A message that kept failing after its retries, kept to be looked at and replayed."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_account_created", "account_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"))
+    queue: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    replayed_at: Mapped[datetime | None]
 
 
 class OtpCode(Base):

@@ -23,12 +23,12 @@ from core.migrate import upgrade
 from core.runtime import Runtime, build_runtime
 from core.settings import SandboxSettings, Settings
 from dispatcher.app import create_app
+from schemas.tables import Base
 
 POSTGRES_SERVER = os.environ.get(
     "STREAMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("STREAMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TABLES = ("message_events", "messages", "stream_tags", "streams", "accounts")
 CLIENT_IP = "203.0.113.10"
 #: Fixtures of their own modules (OTP: a movable clock, OTP streams).
 pytest_plugins = ["tests.otp_codes"]
@@ -72,7 +72,8 @@ def settings(database_url: str, redis_client: redis.Redis) -> Settings:
 def runtime(settings: Settings) -> Iterator[Runtime]:
     runtime = build_runtime(settings)
     with runtime.engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
     yield runtime
     runtime.close()
 

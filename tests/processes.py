@@ -153,3 +153,40 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+@contextmanager
+def pipeline(runtime, queues: list[str], threads: int = 4, relay: bool = True) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """An in-process worker for ``queues`` and, unless told otherwise, a relay thread."""
+    import threading
+
+    from workers.pool import start_worker
+    from workers.relay import Relay
+
+    worker = start_worker(runtime, queues, threads=threads)
+    stop_relay = threading.Event()
+    thread = threading.Thread(target=Relay(runtime).run, args=(stop_relay,), daemon=True)
+    if relay:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop_relay.set()
+        worker.stop(timeout=10_000)
+        if relay:
+            thread.join(timeout=10)
+
+
+class MovableClock:
+    """A clock tests can set and move; pass it as ``runtime.clock``."""
+
+    def __init__(self, start) -> None:  # type: ignore[no-untyped-def]
+        self.now = start
+
+    def __call__(self):  # type: ignore[no-untyped-def]
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        from datetime import timedelta
+
+        self.now = self.now + timedelta(seconds=seconds)

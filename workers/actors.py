@@ -1,25 +1,50 @@
-"""The dramatiq actors: for each queue, one that delivers messages and one that applies
-delivery receipts. Declared on a given broker at start-up, never at import time."""
+"""The dramatiq actors. For each queue: one that delivers a message, one that delivers a
+batch of them (how the ingress enqueues large sends), and one that applies delivery
+receipts. Declared on a given broker at start-up, never at import time."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import dramatiq
+import structlog
 
 from core.broker import QUEUES
 from workers.delivery import Delivery
-from workers.queueing import delivery_actor_name, receipt_actor_name
+from workers.queueing import (
+    delivery_actor_name,
+    delivery_batch_actor_name,
+    enqueue_delivery,
+    receipt_actor_name,
+)
+
+log = structlog.get_logger(__name__)
 
 
 def declare_actors(
     broker: dramatiq.Broker, delivery: Delivery, queues: Iterable[str] = QUEUES
 ) -> None:
-    """Register the actors of ``queues`` on ``broker``, bound to ``delivery``."""
+    """Register the actors of ``queues`` on ``broker``, bound to ``delivery``.
+
+    Declaring again on the same broker rebinds them (a process that restarts its worker
+    with new settings).
+    """
     for queue in queues:
+        for name in (
+            delivery_actor_name(queue),
+            delivery_batch_actor_name(queue),
+            receipt_actor_name(queue),
+        ):
+            broker.actors.pop(name, None)
         dramatiq.actor(
             _deliver(delivery),
             actor_name=delivery_actor_name(queue),
+            queue_name=queue,
+            broker=broker,
+        )
+        dramatiq.actor(
+            _deliver_batch(delivery, broker, queue),
+            actor_name=delivery_batch_actor_name(queue),
             queue_name=queue,
             broker=broker,
         )
@@ -36,6 +61,20 @@ def _deliver(delivery: Delivery):  # type: ignore[no-untyped-def]
         delivery.deliver(message_id)
 
     return deliver
+
+
+def _deliver_batch(delivery: Delivery, broker: dramatiq.Broker, queue: str):  # type: ignore[no-untyped-def]
+    def deliver_batch(message_ids: list[str]) -> None:
+        # A message that raises goes back as a job of its own, so it gets dramatiq's
+        # retries and dead-lettering without holding up, or re-running, the others.
+        for message_id in message_ids:
+            try:
+                delivery.deliver(message_id)
+            except Exception:
+                log.exception("batch_item_failed", message_id=message_id)
+                enqueue_delivery(broker, queue, message_id)
+
+    return deliver_batch
 
 
 def _receipt(delivery: Delivery):  # type: ignore[no-untyped-def]

@@ -1,9 +1,18 @@
-"""The send pipeline for one message: claim, call the provider, record the outcome.
+"""The send pipeline for one message, step by step:
 
-Every step is a conditional status change, so redelivery (normal with at-least-once queues)
-never makes a second provider call for a message already claimed (invariant 2). A claim
-older than ``claim_lease_seconds`` belongs to a worker that died: it may be taken again, and
-the provider recognises the repeated reference.
+1. **load**: skip what is no longer waiting; fail messages of deleted streams; park those
+   of paused streams (the relay brings them back when the stream is enabled).
+2. **expiry**: past ``expires_at`` the message is ``expired``, never sent late.
+3. **quiet hours**: marketing waits, in the database, for the recipient's window.
+4. **admission**: the stream's and the provider's rate limits and caps, fleet-wide
+   (``workers.admission``). A throttled message waits briefly in its thread or is parked
+   until its turn; it is never failed for it and spends no retry (invariant 5).
+5. **claim**: ``queued → sending`` with a conditional update, so a redelivered message is
+   never sent twice (invariant 2). A claim older than the lease belonged to a dead worker
+   and may be taken again; the provider recognises the repeated reference.
+6. **send**: the provider call. Transient errors are retried with exponential backoff and
+   jitter up to ``max_send_attempts``, then the message fails and becomes a dead letter;
+   permanent errors fail at once.
 """
 
 from __future__ import annotations
@@ -11,8 +20,10 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import and_, or_, select, update
@@ -20,75 +31,117 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
+from core.clock import as_utc
+from core.dead_letters import record_dead_letter
 from core.message_states import record_changes, transition
+from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
-from schemas.enums import MessageStatus, StreamStatus
+from schemas.enums import MessageStatus, StreamStatus, StreamType
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
-from workers.providers.base import Accepted, OutboundMessage, ProviderError
+from workers.admission import Admission, Limits, Request
+from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
-from workers.queueing import enqueue_delivery, enqueue_receipt
+from workers.queueing import enqueue_receipt
 
 log = structlog.get_logger(__name__)
 
 _PAUSED = (StreamStatus.disabled.value, StreamStatus.restricted.value)
+_WAITING = (MessageStatus.queued,)
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    message: OutboundMessage
+class Job:
+    """What the pipeline knows about one waiting message."""
+
     message_id: uuid.UUID
     stream_id: uuid.UUID
-    stream_type: str
+    account_id: uuid.UUID
+    stream_type: StreamType
+    sender: str | None
+    recipient: str
+    body: str
+    segments: int
+    encoding: str
+    attempts: int
+    expires_at: datetime | None
     demo: bool
-    attempt: int
+    settings: dict[str, Any]
+
+    def outbound(self) -> OutboundMessage:
+        return OutboundMessage(
+            reference=str(self.message_id),
+            sender=self.sender,
+            recipient=self.recipient,
+            body=self.body,
+            segments=self.segments,
+            encoding=self.encoding,
+        )
 
 
 class Delivery:
-    def __init__(self, runtime: Runtime, providers: ProviderRegistry) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        providers: ProviderRegistry,
+        admission: Admission,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.runtime = runtime
         self.providers = providers
+        self.admission = admission
+        self._sleep = sleep
         self._touch = ActivityTouch()
 
-    # -------------------------------------------------------------- sending
+    # ------------------------------------------------------------------ the pipeline
 
     def deliver(self, message_id: str) -> None:
-        """Send one message if it is still waiting; a no-op for anything already claimed."""
+        """Take one message as far as it can go now. Safe to call any number of times."""
         started = time.perf_counter()
         key = uuid.UUID(message_id)
         log_ = log.bind(message_id=message_id)
         with self.runtime.session_factory() as session:
-            claim = self._claim(session, key, log_)
+            job = self._load(session, key, log_)
             session.commit()
-        if claim is None:
+        if job is None:
             return
-        log_ = log_.bind(stream_id=str(claim.stream_id))
+        log_ = log_.bind(stream_id=str(job.stream_id))
         try:
-            provider = self.providers.for_stream(demo=claim.demo)
-            with metrics.PROVIDER_CALL.labels(provider.name).time():
-                accepted = provider.send(claim.message)
+            provider = self.providers.for_stream(demo=job.demo)
         except ProviderError as error:
-            self._provider_failed(claim, error, log_)
+            self._fail(job, error.code, error.message, log_)
+            return
+        if not self._passes_gates(job, provider, log_):
+            return
+        attempt = self._claim(job)
+        if attempt is None:
+            log_.debug("delivery_already_claimed")
+            return
+        try:
+            with metrics.PROVIDER_CALL.labels(provider.name).time():
+                accepted = provider.send(job.outbound())
+        except ProviderError as error:
+            self._provider_failed(job, provider.name, attempt, error, log_)
         else:
-            self._sent(claim, provider.name, accepted, log_)
+            self._sent(job, provider.name, accepted, log_)
         finally:
-            metrics.WORKER_PROCESSING.labels(claim.stream_type).observe(
+            metrics.WORKER_PROCESSING.labels(job.stream_type.value).observe(
                 time.perf_counter() - started
             )
 
-    def _claim(self, session: Session, key: uuid.UUID, log_) -> Claim | None:  # type: ignore[no-untyped-def]
-        now = self.runtime.clock()
+    def _load(self, session: Session, key: uuid.UUID, log_: Any) -> Job | None:
         row = session.execute(
-            select(Message, Stream.status, Stream.deleted_at, Stream.demo)
+            select(Message, Stream.status, Stream.deleted_at, Stream.demo, Stream.settings)
             .join(Stream, Stream.id == Message.stream_id)
             .where(Message.id == key)
         ).first()
         if row is None:
             log_.warning("delivery_unknown_message")
             return None
-        message, stream_status, deleted_at, demo = row
-        if message.status not in (MessageStatus.queued, MessageStatus.sending):
+        message, stream_status, deleted_at, demo, settings = row
+        now = self.runtime.clock()
+        if not self._waiting(message, now):
             log_.debug("delivery_skipped", status=message.status)
             return None
         if deleted_at is not None:
@@ -96,7 +149,7 @@ class Delivery:
                 session,
                 key,
                 to=MessageStatus.failed,
-                allowed_from=[MessageStatus.queued],
+                allowed_from=_WAITING,
                 at=now,
                 detail="stream deleted",
                 values={
@@ -106,173 +159,300 @@ class Delivery:
             )
             return None
         if stream_status in _PAUSED:
-            # Park it: the relay enqueues it again once the stream accepts sends.
-            session.execute(
-                update(Message)
-                .where(Message.id == key, Message.status == MessageStatus.queued.value)
-                .values(enqueued_at=None, updated_at=now)
-            )
+            self._hold(session, key, now, until=None, reason="stream_paused")
             log_.info("delivery_parked", stream_status=stream_status)
             return None
-        lease_cutoff = now - timedelta(seconds=self.runtime.settings.claim_lease_seconds)
-        claimed = session.execute(
-            update(Message)
-            .where(
-                Message.id == key,
-                or_(
-                    Message.status == MessageStatus.queued.value,
-                    and_(
-                        Message.status == MessageStatus.sending.value,
-                        Message.claimed_at < lease_cutoff,
-                    ),
-                ),
-            )
-            .values(
-                status=MessageStatus.sending.value,
-                claimed_at=now,
-                updated_at=now,
-                attempts=Message.attempts + 1,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if claimed != 1:
-            log_.debug("delivery_already_claimed")
-            return None
-        record_changes(
-            session,
-            [
-                StatusChange(
-                    message_id=key,
-                    stream_id=message.stream_id,
-                    account_id=message.account_id,
-                    stream_type=message.stream_type,
-                    status=MessageStatus.sending,
-                    at=now,
-                    segments=message.segments,
-                )
-            ],
-        )
-        return Claim(
-            message=OutboundMessage(
-                reference=str(key),
-                sender=message.sender,
-                recipient=message.recipient,
-                body=text_to_send(message, self.runtime.secret_box),
-                segments=message.segments,
-                encoding=message.encoding,
-            ),
-            message_id=key,
+        return Job(
+            message_id=message.id,
             stream_id=message.stream_id,
-            stream_type=message.stream_type,
+            account_id=message.account_id,
+            stream_type=StreamType(message.stream_type),
+            sender=message.sender,
+            recipient=message.recipient,
+            body=text_to_send(message, self.runtime.secret_box),
+            segments=message.segments,
+            encoding=message.encoding,
+            attempts=message.attempts,
+            expires_at=as_utc(message.expires_at) if message.expires_at else None,
             demo=demo,
-            attempt=message.attempts + 1,
+            settings=dict(settings or {}),
         )
 
-    def _sent(self, claim: Claim, provider: str, accepted: Accepted, log_) -> None:  # type: ignore[no-untyped-def]
+    def _waiting(self, message: Message, now: datetime) -> bool:
+        if message.status == MessageStatus.queued:
+            return True
+        lease = timedelta(seconds=self.runtime.settings.claim_lease_seconds)
+        return (
+            message.status == MessageStatus.sending
+            and message.claimed_at is not None
+            and as_utc(message.claimed_at) < now - lease
+        )
+
+    def _passes_gates(self, job: Job, provider: Provider, log_: Any) -> bool:
+        """Expiry, quiet hours and admission. False when the message was held, expired or
+        rejected instead."""
+        now = self.runtime.clock()
+        if job.expires_at is not None and now >= job.expires_at:
+            self._expire(job, "validity passed before it could be sent", log_)
+            return False
+        window = job.settings.get("quiet_hours")
+        if job.stream_type is StreamType.marketing and window:
+            opens = next_send_time(
+                now,
+                SendingWindow.parse(window["start"], window["end"]),
+                (window["timezone"],)
+                if window.get("timezone")
+                else zones_for_number(job.recipient),
+            )
+            if opens > now:
+                return self._wait_until(job, opens, "quiet_hours", log_)
+        return self._admit(job, provider, log_)
+
+    def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
+        settings = self.runtime.settings
+        request = Request(
+            stream_id=str(job.stream_id),
+            provider=provider.name,
+            recipient=job.recipient,
+            message_id=str(job.message_id),
+            cost=job.segments,
+            limits=Limits(
+                per_second=job.settings.get("max_per_second"),
+                provider_per_second=getattr(provider, "max_per_second", None),
+                per_day=job.settings.get("max_per_day"),
+                per_recipient_per_hour=job.settings.get("max_per_recipient_per_hour"),
+            ),
+            day=self.runtime.clock().date(),
+        )
+        waited = 0.0
+        while True:
+            ticket = self.admission.admit(request)
+            if ticket.verdict == "admit":
+                if waited:
+                    metrics.RATE_LIMIT_WAIT.labels(job.stream_type.value).observe(waited)
+                return True
+            if ticket.verdict == "reject":
+                self._reject(job, ticket.reason or "limit", log_)
+                return False
+            metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
+            if waited + ticket.wait_seconds > settings.throttle_inline_wait_seconds:
+                back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
+                return self._wait_until(job, back, "rate_limited", log_)
+            self._sleep(ticket.wait_seconds)
+            waited += ticket.wait_seconds
+
+    def _claim(self, job: Job) -> int | None:
+        """``queued → sending`` (or a stale ``sending``); returns the attempt number."""
+        now = self.runtime.clock()
+        cutoff = now - timedelta(seconds=self.runtime.settings.claim_lease_seconds)
+        with self.runtime.session_factory() as session:
+            attempts = session.execute(
+                update(Message)
+                .where(
+                    Message.id == job.message_id,
+                    or_(
+                        Message.status == MessageStatus.queued.value,
+                        and_(
+                            Message.status == MessageStatus.sending.value,
+                            Message.claimed_at < cutoff,
+                        ),
+                    ),
+                )
+                .values(
+                    status=MessageStatus.sending.value,
+                    claimed_at=now,
+                    updated_at=now,
+                    attempts=Message.attempts + 1,
+                    not_before=None,
+                    hold_reason=None,
+                )
+                .returning(Message.attempts)
+                .execution_options(synchronize_session=False)
+            ).scalar()
+            if attempts is None:
+                return None
+            record_changes(session, [self._change(job, MessageStatus.sending, now)])
+            session.commit()
+        return attempts
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _sent(self, job: Job, provider: str, accepted: Accepted, log_: Any) -> None:
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             moved = transition(
                 session,
-                claim.message_id,
+                job.message_id,
                 to=MessageStatus.sent,
                 allowed_from=[MessageStatus.sending],
                 at=now,
                 values={"provider": provider, "provider_message_id": accepted.provider_message_id},
             )
-            if moved and self._touch.due(claim.stream_id):
+            if moved and self._touch.due(job.stream_id):
                 session.execute(
-                    update(Stream).where(Stream.id == claim.stream_id).values(last_activity_at=now)
+                    update(Stream).where(Stream.id == job.stream_id).values(last_activity_at=now)
                 )
             session.commit()
         if not moved:
             log_.warning("sent_but_claim_lost")
             return
-        metrics.SEGMENTS_SENT.labels(claim.stream_type).inc(claim.message.segments)
-        log_.info("message_sent", provider=provider, segments=claim.message.segments)
+        metrics.SEGMENTS_SENT.labels(job.stream_type.value).inc(job.segments)
+        log_.info("message_sent", provider=provider, segments=job.segments)
         if accepted.receipt is not None:
             try:
                 enqueue_receipt(
                     self.runtime.broker,
-                    claim.stream_type,
-                    str(claim.message_id),
+                    job.stream_type.queue_name,
+                    str(job.message_id),
                     accepted.receipt.status,
                     delay_ms=int(accepted.receipt.after_seconds * 1000),
                 )
             except Exception as exc:
                 log_.warning("receipt_enqueue_failed", error=type(exc).__name__)
 
-    def _provider_failed(self, claim: Claim, error: ProviderError, log_) -> None:  # type: ignore[no-untyped-def]
+    def _provider_failed(
+        self, job: Job, provider: str, attempt: int, error: ProviderError, log_: Any
+    ) -> None:
         settings = self.runtime.settings
-        now = self.runtime.clock()
-        kind = "transient" if error.transient else "permanent"
         metrics.PROVIDER_ERRORS.labels(
-            "sandbox" if claim.demo else settings.default_provider, kind
+            provider, "transient" if error.transient else "permanent"
         ).inc()
-        retry = error.transient and claim.attempt < settings.max_send_attempts
-        with self.runtime.session_factory() as session:
-            if retry:
-                transition(
-                    session,
-                    claim.message_id,
-                    to=MessageStatus.queued,
-                    allowed_from=[MessageStatus.sending],
-                    at=now,
-                    detail=f"retry after {error.code}",
-                    values={
-                        "enqueued_at": None,
-                        "error_code": error.code,
-                        "error_message": error.message,
-                    },
-                )
-            else:
-                transition(
-                    session,
-                    claim.message_id,
-                    to=MessageStatus.failed,
-                    allowed_from=[MessageStatus.sending],
-                    at=now,
-                    detail=error.code,
-                    values={"error_code": error.code, "error_message": error.message},
-                )
-            session.commit()
-        if not retry:
-            log_.warning("message_failed", error_code=error.code, attempt=claim.attempt)
+        if not error.transient:
+            self._fail(job, error.code, error.message, log_, from_status=MessageStatus.sending)
             return
-        delay = (
-            error.retry_after
-            if error.retry_after is not None
-            else backoff_seconds(claim.attempt, settings.retry_backoff_seconds)
+        if attempt >= settings.max_send_attempts:
+            self._fail(
+                job,
+                error.code,
+                error.message,
+                log_,
+                from_status=MessageStatus.sending,
+                dead_letter="retries_exhausted",
+            )
+            return
+        delay = backoff_seconds(
+            attempt, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
         )
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            transition(
+                session,
+                job.message_id,
+                to=MessageStatus.queued,
+                allowed_from=[MessageStatus.sending],
+                at=now,
+                detail=f"attempt {attempt} failed ({error.code}); retry in {delay:.1f}s",
+                values={"error_code": error.code, "error_message": error.message},
+            )
+            self._hold(
+                session, job.message_id, now, until=now + timedelta(seconds=delay), reason="retry"
+            )
+            session.commit()
         log_.info(
             "message_retry_scheduled",
             error_code=error.code,
-            attempt=claim.attempt,
+            attempt=attempt,
             delay_s=round(delay, 2),
         )
-        self._requeue(claim, delay)
 
-    def _requeue(self, claim: Claim, delay_seconds: float) -> None:
-        try:
-            enqueue_delivery(
-                self.runtime.broker,
-                claim.stream_type,
-                str(claim.message_id),
-                delay_ms=int(delay_seconds * 1000),
-            )
-        except Exception as exc:  # left to the relay
-            log.warning(
-                "requeue_failed", message_id=str(claim.message_id), error=type(exc).__name__
-            )
-            return
+    def _fail(
+        self,
+        job: Job,
+        code: str,
+        reason: str,
+        log_: Any,
+        *,
+        from_status: MessageStatus = MessageStatus.queued,
+        dead_letter: str | None = None,
+    ) -> None:
+        now = self.runtime.clock()
         with self.runtime.session_factory() as session:
-            session.execute(
-                update(Message)
-                .where(Message.id == claim.message_id, Message.enqueued_at.is_(None))
-                .values(enqueued_at=self.runtime.clock())
+            moved = transition(
+                session,
+                job.message_id,
+                to=MessageStatus.failed,
+                allowed_from=[from_status],
+                at=now,
+                detail=code,
+                values={"error_code": code, "error_message": reason},
+            )
+            if moved and dead_letter:
+                record_dead_letter(
+                    session, job.message_id, reason=dead_letter, error_message=reason, at=now
+                )
+            session.commit()
+        log_.warning("message_failed", error_code=code, dead_letter=bool(dead_letter))
+
+    def _reject(self, job: Job, reason: str, log_: Any) -> None:
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            transition(
+                session,
+                job.message_id,
+                to=MessageStatus.rejected,
+                allowed_from=_WAITING,
+                at=now,
+                detail=reason,
+                values={"error_code": reason, "error_message": _REJECTIONS.get(reason, reason)},
             )
             session.commit()
+        metrics.MESSAGES_REJECTED.labels(job.stream_type.value, reason).inc()
+        log_.info("message_rejected", reason=reason)
 
-    # -------------------------------------------------------------- receipts
+    def _expire(self, job: Job, why: str, log_: Any) -> None:
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            transition(
+                session,
+                job.message_id,
+                to=MessageStatus.expired,
+                allowed_from=_WAITING,
+                at=now,
+                detail=why,
+                values={"error_code": "expired", "error_message": why},
+            )
+            session.commit()
+        log_.info("message_expired", why=why)
+
+    def _wait_until(self, job: Job, until: datetime, reason: str, log_: Any) -> bool:
+        """Park the message until ``until`` (or expire it if that is too late). False."""
+        if job.expires_at is not None and until >= job.expires_at:
+            self._expire(job, f"cannot be sent before it expires ({reason})", log_)
+            return False
+        with self.runtime.session_factory() as session:
+            self._hold(session, job.message_id, self.runtime.clock(), until=until, reason=reason)
+            session.commit()
+        metrics.MESSAGES_HELD.labels(job.stream_type.value, reason).inc()
+        log_.debug("message_held", reason=reason, until=until.isoformat())
+        return False
+
+    @staticmethod
+    def _hold(
+        session: Session, key: uuid.UUID, now: datetime, *, until: datetime | None, reason: str
+    ) -> None:
+        """Take a queued message off the broker: the relay enqueues it again at ``until``
+        (or, with no time, when its stream accepts sends again)."""
+        session.execute(
+            update(Message)
+            .where(Message.id == key, Message.status == MessageStatus.queued.value)
+            .values(enqueued_at=None, not_before=until, hold_reason=reason, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    def _change(self, job: Job, status: MessageStatus, at: datetime) -> StatusChange:
+        return StatusChange(
+            message_id=job.message_id,
+            stream_id=job.stream_id,
+            account_id=job.account_id,
+            stream_type=job.stream_type.value,
+            status=status,
+            at=at,
+            segments=job.segments,
+        )
+
+    # ------------------------------------------------------------------ receipts
 
     def apply_receipt(self, message_id: str, status: str) -> None:
         """Record a delivery receipt. Only a ``sent`` message moves; a late or repeated
@@ -280,27 +460,32 @@ class Delivery:
         outcome = MessageStatus(status)
         if outcome not in (MessageStatus.delivered, MessageStatus.undelivered):
             raise ValueError(f"not a receipt status: {status}")
-        now = self.runtime.clock()
-        key = uuid.UUID(message_id)
+        failure = {
+            "error_code": "undelivered",
+            "error_message": "The carrier could not deliver it.",
+        }
         with self.runtime.session_factory() as session:
             moved = transition(
                 session,
-                key,
+                uuid.UUID(message_id),
                 to=outcome,
                 allowed_from=[MessageStatus.sent],
-                at=now,
-                values={
-                    "error_code": "undelivered",
-                    "error_message": "The carrier could not deliver it.",
-                }
-                if outcome is MessageStatus.undelivered
-                else None,
+                at=self.runtime.clock(),
+                values=failure if outcome is MessageStatus.undelivered else None,
             )
             session.commit()
         if moved:
             log.info("message_receipt", message_id=message_id, status=outcome.value)
 
 
-def backoff_seconds(attempt: int, base: float, cap: float = 600.0) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^(attempt-1))]."""
-    return random.uniform(0, min(cap, base * (2 ** max(attempt - 1, 0))))
+_REJECTIONS = {
+    "max_per_day": "The stream's daily message limit is reached.",
+    "max_per_recipient_per_hour": "The stream's hourly limit for this recipient is reached.",
+}
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with "equal jitter": between half and all of
+    min(cap, base × 2^(attempt-1)), so retries spread out but never come back at once."""
+    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)

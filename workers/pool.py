@@ -21,6 +21,8 @@ from core.logs import configure_logging
 from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from workers.actors import declare_actors
+from workers.admission import LocalAdmission, RedisAdmission
+from workers.dead_letter_middleware import DeadLetters
 from workers.delivery import Delivery
 from workers.providers.registry import ProviderRegistry
 
@@ -31,9 +33,19 @@ SHUTDOWN_TIMEOUT_MS = 30_000
 
 def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> dramatiq.Worker:
     """Declare the actors on the runtime's broker and start consuming ``queues``."""
-    delivery = Delivery(runtime, ProviderRegistry.from_settings(runtime.settings, runtime.redis))
+    admission = RedisAdmission(runtime.redis) if runtime.redis is not None else LocalAdmission()
+    delivery = Delivery(
+        runtime, ProviderRegistry.from_settings(runtime.settings, runtime.redis), admission
+    )
     declare_actors(runtime.broker, delivery)
-    worker = dramatiq.Worker(runtime.broker, queues=set(queues), worker_threads=threads)
+    if not any(isinstance(m, DeadLetters) for m in runtime.broker.middleware):
+        runtime.broker.add_middleware(DeadLetters(runtime))
+    worker = dramatiq.Worker(
+        runtime.broker,
+        queues=set(queues),
+        worker_threads=threads,
+        worker_timeout=runtime.settings.worker_poll_ms,
+    )
     worker.start()
     log.info("worker_started", queues=list(queues), threads=threads, pid=os.getpid())
     return worker

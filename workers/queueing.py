@@ -7,11 +7,23 @@ actor declared and imports nothing else from ``workers``.
 
 from __future__ import annotations
 
+import uuid
+
 import dramatiq
+import structlog
+
+from core import metrics
+from core.runtime import Runtime
+
+log = structlog.get_logger(__name__)
 
 
 def delivery_actor_name(queue: str) -> str:
     return f"deliver_{queue}"
+
+
+def delivery_batch_actor_name(queue: str) -> str:
+    return f"deliver_batch_{queue}"
 
 
 def receipt_actor_name(queue: str) -> str:
@@ -35,6 +47,23 @@ def enqueue_delivery(
     )
 
 
+def enqueue_deliveries(broker: dramatiq.Broker, queue: str, message_ids: list[str]) -> None:
+    """One job for several messages of one queue (one broker round trip instead of many);
+    a single id goes as an ordinary delivery job."""
+    if len(message_ids) == 1:
+        enqueue_delivery(broker, queue, message_ids[0])
+        return
+    broker.enqueue(
+        dramatiq.Message(
+            queue_name=queue,
+            actor_name=delivery_batch_actor_name(queue),
+            args=(message_ids,),
+            kwargs={},
+            options={},
+        )
+    )
+
+
 def enqueue_receipt(
     broker: dramatiq.Broker, queue: str, message_id: str, status: str, *, delay_ms: int | None
 ) -> None:
@@ -49,3 +78,28 @@ def enqueue_receipt(
         ),
         delay=delay_ms or None,
     )
+
+
+def enqueue_committed(runtime: Runtime, queue: str, message_ids: list[uuid.UUID]) -> int:
+    """Enqueue messages already committed as ``queued``; they are marked enqueued shortly
+    after (``core.enqueue_marks``).
+
+    This is the second half of invariant 1: if the broker fails part-way, the rest keep
+    ``enqueued_at = NULL`` and the relay enqueues them later. Never raises; returns how
+    many reached the broker.
+    """
+    done: list[uuid.UUID] = []
+    size = runtime.settings.enqueue_chunk_size
+    try:
+        for start in range(0, len(message_ids), size):
+            chunk = message_ids[start : start + size]
+            enqueue_deliveries(runtime.broker, queue, [str(m) for m in chunk])
+            done.extend(chunk)
+    except Exception as exc:  # the broker's connection errors vary by client version
+        missed = len(message_ids) - len(done)
+        metrics.ENQUEUE_FAILURES.labels(queue).inc(missed)
+        log.warning(
+            "enqueue_failed_left_to_relay", queue=queue, missed=missed, error=type(exc).__name__
+        )
+    runtime.enqueue_marks.add(done)
+    return len(done)

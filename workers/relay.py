@@ -1,26 +1,35 @@
-"""The outbox relay (``streams relay``): what was accepted but is not on a queue gets there.
+"""The outbox relay (``streams relay``): whatever was accepted but is not on a queue gets
+there, on time.
 
 Each sweep:
-* releases scheduled messages whose ``send_at`` has come;
+* releases scheduled messages whose ``send_at`` falls within the look-ahead;
+* releases held messages (rate limit, quiet hours, retry back-off) whose ``not_before``
+  falls within the look-ahead;
 * takes back messages claimed longer than ``claim_lease_seconds`` ago (their worker died);
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
   died between commit and enqueue), once the ingress' own grace period has passed.
 
-Messages of paused or draft streams stay put until the stream accepts sends again. Rows are locked
-with ``FOR UPDATE SKIP LOCKED`` so several relays can run side by side.
+What is due within the look-ahead is enqueued with a broker delay for the remainder, so it
+starts on time rather than one sweep late. Messages of paused or draft streams stay put
+until the stream accepts sends again. Rows are locked with ``FOR UPDATE SKIP LOCKED`` so
+several relays can run side by side.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy.orm import Session
 
 from core import metrics
+from core.clock import as_utc
 from core.message_states import record_changes
 from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
@@ -30,16 +39,26 @@ from workers.queueing import enqueue_delivery
 
 log = structlog.get_logger(__name__)
 
+_SENDABLE_STREAM = or_(Stream.status == StreamStatus.ready.value, Stream.deleted_at.is_not(None))
+
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
     released: int = 0
+    held_released: int = 0
     reclaimed: int = 0
     relayed: int = 0
 
     @property
     def total(self) -> int:
-        return self.released + self.reclaimed + self.relayed
+        return self.released + self.held_released + self.reclaimed + self.relayed
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    message_id: uuid.UUID
+    queue: str
+    at: datetime | None
 
 
 class Relay:
@@ -48,26 +67,44 @@ class Relay:
 
     def sweep(self) -> SweepReport:
         """One pass. Safe to run concurrently with ingress, workers and other relays."""
-        released = self._requeue(
-            MessageStatus.scheduled,
-            "released at send_at",
-            "scheduled",
-            lambda now: (Message.status == MessageStatus.scheduled.value, Message.send_at <= now),
-        )
-        lease = timedelta(seconds=self.runtime.settings.claim_lease_seconds)
-        reclaimed = self._requeue(
-            MessageStatus.sending,
-            "reclaimed: claim lease expired",
-            "reclaimed",
-            lambda now: (
-                Message.status == MessageStatus.sending.value,
-                Message.claimed_at < now - lease,
+        now = self.runtime.clock()
+        settings = self.runtime.settings
+        horizon = now + timedelta(seconds=settings.relay_lookahead_seconds)
+        lease_cutoff = now - timedelta(seconds=settings.claim_lease_seconds)
+        report = SweepReport(
+            released=self._back_to_queued(
+                MessageStatus.scheduled,
+                (Message.status == MessageStatus.scheduled.value, Message.send_at <= horizon),
+                due=Message.send_at,
+                detail="released at send_at",
+                reason="scheduled",
+            ),
+            reclaimed=self._back_to_queued(
+                MessageStatus.sending,
+                (Message.status == MessageStatus.sending.value, Message.claimed_at < lease_cutoff),
+                due=None,
+                detail="reclaimed: claim lease expired",
+                reason="reclaimed",
+            ),
+            held_released=self._enqueue_waiting(
+                (Message.not_before.is_not(None), Message.not_before <= horizon), reason="held"
+            ),
+            relayed=self._enqueue_waiting(
+                (
+                    Message.not_before.is_(None),
+                    Message.updated_at < now - timedelta(seconds=settings.relay_grace_seconds),
+                ),
+                reason="missed",
             ),
         )
-        relayed = self._enqueue_missed()
-        report = SweepReport(released=released, reclaimed=reclaimed, relayed=relayed)
         if report.total:
-            log.info("relay_sweep", released=released, reclaimed=reclaimed, relayed=relayed)
+            log.info(
+                "relay_sweep",
+                released=report.released,
+                held_released=report.held_released,
+                reclaimed=report.reclaimed,
+                relayed=report.relayed,
+            )
         return report
 
     def run(self, stop: threading.Event) -> None:
@@ -82,7 +119,15 @@ class Relay:
             stop.wait(self.runtime.settings.relay_interval_seconds)
         log.info("relay_stopped")
 
-    def _requeue(self, current: MessageStatus, detail: str, reason: str, where) -> int:  # type: ignore[no-untyped-def]
+    def _back_to_queued(
+        self,
+        current: MessageStatus,
+        where: Sequence[ColumnElement[bool]],
+        *,
+        due: Any,
+        detail: str,
+        reason: str,
+    ) -> int:
         """Move due rows in ``current`` back to ``queued`` and enqueue them."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
@@ -93,8 +138,9 @@ class Relay:
                     Message.stream_id,
                     Message.account_id,
                     Message.segments,
+                    (due if due is not None else Message.updated_at).label("due"),
                 )
-                .where(*where(now))
+                .where(*where)
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(skip_locked=True)
             ).all()
@@ -123,40 +169,52 @@ class Relay:
                     for row in rows
                 ],
             )
-            enqueued = self._enqueue(session, [(row.id, row.stream_type) for row in rows], now)
+            timed = due is not None
+            self._enqueue(
+                session, [_Due(r.id, r.stream_type, r.due if timed else None) for r in rows], now
+            )
             session.commit()
-        metrics.RELAYED.labels(reason).inc(len(enqueued))
+        metrics.RELAYED.labels(reason).inc(len(ids))
         return len(ids)
 
-    def _enqueue_missed(self) -> int:
+    def _enqueue_waiting(self, where: Sequence[ColumnElement[bool]], *, reason: str) -> int:
+        """Enqueue queued messages that are off the broker and due."""
         now = self.runtime.clock()
-        cutoff = now - timedelta(seconds=self.runtime.settings.relay_grace_seconds)
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, Message.stream_type)
+                select(Message.id, Message.stream_type, Message.not_before)
                 .join(Stream, Stream.id == Message.stream_id)
                 .where(
                     Message.status == MessageStatus.queued.value,
                     Message.enqueued_at.is_(None),
-                    Message.updated_at < cutoff,
-                    # Deleted streams' messages go too: the worker fails them with a reason.
-                    or_(Stream.status == StreamStatus.ready.value, Stream.deleted_at.is_not(None)),
+                    _SENDABLE_STREAM,
+                    *where,
                 )
+                .order_by(Message.not_before)
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(of=Message, skip_locked=True)
             ).all()
-            enqueued = self._enqueue(session, [(row.id, row.stream_type) for row in rows], now)
+            done = self._enqueue(
+                session, [_Due(r.id, r.stream_type, r.not_before) for r in rows], now
+            )
             session.commit()
-        metrics.RELAYED.labels("missed").inc(len(enqueued))
-        return len(enqueued)
+        metrics.RELAYED.labels(reason).inc(len(done))
+        return len(done)
 
-    def _enqueue(self, session, rows: list[tuple[uuid.UUID, str]], now) -> list[uuid.UUID]:  # type: ignore[no-untyped-def]
-        """Enqueue and mark; stops at the first broker failure (the rest wait for next time)."""
+    def _enqueue(self, session: Session, rows: list[_Due], now: datetime) -> list[uuid.UUID]:
+        """Enqueue (delayed until each row's time) and mark; stops at the first broker
+        failure, leaving the rest for the next sweep."""
         done: list[uuid.UUID] = []
         try:
-            for message_id, queue in rows:
-                enqueue_delivery(self.runtime.broker, queue, str(message_id))
-                done.append(message_id)
+            for row in rows:
+                delay = (as_utc(row.at) - now).total_seconds() if row.at is not None else 0
+                enqueue_delivery(
+                    self.runtime.broker,
+                    row.queue,
+                    str(row.message_id),
+                    delay_ms=int(delay * 1000) if delay > 0.001 else None,
+                )
+                done.append(row.message_id)
         except Exception as exc:
             log.warning(
                 "relay_enqueue_failed", error=type(exc).__name__, pending=len(rows) - len(done)
@@ -165,7 +223,7 @@ class Relay:
             session.execute(
                 update(Message)
                 .where(Message.id.in_(done))
-                .values(enqueued_at=now)
+                .values(enqueued_at=now, not_before=None, hold_reason=None)
                 .execution_options(synchronize_session=False)
             )
         return done

@@ -10,9 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
+from core.message_states import transition
 from dispatcher.auth import StreamAccess, require_account, require_stream, runtime_of
 from dispatcher.errors import ApiError, not_found
 from dispatcher.intake import accept_messages
+from schemas.enums import MessageStatus
 from schemas.errors import ErrorBody
 from schemas.messages import ItemError, MessageOut, SendRequest, SendResponse, StatusEventOut
 from schemas.tables import Message, MessageEvent
@@ -84,6 +86,41 @@ def get_account_message(
         return message_view(session, message)
 
 
+@router.post(
+    "/api/v1/messages/{message_id}/cancel",
+    response_model=MessageOut,
+    responses=_ERRORS,
+    tags=["messages"],
+)
+def cancel_message(
+    message_id: str, request: Request, account_id: Annotated[uuid.UUID, Depends(require_account)]
+) -> MessageOut:
+    """Cancel a message that has not been handed to a worker yet (``scheduled`` or
+    ``queued``) → ``canceled``. 409 ``not_cancelable`` once it is being sent or done."""
+    runtime = runtime_of(request)
+    with runtime.session_factory() as session:
+        message = _find(session, message_id, Message.account_id == account_id)
+        change = transition(
+            session,
+            message.id,
+            to=MessageStatus.canceled,
+            allowed_from=[MessageStatus.scheduled, MessageStatus.queued],
+            at=runtime.clock(),
+            detail="canceled by the account",
+            values={"not_before": None, "hold_reason": None},
+        )
+        if change is None:
+            raise ApiError(
+                409,
+                "not_cancelable",
+                f"The message is {message.status}; only scheduled or queued messages can be "
+                "canceled.",
+            )
+        session.commit()
+        session.refresh(message)
+        return message_view(session, message)
+
+
 def _find(session: Session, message_id: str, scope) -> Message:  # type: ignore[no-untyped-def]
     try:
         key = uuid.UUID(message_id)
@@ -118,6 +155,10 @@ def message_view(session: Session, message: Message) -> MessageOut:
         status=message.status,  # type: ignore[arg-type]
         error=error,
         send_at=as_utc(message.send_at) if message.send_at else None,
+        expires_at=as_utc(message.expires_at) if message.expires_at else None,
+        hold_reason=message.hold_reason,
+        not_before=as_utc(message.not_before) if message.not_before else None,
+        attempts=message.attempts,
         provider=message.provider,
         provider_message_id=message.provider_message_id,
         created_at=as_utc(message.created_at),

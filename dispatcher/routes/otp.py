@@ -14,7 +14,7 @@ from schemas.errors import ErrorBody
 from schemas.otp import OtpSendRequest, OtpSendResponse, OtpVerifyRequest, OtpVerifyResponse
 
 router = APIRouter(prefix="/v1/otp", tags=["otp"])
-_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 409, 422, 429)}
+_ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 409, 422, 429, 503)}
 
 
 async def require_otp_stream(

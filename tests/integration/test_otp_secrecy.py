@@ -16,6 +16,7 @@ from schemas.tables import Message, OtpCode
 from tests.conftest import auth
 from tests.otp_codes import PHONE, code_of, send_code, verify
 from tests.processes import wait_until
+from workers.admission import RedisAdmission
 from workers.delivery import Delivery
 from workers.pool import start_worker
 from workers.providers.base import Accepted, OutboundMessage
@@ -113,24 +114,35 @@ class RecordingSandbox(SandboxProvider):
         return super().send(message)
 
 
+def delivery_with(runtime, carrier: SandboxProvider) -> Delivery:
+    """The real delivery pipeline, handing messages to ``carrier``."""
+    return Delivery(
+        runtime, ProviderRegistry({"sandbox": carrier}, "sandbox"), RedisAdmission(runtime.redis)
+    )
+
+
+def stored(runtime, message_id: str) -> tuple[str, str | None, str]:
+    """(body, sealed_body, status) of a message."""
+    with runtime.session_factory() as session:
+        row = session.execute(
+            select(Message.body, Message.sealed_body, Message.status).where(
+                Message.id == uuid.UUID(message_id)
+            )
+        ).one()
+    return row.body, row.sealed_body, row.status
+
+
 def test_the_carrier_gets_the_real_text_and_then_it_is_forgotten(
     client, runtime, otp_stream, settings
 ):
     stream = otp_stream(code_mode="customer_code", code_length=6)
     message_id = send_code(client, stream, code="918273").json()["message_id"]
     carrier = RecordingSandbox(settings.sandbox, runtime.redis)
-    delivery = Delivery(runtime, ProviderRegistry({"sandbox": carrier}, "sandbox"))
 
-    delivery.deliver(message_id)
+    delivery_with(runtime, carrier).deliver(message_id)
 
     assert [m.body for m in carrier.handed] == ["Your code is 918273"]
-    with runtime.session_factory() as session:
-        body, sealed, status = session.execute(
-            select(Message.body, Message.sealed_body, Message.status).where(
-                Message.id == uuid.UUID(message_id)
-            )
-        ).one()
-    assert (body, sealed, status) == ("Your code is ******", None, "sent")
+    assert stored(runtime, message_id) == ("Your code is ******", None, "sent")
     assert verify(client, stream, "918273", phone=PHONE).json()["valid"] is True
 
 
@@ -140,9 +152,23 @@ def test_an_otp_message_that_fails_forgets_its_sealed_text_too(
     stream = otp_stream()
     message_id = send_code(client, stream).json()["message_id"]
     refusing = SandboxProvider(settings.sandbox.model_copy(update={"failure_rate": 1.0}))
-    Delivery(runtime, ProviderRegistry({"sandbox": refusing}, "sandbox")).deliver(message_id)
-    with runtime.session_factory() as session:
-        status, sealed = session.execute(
-            select(Message.status, Message.sealed_body).where(Message.id == uuid.UUID(message_id))
-        ).one()
-    assert (status, sealed) == ("failed", None)
+
+    delivery_with(runtime, refusing).deliver(message_id)
+
+    assert stored(runtime, message_id)[1:] == (None, "failed")
+
+
+def test_an_otp_message_waiting_past_its_codes_ttl_expires_unsent(
+    client, runtime, otp_stream, settings, clock
+):
+    """The message expires with its code (flow control's expiry): a dead code is never sent
+    late, and its sealed text is dropped."""
+    stream = otp_stream(ttl_seconds=60)
+    message_id = send_code(client, stream).json()["message_id"]
+    carrier = RecordingSandbox(settings.sandbox, runtime.redis)
+    clock.advance(60)
+
+    delivery_with(runtime, carrier).deliver(message_id)
+
+    assert carrier.handed == []
+    assert stored(runtime, message_id)[1:] == (None, "expired")

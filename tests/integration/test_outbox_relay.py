@@ -74,3 +74,35 @@ def test_invariant_1_accepted_while_redis_is_down_is_delivered_once_after_relay(
         assert sandbox.submissions() == 50, "each message reached the carrier exactly once"
         client.close()
         rt.close()
+
+
+def test_invariant_1_a_late_enqueue_mark_never_hides_a_held_message(runtime, client, make_stream):
+    """The ingress marks messages enqueued after the fact. If a worker has meanwhile taken
+    the message off the broker (held for a rate limit, quiet hours, a retry), the mark must
+    not land, or the relay would never bring the message back."""
+    import uuid as uuid_lib
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from core.enqueue_marks import mark_enqueued
+
+    stream = make_stream()
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    key = uuid_lib.UUID(message_id)
+    runtime.enqueue_marks.flush()
+    held_until = runtime.clock() + timedelta(seconds=1)
+    with runtime.session_factory() as session:  # what a worker's hold does
+        session.execute(
+            update(Message)
+            .where(Message.id == key)
+            .values(enqueued_at=None, not_before=held_until, hold_reason="rate_limited")
+        )
+        session.commit()
+    mark_enqueued(runtime.session_factory, runtime.clock, [key])  # the late mark
+    with runtime.session_factory() as session:
+        assert session.get(Message, key).enqueued_at is None
+    runtime.clock = lambda: held_until + timedelta(seconds=1)
+    assert Relay(runtime).sweep().held_released == 1

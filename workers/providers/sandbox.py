@@ -3,8 +3,15 @@
 It waits ``latency_ms``, refuses ``failure_rate`` of messages, and reports each accepted one
 ``delivered`` (or ``undelivered`` at ``undelivered_rate``) after ``receipt_delay_seconds``.
 Like a carrier with idempotency keys, it accepts each reference once: a repeat returns the
-first answer. Its ledger lives in Redis when there is one, so every worker process shares it
-and tests can count real submissions.
+first answer.
+
+Recipients whose last six digits are one of ``MAGIC_NUMBERS`` behave the same way every
+time, so a demo or a test can show each outcome on purpose (as carriers' test numbers do):
+``000001`` refused for good, ``000002`` a passing error (timeout), ``000003`` throttled with
+Retry-After 1 s, ``000004`` accepted but undelivered.
+
+Its ledger lives in Redis when there is one, so every worker process shares it and tests
+can count real submissions.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ LEDGER_PREFIX = "streams:sandbox:ref:"
 SUBMISSIONS_KEY = "streams:sandbox:submissions"
 REPEATS_KEY = "streams:sandbox:repeats"
 _LEDGER_TTL_SECONDS = 7 * 24 * 3600
+MAGIC_NUMBERS = {
+    "000001": "refused",
+    "000002": "timeout",
+    "000003": "throttled",
+    "000004": "undelivered",
+}
 
 
 class SandboxProvider:
@@ -35,6 +48,8 @@ class SandboxProvider:
         seed: int | None = None,
     ) -> None:
         self._settings = settings
+        #: The carrier's throughput, enforced fleet-wide by admission.
+        self.max_per_second = settings.max_per_second
         self._redis = redis_client
         self._random = random.Random(seed)
         self._memory: dict[str, str] = {}
@@ -44,13 +59,27 @@ class SandboxProvider:
     def send(self, message: OutboundMessage) -> Accepted:
         if self._settings.latency_ms:
             time.sleep(self._settings.latency_ms / 1000)
-        if self._random.random() < self._settings.failure_rate:
+        magic = MAGIC_NUMBERS.get(message.recipient[-6:])
+        if magic == "refused" or self._random.random() < self._settings.failure_rate:
             raise ProviderError(
                 "sandbox_refused", "The sandbox carrier refused the message.", transient=False
             )
+        if magic == "timeout" or self._random.random() < self._settings.transient_failure_rate:
+            raise ProviderError(
+                "sandbox_timeout", "The sandbox carrier did not answer in time.", transient=True
+            )
+        if magic == "throttled":
+            raise ProviderError(
+                "sandbox_throttled",
+                "The sandbox carrier is throttling (429).",
+                transient=True,
+                retry_after=1.0,
+            )
         provider_id = "sbx_" + uuid.uuid4().hex
         first_id = self._record(message.reference, provider_id)
-        undelivered = self._random.random() < self._settings.undelivered_rate
+        undelivered = (
+            magic == "undelivered" or self._random.random() < self._settings.undelivered_rate
+        )
         receipt = Receipt(
             status="undelivered" if undelivered else "delivered",
             after_seconds=self._settings.receipt_delay_seconds,

@@ -1,0 +1,79 @@
+"""Dead letters: messages that kept failing after their retries. They are kept, listed per
+account, and can be replayed; nothing disappears."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.message_states import transition
+from schemas.enums import MessageStatus
+from schemas.tables import DeadLetter, Message
+
+
+def record_dead_letter(
+    session: Session,
+    message_id: uuid.UUID,
+    *,
+    reason: str,
+    error_message: str | None,
+    at: datetime,
+) -> DeadLetter | None:
+    """Keep a failed message as a dead letter (the caller commits)."""
+    message = session.get(Message, message_id)
+    if message is None:
+        return None
+    letter = DeadLetter(
+        id=uuid.uuid4(),
+        message_id=message.id,
+        account_id=message.account_id,
+        stream_id=message.stream_id,
+        queue=message.stream_type,
+        reason=reason,
+        error_message=error_message,
+        attempts=message.attempts,
+        created_at=at,
+    )
+    session.add(letter)
+    return letter
+
+
+class ReplayRefused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Message:
+    """Put a dead letter's message back to ``queued`` with a fresh retry budget.
+
+    Raises ``ReplayRefused`` when it was replayed already or its message moved on. The
+    caller commits, then enqueues the message.
+    """
+    if letter.replayed_at is not None:
+        raise ReplayRefused("already_replayed", "This dead letter was replayed already.")
+    change = transition(
+        session,
+        letter.message_id,
+        to=MessageStatus.queued,
+        allowed_from=[MessageStatus.failed],
+        at=at,
+        detail="replayed from dead letters",
+        values={
+            "attempts": 0,
+            "error_code": None,
+            "error_message": None,
+            "enqueued_at": None,
+            "not_before": None,
+            "hold_reason": None,
+            "claimed_at": None,
+        },
+    )
+    if change is None:
+        raise ReplayRefused("not_failed", "The message is no longer failed; nothing to replay.")
+    session.execute(update(DeadLetter).where(DeadLetter.id == letter.id).values(replayed_at=at))
+    message = session.scalars(select(Message).where(Message.id == letter.message_id)).one()
+    return message

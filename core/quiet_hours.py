@@ -1,0 +1,93 @@
+"""When a marketing message may go out: the stream's sending window in the recipient's
+local time. Pure functions; the clock and the zones are passed in.
+
+The recipient's zone comes from the number (``phonenumbers.timezone``) unless the stream
+sets one. A number that spans several zones (+1 without an area code known, +7, +61) is
+sent only when the window is open in all of them; when no such moment exists (the zones
+are too far apart for the window), the first zone decides, so a message is never held
+forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from phonenumbers import timezone as phone_timezones
+
+_SEARCH_DAYS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SendingWindow:
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, start: str, end: str) -> SendingWindow:
+        return cls(time.fromisoformat(start), time.fromisoformat(end))
+
+    def contains(self, local: time) -> bool:
+        """Start inclusive, end exclusive; a window may wrap past midnight (22:00–06:00)."""
+        if self.start == self.end:
+            return True
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end
+
+
+@lru_cache(maxsize=4096)
+def zones_for_number(e164: str) -> tuple[str, ...]:
+    """IANA zones of a number, as libphonenumber knows them (empty when unknown)."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return ()
+    return tuple(
+        zone for zone in phone_timezones.time_zones_for_number(number) if _known_zone(zone)
+    )
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def next_send_time(now: datetime, window: SendingWindow, zones: Sequence[str]) -> datetime:
+    """``now`` if the window is open for the recipient, else the UTC moment it opens.
+
+    ``now`` must be timezone-aware. No zones (unknown number) means UTC.
+    """
+    names = list(zones) or ["UTC"]
+    if _open_everywhere(now, window, names):
+        return now
+    openings = sorted(
+        opening for name in names for opening in _openings(now, window, ZoneInfo(name))
+    )
+    for opening in openings:
+        if _open_everywhere(opening, window, names):
+            return opening
+    return min(_openings(now, window, ZoneInfo(names[0])))
+
+
+def _open_everywhere(moment: datetime, window: SendingWindow, zones: Sequence[str]) -> bool:
+    return all(window.contains(moment.astimezone(ZoneInfo(z)).time()) for z in zones)
+
+
+def _openings(now: datetime, window: SendingWindow, zone: ZoneInfo) -> list[datetime]:
+    """The window's next start times after ``now`` in ``zone``, as aware datetimes."""
+    local_today = now.astimezone(zone).date()
+    found = []
+    for offset in range(_SEARCH_DAYS):
+        day = local_today + timedelta(days=offset)
+        opening = datetime.combine(day, window.start, tzinfo=zone)
+        if opening > now:
+            found.append(opening.astimezone(now.tzinfo))
+    return found

@@ -1,0 +1,345 @@
+"""Flow control: fleet-wide limits (invariant 5), caps, retries and dead letters,
+scheduling and cancel, quiet hours, expiry."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from core.clock import as_utc
+from core.runtime import build_runtime
+from schemas.tables import MessageEvent
+from tests.conftest import auth, message
+from tests.processes import MovableClock, pipeline, wait_until, worker_pool
+from workers.relay import Relay
+
+TIMEOUT = "+972524000002"  # sandbox magic numbers (workers/providers/sandbox.py)
+REFUSED = "+972524000001"
+
+
+def send(client, token: str, *items: dict) -> list[dict]:
+    response = client.post("/v1/messages", json={"messages": list(items)}, headers=auth(token))
+    assert response.status_code == 202, response.text
+    return response.json()["results"]
+
+
+def get(client, key: str, message_id: str) -> dict:
+    return client.get(f"/api/v1/messages/{message_id}", headers=auth(key)).json()
+
+
+def statuses(client, key: str, ids: list[str]) -> list[str]:
+    return [get(client, key, i)["status"] for i in ids]
+
+
+def event_times(runtime, status: str) -> list[tuple[datetime, uuid.UUID]]:
+    with runtime.session_factory() as session:
+        rows = session.execute(
+            select(MessageEvent.at, MessageEvent.message_id).where(MessageEvent.status == status)
+        ).all()
+    return sorted((as_utc(at), mid) for at, mid in rows)
+
+
+# --------------------------------------------------------------- invariant 5: fleet limits
+
+
+@pytest.mark.slow
+def test_invariant_5_limit_holds_across_worker_processes(
+    settings, runtime, client, make_stream, account_key, tmp_path
+):
+    limit = 10
+    stream = make_stream(settings={"max_per_second": limit})
+    items = [message(message_content=("x" * 161) if i % 2 else "short") for i in range(40)]
+    ids = [r["message_id"] for r in send(client, stream["token"], *items)]
+    segments = {uuid.UUID(i): (2 if n % 2 else 1) for n, i in enumerate(ids)}
+    fast = {"claim_lease_seconds": 60, "throttle_inline_wait_seconds": 0.25}
+    with (
+        worker_pool(settings, tmp_path / "w1.log", threads=4, **fast),
+        worker_pool(settings, tmp_path / "w2.log", threads=4, **fast),
+        pipeline(runtime, [], relay=True),
+    ):
+        assert wait_until(
+            lambda: set(statuses(client, account_key, ids)) == {"delivered"},
+            timeout=60,
+            interval=0.5,
+        )
+
+    claims = event_times(runtime, "sending")
+    assert len(claims) == len(ids)
+    total_segments = sum(segments.values())
+    span = (claims[-1][0] - claims[0][0]).total_seconds()
+    # GCRA spacing: the last claim cannot come before the segments ahead of it were allowed.
+    assert span >= (total_segments - segments[claims[-1][1]] - limit) / limit
+    for start, _ in claims:
+        window = [segments[mid] for at, mid in claims if start <= at < start + timedelta(seconds=1)]
+        assert sum(window) <= limit + 2, f"{sum(window)} segments in one second from {start}"
+
+
+def test_invariant_5_throttled_messages_keep_their_retry_budget(
+    settings, runtime, client, make_stream, account_key
+):
+    runtime.settings = settings.model_copy(update={"max_send_attempts": 1})
+    stream = make_stream(settings={"max_per_second": 4})
+    ids = [r["message_id"] for r in send(client, stream["token"], *[message() for _ in range(12)])]
+    with pipeline(runtime, ["transactional"], threads=4):
+        assert wait_until(
+            lambda: set(statuses(client, account_key, ids)) == {"delivered"},
+            timeout=30,
+            interval=0.3,
+        )
+    bodies = [get(client, account_key, i) for i in ids]
+    assert {b["attempts"] for b in bodies} == {1}, "waiting for the limit never spent a retry"
+    assert any("queued" in [h["status"] for h in b["history"]] for b in bodies)
+
+
+@pytest.mark.parametrize(
+    ("limits", "recipients", "rejected_reason"),
+    [
+        ({"max_per_recipient_per_hour": 2}, ["+972524265292"] * 3, "max_per_recipient_per_hour"),
+        (
+            {"max_per_day": 3},
+            ["+972524265292", "+972524265293", "+972524265294", "+972524265295"],
+            "max_per_day",
+        ),
+    ],
+)
+def test_caps_reject_with_a_reason(
+    runtime, client, make_stream, account_key, limits, recipients, rejected_reason
+):
+    stream = make_stream(settings=limits)
+    ids = []
+    with pipeline(runtime, ["transactional"], threads=1):
+        for recipient in recipients:  # one at a time, so the order is known
+            ids.append(
+                send(client, stream["token"], message(recipient_phone=recipient))[0]["message_id"]
+            )
+            assert wait_until(
+                lambda: get(client, account_key, ids[-1])["status"] in ("delivered", "rejected"),
+                timeout=15,
+            )
+    final = [get(client, account_key, i) for i in ids]
+    assert [m["status"] for m in final] == ["delivered"] * (len(ids) - 1) + ["rejected"]
+    assert final[-1]["error"]["code"] == rejected_reason
+
+
+def test_other_recipients_and_streams_are_not_capped(runtime, client, make_stream, account_key):
+    capped = make_stream(settings={"max_per_recipient_per_hour": 1})
+    other = make_stream(name="Other")
+    first = send(client, capped["token"], message(), message(recipient_phone="+972524265293"))
+    third = send(client, other["token"], message())
+    ids = [r["message_id"] for r in first + third]
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: statuses(client, account_key, ids) == ["delivered"] * 3, timeout=15
+        )
+
+
+# --------------------------------------------------------------- retries and dead letters
+
+
+def test_transient_errors_are_retried_then_fail_and_become_a_dead_letter(
+    settings, runtime, client, make_stream, account_key
+):
+    runtime.settings = settings.model_copy(
+        update={"max_send_attempts": 3, "retry_backoff_seconds": 0.1}
+    )
+    stream = make_stream()
+    message_id = send(client, stream["token"], message(recipient_phone=TIMEOUT))[0]["message_id"]
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: get(client, account_key, message_id)["status"] == "failed", timeout=30
+        )
+    body = get(client, account_key, message_id)
+    assert body["attempts"] == 3
+    assert body["error"]["code"] == "sandbox_timeout"
+    assert [h["status"] for h in body["history"]].count("sending") == 3
+    letters = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()
+    assert letters["total"] == 1
+    assert letters["items"][0]["message_id"] == message_id
+    assert letters["items"][0]["reason"] == "retries_exhausted"
+
+
+def test_permanent_errors_fail_at_once_without_dead_letter(
+    runtime, client, make_stream, account_key
+):
+    stream = make_stream()
+    message_id = send(client, stream["token"], message(recipient_phone=REFUSED))[0]["message_id"]
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: get(client, account_key, message_id)["status"] == "failed", timeout=15
+        )
+    assert get(client, account_key, message_id)["attempts"] == 1
+    assert client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["total"] == 0
+
+
+def test_dead_letter_replay_after_the_carrier_recovers(
+    settings, runtime, client, make_stream, account_key, other_account_key
+):
+    outage = settings.model_copy(
+        update={
+            "max_send_attempts": 2,
+            "retry_backoff_seconds": 0.05,
+            "sandbox": settings.sandbox.model_copy(update={"transient_failure_rate": 1.0}),
+        }
+    )
+    runtime.settings = outage
+    stream = make_stream()
+    message_id = send(client, stream["token"], message())[0]["message_id"]
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: get(client, account_key, message_id)["status"] == "failed", timeout=20
+        )
+    letter = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"][0]
+
+    assert (
+        client.post(
+            f"/api/v1/dead-letters/{letter['id']}/replay", headers=auth(other_account_key)
+        ).status_code
+        == 404
+    )
+    runtime.settings = settings  # the carrier is back
+    replayed = client.post(f"/api/v1/dead-letters/{letter['id']}/replay", headers=auth(account_key))
+    assert replayed.status_code == 202
+    assert replayed.json()["replayed_at"] is not None
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: get(client, account_key, message_id)["status"] == "delivered", timeout=20
+        )
+    again = client.post(f"/api/v1/dead-letters/{letter['id']}/replay", headers=auth(account_key))
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "already_replayed")
+    assert client.get("/api/v1/dead-letters", headers=auth(other_account_key)).json()["total"] == 0
+
+
+# --------------------------------------------------------------- scheduling and cancel
+
+
+def test_scheduled_message_is_released_on_time_after_a_restart(
+    settings, runtime, client, make_stream, account_key
+):
+    stream = make_stream()
+    send_at = runtime.clock() + timedelta(seconds=2)
+    result = send(client, stream["token"], message(send_at=send_at.isoformat()))[0]
+    assert result["status"] == "scheduled"
+    runtime.close()  # the first set of processes goes away before send_at
+
+    restarted = build_runtime(settings)
+    try:
+        with pipeline(restarted, ["transactional"]):
+            assert wait_until(
+                lambda: get(client, account_key, result["message_id"])["status"] == "delivered",
+                timeout=20,
+            )
+    finally:
+        restarted.close()
+    history = get(client, account_key, result["message_id"])["history"]
+    claimed = datetime.fromisoformat(next(h["at"] for h in history if h["status"] == "sending"))
+    assert claimed >= send_at, "never early"
+    assert claimed - send_at <= timedelta(seconds=1), f"released {claimed - send_at} late"
+
+
+def test_cancel_a_scheduled_message(runtime, client, make_stream, account_key, other_account_key):
+    stream = make_stream()
+    future = (runtime.clock() + timedelta(seconds=1)).isoformat()
+    message_id = send(client, stream["token"], message(send_at=future))[0]["message_id"]
+    assert (
+        client.post(
+            f"/api/v1/messages/{message_id}/cancel", headers=auth(other_account_key)
+        ).status_code
+        == 404
+    )
+    canceled = client.post(f"/api/v1/messages/{message_id}/cancel", headers=auth(account_key))
+    assert (canceled.status_code, canceled.json()["status"]) == (200, "canceled")
+    again = client.post(f"/api/v1/messages/{message_id}/cancel", headers=auth(account_key))
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "not_cancelable")
+    runtime.clock = lambda: datetime.now(UTC) + timedelta(seconds=5)
+    assert Relay(runtime).sweep().released == 0
+    assert get(client, account_key, message_id)["status"] == "canceled"
+
+
+# --------------------------------------------------------------- quiet hours and expiry
+
+
+def test_quiet_hours_hold_marketing_until_the_window_opens(
+    runtime, client, make_stream, account_key
+):
+    clock = MovableClock(datetime(2026, 1, 15, 21, 0, tzinfo=UTC))
+    runtime.clock = clock
+    marketing = make_stream(
+        type="marketing",
+        settings={"quiet_hours": {"start": "09:00", "end": "20:00", "timezone": "UTC"}},
+    )
+    otp = make_stream(name="Codes", type="otp")
+    promo = send(client, marketing["token"], message(message_content="Sale!"))[0]["message_id"]
+    code = send(client, otp["token"], message(message_content="Your code is 1234"))[0]["message_id"]
+    with pipeline(runtime, ["marketing", "otp"], relay=False):
+        assert wait_until(
+            lambda: get(client, account_key, code)["status"] == "delivered", timeout=15
+        )
+        assert wait_until(
+            lambda: get(client, account_key, promo)["hold_reason"] == "quiet_hours", timeout=15
+        )
+    held = get(client, account_key, promo)
+    assert held["status"] == "queued"
+    assert held["not_before"] == "2026-01-16T09:00:00Z"
+    assert Relay(runtime).sweep().held_released == 0, "not before the window opens"
+
+    clock.advance(12 * 3600 + 1)  # 09:00:01 the next day
+    with pipeline(runtime, ["marketing"]):
+        assert wait_until(
+            lambda: get(client, account_key, promo)["status"] == "delivered", timeout=15
+        )
+
+
+def test_quiet_hours_follow_the_recipients_time_zone(runtime, client, make_stream, account_key):
+    runtime.clock = MovableClock(datetime(2026, 1, 15, 19, 0, tzinfo=UTC))  # 21:00 in Israel
+    marketing = make_stream(
+        type="marketing", settings={"quiet_hours": {"start": "09:00", "end": "20:00"}}
+    )
+    promo = send(client, marketing["token"], message(recipient_phone="+972524265292"))[0][
+        "message_id"
+    ]
+    with pipeline(runtime, ["marketing"], relay=False):
+        assert wait_until(
+            lambda: get(client, account_key, promo)["hold_reason"] == "quiet_hours", timeout=15
+        )
+    assert (
+        get(client, account_key, promo)["not_before"] == "2026-01-16T07:00:00Z"
+    )  # 09:00 in Israel
+
+
+def test_message_past_its_validity_expires_instead_of_going_out_late(
+    runtime, client, make_stream, account_key
+):
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    stream = make_stream()
+    message_id = send(client, stream["token"], message(validity_seconds=30))[0]["message_id"]
+    assert get(client, account_key, message_id)["expires_at"] is not None
+    clock.advance(31)  # the workers were down for longer than the validity
+    with pipeline(runtime, ["transactional"], relay=False):
+        assert wait_until(
+            lambda: get(client, account_key, message_id)["status"] == "expired", timeout=15
+        )
+    assert get(client, account_key, message_id)["error"]["code"] == "expired"
+
+
+def test_message_that_cannot_be_sent_in_time_expires_now(runtime, client, make_stream, account_key):
+    stream = make_stream(settings={"max_per_second": 1})
+    ids = [
+        r["message_id"]
+        for r in send(client, stream["token"], *[message(validity_seconds=2) for _ in range(5)])
+    ]
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: (
+                "queued" not in statuses(client, account_key, ids)
+                and "sending" not in statuses(client, account_key, ids)
+            ),
+            timeout=20,
+        )
+    final = statuses(client, account_key, ids)
+    assert final.count("delivered") >= 1
+    assert "expired" in final
+    assert set(final) <= {"delivered", "expired"}

@@ -1,0 +1,116 @@
+"""GCRA admission rules, on the in-process implementation with an injected clock. The Redis
+implementation runs the same rules in Lua; tests/integration/test_admission_redis.py holds
+both to the same answers."""
+
+from datetime import date
+
+import pytest
+
+from workers.admission import Limits, LocalAdmission, Request
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.us = 1_000_000_000
+
+    def __call__(self) -> int:
+        return self.us
+
+
+def request(
+    cost: int = 1, limits: Limits | None = None, message_id: str = "m", recipient: str = "+1"
+) -> Request:
+    return Request(
+        "s",
+        "sandbox",
+        recipient,
+        message_id,
+        cost,
+        limits or Limits(per_second=10),
+        date(2026, 1, 1),
+    )
+
+
+def test_conforming_messages_are_spaced_at_the_rate():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    assert admission.admit(request()).verdict == "admit"
+    second = admission.admit(request())
+    assert (second.verdict, second.wait_seconds) == ("wait", 0.1)
+    clock.us += 100_000
+    assert admission.admit(request()).verdict == "admit"
+
+
+def test_segments_cost_their_count():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    assert admission.admit(request(cost=3)).verdict == "admit"
+    assert admission.admit(request()).wait_seconds == pytest.approx(0.3)
+
+
+def test_a_message_bigger_than_a_second_goes_when_idle_and_pays_forward():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    assert admission.admit(request(cost=25)).verdict == "admit"
+    assert admission.admit(request()).wait_seconds == pytest.approx(2.5)
+
+
+def test_waiting_messages_are_given_spaced_return_times():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    admission.admit(request())
+    backs = [admission.admit(request()).come_back_after for _ in range(3)]
+    assert backs == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_waiting_spends_nothing():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    limits = Limits(per_second=1, per_day=2)
+    assert admission.admit(request(limits=limits, message_id="a")).verdict == "admit"
+    for _ in range(5):
+        assert admission.admit(request(limits=limits, message_id="b")).verdict == "wait"
+    clock.us += 1_000_000
+    assert admission.admit(request(limits=limits, message_id="b")).verdict == "admit"
+
+
+def test_provider_limit_applies_across_streams():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    limits = Limits(provider_per_second=2)
+    assert (
+        admission.admit(Request("s1", "p", "+1", "a", 1, limits, date(2026, 1, 1))).verdict
+        == "admit"
+    )
+    other_stream = admission.admit(Request("s2", "p", "+1", "b", 1, limits, date(2026, 1, 1)))
+    assert (other_stream.verdict, other_stream.wait_seconds) == ("wait", 0.5)
+
+
+def test_recipient_cap_is_a_rolling_hour_and_idempotent_per_message():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    limits = Limits(per_recipient_per_hour=2)
+    assert admission.admit(request(limits=limits, message_id="a")).verdict == "admit"
+    assert admission.admit(request(limits=limits, message_id="a")).verdict == "admit"  # a retry
+    assert admission.admit(request(limits=limits, message_id="b")).verdict == "admit"
+    third = admission.admit(request(limits=limits, message_id="c"))
+    assert (third.verdict, third.reason) == ("reject", "max_per_recipient_per_hour")
+    assert (
+        admission.admit(request(limits=limits, message_id="d", recipient="+2")).verdict == "admit"
+    )
+    clock.us += 3_600_000_001
+    assert admission.admit(request(limits=limits, message_id="c")).verdict == "admit"
+
+
+def test_daily_cap_counts_per_day():
+    admission = LocalAdmission(Clock())
+    limits = Limits(per_day=1)
+    assert admission.admit(request(limits=limits, message_id="a")).verdict == "admit"
+    assert admission.admit(request(limits=limits, message_id="b")).reason == "max_per_day"
+    tomorrow = Request("s", "sandbox", "+1", "b", 1, limits, date(2026, 1, 2))
+    assert admission.admit(tomorrow).verdict == "admit"
+
+
+def test_no_limits_always_admit():
+    admission = LocalAdmission(Clock())
+    assert all(admission.admit(request(limits=Limits())).verdict == "admit" for _ in range(100))

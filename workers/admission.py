@@ -1,0 +1,197 @@
+"""Admission: may this message go out now, under its stream's and its provider's limits?
+
+Limits hold across every worker process and host (invariant 5) because the state lives in
+Redis and one Lua call decides atomically, on Redis's own clock.
+
+The algorithm is GCRA (the generic cell rate algorithm): each bucket keeps a theoretical
+arrival time (TAT). A message of ``cost`` segments conforms when TAT ≤ now; sending it
+moves TAT to max(TAT, now) + cost × interval. Unlike fixed windows there is no edge to
+burst over, and unlike a token bucket there is one number to keep. A message bigger than
+a second's allowance is still sent when the bucket is idle; it then pays forward.
+
+A message that does not conform is not sent and spends nothing: the caller waits the
+returned time (or parks the message until ``come_back_after``). ``come_back_after`` comes
+from a second schedule that spaces waiting messages at the stream's rate, so a backlog
+returns a few at a time instead of all at once; each still has to conform when it returns.
+
+Caps (``max_per_day`` messages per UTC day, ``max_per_recipient_per_hour`` over a rolling
+hour) are counted only when a message is admitted, in the same call, and answer "reject".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal, Protocol
+
+import redis
+
+Verdict = Literal["admit", "wait", "reject"]
+_HOUR_US = 3_600_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    per_second: float | None = None  # segments, for the stream
+    provider_per_second: float | None = None  # segments, for the provider fleet-wide
+    per_day: int | None = None  # messages per UTC day, for the stream
+    per_recipient_per_hour: int | None = None  # messages per recipient, for the stream
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """``admit``: send now. ``wait``: it conforms in ``wait_seconds``; park it and retry after
+    ``come_back_after`` seconds. ``reject``: a cap is reached (``reason``)."""
+
+    verdict: Verdict
+    wait_seconds: float = 0.0
+    come_back_after: float = 0.0
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    stream_id: str
+    provider: str
+    recipient: str
+    message_id: str
+    cost: int
+    limits: Limits
+    day: date
+
+
+class Admission(Protocol):
+    def admit(self, request: Request) -> Ticket: ...
+
+
+def interval_us(per_second: float | None) -> int:
+    """Microseconds per segment; 0 means unlimited."""
+    return int(1_000_000 / per_second) if per_second else 0
+
+
+_ADMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local si, pi, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local function num(key) return tonumber(redis.call('GET', key) or '0') end
+local function store(key, value)
+  local ttl = math.floor((value - now) / 1000) + 60000
+  redis.call('SET', key, string.format('%.0f', value), 'PX', ttl)
+end
+local stat, ptat, wait = 0, 0, 0
+if si > 0 then stat = num(KEYS[1]); wait = math.max(wait, stat - now) end
+if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now) end
+if wait > 0 then
+  local back = wait
+  if si > 0 then
+    local slot = math.max(num(KEYS[2]), stat, now)
+    store(KEYS[2], slot + cost * si)
+    back = math.max(back, slot - now)
+  end
+  return {'wait', string.format('%.0f', wait), string.format('%.0f', back)}
+end
+local per_day, per_recipient = tonumber(ARGV[4]), tonumber(ARGV[5])
+if per_day > 0 and num(KEYS[4]) >= per_day then return {'reject', 'max_per_day', '0'} end
+if per_recipient > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 3600000000)
+  local seen = redis.call('ZSCORE', KEYS[5], ARGV[6])
+  if not seen and redis.call('ZCARD', KEYS[5]) >= per_recipient then
+    return {'reject', 'max_per_recipient_per_hour', '0'}
+  end
+  redis.call('ZADD', KEYS[5], now, ARGV[6])
+  redis.call('PEXPIRE', KEYS[5], 3600000)
+end
+if per_day > 0 then redis.call('INCR', KEYS[4]); redis.call('EXPIRE', KEYS[4], 172800) end
+if si > 0 then store(KEYS[1], math.max(stat, now) + cost * si) end
+if pi > 0 then store(KEYS[3], math.max(ptat, now) + cost * pi) end
+return {'admit', '0', '0'}
+"""
+
+
+class RedisAdmission:
+    """The fleet-wide admission, one Lua call per decision."""
+
+    PREFIX = "streams:limits:"
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._script = client.register_script(_ADMIT_LUA)
+
+    def admit(self, request: Request) -> Ticket:
+        p = self.PREFIX
+        keys = [
+            f"{p}stream:{request.stream_id}:tat",
+            f"{p}stream:{request.stream_id}:waiting",
+            f"{p}provider:{request.provider}:tat",
+            f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}",
+            f"{p}stream:{request.stream_id}:recipient:{request.recipient}",
+        ]
+        limits = request.limits
+        args = [
+            interval_us(limits.per_second),
+            interval_us(limits.provider_per_second),
+            max(request.cost, 1),
+            limits.per_day or 0,
+            limits.per_recipient_per_hour or 0,
+            request.message_id,
+        ]
+        verdict, first, second = (
+            part.decode() if isinstance(part, bytes) else str(part)
+            for part in self._script(keys=keys, args=args)
+        )
+        if verdict == "reject":
+            return Ticket("reject", reason=first)
+        if verdict == "wait":
+            return Ticket("wait", int(first) / 1e6, int(second) / 1e6)
+        return Ticket("admit")
+
+
+class LocalAdmission:
+    """The same rules in one process, for ``streams dev`` (no Redis)."""
+
+    def __init__(self, clock_us: Callable[[], int] = lambda: time.time_ns() // 1000) -> None:
+        self._clock_us = clock_us
+        self._values: dict[str, float] = {}
+        self._windows: dict[str, dict[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, request: Request) -> Ticket:
+        with self._lock:
+            now = self._clock_us()
+            limits = request.limits
+            si, pi = interval_us(limits.per_second), interval_us(limits.provider_per_second)
+            cost = max(request.cost, 1)
+            stream_key, provider_key = f"s:{request.stream_id}", f"p:{request.provider}"
+            waiting_key = f"w:{request.stream_id}"
+            stat = self._values.get(stream_key, 0) if si else 0
+            ptat = self._values.get(provider_key, 0) if pi else 0
+            wait = max(stat - now if si else 0, ptat - now if pi else 0, 0)
+            if wait > 0:
+                back = wait
+                if si:
+                    slot = max(self._values.get(waiting_key, 0), stat, now)
+                    self._values[waiting_key] = slot + cost * si
+                    back = max(back, slot - now)
+                return Ticket("wait", wait / 1e6, back / 1e6)
+            day_key = f"d:{request.stream_id}:{request.day.isoformat()}"
+            if limits.per_day and self._values.get(day_key, 0) >= limits.per_day:
+                return Ticket("reject", reason="max_per_day")
+            if limits.per_recipient_per_hour:
+                window = self._windows.setdefault(f"r:{request.stream_id}:{request.recipient}", {})
+                for member in [m for m, at in window.items() if at <= now - _HOUR_US]:
+                    del window[member]
+                if (
+                    request.message_id not in window
+                    and len(window) >= limits.per_recipient_per_hour
+                ):
+                    return Ticket("reject", reason="max_per_recipient_per_hour")
+                window[request.message_id] = now
+            if limits.per_day:
+                self._values[day_key] = self._values.get(day_key, 0) + 1
+            if si:
+                self._values[stream_key] = max(stat, now) + cost * si
+            if pi:
+                self._values[provider_key] = max(ptat, now) + cost * pi
+            return Ticket("admit")
