@@ -50,7 +50,7 @@ def build_runtime(
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)
-    status_feed.subscribe(forget_sealed_bodies(session_factory))
+    forget_sealed_bodies(session_factory)
     return Runtime(
         settings=settings,
         engine=engine,

@@ -5,21 +5,19 @@ sending step only, forgotten once sent.
 the message API, status events and any later reader see. The real text is kept in
 ``messages.sealed_body``, encrypted with the runtime's ``SecretBox``, so the database never
 holds a live code in plain text. The worker asks ``text_to_send`` for what goes to the
-carrier, and ``forget_sealed_bodies`` drops the sealed copy once the message is sent or has
-reached a final status, so not even the ciphertext outlives its use.
+carrier, and ``forget_sealed_bodies`` drops the sealed copy in the same transaction that
+records the message as sent or final, so not even the ciphertext outlives its use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from sqlalchemy import update
+from sqlalchemy import event, update
+from sqlalchemy.orm import Session
 
 from core.credentials import SecretBox
 from core.database import SessionFactory
-from core.status_feed import StatusListener
+from core.status_feed import PENDING_KEY
 from schemas.enums import FINAL_MESSAGE_STATUSES, MessageStatus, StreamType
-from schemas.events import StatusChange
 from schemas.tables import Message
 
 #: After these, the text is never needed again.
@@ -36,26 +34,24 @@ def text_to_send(message: Message, box: SecretBox) -> str:
     return box.open(message.sealed_body)
 
 
-def forget_sealed_bodies(session_factory: SessionFactory) -> StatusListener:
-    """A ``StatusFeed`` listener that clears the sealed text of OTP messages that are sent
-    or final. Only OTP streams' messages are looked at, so other traffic costs nothing."""
+def forget_sealed_bodies(session_factory: SessionFactory) -> None:
+    """Before each commit, clear the sealed text of the OTP messages whose status change to
+    sent or final is part of that commit (``core.message_states`` queues the changes on the
+    session). Done inside the transaction, not after it: atomic with the status change, and
+    no second database connection (pools are sized to their threads)."""
+    event.listen(session_factory, "before_commit", _forget_in_transaction)
 
-    def forget(changes: Sequence[StatusChange]) -> None:
-        done = [
-            change.message_id
-            for change in changes
-            if change.stream_type == StreamType.otp.value and change.status in _DONE
-        ]
-        if not done:
-            return
-        with session_factory() as session:
-            session.execute(
-                update(Message)
-                .where(Message.id.in_(done), Message.sealed_body.is_not(None))
-                .values(sealed_body=None)
-                .execution_options(synchronize_session=False)
-            )
-            session.commit()
 
-    forget.__name__ = "forget_sealed_bodies"
-    return forget
+def _forget_in_transaction(session: Session) -> None:
+    done = [
+        change.message_id
+        for change in session.info.get(PENDING_KEY, ())
+        if change.stream_type == StreamType.otp.value and change.status in _DONE
+    ]
+    if done:
+        session.execute(
+            update(Message)
+            .where(Message.id.in_(done), Message.sealed_body.is_not(None))
+            .values(sealed_body=None)
+            .execution_options(synchronize_session=False)
+        )

@@ -172,3 +172,21 @@ def test_an_otp_message_waiting_past_its_codes_ttl_expires_unsent(
 
     assert carrier.handed == []
     assert stored(runtime, message_id)[1:] == (None, "expired")
+
+
+def test_forgetting_the_sealed_text_needs_no_second_connection(
+    client, runtime, otp_stream, settings
+):
+    """The sealed text is cleared inside the transaction that records ``sent``: a worker
+    whose pool has one connection per thread never waits for a second one."""
+    from core.runtime import build_runtime
+
+    stream = otp_stream()
+    message_id = send_code(client, stream).json()["message_id"]
+    narrow = build_runtime(settings.model_copy(update={"database_pool_size": 1}))
+    try:
+        delivery_with(narrow, SandboxProvider(settings.sandbox, runtime.redis)).deliver(message_id)
+        assert narrow.engine.pool.checkedout() == 0
+    finally:
+        narrow.close()
+    assert stored(runtime, message_id)[1:] == (None, "sent")
