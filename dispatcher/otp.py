@@ -252,11 +252,8 @@ class OneTimeCodes:
             return decision.member
         metrics.OTP_SENDS_REJECTED.labels("recipient_limit").inc()
         log.info("otp_send_refused", stream_id=str(access.stream_id), reason="recipient_limit")
-        scope = (
-            "the account's OTP streams"
-            if rules.codes_per_recipient_scope == "account"
-            else ("this stream")
-        )
+        account_wide = rules.codes_per_recipient_scope == "account"
+        scope = "the account's OTP streams" if account_wide else "this stream"
         raise ApiError(
             429,
             "recipient_limit",

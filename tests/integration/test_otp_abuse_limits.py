@@ -113,3 +113,30 @@ def test_the_redis_cap_holds_under_concurrent_reservations(runtime):
     assert 0 < runtime.redis.pttl(KEY_PREFIX + "stream:s:+15550000000") <= 3_600_000
     cap.release("stream:s:+15550000000", allowed[0].member)
     assert cap.reserve("stream:s:+15550000000", 5, now).allowed
+
+
+def test_an_unreachable_cap_store_lets_codes_through_and_says_so(
+    app, runtime, otp_stream, clock, capsys
+):
+    """Codes are how people log in: if Redis cannot count, the send goes ahead and the
+    failure is logged (the cooldown, kept in PostgreSQL, still holds)."""
+    import redis
+
+    from core.activity import ActivityTouch
+    from dispatcher.auth import find_stream_access
+    from dispatcher.otp import OneTimeCodes
+    from dispatcher.recipient_caps import RedisRecipientCap
+    from schemas.otp import OtpSendRequest
+    from tests.processes import free_port
+
+    stream = otp_stream(codes_per_recipient_per_hour=1)
+    access = find_stream_access(runtime, stream["token"], clock())
+    nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    codes = OneTimeCodes(
+        runtime, RedisRecipientCap(nowhere), app.state.one_time_codes.hasher, ActivityTouch()
+    )
+
+    sent = codes.send(access, OtpSendRequest(recipient_phone=OTHER_PHONE))
+
+    assert sent.message_id
+    assert "otp_cap_unavailable" in capsys.readouterr().out
