@@ -108,6 +108,17 @@ INBOUND_MESSAGES = Counter(
     "Inbound messages stored, by provider and opt-out action (none, stop, start).",
     ["provider", "opt_out"],
 )
+OTP_SENDS = Counter("streams_otp_sends_total", "One-time codes sent, by code mode.", ["mode"])
+OTP_SENDS_REJECTED = Counter(
+    "streams_otp_sends_rejected_total",
+    "OTP sends refused by the abuse limits, by reason (resend_cooldown, recipient_limit).",
+    ["reason"],
+)
+OTP_VERIFICATIONS = Counter(
+    "streams_otp_verifications_total",
+    "OTP verifications by outcome (valid, wrong_code, expired, used, no_code, too_many_failures).",
+    ["outcome"],
+)
 
 
 def render_metrics() -> tuple[bytes, str]:

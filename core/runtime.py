@@ -13,6 +13,7 @@ from core.clock import Clock, utcnow
 from core.credentials import SecretBox
 from core.database import SessionFactory, build_engine, build_session_factory
 from core.enqueue_marks import EnqueueMarks
+from core.sealed_bodies import forget_sealed_bodies
 from core.settings import Settings
 from core.status_feed import StatusFeed
 
@@ -49,6 +50,7 @@ def build_runtime(
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)
+    forget_sealed_bodies(session_factory)
     return Runtime(
         settings=settings,
         engine=engine,

@@ -16,12 +16,15 @@ from core.settings import Settings
 from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
+from dispatcher.otp import OneTimeCodes
 from dispatcher.request_metrics import RequestMetrics
 from dispatcher.routes import (
     callbacks,
     dead_letters,
+    events,
     messages,
     operations,
+    otp,
     streams,
     suppressions,
     webhooks,
@@ -52,6 +55,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.token_cache = TokenCache(settings.auth_cache_seconds)
     app.state.activity_touch = ActivityTouch()
     app.state.trusted_proxies = tuple(parse_network(cidr) for cidr in settings.trusted_proxies)
+    app.state.one_time_codes = OneTimeCodes.from_runtime(runtime, app.state.activity_touch)
     install_error_handlers(app)
     app.include_router(messages.router)
     app.include_router(streams.router)
@@ -62,6 +66,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(suppressions.router)
     app.include_router(webhooks.router)
     subscribe_status_followups(runtime)
+    app.include_router(otp.router)
+    app.include_router(events.router)
 
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -27,6 +27,13 @@ from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import describe_validation_error
+from dispatcher.event_templates import (
+    EVENT_STREAM_TYPES,
+    EventRejected,
+    load_event_templates,
+    render_event,
+    wants_events,
+)
 from dispatcher.whatsapp_content import (
     WHATSAPP_SENDER,
     ContentRejected,
@@ -36,7 +43,7 @@ from dispatcher.whatsapp_content import (
 )
 from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
-from schemas.messages import ItemError, SendItem, SendResponse, SendResult
+from schemas.messages import MAX_CONTENT_LENGTH, ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
 from workers.queueing import enqueue_committed
 
@@ -60,6 +67,8 @@ class PreparedItem:
     callback_url: str | None
     #: WhatsApp template or media (``messages.content``); None for text.
     content: dict[str, Any] | None = None
+    #: The real text, sealed, when ``body`` is masked (``core.sealed_bodies``).
+    sealed_body: str | None = None
 
 
 class ItemRejected(Exception):
@@ -74,9 +83,11 @@ def prepare_item(
     access: StreamAccess,
     now: datetime,
     whatsapp_templates: Mapping[str, Sequence[TemplateSpec]] | None = None,
+    templates: Mapping[str, str] | None = None,
 ) -> PreparedItem:
     """Validate one send item and compute what we store. Raises ``ItemRejected`` naming the
-    field (as ``messages[i].field``)."""
+    field (as ``messages[i].field``). ``templates`` are the stream's event templates by key,
+    for items that send by ``event_key``."""
     prefix = f"messages[{index}]"
     if not isinstance(raw, dict):
         raise ItemRejected("invalid_item", f"{prefix} must be a JSON object", prefix)
@@ -87,9 +98,9 @@ def prepare_item(
         return _raise(
             "invalid_field", f"{prefix}.{message}", f"{prefix}.{location}" if location else prefix
         )
-    for unsupported in ("event_key", "template", "media"):
-        if unsupported != "event_key" and access.type is StreamType.whatsapp:
-            continue  # WhatsApp content: checked by whatsapp_content below
+    for unsupported in ("template", "media"):
+        if access.type is StreamType.whatsapp:
+            break  # WhatsApp content: checked by whatsapp_content below
         if getattr(item, unsupported) is not None:
             _raise(
                 "unsupported_content",
@@ -102,7 +113,10 @@ def prepare_item(
             whatsapp = whatsapp_content(prefix, item, whatsapp_templates or {})
         except ContentRejected as exc:
             _raise(exc.code, exc.message, exc.field)
-    if whatsapp is None and (item.message_content is None or not item.message_content.strip()):
+    body = whatsapp.body if whatsapp else _event_text(prefix, item, access, templates or {})
+    if body is None:
+        body = item.message_content
+    if body is None or not body.strip():
         _raise(
             "missing_content", f"{prefix}.message_content is required", f"{prefix}.message_content"
         )
@@ -137,7 +151,6 @@ def prepare_item(
             )
         if send_at <= now:
             send_at = None
-    body = whatsapp.body if whatsapp else item.message_content
     count = count_segments(body)
     return PreparedItem(
         index=index,
@@ -162,20 +175,70 @@ def _raise(code: str, message: str, field: str | None) -> Any:
     raise ItemRejected(code, message, field)
 
 
+def _event_text(
+    prefix: str, item: SendItem, access: StreamAccess, templates: Mapping[str, str]
+) -> str | None:
+    """The rendered text of an item that sends by ``event_key``; None for a text item."""
+    if item.event_key is None:
+        if item.variables is not None:
+            _raise(
+                "invalid_field",
+                f"{prefix}.variables go with event_key",
+                f"{prefix}.variables",
+            )
+        return None
+    if access.type not in EVENT_STREAM_TYPES:
+        _raise(
+            "unsupported_content",
+            f"{prefix}.event_key: event templates are for transactional and OTP streams",
+            f"{prefix}.event_key",
+        )
+    if item.message_content is not None:
+        _raise(
+            "conflicting_content",
+            f"{prefix}: send either message_content or event_key, not both",
+            f"{prefix}.message_content",
+        )
+    try:
+        text = render_event(templates, item.event_key, item.variables)
+    except EventRejected as exc:
+        _raise(exc.code, f"{prefix}.{exc.message}", f"{prefix}.{exc.field}")
+    if len(text) > MAX_CONTENT_LENGTH:
+        _raise(
+            "content_too_long",
+            f"{prefix}: the rendered text has {len(text)} characters; at most {MAX_CONTENT_LENGTH}",
+            f"{prefix}.variables",
+        )
+    return text
+
+
 def accept_messages(
     runtime: Runtime, access: StreamAccess, raw_items: list[Any], touch: ActivityTouch
 ) -> SendResponse:
     """Validate, store and enqueue a batch. Results come back in request order; a bad item is
     rejected alone, and a repeated ``internal_id`` returns the first message."""
     now = runtime.clock()
-    results: list[SendResult | None] = [None] * len(raw_items)
-    prepared: list[PreparedItem] = []
-    templates = (
+    event_templates: dict[str, str] = {}
+    if access.type in EVENT_STREAM_TYPES and wants_events(raw_items):
+        with runtime.session_factory() as session:
+            event_templates = load_event_templates(session, access.stream_id)
+    whatsapp_templates = (
         load_templates(runtime, access.stream_id) if access.type is StreamType.whatsapp else None
     )
+    results: list[SendResult | None] = [None] * len(raw_items)
+    prepared: list[PreparedItem] = []
     for index, raw in enumerate(raw_items):
         try:
-            prepared.append(prepare_item(index, raw, access, now, templates))
+            prepared.append(
+                prepare_item(
+                    index,
+                    raw,
+                    access,
+                    now,
+                    whatsapp_templates=whatsapp_templates,
+                    templates=event_templates,
+                )
+            )
         except ItemRejected as exc:
             internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
             results[index] = SendResult(
@@ -193,7 +256,7 @@ def accept_messages(
         )
         to_insert = [p for p in fresh if p.internal_id not in known]
         ids = {p.index: uuid.uuid4() for p in to_insert}
-        inserted = _insert(session, access, to_insert, ids, now)
+        inserted = insert_messages(session, access, to_insert, ids, now)
         lost_races = [p for p in to_insert if ids[p.index] not in inserted]
         if lost_races:
             known.update(
@@ -278,7 +341,7 @@ def _existing_by_internal_id(
     }
 
 
-def _insert(
+def insert_messages(
     session: Session,
     access: StreamAccess,
     items: list[PreparedItem],
@@ -306,6 +369,7 @@ def _insert(
             "content": p.content,
             "send_at": p.send_at,
             "expires_at": p.expires_at,
+            "sealed_body": p.sealed_body,
             "attempts": 0,
             "created_at": now,
             "updated_at": now,

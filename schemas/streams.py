@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from schemas.enums import StreamStatus, StreamType
+from schemas.templates import template_placeholders
 
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -61,6 +62,8 @@ OTP_ONLY_SETTINGS = (
     "max_failures",
     "resend_cooldown_seconds",
     "template",
+    "codes_per_recipient_per_hour",
+    "codes_per_recipient_scope",
 )
 CALLBACK_SETTINGS = ("callback_url", "callback_method", "callback_headers")
 OTP_DEFAULTS: dict[str, Any] = {
@@ -71,6 +74,8 @@ OTP_DEFAULTS: dict[str, Any] = {
     "max_failures": 3,
     "resend_cooldown_seconds": 30,
     "template": "Your code is {code}",
+    "codes_per_recipient_per_hour": 5,
+    "codes_per_recipient_scope": "account",
 }
 
 
@@ -90,6 +95,10 @@ class StreamSettings(Strict):
     max_failures: int | None = Field(default=None, ge=1, le=20)
     resend_cooldown_seconds: int | None = Field(default=None, ge=0, le=3_600)
     template: str | None = Field(default=None, min_length=1, max_length=1_000)
+    #: The abuse cap: codes to one number per rolling hour, counted for this stream alone or
+    #: for all the account's OTP streams whose scope is ``account``.
+    codes_per_recipient_per_hour: int | None = Field(default=None, ge=1, le=1_000)
+    codes_per_recipient_scope: Literal["account", "stream"] | None = None
 
     callback_url: AnyHttpUrl | None = None
     callback_method: Literal["GET", "POST"] | None = None
@@ -98,7 +107,9 @@ class StreamSettings(Strict):
     @field_validator("template")
     @classmethod
     def _has_code(cls, value: str | None) -> str | None:
-        if value is not None and "{code}" not in value:
+        if value is not None and (
+            "{code}" not in value or "code" not in template_placeholders(value)
+        ):
             raise ValueError("must contain the {code} placeholder")
         return value
 

@@ -125,6 +125,9 @@ class Message(Base):
     updated_at: Mapped[datetime]
     #: What a WhatsApp message carries besides text (template and its parameters, or media).
     content: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The text to send when ``body`` had to be masked (it holds an OTP code), sealed with
+    #: ``SecretBox``; cleared once the message is sent or final (``core.sealed_bodies``).
+    sealed_body: Mapped[str | None] = mapped_column(Text)
 
 
 class MessageEvent(Base):
@@ -309,3 +312,44 @@ class CallbackDelivery(Base):
     dead_at: Mapped[datetime | None]
     replayed_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+
+
+class OtpCode(Base):
+    """The live one-time code of a recipient on an OTP stream: one row per (stream,
+    recipient), overwritten by each new send, so a new code supersedes the old one. The code
+    itself is never stored, only its keyed digest (``core.otp_codes``)."""
+
+    __tablename__ = "otp_codes"
+    __table_args__ = (
+        UniqueConstraint("stream_id", "recipient", name="uq_otp_codes_stream_recipient"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id"))
+    recipient: Mapped[str] = mapped_column(String(20))
+    #: The message that carried the current code.
+    message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id"))
+    code_digest: Mapped[str] = mapped_column(String(64))
+    #: Wrong verifications still allowed; at 0 the code is dead.
+    attempts_left: Mapped[int] = mapped_column(Integer)
+    sent_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    #: Set by the one successful verification.
+    used_at: Mapped[datetime | None]
+
+
+class EventTemplate(Base):
+    """A named text with ``{variable}`` placeholders that sends may use by ``event_key``
+    (transactional and OTP streams)."""
+
+    __tablename__ = "event_templates"
+    __table_args__ = (UniqueConstraint("stream_id", "key", name="uq_event_templates_stream_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    stream_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("streams.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    template: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -36,6 +36,7 @@ from core.dead_letters import record_dead_letter
 from core.message_states import record_changes, transition
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
+from core.sealed_bodies import text_to_send
 from schemas.enums import MessageStatus, StreamStatus, StreamType
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
@@ -175,7 +176,7 @@ class Delivery:
             stream_type=StreamType(message.stream_type),
             sender=message.sender,
             recipient=message.recipient,
-            body=message.body,
+            body=text_to_send(message, self.runtime.secret_box),
             segments=message.segments,
             encoding=message.encoding,
             attempts=message.attempts,

@@ -19,8 +19,9 @@ from core.runtime import Runtime
 from core.stream_rules import ACTIVITY_WINDOW, missing_steps, shown_status, stored_status
 from core.whatsapp_setup import whatsapp_steps
 from dispatcher.auth import StreamAccess, ensure_accepts_sends, require_account, runtime_of
-from dispatcher.errors import ApiError, not_found
+from dispatcher.errors import ApiError
 from dispatcher.intake import accept_messages
+from dispatcher.ownership import owned_stream
 from schemas.enums import IN_FLIGHT_MESSAGE_STATUSES, StreamStatus, StreamType
 from schemas.errors import ErrorBody
 from schemas.messages import SendResult
@@ -172,18 +173,7 @@ def _one_view(session: Session, stream: Stream, now: datetime) -> StreamOut:
 
 def _owned(session: Session, account_id: uuid.UUID, stream_id: str) -> Stream:
     """The account's live stream with that id, or 404 (also for other accounts' ids)."""
-    try:
-        key = uuid.UUID(stream_id)
-    except ValueError:
-        raise not_found("stream") from None
-    stream = session.scalars(
-        select(Stream).where(
-            Stream.id == key, Stream.account_id == account_id, Stream.deleted_at.is_(None)
-        )
-    ).first()
-    if stream is None:
-        raise not_found("stream")
-    return stream
+    return owned_stream(session, account_id, stream_id)
 
 
 def _forget(request: Request, stream_id: uuid.UUID) -> None:

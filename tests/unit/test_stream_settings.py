@@ -31,6 +31,7 @@ BOUNDS = [
     ("ttl_seconds", 30, 86_400),
     ("max_failures", 1, 20),
     ("resend_cooldown_seconds", 0, 3_600),
+    ("codes_per_recipient_per_hour", 1, 1_000),
 ]
 
 
@@ -84,6 +85,26 @@ def test_template_must_contain_code_placeholder(template: str) -> None:
         "value_error",
         "Value error, must contain the {code} placeholder",
     )
+
+
+@pytest.mark.parametrize(
+    "template", ["{code} {", "Code {code}}", "{code} {app.name}", "{code} {n:>6}", "{code} {0}"]
+)
+def test_template_placeholders_must_be_well_formed(template: str) -> None:
+    loc, kind, message = _error(StreamSettings, template=template)
+    assert (loc, kind) == (("template",), "value_error")
+    assert "braces do not balance" in message or "must be a plain name" in message
+
+
+def test_template_escaped_braces_do_not_count_as_the_code() -> None:
+    assert _error(StreamSettings, template="{{code}}")[2].endswith("the {code} placeholder")
+    assert StreamSettings(template="{{ {code} }}").template == "{{ {code} }}"
+
+
+@pytest.mark.parametrize("scope", ["account", "stream"])
+def test_cap_scope_is_account_or_stream(scope: str) -> None:
+    assert StreamSettings(codes_per_recipient_scope=scope).codes_per_recipient_scope == scope
+    assert _error(StreamSettings, codes_per_recipient_scope="planet")[1] == "literal_error"
 
 
 @pytest.mark.parametrize(

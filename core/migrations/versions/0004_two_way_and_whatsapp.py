@@ -2,7 +2,7 @@
 provider receipts (multipart), customer callback deliveries, and ``messages.content``
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0003
 Create Date: 2026-11-25 16:59:45.543868
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,57 @@
+"""Message texts that hold a secret (OTP codes): masked for every reader, sealed for the
+sending step only, forgotten once sent.
+
+``messages.body`` of such a message is the masked text (``Your code is *****``): that is what
+the message API, status events and any later reader see. The real text is kept in
+``messages.sealed_body``, encrypted with the runtime's ``SecretBox``, so the database never
+holds a live code in plain text. The worker asks ``text_to_send`` for what goes to the
+carrier, and ``forget_sealed_bodies`` drops the sealed copy in the same transaction that
+records the message as sent or final, so not even the ciphertext outlives its use.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import event, update
+from sqlalchemy.orm import Session
+
+from core.credentials import SecretBox
+from core.database import SessionFactory
+from core.status_feed import PENDING_KEY
+from schemas.enums import FINAL_MESSAGE_STATUSES, MessageStatus, StreamType
+from schemas.tables import Message
+
+#: After these, the text is never needed again.
+_DONE = frozenset({MessageStatus.sent, *FINAL_MESSAGE_STATUSES})
+
+
+def text_to_send(message: Message, box: SecretBox) -> str:
+    """The text the carrier gets: the sealed text when there is one, else the body.
+
+    Raises ``ValueError`` when the sealed text was made with another secret key.
+    """
+    if message.sealed_body is None:
+        return message.body
+    return box.open(message.sealed_body)
+
+
+def forget_sealed_bodies(session_factory: SessionFactory) -> None:
+    """Before each commit, clear the sealed text of the OTP messages whose status change to
+    sent or final is part of that commit (``core.message_states`` queues the changes on the
+    session). Done inside the transaction, not after it: atomic with the status change, and
+    no second database connection (pools are sized to their threads)."""
+    event.listen(session_factory, "before_commit", _forget_in_transaction)
+
+
+def _forget_in_transaction(session: Session) -> None:
+    done = [
+        change.message_id
+        for change in session.info.get(PENDING_KEY, ())
+        if change.stream_type == StreamType.otp.value and change.status in _DONE
+    ]
+    if done:
+        session.execute(
+            update(Message)
+            .where(Message.id.in_(done), Message.sealed_body.is_not(None))
+            .values(sealed_body=None)
+            .execution_options(synchronize_session=False)
+        )

@@ -1,0 +1,413 @@
+"""One-time codes over the database: send a code, verify it.
+
+Send: the code and its text are composed under the stream's rules (``core.otp_codes``), the
+resend cooldown and the per-recipient cap are checked, then ONE transaction stores the
+message (masked body, sealed text, expiring with the code; ``dispatcher.intake``) and the
+code's digest. The code row is an upsert guarded by the cooldown, so two racing sends cannot both
+pass it, and a new send overwrites (supersedes) the previous code. The message is enqueued on
+the ``otp`` queue after commit, like any accepted message (invariant 1).
+
+Verify: the presented code is compared with the stored digest in constant time, then ONE
+conditional UPDATE records the outcome — ``used_at`` for the right code, ``attempts_left - 1``
+for a wrong one — guarded by "still live and still the same code". Of two concurrent right
+verifications PostgreSQL lets exactly one UPDATE match; the other re-reads and answers
+``used``. Wrong codes can never drive ``attempts_left`` below zero.
+
+Codes appear in no log line, no error body and no response (invariant 8).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import NoReturn
+
+import structlog
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from core import metrics
+from core.activity import ActivityTouch
+from core.clock import as_utc
+from core.otp_codes import CodeHasher, OtpInputError, OtpRules, compose_code_message
+from core.phones import InvalidPhoneNumber, to_e164
+from core.runtime import Runtime
+from core.segments import count_segments
+from dispatcher.auth import StreamAccess
+from dispatcher.errors import ApiError
+from dispatcher.intake import DEMO_SENDER, PreparedItem, insert_messages
+from dispatcher.recipient_caps import RecipientCap, build_recipient_cap
+from schemas.messages import MAX_CONTENT_LENGTH
+from schemas.otp import (
+    OtpSendRequest,
+    OtpSendResponse,
+    OtpVerifyRequest,
+    OtpVerifyResponse,
+    VerifyFailure,
+)
+from schemas.tables import OtpCode, Stream
+from workers.queueing import enqueue_committed
+
+log = structlog.get_logger(__name__)
+
+#: A verification that keeps losing races re-reads at most this many times.
+_VERIFY_ROUNDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CodeState:
+    """What a verification needs of the stored code."""
+
+    id: uuid.UUID
+    code_digest: str
+    attempts_left: int
+    expires_at: datetime
+    used_at: datetime | None
+
+
+def failure_of(state: CodeState | None, now: datetime) -> VerifyFailure | None:
+    """Why no code can be verified right now, or None when the code is live. Pure."""
+    if state is None:
+        return "no_code"
+    if state.used_at is not None:
+        return "used"
+    if state.attempts_left <= 0:
+        return "too_many_failures"
+    if as_utc(state.expires_at) <= now:
+        return "expired"
+    return None
+
+
+def cooldown_left(sent_at: datetime, used_at: datetime | None, cooldown: int, now: datetime) -> int:
+    """Whole seconds (rounded up) before another code may go to this recipient; 0 when one
+    may go now. A code that was used ends its cooldown: the next login is not a resend."""
+    if used_at is not None or cooldown <= 0:
+        return 0
+    left = (as_utc(sent_at) + timedelta(seconds=cooldown) - now).total_seconds()
+    return max(0, math.ceil(left))
+
+
+def _cap_key(access: StreamAccess, rules: OtpRules, recipient: str) -> str:
+    if rules.codes_per_recipient_scope == "account":
+        return f"account:{access.account_id}:{recipient}"
+    return f"stream:{access.stream_id}:{recipient}"
+
+
+class OneTimeCodes:
+    def __init__(
+        self, runtime: Runtime, cap: RecipientCap, hasher: CodeHasher, touch: ActivityTouch
+    ) -> None:
+        self.runtime = runtime
+        self.cap = cap
+        self.hasher = hasher
+        self.touch = touch
+
+    @classmethod
+    def from_runtime(cls, runtime: Runtime, touch: ActivityTouch) -> OneTimeCodes:
+        return cls(
+            runtime,
+            build_recipient_cap(runtime.redis),
+            CodeHasher(runtime.settings.require_secret_key()),
+            touch,
+        )
+
+    # -------------------------------------------------------------- send
+
+    def send(self, access: StreamAccess, body: OtpSendRequest) -> OtpSendResponse:
+        """Send a code to ``body.recipient_phone``. Raises ``ApiError``: 422 for a bad body
+        (naming the field), 429 ``resend_cooldown`` / ``recipient_limit`` with
+        ``Retry-After``, 409 when the stream's own settings cannot make a message."""
+        rules = OtpRules.from_settings(access.settings)
+        recipient = _recipient(body.recipient_phone)
+        try:
+            composed = compose_code_message(
+                rules,
+                code=body.code,
+                message_content=body.message_content,
+                variables=body.variables,
+                max_length=MAX_CONTENT_LENGTH,
+            )
+        except OtpInputError as exc:
+            raise ApiError(exc.status, exc.code, exc.message, field=exc.field) from None
+        sender = access.default_sender or (DEMO_SENDER if access.demo else None)
+        if sender is None:
+            raise ApiError(409, "missing_sender", "The stream has no default sender.")
+        now = self.runtime.clock()
+
+        with self.runtime.session_factory() as session:
+            waiting = self._cooldown(session, access, recipient, rules, now)
+        if waiting:
+            self._refuse_cooldown(access, waiting)
+        cap_key = _cap_key(access, rules, recipient)
+        member = self._reserve(access, cap_key, rules, now)
+
+        message_id = uuid.uuid4()
+        expires_at = now + timedelta(seconds=rules.ttl_seconds)
+        count = count_segments(composed.text)
+        item = PreparedItem(
+            index=0,
+            internal_id=None,
+            sender=sender,
+            recipient=recipient,
+            body=composed.masked_text,
+            segments=count.segments,
+            encoding=count.encoding,
+            send_at=None,
+            # A code that arrives after its TTL is no use: flow control expires the message
+            # instead of sending it late.
+            expires_at=expires_at,
+            callback_url=None,
+            sealed_body=self.runtime.secret_box.seal(composed.text),
+        )
+        try:
+            waiting = self._persist(access, item, message_id, composed.code, rules, now)
+        except Exception:
+            self._release(cap_key, member)
+            raise
+        if waiting:  # a concurrent send to the same number won the race
+            self._release(cap_key, member)
+            self._refuse_cooldown(access, waiting)
+
+        enqueue_committed(self.runtime, access.type.queue_name, [message_id])
+        metrics.OTP_SENDS.labels(rules.code_mode).inc()
+        log.info(
+            "otp_sent",
+            stream_id=str(access.stream_id),
+            message_id=str(message_id),
+            code_mode=rules.code_mode,
+            segments=count.segments,
+        )
+        return OtpSendResponse(message_id=str(message_id), expires_at=expires_at)
+
+    def _persist(
+        self,
+        access: StreamAccess,
+        item: PreparedItem,
+        message_id: uuid.UUID,
+        code: str,
+        rules: OtpRules,
+        now: datetime,
+    ) -> int:
+        """Store the message and the code's digest in one transaction. Returns 0, or — when
+        a concurrent send won the cooldown and nothing was stored — the seconds to wait."""
+        expires_at = now + timedelta(seconds=rules.ttl_seconds)
+        with self.runtime.session_factory() as session:
+            insert_messages(session, access, [item], {0: message_id}, now)
+            if not self._store_code(
+                session, access, item.recipient, message_id, code, rules, now, expires_at
+            ):
+                session.rollback()
+                return max(1, self._cooldown(session, access, item.recipient, rules, now))
+            if self.touch.due(access.stream_id):
+                session.execute(
+                    update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
+                )
+            session.commit()
+        return 0
+
+    def _cooldown(
+        self,
+        session: Session,
+        access: StreamAccess,
+        recipient: str,
+        rules: OtpRules,
+        now: datetime,
+    ) -> int:
+        row = session.execute(
+            select(OtpCode.sent_at, OtpCode.used_at).where(
+                OtpCode.stream_id == access.stream_id, OtpCode.recipient == recipient
+            )
+        ).first()
+        if row is None:
+            return 0
+        return cooldown_left(row.sent_at, row.used_at, rules.resend_cooldown_seconds, now)
+
+    def _refuse_cooldown(self, access: StreamAccess, seconds: int) -> NoReturn:
+        metrics.OTP_SENDS_REJECTED.labels("resend_cooldown").inc()
+        log.info("otp_send_refused", stream_id=str(access.stream_id), reason="resend_cooldown")
+        raise ApiError(
+            429,
+            "resend_cooldown",
+            f"A code was sent to this number moments ago; wait {seconds} s before resending.",
+            field="recipient_phone",
+            headers={"Retry-After": str(seconds)},
+        )
+
+    def _reserve(
+        self, access: StreamAccess, key: str, rules: OtpRules, now: datetime
+    ) -> str | None:
+        """A place under the per-recipient cap, or 429 ``recipient_limit``. If the cap's
+        store is unreachable the send goes ahead (codes are how people log in) and the
+        failure is logged."""
+        try:
+            decision = self.cap.reserve(key, rules.codes_per_recipient_per_hour, now)
+        except Exception as exc:
+            log.warning(
+                "otp_cap_unavailable", stream_id=str(access.stream_id), error=type(exc).__name__
+            )
+            return None
+        if decision.allowed:
+            return decision.member
+        metrics.OTP_SENDS_REJECTED.labels("recipient_limit").inc()
+        log.info("otp_send_refused", stream_id=str(access.stream_id), reason="recipient_limit")
+        account_wide = rules.codes_per_recipient_scope == "account"
+        scope = "the account's OTP streams" if account_wide else "this stream"
+        raise ApiError(
+            429,
+            "recipient_limit",
+            f"This number has had {rules.codes_per_recipient_per_hour} codes from {scope} in "
+            f"the last hour; try again in {decision.retry_after_seconds} s.",
+            field="recipient_phone",
+            headers={"Retry-After": str(decision.retry_after_seconds)},
+        )
+
+    def _release(self, key: str, member: str | None) -> None:
+        if member is None:
+            return
+        try:
+            self.cap.release(key, member)
+        except Exception as exc:
+            log.warning("otp_cap_release_failed", error=type(exc).__name__)
+
+    def _store_code(
+        self,
+        session: Session,
+        access: StreamAccess,
+        recipient: str,
+        message_id: uuid.UUID,
+        code: str,
+        rules: OtpRules,
+        now: datetime,
+        expires_at: datetime,
+    ) -> bool:
+        """Insert or overwrite the recipient's code unless a resend cooldown is running.
+        False (nothing written) when the cooldown holds."""
+        insert = _dialect_insert(session)
+        statement = insert(OtpCode).values(
+            id=uuid.uuid4(),
+            account_id=access.account_id,
+            stream_id=access.stream_id,
+            recipient=recipient,
+            message_id=message_id,
+            code_digest=self.hasher.digest(access.stream_id, recipient, code),
+            attempts_left=rules.max_failures,
+            sent_at=now,
+            expires_at=expires_at,
+            used_at=None,
+        )
+        cutoff = now - timedelta(seconds=rules.resend_cooldown_seconds)
+        statement = statement.on_conflict_do_update(
+            index_elements=["stream_id", "recipient"],
+            set_={
+                name: statement.excluded[name]
+                for name in (
+                    "message_id",
+                    "code_digest",
+                    "attempts_left",
+                    "sent_at",
+                    "expires_at",
+                    "used_at",
+                )
+            },
+            where=or_(OtpCode.used_at.is_not(None), OtpCode.sent_at <= cutoff),
+        ).returning(OtpCode.id)
+        return session.execute(statement).first() is not None
+
+    # -------------------------------------------------------------- verify
+
+    def verify(self, access: StreamAccess, body: OtpVerifyRequest) -> OtpVerifyResponse:
+        """Check ``body.code`` for ``body.recipient_phone``. A right code is valid once; a
+        wrong one uses up an attempt. Raises ``ApiError`` 422 for a bad phone number."""
+        recipient = _recipient(body.recipient_phone)
+        now = self.runtime.clock()
+        result: OtpVerifyResponse | None = None
+        with self.runtime.session_factory() as session:
+            for _ in range(_VERIFY_ROUNDS):
+                result = self._verify_once(session, access, recipient, body.code, now)
+                if result is not None:
+                    break
+        if result is None:
+            log.warning("otp_verify_contended", stream_id=str(access.stream_id))
+            raise ApiError(
+                503,
+                "verification_busy",
+                "The code changed during verification several times; retry.",
+                headers={"Retry-After": "1"},
+            )
+        metrics.OTP_VERIFICATIONS.labels("valid" if result.valid else result.reason).inc()
+        log.info(
+            "otp_verified",
+            stream_id=str(access.stream_id),
+            outcome="valid" if result.valid else result.reason,
+            attempts_left=result.attempts_left,
+        )
+        return result
+
+    def _verify_once(
+        self, session: Session, access: StreamAccess, recipient: str, code: str, now: datetime
+    ) -> OtpVerifyResponse | None:
+        """One read and one conditional write; None when another request changed the code
+        in between (the caller reads again). The write's guards are checked against the
+        row's latest committed state, whatever the read saw."""
+        row = session.execute(
+            select(
+                OtpCode.id,
+                OtpCode.code_digest,
+                OtpCode.attempts_left,
+                OtpCode.expires_at,
+                OtpCode.used_at,
+            ).where(OtpCode.stream_id == access.stream_id, OtpCode.recipient == recipient)
+        ).first()
+        state = CodeState(*row) if row is not None else None
+        failure = failure_of(state, now)
+        if failure is not None or state is None:
+            return OtpVerifyResponse(valid=False, attempts_left=0, reason=failure)
+        right = self.hasher.matches(state.code_digest, access.stream_id, recipient, code)
+        still_live = (
+            OtpCode.id == state.id,
+            OtpCode.code_digest == state.code_digest,
+            OtpCode.used_at.is_(None),
+            OtpCode.attempts_left > 0,
+            OtpCode.expires_at > now,
+        )
+        if right:
+            won = session.execute(
+                update(OtpCode)
+                .where(*still_live)
+                .values(used_at=now)
+                .returning(OtpCode.id)
+                .execution_options(synchronize_session=False)
+            ).first()
+            session.commit()
+            return OtpVerifyResponse(valid=True, attempts_left=0) if won else None
+        left = session.execute(
+            update(OtpCode)
+            .where(*still_live)
+            .values(attempts_left=OtpCode.attempts_left - 1)
+            .returning(OtpCode.attempts_left)
+            .execution_options(synchronize_session=False)
+        ).scalar()
+        session.commit()
+        if left is None:
+            return None
+        return OtpVerifyResponse(valid=False, attempts_left=left, reason="wrong_code")
+
+
+def _recipient(phone: str) -> str:
+    try:
+        return to_e164(phone)
+    except InvalidPhoneNumber as exc:
+        raise ApiError(
+            422, "invalid_phone", f"recipient_phone {exc}", field="recipient_phone"
+        ) from None
+
+
+def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    """``INSERT … ON CONFLICT`` for the session's database (PostgreSQL, or SQLite in dev)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert

@@ -1,0 +1,133 @@
+"""The per-recipient OTP send cap: at most N codes to one number in any rolling hour.
+
+A sliding window (a log of send times per key), not fixed clock-hour buckets, so no burst of
+2N can straddle an hour boundary. Two backends behind one small interface:
+
+* ``RedisRecipientCap``: the window is a sorted set, checked and added to in one Lua script,
+  so the cap holds across every ingress process.
+* ``MemoryRecipientCap``: one process only, for ``streams dev`` (no Redis).
+
+A reservation can be released when the send it was made for does not happen (a resend
+refused by the cooldown), so refused sends do not use up the cap.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import redis
+
+WINDOW = timedelta(hours=1)
+KEY_PREFIX = "streams:otp:cap:"
+
+
+@dataclass(frozen=True, slots=True)
+class CapDecision:
+    allowed: bool
+    #: The reservation to release if the send is called off (allowed only).
+    member: str | None = None
+    #: Whole seconds until a send would be allowed again (refused only).
+    retry_after_seconds: int = 0
+
+
+def seconds_until_free(
+    send_times: list[float], limit: int, now: float, window_seconds: float
+) -> int:
+    """How long until fewer than ``limit`` of ``send_times`` (epoch seconds, ascending) fall
+    inside the window ending now; rounded up, at least 1. Pure."""
+    if len(send_times) < limit:
+        return 0
+    # The window must lose (count - limit + 1) entries; the last of those leaves at its
+    # time + window.
+    leaving = send_times[len(send_times) - limit]
+    return max(1, math.ceil(leaving + window_seconds - now))
+
+
+class RecipientCap(Protocol):
+    def reserve(self, key: str, limit: int, now: datetime) -> CapDecision:
+        """Count one send for ``key`` if fewer than ``limit`` were counted in the window."""
+        ...
+
+    def release(self, key: str, member: str) -> None:
+        """Forget a reservation made by ``reserve`` (best effort)."""
+        ...
+
+
+_RESERVE = """
+local key, now, window, limit, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]),
+    tonumber(ARGV[3]), ARGV[4]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+if count >= limit then
+  local times = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local scores = {}
+  for i = 2, #times, 2 do scores[#scores + 1] = times[i] end
+  return {0, scores}
+end
+redis.call('ZADD', key, now, member)
+redis.call('PEXPIRE', key, math.ceil(window * 1000))
+return {1, {}}
+"""
+
+
+class RedisRecipientCap:
+    """Shared by every ingress process through Redis. Times come from the caller's clock."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(_RESERVE)
+
+    def reserve(self, key: str, limit: int, now: datetime) -> CapDecision:
+        member = uuid.uuid4().hex
+        moment = now.timestamp()
+        window = WINDOW.total_seconds()
+        allowed, scores = self._script(
+            keys=[KEY_PREFIX + key], args=[repr(moment), repr(window), limit, member]
+        )
+        if allowed:
+            return CapDecision(True, member=member)
+        times = sorted(float(s) for s in scores)
+        return CapDecision(
+            False, retry_after_seconds=seconds_until_free(times, limit, moment, window)
+        )
+
+    def release(self, key: str, member: str) -> None:
+        self._client.zrem(KEY_PREFIX + key, member)
+
+
+class MemoryRecipientCap:
+    """One process's sliding windows (``streams dev`` only: not shared across processes)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, list[tuple[float, str]]] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, key: str, limit: int, now: datetime) -> CapDecision:
+        moment = now.timestamp()
+        window = WINDOW.total_seconds()
+        with self._lock:
+            entries = [e for e in self._windows.pop(key, []) if e[0] > moment - window]
+            if len(entries) >= limit:
+                self._windows[key] = entries
+                times = sorted(t for t, _ in entries)
+                return CapDecision(
+                    False, retry_after_seconds=seconds_until_free(times, limit, moment, window)
+                )
+            member = uuid.uuid4().hex
+            self._windows[key] = [*entries, (moment, member)]
+            return CapDecision(True, member=member)
+
+    def release(self, key: str, member: str) -> None:
+        with self._lock:
+            entries = self._windows.get(key)
+            if entries is not None:
+                self._windows[key] = [e for e in entries if e[1] != member]
+
+
+def build_recipient_cap(client: redis.Redis | None) -> RecipientCap:
+    return RedisRecipientCap(client) if client is not None else MemoryRecipientCap()

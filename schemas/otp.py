@@ -1,0 +1,45 @@
+"""OTP send and verify bodies (stream token)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.messages import MAX_CONTENT_LENGTH
+
+#: Why a verification failed. ``wrong_code`` uses up one attempt; the others use none.
+VerifyFailure = Literal["wrong_code", "expired", "used", "no_code", "too_many_failures"]
+
+
+class OtpSendRequest(BaseModel):
+    """``code`` is required in ``customer_code`` and ``full_text`` modes and refused in
+    ``generate`` mode; ``message_content`` (the whole text, containing the code) is for
+    ``full_text`` mode only; ``variables`` fill the template's other placeholders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient_phone: str = Field(max_length=64)
+    code: str | None = Field(default=None, min_length=1, max_length=32)
+    message_content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
+    variables: dict[str, Any] | None = None
+
+
+class OtpSendResponse(BaseModel):
+    message_id: str
+    expires_at: datetime
+
+
+class OtpVerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    recipient_phone: str = Field(max_length=64)
+    code: str = Field(min_length=1, max_length=32)
+
+
+class OtpVerifyResponse(BaseModel):
+    valid: bool
+    #: Wrong codes the live code still tolerates; 0 once it is used, expired or dead.
+    attempts_left: int
+    reason: VerifyFailure | None = None
