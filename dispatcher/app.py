@@ -16,6 +16,7 @@ from core.settings import Settings
 from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
+from dispatcher.group_commit import GroupCommitter
 from dispatcher.otp import OneTimeCodes
 from dispatcher.request_metrics import RequestMetrics
 from dispatcher.routes import (
@@ -54,6 +55,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.runtime = runtime
     app.state.token_cache = TokenCache(settings.auth_cache_seconds)
     app.state.activity_touch = ActivityTouch()
+    app.state.group_committer = GroupCommitter(runtime, app.state.activity_touch)
     app.state.trusted_proxies = tuple(parse_network(cidr) for cidr in settings.trusted_proxies)
     app.state.one_time_codes = OneTimeCodes.from_runtime(runtime, app.state.activity_touch)
     install_error_handlers(app)

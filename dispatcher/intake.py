@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
@@ -27,6 +27,9 @@ from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import describe_validation_error
+
+if TYPE_CHECKING:
+    from dispatcher.group_commit import GroupCommitter
 from dispatcher.event_templates import (
     EVENT_STREAM_TYPES,
     EventRejected,
@@ -249,27 +252,97 @@ def accept_messages(
             )
             metrics.MESSAGES_REJECTED.labels(access.type.value, exc.error.code).inc()
 
-    fresh = _first_occurrences(prepared)
     with runtime.session_factory() as session:
-        known = _existing_by_internal_id(
-            session, access.stream_id, [p.internal_id for p in prepared]
-        )
-        to_insert = [p for p in fresh if p.internal_id not in known]
-        ids = {p.index: uuid.uuid4() for p in to_insert}
-        inserted = insert_messages(session, access, to_insert, ids, now)
-        lost_races = [p for p in to_insert if ids[p.index] not in inserted]
-        if lost_races:
-            known.update(
-                _existing_by_internal_id(
-                    session, access.stream_id, [p.internal_id for p in lost_races]
-                )
-            )
-        if inserted and touch.due(access.stream_id):
-            session.execute(
-                update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
-            )
+        stored, to_enqueue = store_prepared(session, access, prepared, now, touch)
         session.commit()
+    for index, result in stored.items():
+        results[index] = result
+    enqueue_committed(runtime, access.type.queue_name, to_enqueue)
 
+    final = [r for r in results if r is not None]
+    rejected = sum(1 for r in final if r.status == "rejected")
+    log.info(
+        "messages_accepted",
+        stream_id=str(access.stream_id),
+        stream_type=access.type.value,
+        accepted=len(final) - rejected,
+        rejected=rejected,
+        stored=sum(1 for r in stored.values() if not r.duplicate),
+    )
+    return SendResponse(accepted=len(final) - rejected, rejected=rejected, results=final)
+
+
+_TEMPLATE_FIELDS = ("event_key", "template", "media")
+
+
+def is_plain_single(access: StreamAccess, raw_items: list[Any]) -> bool:
+    """One text item that needs nothing from the database to validate: the group-commit
+    path (``dispatcher.group_commit``)."""
+    if len(raw_items) != 1 or access.type is StreamType.whatsapp:
+        return False
+    item = raw_items[0]
+    return isinstance(item, dict) and not any(item.get(key) for key in _TEMPLATE_FIELDS)
+
+
+async def accept_single(
+    runtime: Runtime, access: StreamAccess, raw: Any, committer: GroupCommitter
+) -> SendResponse:
+    """``accept_messages`` for one plain item: validated here in the event loop, stored by
+    the group committer together with concurrent sends."""
+    try:
+        item = prepare_item(0, raw, access, runtime.clock())
+    except ItemRejected as exc:
+        metrics.MESSAGES_REJECTED.labels(access.type.value, exc.error.code).inc()
+        internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
+        rejected = SendResult(
+            internal_id=internal_id if isinstance(internal_id, str) else None,
+            message_id=None,
+            status="rejected",
+            error=exc.error,
+        )
+        return SendResponse(accepted=0, rejected=1, results=[rejected])
+    result = await committer.store(access, item)
+    log.info(
+        "messages_accepted",
+        stream_id=str(access.stream_id),
+        stream_type=access.type.value,
+        accepted=1,
+        rejected=0,
+        stored=0 if result.duplicate else 1,
+    )
+    return SendResponse(accepted=1, rejected=0, results=[result])
+
+
+def store_prepared(
+    session: Session,
+    access: StreamAccess,
+    prepared: list[PreparedItem],
+    now: datetime,
+    touch: ActivityTouch,
+) -> tuple[dict[int, SendResult], list[uuid.UUID]]:
+    """Store valid items of one stream in the caller's transaction (the caller commits).
+
+    The first item of each ``internal_id`` is inserted unless the stream has it already;
+    repeats, and items that lose a race to a concurrent request, get the first message's
+    result with ``duplicate: true``. Returns the results by item index and the ids to
+    enqueue once committed (scheduled messages wait for the relay). Item indexes must be
+    unique.
+    """
+    fresh = _first_occurrences(prepared)
+    known = _existing_by_internal_id(session, access.stream_id, [p.internal_id for p in prepared])
+    to_insert = [p for p in fresh if p.internal_id not in known]
+    ids = {p.index: uuid.uuid4() for p in to_insert}
+    inserted = insert_messages(session, access, to_insert, ids, now)
+    lost_races = [p for p in to_insert if ids[p.index] not in inserted]
+    if lost_races:
+        known.update(
+            _existing_by_internal_id(session, access.stream_id, [p.internal_id for p in lost_races])
+        )
+    if inserted and touch.due(access.stream_id):
+        session.execute(
+            update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
+        )
+    results: dict[int, SendResult] = {}
     first_of: dict[str, SendResult] = {}
     for p in to_insert:
         if ids[p.index] in inserted:
@@ -284,26 +357,11 @@ def accept_messages(
             if p.internal_id is not None:
                 first_of[p.internal_id] = result
     for p in prepared:
-        if results[p.index] is None and p.internal_id is not None:
+        if p.index not in results and p.internal_id is not None:
             original = first_of.get(p.internal_id) or known[p.internal_id]
             results[p.index] = original.model_copy(update={"duplicate": True})
-
-    accepted_now = [p for p in to_insert if ids[p.index] in inserted]
-    enqueue_committed(
-        runtime, access.type.queue_name, [ids[p.index] for p in accepted_now if p.send_at is None]
-    )
-
-    final = [r for r in results if r is not None]
-    rejected = sum(1 for r in final if r.status == "rejected")
-    log.info(
-        "messages_accepted",
-        stream_id=str(access.stream_id),
-        stream_type=access.type.value,
-        accepted=len(final) - rejected,
-        rejected=rejected,
-        stored=len(accepted_now),
-    )
-    return SendResponse(accepted=len(final) - rejected, rejected=rejected, results=final)
+    to_enqueue = [ids[p.index] for p in to_insert if ids[p.index] in inserted and not p.send_at]
+    return results, to_enqueue
 
 
 def _first_occurrences(items: list[PreparedItem]) -> list[PreparedItem]:

@@ -87,7 +87,9 @@ def enqueue_receipt(
     )
 
 
-def enqueue_committed(runtime: Runtime, queue: str, message_ids: list[uuid.UUID]) -> int:
+def enqueue_committed(
+    runtime: Runtime, queue: str, message_ids: list[uuid.UUID], *, chunk_size: int | None = None
+) -> int:
     """Enqueue messages already committed as ``queued``; they are marked enqueued shortly
     after (``core.enqueue_marks``).
 
@@ -96,7 +98,7 @@ def enqueue_committed(runtime: Runtime, queue: str, message_ids: list[uuid.UUID]
     many reached the broker.
     """
     done: list[uuid.UUID] = []
-    size = runtime.settings.enqueue_chunk_size
+    size = chunk_size or runtime.settings.enqueue_chunk_size
     try:
         for start in range(0, len(message_ids), size):
             chunk = message_ids[start : start + size]

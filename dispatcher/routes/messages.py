@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from core.clock import as_utc
 from core.message_states import transition
 from dispatcher.auth import StreamAccess, require_account, require_stream, runtime_of
 from dispatcher.errors import ApiError, not_found
-from dispatcher.intake import accept_messages
+from dispatcher.intake import accept_messages, accept_single, is_plain_single
 from schemas.enums import MessageStatus
 from schemas.errors import ErrorBody
 from schemas.messages import ItemError, MessageOut, SendRequest, SendResponse, StatusEventOut
@@ -31,7 +32,7 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422,
     responses=_ERRORS,
     tags=["send"],
 )
-def send_messages(
+async def send_messages(
     body: SendRequest, request: Request, access: Annotated[StreamAccess, Depends(require_stream)]
 ) -> SendResponse:
     """Accept one message or a batch. A 202 means every accepted item is stored."""
@@ -44,7 +45,12 @@ def send_messages(
             f"this one has {len(body.messages)}.",
             field="messages",
         )
-    return accept_messages(runtime, access, body.messages, request.app.state.activity_touch)
+    touch = request.app.state.activity_touch
+    if is_plain_single(access, body.messages):
+        return await accept_single(
+            runtime, access, body.messages[0], request.app.state.group_committer
+        )
+    return await run_in_threadpool(accept_messages, runtime, access, body.messages, touch)
 
 
 @router.get(
