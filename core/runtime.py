@@ -12,7 +12,14 @@ from core.broker import build_broker
 from core.clock import Clock, utcnow
 from core.credentials import SecretBox
 from core.database import SessionFactory, build_engine, build_session_factory
+from core.message_metrics import count_acceptances
+from core.realtime_activity import (
+    ActivityCounters,
+    MemoryActivityCounters,
+    RedisActivityCounters,
+)
 from core.settings import Settings
+from core.stats_rollup import install_stats_rollup
 from core.status_feed import StatusFeed
 
 
@@ -26,6 +33,8 @@ class Runtime:
     redis: redis.Redis | None
     status_feed: StatusFeed
     clock: Clock = field(default=utcnow)
+    #: Per-second activity for the realtime feed (Redis, or in memory without Redis).
+    activity: ActivityCounters = field(default_factory=MemoryActivityCounters)
 
     def close(self) -> None:
         self.broker.close()
@@ -42,13 +51,26 @@ def build_runtime(
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)
-    return Runtime(
+    redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    runtime = Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
         status_feed=status_feed,
         broker=broker if broker is not None else build_broker(settings),
         secret_box=SecretBox(settings.require_secret_key()),
-        redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+        redis=redis_client,
         clock=clock,
     )
+    install_observers(runtime)
+    return runtime
+
+
+def install_observers(runtime: Runtime) -> None:
+    """What watches status changes: the stats rollup (inside each transaction), and after
+    commit the accepted-messages metric and the realtime activity counters."""
+    install_stats_rollup(runtime.session_factory)
+    if runtime.redis is not None and runtime.settings.redis_url:
+        runtime.activity = RedisActivityCounters(runtime.redis, runtime.settings.redis_url)
+    runtime.status_feed.subscribe(count_acceptances)
+    runtime.status_feed.subscribe(runtime.activity.record)

@@ -5,15 +5,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from core.activity import ActivityTouch
+from core.broker import NAMESPACE, QUEUES
 from core.logs import configure_logging
+from core.metrics import exposition_registry
 from core.network import parse_network
+from core.queue_depth import QueueDepthCollector
 from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
+from dispatcher.realtime_feed import FeedLimiter
 from dispatcher.request_metrics import RequestMetrics
-from dispatcher.routes import messages, operations, streams
+from dispatcher.routes import messages, operations, realtime, stats, streams
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -32,6 +36,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(messages.router)
     app.include_router(streams.router)
     app.include_router(operations.router)
+    app.include_router(stats.router)
+    app.include_router(realtime.router)
+    app.state.feed_limiter = FeedLimiter(realtime.FEEDS_PER_ACCOUNT)
+    app.state.metrics_registry = exposition_registry(
+        *([QueueDepthCollector(runtime.redis, NAMESPACE, QUEUES)] if runtime.redis else [])
+    )
 
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
