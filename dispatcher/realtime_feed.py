@@ -102,6 +102,7 @@ def load_feed_streams(
             Message.stream_id == Stream.id,
             Message.status.in_([s.value for s in IN_FLIGHT_MESSAGE_STATUSES]),
         )
+        .correlate(Stream)
         .limit(IN_FLIGHT_CAP)
         .subquery()
     )
