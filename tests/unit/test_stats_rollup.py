@@ -11,6 +11,7 @@ from core.stats_rollup import (
     HOUR,
     MINUTE,
     bucket_start,
+    covering_pieces,
     rollup_increments,
     series_seconds_for,
 )
@@ -65,6 +66,8 @@ def test_increments_are_summed_per_bucket_and_counted_in_minute_and_hour():
     assert (MINUTE, minute + timedelta(minutes=1), ACCEPTED) not in by_key
     assert by_key[(HOUR, hour, "queued")]["messages"] == 3
     assert by_key[(HOUR, hour, ACCEPTED)]["messages"] == 2
+    assert by_key[(DAY, datetime(2026, 5, 1, tzinfo=UTC), ACCEPTED)]["segments"] == 5
+    assert len(rows) == 3 + 2 + 2  # two minutes, but one hour and one day
 
 
 def test_increments_come_in_one_total_order_so_concurrent_writers_cannot_deadlock():
@@ -89,3 +92,32 @@ def test_series_resolution_keeps_a_few_hundred_points_at_most():
     assert series_seconds_for(timedelta(hours=6, minutes=1)) == HOUR
     assert series_seconds_for(timedelta(days=7)) == HOUR
     assert series_seconds_for(timedelta(days=30)) == DAY
+
+
+def test_a_range_is_covered_by_the_coarsest_buckets_that_fit():
+    start = datetime(2026, 5, 1, 22, 47, tzinfo=UTC)
+    end = datetime(2026, 5, 31, 1, 5, tzinfo=UTC)
+    pieces = covering_pieces(start, end)
+    assert pieces == [
+        (MINUTE, start, datetime(2026, 5, 1, 23, tzinfo=UTC)),
+        (HOUR, datetime(2026, 5, 1, 23, tzinfo=UTC), datetime(2026, 5, 2, tzinfo=UTC)),
+        (DAY, datetime(2026, 5, 2, tzinfo=UTC), datetime(2026, 5, 31, tzinfo=UTC)),
+        (HOUR, datetime(2026, 5, 31, tzinfo=UTC), datetime(2026, 5, 31, 1, tzinfo=UTC)),
+        (MINUTE, datetime(2026, 5, 31, 1, tzinfo=UTC), end),
+    ]
+    # Contiguous and exact: every minute of the range is in exactly one piece.
+    assert pieces[0][1] == start and pieces[-1][2] == end
+    assert all(a[2] == b[1] for a, b in zip(pieces, pieces[1:], strict=False))
+
+
+def test_pieces_are_never_coarser_than_the_series_points():
+    start = datetime(2026, 5, 1, 22, 47, tzinfo=UTC)
+    end = start + timedelta(days=3)
+    assert {g for g, _, _ in covering_pieces(start, end, coarsest=HOUR)} == {MINUTE, HOUR}
+    assert covering_pieces(start, start + timedelta(hours=5), coarsest=MINUTE) == [
+        (MINUTE, start, start + timedelta(hours=5))
+    ]
+    aligned = datetime(2026, 5, 1, tzinfo=UTC)
+    assert covering_pieces(aligned, aligned + timedelta(days=2)) == [
+        (DAY, aligned, aligned + timedelta(days=2))
+    ]

@@ -1,4 +1,4 @@
-"""stream stats rollup: per stream, per minute and per hour, per status
+"""stream stats rollup: per stream, per minute, hour and day, per status
 
 Revision ID: 0005
 Revises: 0001
