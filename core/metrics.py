@@ -4,8 +4,9 @@ Names follow Prometheus conventions: ``streams_`` prefix, ``_total`` counters, `
 histograms. Labels are bounded sets (type, status, queue, provider, route): never a message
 id or a phone number.
 
-When ``PROMETHEUS_MULTIPROC_DIR`` is set (several uvicorn or worker processes), prometheus-
-client writes per-process files and ``render_metrics`` aggregates them.
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (several uvicorn or worker processes, see
+``core.metrics_multiprocess``), prometheus-client writes per-process files and
+``exposition_registry`` sums them; gauges say how (``multiprocess_mode``).
 """
 
 from __future__ import annotations
