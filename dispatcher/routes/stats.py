@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,6 +25,9 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 422)}
 
 DEFAULT_RANGE = timedelta(hours=24)
 MAX_RANGE = timedelta(days=93)
+#: Timestamps outside these years cannot hold messages (and would overflow when rounded).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _TIMESTAMP_HELP = "ISO 8601 with a time zone offset, e.g. 2026-05-01T00:00:00Z."
 
 
@@ -53,6 +56,13 @@ def parse_timestamp(value: str, field: str) -> datetime:
             f"{field} must include a time zone offset (Z or +02:00)",
             field=field,
         )
+    if not EARLIEST <= moment < LATEST:
+        raise ApiError(
+            422,
+            "invalid_timestamp",
+            f"{field} must be between the years 2000 and 2199",
+            field=field,
+        )
     return as_utc(moment)
 
 
@@ -60,8 +70,9 @@ def stats_range(
     raw_from: str | None, raw_to: str | None, now: datetime
 ) -> tuple[datetime, datetime]:
     """``[from, to)`` in whole minutes: the last 24 hours by default, at most 93 days."""
+    given_start = parse_timestamp(raw_from, "from") if raw_from is not None else None
     end = parse_timestamp(raw_to, "to") if raw_to is not None else now
-    start = parse_timestamp(raw_from, "from") if raw_from is not None else end - DEFAULT_RANGE
+    start = given_start if given_start is not None else end - DEFAULT_RANGE
     if start >= end:
         raise ApiError(422, "invalid_range", "from must be before to", field="from")
     if end - start > MAX_RANGE:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from core.metrics_multiprocess import DeadProcessReaper
 from schemas.tables import Message
@@ -110,6 +110,31 @@ def test_serve_with_two_workers_sums_requests(settings, tmp_path):
         serve.terminate()
         serve.wait(timeout=40)
     assert not list(tmp_path.glob("streams-metrics-*"))
+
+
+def test_the_relay_exposes_its_metrics(settings, runtime, client, make_stream, tmp_path):
+    stream = make_stream(demo=True)
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    with runtime.session_factory() as session:  # as if the ingress died before enqueueing
+        session.execute(
+            update(Message).where(Message.id == uuid.UUID(message_id)).values(enqueued_at=None)
+        )
+        session.commit()
+    port = free_port()
+    env = environment(settings, relay_grace_seconds=0, relay_interval_seconds=0.2)
+    with running(["relay", "--metrics-port", str(port)], env, tmp_path / "relay.log"):
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def relayed() -> float:
+            if not _answers(url):
+                return 0
+            return value(
+                parse(httpx.get(url).text), "streams_relay_enqueued_total", reason="missed"
+            )
+
+        assert wait_until(lambda: relayed() == 1, timeout=20), (tmp_path / "relay.log").read_text()
 
 
 def test_the_live_gauges_of_an_exited_process_are_dropped(tmp_path):

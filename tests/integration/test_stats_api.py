@@ -245,6 +245,16 @@ def test_long_ranges_read_hours_with_minutes_at_the_ragged_ends(
         ({"from": "2026-05-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"}, "from", "invalid_range"),
         ({"from": "2026-01-01T00:00:00Z", "to": "2026-05-01T00:00:00Z"}, "from", "range_too_long"),
         ({"from": "2026-05-01T00:00:00Z" + " " * 40}, "from", "invalid_field"),
+        (
+            {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
+            "from",
+            "invalid_timestamp",
+        ),
+        (
+            {"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:59:59Z"},
+            "from",
+            "invalid_timestamp",
+        ),
     ],
 )
 def test_invariant_7_bad_ranges_are_refused_naming_the_field(
