@@ -79,14 +79,20 @@ class ActivityCounters(Protocol):
         viewer's task is cancelled."""
         ...
 
+    def close(self) -> None: ...
+
 
 class RedisActivityCounters:
-    def __init__(
-        self, client: redis.Redis, url: str, *, clock: Callable[[], float] = time.time
-    ) -> None:
-        self._client = client
+    """Counters in Redis, written through a client of their own with short timeouts: the feed
+    is best effort, and a Redis that hangs must not hold up a commit's other listeners."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
         self._url = url
         self._clock = clock
+
+    def close(self) -> None:
+        self._client.close()
 
     def record(self, changes: Sequence[StatusChange]) -> None:
         increments = tally(changes)
@@ -164,6 +170,9 @@ class MemoryActivityCounters:
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[ActivityReader]:
         yield self
+
+    def close(self) -> None:
+        pass
 
     async def buckets(self, account_id: uuid.UUID, seconds: Sequence[int]) -> Buckets:
         with self._lock:

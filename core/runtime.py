@@ -41,6 +41,7 @@ class Runtime:
         self.engine.dispose()
         if self.redis is not None:
             self.redis.close()
+        self.activity.close()
 
 
 def build_runtime(
@@ -70,7 +71,7 @@ def install_observers(runtime: Runtime) -> None:
     """What watches status changes: the stats rollup (inside each transaction), and after
     commit the accepted-messages metric and the realtime activity counters."""
     install_stats_rollup(runtime.session_factory)
-    if runtime.redis is not None and runtime.settings.redis_url:
-        runtime.activity = RedisActivityCounters(runtime.redis, runtime.settings.redis_url)
+    if runtime.settings.redis_url:
+        runtime.activity = RedisActivityCounters(runtime.settings.redis_url)
     runtime.status_feed.subscribe(count_acceptances)
     runtime.status_feed.subscribe(runtime.activity.record)

@@ -277,3 +277,34 @@ def test_without_redis_the_feed_works_in_process(settings, runtime, account_key)
             assert seen[-1]["stream_id"] == stream["id"] and seen[-1]["in_per_second"] == 2
     finally:
         app.state.runtime.close()
+
+
+def test_a_redis_that_hangs_does_not_hold_up_a_commit():
+    """The counters have their own client with a 1 s timeout: the feed misses a beat, the
+    worker that committed goes on."""
+    import socket
+    import uuid
+    from datetime import UTC, datetime
+
+    from core.realtime_activity import RedisActivityCounters
+    from schemas.enums import MessageStatus
+    from schemas.events import StatusChange
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections, never answers
+    counters = RedisActivityCounters(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+    change = StatusChange(
+        message_id=uuid.uuid4(),
+        stream_id=uuid.uuid4(),
+        account_id=uuid.uuid4(),
+        stream_type="otp",
+        status=MessageStatus.sent,
+        at=datetime.now(UTC),
+        segments=1,
+    )
+    started = time.monotonic()
+    counters.record([change])
+    assert time.monotonic() - started < 3
+    counters.close()
+    silent.close()
