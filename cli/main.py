@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Metric files are this command's business: a directory inherited from the environment
+    # may hold another run's values (core.metrics_multiprocess makes a fresh one if needed).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if args.command == "dev":
         from cli.dev import run_dev
 
