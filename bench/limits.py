@@ -380,8 +380,8 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     pool_metrics = scrape_metrics(metrics_port, POOL_METRICS)
     left = backlog_left(database_url, redis_url, stream.queue)
     admission = admission_state(database_url, redis_url, str(stream.id))
-    stopped_at = time.time()
     pool_stack.close()  # stop the pool and the relay before reading the claims back
+    stopped_at = time.time()
     progress("pool stopped; reading claims")
     claims = read_claims(database_url, backlog.enqueued_at)
     return {

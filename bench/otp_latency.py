@@ -3,9 +3,10 @@ messages, with the marketing pool busy draining them, move the latency of OTP se
 
     .venv/bin/python bench/otp_latency.py [--rate 20] [--duration 30] [--backlog 1000000]
 
-One run, two scenarios, each sending OTP messages one at a time at ``--rate`` per second for
-``--duration`` seconds (``POST /v1/messages`` on an OTP demo stream of a real ``streams
-serve``):
+One run, two scenarios, each sending one-time codes one at a time at ``--rate`` per second
+for ``--duration`` seconds (``POST /v1/otp/send`` on an OTP demo stream of a real ``streams
+serve``, each to a number of its own; ``--api messages`` posts a ready text to
+``/v1/messages`` instead):
 
 (a) the marketing queue is empty (the marketing pool runs, idle);
 (b) ``--backlog`` marketing messages are queued and the marketing pool is draining them.
@@ -90,13 +91,16 @@ TARGET_LOADED_FACTOR = 1.2
 #: ``workers/providers/sandbox.py`` sets every ledger key with this TTL.
 LEDGER_TTL_MS = 7 * 24 * 3600 * 1000
 OTP_STREAM = {"name": "OTP benchmark", "type": "otp", "demo": True}
-OTP_ITEM = {"recipient_phone": "+972524265292", "message_content": "Your code is 48213"}
+#: Each send goes to a number of its own: a number gets one code per resend cooldown (30 s)
+#: and a few per hour. None of them ends in the sandbox's test numbers (``…00000[1-4]``).
+FIRST_RECIPIENT = 972_525_100_000
 
 
 @dataclass(frozen=True)
 class Options:
     rate: float
     duration: float
+    api: str
     backlog: int
     backlog_job_size: int
     otp_processes: int
@@ -119,6 +123,13 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument("--rate", type=float, default=20.0, help="OTP sends per second (20)")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per scenario (30)")
+    parser.add_argument(
+        "--api",
+        choices=("otp", "messages"),
+        default="otp",
+        help="send through POST /v1/otp/send (otp, default: a generated code, sealed text) or "
+        "POST /v1/messages with a ready text (messages)",
+    )
     parser.add_argument(
         "--backlog", type=int, default=1_000_000, help="marketing messages queued for (b)"
     )
@@ -188,12 +199,40 @@ class Scenario:
     marketing_queue: dict[str, int] = field(default_factory=dict)
 
 
-def send_otps(base_url: str, token: str, rate: float, duration: float, name: str) -> Scenario:
-    """POST one OTP message at a time, on a fixed schedule of ``rate`` per second. A send
-    that falls behind schedule goes at once (no catch-up burst beyond that)."""
+class Recipients:
+    """A fresh phone number for every send of the run."""
+
+    def __init__(self) -> None:
+        self._next = FIRST_RECIPIENT
+
+    def take(self) -> str:
+        self._next += 1
+        return f"+{self._next}"
+
+
+def send_request(api: str, recipient: str) -> tuple[str, dict[str, Any]]:
+    """The path and body of one OTP send: the OTP API (a generated code, sealed text) or the
+    generic send API with a ready text."""
+    if api == "otp":
+        return "/v1/otp/send", {"recipient_phone": recipient}
+    item = {"recipient_phone": recipient, "message_content": "Your code is 48213"}
+    return "/v1/messages", {"messages": [item]}
+
+
+def send_otps(
+    base_url: str,
+    token: str,
+    options: Options,
+    recipients: Recipients,
+    name: str,
+    duration: float | None = None,
+) -> Scenario:
+    """POST one OTP send at a time, on a fixed schedule of ``rate`` per second. A send that
+    falls behind schedule goes at once (no catch-up burst beyond that)."""
     scenario = Scenario(name)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    count = int(rate * duration)
+    rate = options.rate
+    count = int(rate * (duration if duration is not None else options.duration))
     with httpx.Client(base_url=base_url, headers=headers, timeout=10.0) as client:
         client.get("/healthz")  # open the connection outside the measurement
         scenario.started_at = time.time()
@@ -202,9 +241,10 @@ def send_otps(base_url: str, token: str, rate: float, duration: float, name: str
             delay = start + index / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            path, body = send_request(options.api, recipients.take())
             sent_at, before = time.time(), time.perf_counter()
             try:
-                response = client.post("/v1/messages", json={"messages": [OTP_ITEM]})
+                response = client.post(path, json=body)
             except httpx.HTTPError:
                 scenario.errors += 1
                 continue
@@ -212,7 +252,12 @@ def send_otps(base_url: str, token: str, rate: float, duration: float, name: str
             if response.status_code != 202:
                 scenario.errors += 1
                 continue
-            message_id = response.json()["results"][0]["message_id"]
+            answer = response.json()
+            message_id = (
+                answer["message_id"]
+                if "message_id" in answer
+                else answer["results"][0]["message_id"]
+            )
             scenario.sends.append(Send(message_id, sent_at, elapsed_ms))
         scenario.ended_at = time.time()
     return scenario
@@ -321,14 +366,19 @@ class Processes:
 
 
 def run_scenario(
-    name: str, options: Options, processes: Processes, token: str, database_url: str
+    name: str,
+    options: Options,
+    processes: Processes,
+    token: str,
+    database_url: str,
+    recipients: Recipients,
 ) -> Scenario:
     """Send the OTPs, wait until each was claimed (or 30 s), record CPU and marketing load."""
     redis_url = options.redis_url
     before = marketing_queue(redis_url)
     cpu = CpuWatch(processes.trees())
     cpu.start()
-    scenario = send_otps(processes.ingress.base_url, token, options.rate, options.duration, name)
+    scenario = send_otps(processes.ingress.base_url, token, options, recipients, name)
     scenario.cpu_cores = cpu.stop()
     ids = [s.message_id for s in scenario.sends]
     wait_for(lambda: claimed_count(database_url, ids) >= len(ids), 30, f"OTPs of {name} claimed")
@@ -393,10 +443,13 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     relay = stack.enter_context(running_relay(env, RESULTS / f"{run_id}-relay.log"))
     processes = Processes(ingress, otp_pool, marketing_pool, relay.pid)
     progress("ingress, OTP pool, marketing pool and relay are up; warming up")
-    send_otps(ingress.base_url, token, options.rate, 2.0, "warm-up")
+    recipients = Recipients()
+    warm_up = send_otps(ingress.base_url, token, options, recipients, "warm-up", duration=2.0)
+    if warm_up.errors or not warm_up.sends:
+        raise RuntimeError(f"OTP sends fail ({warm_up.errors} errors): see the ingress log")
 
     progress(f"(a) empty marketing queue: {options.rate:g} OTP/s for {options.duration:g} s")
-    empty = run_scenario("empty", options, processes, token, database_url)
+    empty = run_scenario("empty", options, processes, token, database_url, recipients)
 
     progress(f"writing {options.backlog} marketing messages with COPY")
     backlog = copy_messages(database_url, marketing, options.backlog, with_events=False)
@@ -408,7 +461,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     time.sleep(options.settle)
 
     progress(f"(b) marketing backlog: {options.rate:g} OTP/s for {options.duration:g} s")
-    loaded = run_scenario("loaded", options, processes, token, database_url)
+    loaded = run_scenario("loaded", options, processes, token, database_url, recipients)
 
     results = {
         s.name: {

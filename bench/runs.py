@@ -71,7 +71,9 @@ def _timed_out(_signum: int, _frame: object) -> NoReturn:
 
 def stop_on_signals() -> None:
     """Make SIGTERM and SIGHUP act as Ctrl-C for the rest of the process, so that the
-    caller's clean-up runs on them too."""
+    caller's clean-up runs on them too. SIGINT is set explicitly as well: a shell starts
+    background jobs with it ignored, and the run must still stop cleanly on it."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupted)
     signal.signal(signal.SIGHUP, _interrupted)
 

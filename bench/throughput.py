@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -274,13 +274,15 @@ def _timed(
     kind: str,
     pool: Pool,
     *,
-    push: Any,
-    finished: Any,
+    push: Callable[[], float],
+    finished: Callable[[], float | None],
     jobs: int,
     poll: float = 0.1,
 ) -> Drain:
-    """Push the jobs with the clock running, wait until ``finished()`` returns the end time
-    (epoch seconds), and record the CPU, PostgreSQL and Redis work meanwhile."""
+    """Push the jobs with the clock running (``push()`` returns the seconds it took), wait
+    until ``finished()`` returns the end time (epoch seconds), and record the CPU, PostgreSQL
+    and Redis work meanwhile. The benchmark's own polls count too (about ten short
+    transactions a second, a few Redis commands)."""
     cpu = CpuWatch({"workers": pool.pid})
     commits_before = database_activity(bench.database_url)["xact_commit"]
     commands_before = redis_commands(bench.redis_url)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 from collections.abc import Sequence
 
 from core.broker import ALL_QUEUES
 from core.settings import Settings
+
+#: How long ``streams serve`` drains open requests after SIGTERM (keep Kubernetes'
+#: ``terminationGracePeriodSeconds`` above it).
+GRACEFUL_SHUTDOWN_SECONDS = 30
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--threads", type=int, default=8)
     worker.add_argument("--metrics-port", type=int, default=None)
 
-    commands.add_parser("relay", help="the outbox sweep")
+    relay = commands.add_parser("relay", help="the outbox sweep")
+    relay.add_argument("--metrics-port", type=int, default=None)
     commands.add_parser("migrate", help="apply database migrations")
 
     accounts = commands.add_parser("accounts", help="manage accounts")
@@ -49,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Metric files are this command's business: a directory inherited from the environment
+    # may hold another run's values (core.metrics_multiprocess makes a fresh one if needed).
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if args.command == "dev":
         from cli.dev import run_dev
 
@@ -58,18 +67,8 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
-        import uvicorn
-
         settings.require_secret_key()
-        uvicorn.run(
-            "dispatcher.app:create_app_from_environment",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_config=None,
-            timeout_graceful_shutdown=30,
-        )
+        _serve(args.host, args.port, args.workers)
         return 0
     if args.command == "worker":
         from workers.pool import run_pool
@@ -91,6 +90,10 @@ def _run(args: argparse.Namespace) -> int:
         from workers.relay import Relay
 
         runtime = build_runtime(settings)
+        if args.metrics_port is not None:
+            from workers.pool import serve_metrics
+
+            serve_metrics(args.metrics_port)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -117,6 +120,40 @@ def _run(args: argparse.Namespace) -> int:
         print(f"account key (shown once): {key}")
         return 0
     raise AssertionError(args.command)
+
+
+def _serve(host: str, port: int, workers: int) -> None:
+    """uvicorn on the ingress app. With several workers, their metrics are summed through
+    prometheus-client's multiprocess mode (``core.metrics_multiprocess``); uvicorn restarts
+    a worker that dies on its own, so a reaper marks exited pids dead."""
+    import uvicorn
+
+    from core.metrics_multiprocess import (
+        DeadProcessReaper,
+        remove_multiprocess_directory,
+        start_multiprocess_directory,
+    )
+
+    directory = start_multiprocess_directory() if workers > 1 else None
+    reaper = DeadProcessReaper(directory) if directory is not None else None
+    if reaper is not None:
+        reaper.start()
+    try:
+        uvicorn.run(
+            "dispatcher.app:create_app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            # SIGTERM: stop accepting, let open requests finish for up to this long.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+    finally:
+        if reaper is not None:
+            reaper.stop()
+        if directory is not None:
+            remove_multiprocess_directory(directory)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ Names follow Prometheus conventions: ``streams_`` prefix, ``_total`` counters, `
 histograms. Labels are bounded sets (type, status, queue, provider, route): never a message
 id or a phone number.
 
-When ``PROMETHEUS_MULTIPROC_DIR`` is set (several uvicorn or worker processes), prometheus-
-client writes per-process files and ``render_metrics`` aggregates them.
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (several uvicorn or worker processes, see
+``core.metrics_multiprocess``), prometheus-client writes per-process files and
+``exposition_registry`` sums them; gauges say how (``multiprocess_mode``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.registry import Collector
 
 MESSAGES = Counter(
     "streams_messages_total",
@@ -71,12 +74,6 @@ RATE_LIMIT_DELAYS = Counter(
     "Times a message had to wait for its stream's or provider's rate limit.",
     ["type"],
 )
-RATE_LIMIT_WAIT = Histogram(
-    "streams_rate_limit_wait_seconds",
-    "Time a worker thread waited in line for a rate-limit slot before sending.",
-    ["type"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
-)
 MESSAGES_HELD = Counter(
     "streams_messages_held_total",
     "Messages parked until later, by reason (rate_limited, quiet_hours).",
@@ -121,10 +118,64 @@ OTP_VERIFICATIONS = Counter(
 )
 
 
-def render_metrics() -> tuple[bytes, str]:
-    """The text exposition of this process (or of all processes in multiprocess mode)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
+MESSAGES_ACCEPTED = Counter(
+    "streams_messages_accepted_total",
+    "Messages accepted (stored, then queued or scheduled), by stream type.",
+    ["type"],
+)
+DELIVERY_LATENCY = Histogram(
+    "streams_delivery_latency_seconds",
+    "From a delivery's enqueue (or its due time, when delayed) to the end of its attempt: "
+    "the wait in the queue plus the work, by queue.",
+    ["queue"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 900),
+)
+WORKER_IN_PROGRESS = Gauge(
+    "streams_worker_messages_in_progress",
+    "Queue messages being processed right now, by queue.",
+    ["queue"],
+    multiprocess_mode="livesum",
+)
+REALTIME_FEEDS = Gauge(
+    "streams_realtime_feeds_open",
+    "Realtime (Server-Sent Events) feeds open on the ingress.",
+    multiprocess_mode="livesum",
+)
+RATE_LIMIT_DELAY = Histogram(
+    "streams_rate_limit_delay_seconds",
+    "How long a stream's or provider's rate limit held a message back, by stream type.",
+    ["type"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+
+
+def is_multiprocess() -> bool:
+    """prometheus-client's multiprocess mode: values live in per-process files."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class _ThisProcess:
+    """The default registry, as one collector of another registry."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return REGISTRY.collect()
+
+
+def exposition_registry(*collectors: Collector) -> CollectorRegistry:
+    """What a ``/metrics`` endpoint exposes: this process's metrics (or, in multiprocess
+    mode, every process's, aggregated from their files) plus ``collectors`` computed at
+    scrape time (queue depth)."""
+    registry = CollectorRegistry(auto_describe=False)
+    if is_multiprocess():
         prometheus_multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    else:
+        registry.register(_ThisProcess())  # type: ignore[arg-type]
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The text exposition of ``registry`` (by default: this process, or all processes in
+    multiprocess mode)."""
+    return generate_latest(registry or exposition_registry()), CONTENT_TYPE_LATEST

@@ -13,8 +13,15 @@ from core.clock import Clock, utcnow
 from core.credentials import SecretBox
 from core.database import SessionFactory, build_engine, build_session_factory
 from core.enqueue_marks import EnqueueMarks
+from core.message_metrics import count_acceptances
+from core.realtime_activity import (
+    ActivityCounters,
+    MemoryActivityCounters,
+    RedisActivityCounters,
+)
 from core.sealed_bodies import forget_sealed_bodies
 from core.settings import Settings
+from core.stats_rollup import install_stats_rollup
 from core.status_feed import StatusFeed
 
 
@@ -28,6 +35,8 @@ class Runtime:
     redis: redis.Redis | None
     status_feed: StatusFeed
     clock: Clock = field(default=utcnow)
+    #: Per-second activity for the realtime feed (Redis, or in memory without Redis).
+    activity: ActivityCounters = field(default_factory=MemoryActivityCounters)
     enqueue_marks: EnqueueMarks = field(init=False)
 
     def __post_init__(self) -> None:
@@ -40,6 +49,7 @@ class Runtime:
         self.engine.dispose()
         if self.redis is not None:
             self.redis.close()
+        self.activity.close()
 
 
 def build_runtime(
@@ -51,13 +61,26 @@ def build_runtime(
     status_feed = StatusFeed()
     status_feed.install(session_factory)
     forget_sealed_bodies(session_factory)
-    return Runtime(
+    redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    runtime = Runtime(
         settings=settings,
         engine=engine,
         session_factory=session_factory,
         status_feed=status_feed,
         broker=broker if broker is not None else build_broker(settings),
         secret_box=SecretBox(settings.require_secret_key()),
-        redis=redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+        redis=redis_client,
         clock=clock,
     )
+    install_observers(runtime)
+    return runtime
+
+
+def install_observers(runtime: Runtime) -> None:
+    """What watches status changes: the stats rollup (inside each transaction), and after
+    commit the accepted-messages metric and the realtime activity counters."""
+    install_stats_rollup(runtime.session_factory)
+    if runtime.settings.redis_url:
+        runtime.activity = RedisActivityCounters(runtime.settings.redis_url)
+    runtime.status_feed.subscribe(count_acceptances)
+    runtime.status_feed.subscribe(runtime.activity.record)

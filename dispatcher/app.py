@@ -9,8 +9,11 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from core.activity import ActivityTouch
+from core.broker import NAMESPACE, QUEUES
 from core.logs import configure_logging
+from core.metrics import exposition_registry
 from core.network import parse_network
+from core.queue_depth import QueueDepthCollector
 from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from dispatcher.auth import TokenCache
@@ -18,6 +21,7 @@ from dispatcher.body_limit import BodySizeLimit
 from dispatcher.errors import install_error_handlers
 from dispatcher.group_commit import GroupCommitter
 from dispatcher.otp import OneTimeCodes
+from dispatcher.realtime_feed import FeedLimiter
 from dispatcher.request_metrics import RequestMetrics
 from dispatcher.routes import (
     callbacks,
@@ -26,6 +30,8 @@ from dispatcher.routes import (
     messages,
     operations,
     otp,
+    realtime,
+    stats,
     streams,
     suppressions,
     webhooks,
@@ -35,7 +41,9 @@ from workers.queueing import subscribe_status_followups
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
-    """Build the ingress. Pass a ``runtime`` to share one (``streams dev``, tests)."""
+    """Build the ingress. Pass a ``runtime`` to share one (``streams dev``, tests); a
+    runtime the app built itself is closed when the app shuts down."""
+    owns_runtime = runtime is None
     runtime = runtime or build_runtime(settings)
 
     @asynccontextmanager
@@ -45,6 +53,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         limiter = anyio.to_thread.current_default_thread_limiter()
         limiter.total_tokens = settings.database_pool_size
         yield
+        if owns_runtime:
+            runtime.close()  # flushes pending enqueue marks, closes pools
 
     app = FastAPI(
         lifespan=lifespan,
@@ -70,6 +80,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     subscribe_status_followups(runtime)
     app.include_router(otp.router)
     app.include_router(events.router)
+    app.include_router(stats.router)
+    app.include_router(realtime.router)
+    app.state.feed_limiter = FeedLimiter(realtime.FEEDS_PER_ACCOUNT)
+    app.state.metrics_registry = exposition_registry(
+        *([QueueDepthCollector(runtime.redis, NAMESPACE, QUEUES)] if runtime.redis else [])
+    )
 
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

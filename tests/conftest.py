@@ -17,6 +17,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from core.accounts import create_account
 from core.migrate import upgrade
@@ -71,11 +72,32 @@ def settings(database_url: str, redis_client: redis.Redis) -> Settings:
 @pytest.fixture
 def runtime(settings: Settings) -> Iterator[Runtime]:
     runtime = build_runtime(settings)
-    with runtime.engine.begin() as connection:
-        tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
-        connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+    _empty_database(runtime)
     yield runtime
     runtime.close()
+
+
+def _empty_database(runtime: Runtime) -> None:
+    """Truncate every table. A background thread of the previous test (a pool being torn
+    down, a flush) may still hold a connection; the test database is ours alone, so end
+    such sessions rather than wait on, or deadlock with, them."""
+    tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    for attempt in range(5):
+        try:
+            with runtime.engine.begin() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+                connection.execute(text("SET LOCAL lock_timeout = '5s'"))
+                connection.execute(text(f"TRUNCATE {tables} CASCADE"))
+            return
+        except DBAPIError:
+            if attempt == 4:
+                raise
+            runtime.engine.dispose()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ receipts. Declared on a given broker at start-up, never at import time."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 import dramatiq
@@ -14,6 +15,7 @@ from workers.delivery import Delivery
 from workers.queueing import (
     delivery_actor_name,
     delivery_batch_actor_name,
+    enqueue_deliveries,
     enqueue_delivery,
     receipt_actor_name,
 )
@@ -22,7 +24,11 @@ log = structlog.get_logger(__name__)
 
 
 def declare_actors(
-    broker: dramatiq.Broker, delivery: Delivery, queues: Iterable[str] = QUEUES
+    broker: dramatiq.Broker,
+    delivery: Delivery,
+    queues: Iterable[str] = QUEUES,
+    *,
+    stopping: threading.Event | None = None,
 ) -> None:
     """Register the actors of ``queues`` on ``broker``, bound to ``delivery``.
 
@@ -43,7 +49,7 @@ def declare_actors(
             broker=broker,
         )
         dramatiq.actor(
-            _deliver_batch(delivery, broker, queue),
+            _deliver_batch(delivery, broker, queue, stopping or threading.Event()),
             actor_name=delivery_batch_actor_name(queue),
             queue_name=queue,
             broker=broker,
@@ -63,11 +69,18 @@ def _deliver(delivery: Delivery):  # type: ignore[no-untyped-def]
     return deliver
 
 
-def _deliver_batch(delivery: Delivery, broker: dramatiq.Broker, queue: str):  # type: ignore[no-untyped-def]
+def _deliver_batch(  # type: ignore[no-untyped-def]
+    delivery: Delivery, broker: dramatiq.Broker, queue: str, stopping: threading.Event
+):
     def deliver_batch(message_ids: list[str]) -> None:
         # A message that raises goes back as a job of its own, so it gets dramatiq's
         # retries and dead-lettering without holding up, or re-running, the others.
-        for message_id in message_ids:
+        # When the worker is stopping, what has not started goes back to the queue.
+        for position, message_id in enumerate(message_ids):
+            if stopping.is_set():
+                enqueue_deliveries(broker, queue, message_ids[position:])
+                log.info("batch_handed_back", remaining=len(message_ids) - position)
+                return
             try:
                 delivery.deliver(message_id)
             except Exception:

@@ -237,13 +237,16 @@ class Delivery:
             ticket = self.admission.admit(request)
             if ticket.verdict == "admit":
                 if waited:
-                    metrics.RATE_LIMIT_WAIT.labels(job.stream_type.value).observe(waited)
+                    metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(waited)
                 return True
             if ticket.verdict == "reject":
                 self._reject(job, ticket.reason or "limit", log_)
                 return False
             metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
             if waited + ticket.wait_seconds > settings.throttle_inline_wait_seconds:
+                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(
+                    waited + ticket.come_back_after
+                )
                 back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
                 return self._wait_until(job, back, "rate_limited", log_)
             self._sleep(ticket.wait_seconds)

@@ -10,14 +10,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import dramatiq
 import structlog
 
 from core.logs import configure_logging
+from core.metrics import exposition_registry
+from core.metrics_multiprocess import (
+    mark_process_dead,
+    remove_multiprocess_directory,
+    start_multiprocess_directory,
+)
 from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from workers.actors import declare_actors
@@ -29,17 +35,35 @@ from workers.delivery import Delivery
 from workers.providers.registry import ProviderRegistry
 from workers.queueing import subscribe_status_followups
 from workers.status_followup import StatusFollowUp
+from workers.worker_metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_TIMEOUT_MS = 30_000
 
 
-def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> dramatiq.Worker:
+class RunningWorker:
+    """A started dramatiq worker, and the flag its batch jobs watch to hand back what they
+    have not started when the worker stops."""
+
+    def __init__(self, worker: dramatiq.Worker, stopping: threading.Event) -> None:
+        self.worker = worker
+        self.stopping = stopping
+
+    def stop(self, timeout: int = SHUTDOWN_TIMEOUT_MS) -> None:
+        """Finish what is in flight (up to ``timeout`` ms), hand back the rest."""
+        self.stopping.set()
+        self.worker.stop(timeout=timeout)
+
+
+def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> RunningWorker:
     """Declare the actors on the runtime's broker and start consuming ``queues``."""
     admission = RedisAdmission(runtime.redis) if runtime.redis is not None else LocalAdmission()
     delivery = Delivery(runtime, ProviderRegistry.from_runtime(runtime), admission)
-    declare_actors(runtime.broker, delivery)
+    if not any(isinstance(m, WorkerMetrics) for m in runtime.broker.middleware):
+        runtime.broker.add_middleware(WorkerMetrics())
+    stopping = threading.Event()
+    declare_actors(runtime.broker, delivery, stopping=stopping)
     declare_callback_actors(runtime.broker, CallbackSender(runtime), StatusFollowUp(runtime))
     subscribe_status_followups(runtime)
     if not any(isinstance(m, DeadLetters) for m in runtime.broker.middleware):
@@ -52,7 +76,7 @@ def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> drama
     )
     worker.start()
     log.info("worker_started", queues=list(queues), threads=threads, pid=os.getpid())
-    return worker
+    return RunningWorker(worker, stopping)
 
 
 def run_worker_process(queues: Sequence[str], threads: int) -> None:
@@ -71,28 +95,39 @@ def run_worker_process(queues: Sequence[str], threads: int) -> None:
     log.info("worker_stopped", pid=os.getpid())
 
 
-def _serve_metrics(port: int, *, multiprocess: bool) -> None:
-    """Expose this pool's metrics. With several processes, prometheus-client's multiprocess
-    mode aggregates their files; the directory must be set before the children start."""
-    from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-    from prometheus_client import multiprocess as prometheus_multiprocess
+def serve_metrics(port: int) -> None:
+    """Expose this process's metrics (or, in multiprocess mode, the pool's) on ``port``."""
+    from prometheus_client import start_http_server
 
-    if not multiprocess:
-        start_http_server(port, registry=REGISTRY)
-        return
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="streams-metrics-"))
-    registry = CollectorRegistry()
-    prometheus_multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, registry=registry)
+    start_http_server(port, registry=exposition_registry())
+    log.info("metrics_serving", port=port)
 
 
 def run_pool(queues: Sequence[str], processes: int, threads: int, metrics_port: int | None) -> None:
-    """``processes`` worker processes for ``queues``; metrics of all of them on one port."""
-    if metrics_port is not None:
-        _serve_metrics(metrics_port, multiprocess=processes > 1)
+    """``processes`` worker processes for ``queues``; metrics of all of them on one port.
+
+    With several processes the metrics use prometheus-client's multiprocess mode, in a
+    directory of this pool's own (see ``core.metrics_multiprocess``). If one child dies the
+    pool stops the others and exits, so the supervisor (Kubernetes, compose) restarts it whole.
+    """
     if processes == 1:
+        if metrics_port is not None:
+            serve_metrics(metrics_port)
         run_worker_process(queues, threads)
         return
+    directory = start_multiprocess_directory() if metrics_port is not None else None
+    try:
+        if metrics_port is not None:
+            serve_metrics(metrics_port)
+        _run_children(queues, processes, threads, directory)
+    finally:
+        if directory is not None:
+            remove_multiprocess_directory(directory)
+
+
+def _run_children(
+    queues: Sequence[str], processes: int, threads: int, directory: Path | None
+) -> None:
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=run_worker_process, args=(list(queues), threads), name=f"worker-{i}")
@@ -110,3 +145,7 @@ def run_pool(queues: Sequence[str], processes: int, threads: int, metrics_port: 
             os.kill(child.pid, signal.SIGTERM)
     for child in children:
         child.join()
+        if directory is not None and child.pid is not None:
+            mark_process_dead(child.pid, directory)
+        if child.exitcode:
+            log.warning("worker_process_exited", pid=child.pid, exitcode=child.exitcode)

@@ -44,6 +44,8 @@ def readyz(request: Request) -> dict[str, object] | Response:
 
 
 @router.get("/metrics")
-def metrics_endpoint() -> Response:
-    payload, content_type = render_metrics()
+def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text format: this process (or all of ``serve --workers N``) and the depth
+    of every queue."""
+    payload, content_type = render_metrics(request.app.state.metrics_registry)
     return Response(payload, media_type=content_type)

@@ -112,6 +112,8 @@ def test_deleted_streams_unsent_messages_fail_with_a_reason(
     message_id = client.post(
         "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
     ).json()["results"][0]["message_id"]
+    # The 202 comes at commit; the enqueue and its mark follow. Let both land first.
+    assert wait_until(lambda: runtime.redis.llen("dramatiq:transactional") >= 1, timeout=10)
     runtime.enqueue_marks.flush()
     with runtime.session_factory() as session:  # as if Redis had been down at enqueue time
         session.execute(update(Message).values(enqueued_at=None))

@@ -1,0 +1,64 @@
+"""The Realtime Performance page's feed (account key): Server-Sent Events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from dispatcher.auth import require_account, runtime_of
+from dispatcher.errors import ApiError
+from dispatcher.realtime_feed import FeedFilters, FeedLimiter, RealtimeFeed
+from schemas.enums import StreamStatus
+from schemas.errors import ErrorBody
+
+router = APIRouter(prefix="/api/v1", tags=["realtime"])
+Account = Annotated[uuid.UUID, Depends(require_account)]
+
+#: Open feeds one account may hold on one ingress process.
+FEEDS_PER_ACCOUNT = 5
+
+
+@router.get(
+    "/realtime",
+    status_code=200,
+    response_class=RealtimeFeed,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "A `snapshot` event per stream each second; its `data` is a "
+            "RealtimeSnapshot (stream_id, name, type, status, in_per_second, out_per_second, "
+            "in_flight, errors_last_minute, at).",
+        },
+        **{code: {"model": ErrorBody} for code in (401, 422, 429)},
+    },
+)
+async def realtime(
+    request: Request,
+    account_id: Account,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    status: StreamStatus | None = None,
+    tag: Annotated[list[str] | None, Query(max_length=20)] = None,
+) -> RealtimeFeed:
+    """An activity snapshot of each of the account's streams (filtered like the stream list)
+    every second: messages per second in and out, in flight, errors in the last minute and
+    status."""
+    tags = tuple(t.strip() for t in tag or [])
+    for index, value in enumerate(tags):
+        if not value or len(value) > 64:
+            raise ApiError(422, "invalid_tag", "a tag is 1 to 64 characters", field=f"tag[{index}]")
+    limiter: FeedLimiter = request.app.state.feed_limiter
+    if not limiter.acquire(account_id):
+        raise ApiError(
+            429,
+            "too_many_feeds",
+            f"At most {FEEDS_PER_ACCOUNT} realtime feeds may be open at once; close one first.",
+            headers={"Retry-After": "5"},
+        )
+    return RealtimeFeed(
+        runtime_of(request),
+        account_id,
+        FeedFilters(name=name or None, status=status, tags=tags),
+        limiter,
+    )
