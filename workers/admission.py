@@ -9,10 +9,16 @@ moves TAT to max(TAT, now) + cost × interval. Unlike fixed windows there is no 
 burst over, and unlike a token bucket there is one number to keep. A message bigger than
 a second's allowance is still sent when the bucket is idle; it then pays forward.
 
-A message that does not conform is not sent and spends nothing: the caller waits the
-returned time (or parks the message until ``come_back_after``). ``come_back_after`` comes
-from a second schedule that spaces waiting messages at the stream's rate, so a backlog
-returns a few at a time instead of all at once; each still has to conform when it returns.
+A message that does not conform is not sent and spends nothing. If its wait fits the
+caller's ``inline_budget`` the caller simply sleeps and asks again. Otherwise the message is
+parked until ``come_back_after``, a place on a second schedule that spaces parked messages
+at the stream's rate, so a backlog returns a few at a time instead of all at once; each
+still has to conform when it returns. Only parked messages take a place on that schedule.
+
+``TOLERANCE_US`` lets a message go up to 20 ms before its exact turn. Without it, every
+admission's own latency (a sleep overshooting, a Redis round trip) would be lost from the
+stream's rate; with it, the long-run rate is exact and any one second holds at most the
+limit plus 20 ms' worth.
 
 Caps (``max_per_day`` messages per UTC day, ``max_per_recipient_per_hour`` over a rolling
 hour) are counted only when a message is admitted, in the same call, and answer "reject".
@@ -31,6 +37,7 @@ import redis
 
 Verdict = Literal["admit", "wait", "reject"]
 _HOUR_US = 3_600_000_000
+TOLERANCE_US = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,8 @@ class Request:
     cost: int
     limits: Limits
     day: date
+    #: How long the caller would still wait in its thread; a longer wait parks the message.
+    inline_budget: float = 0.0
 
 
 class Admission(Protocol):
@@ -76,17 +85,18 @@ _ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local si, pi, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tolerance, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
 local function num(key) return tonumber(redis.call('GET', key) or '0') end
 local function store(key, value)
   local ttl = math.floor((value - now) / 1000) + 60000
   redis.call('SET', key, string.format('%.0f', value), 'PX', ttl)
 end
 local stat, ptat, wait = 0, 0, 0
-if si > 0 then stat = num(KEYS[1]); wait = math.max(wait, stat - now) end
-if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now) end
+if si > 0 then stat = num(KEYS[1]); wait = math.max(wait, stat - now - tolerance) end
+if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now - tolerance) end
 if wait > 0 then
   local back = wait
-  if si > 0 then
+  if si > 0 and wait > budget then
     local slot = math.max(num(KEYS[2]), stat, now)
     store(KEYS[2], slot + cost * si)
     back = math.max(back, slot - now)
@@ -136,6 +146,8 @@ class RedisAdmission:
             limits.per_day or 0,
             limits.per_recipient_per_hour or 0,
             request.message_id,
+            TOLERANCE_US,
+            int(request.inline_budget * 1_000_000),
         ]
         verdict, first, second = (
             part.decode() if isinstance(part, bytes) else str(part)
@@ -167,10 +179,12 @@ class LocalAdmission:
             waiting_key = f"w:{request.stream_id}"
             stat = self._values.get(stream_key, 0) if si else 0
             ptat = self._values.get(provider_key, 0) if pi else 0
-            wait = max(stat - now if si else 0, ptat - now if pi else 0, 0)
+            wait = max(
+                stat - now - TOLERANCE_US if si else 0, ptat - now - TOLERANCE_US if pi else 0, 0
+            )
             if wait > 0:
                 back = wait
-                if si:
+                if si and wait > request.inline_budget * 1_000_000:
                     slot = max(self._values.get(waiting_key, 0), stat, now)
                     self._values[waiting_key] = slot + cost * si
                     back = max(back, slot - now)

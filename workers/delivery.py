@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import uuid
@@ -233,8 +234,11 @@ class Delivery:
             day=self.runtime.clock().date(),
         )
         waited = 0.0
+        budget = settings.throttle_inline_wait_seconds
         while True:
-            ticket = self.admission.admit(request)
+            ticket = self.admission.admit(
+                dataclasses.replace(request, inline_budget=max(budget - waited, 0.0))
+            )
             if ticket.verdict == "admit":
                 if waited:
                     metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(waited)
@@ -249,8 +253,10 @@ class Delivery:
                 )
                 back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
                 return self._wait_until(job, back, "rate_limited", log_)
-            self._sleep(ticket.wait_seconds)
-            waited += ticket.wait_seconds
+            # A little jitter, so threads waiting for the same turn do not all ask at once.
+            pause = ticket.wait_seconds + random.uniform(0, 0.002)
+            self._sleep(pause)
+            waited += pause
 
     def _claim(self, job: Job) -> int | None:
         """``queued → sending`` (or a stale ``sending``); returns the attempt number."""
