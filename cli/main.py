@@ -36,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--threads", type=int, default=8)
     worker.add_argument("--metrics-port", type=int, default=None)
+    worker.add_argument(
+        "--poll-ms",
+        type=int,
+        default=None,
+        help="idle poll interval (default STREAMS_WORKER_POLL_MS, 50); e.g. 5 for the otp pool",
+    )
 
     relay = commands.add_parser("relay", help="the outbox sweep")
     relay.add_argument("--metrics-port", type=int, default=None)
@@ -80,6 +86,9 @@ def _run(args: argparse.Namespace) -> int:
                 f"unknown queue(s) {', '.join(unknown)}; choose from {', '.join(ALL_QUEUES)}"
             )
         settings.require_secret_key()
+        if args.poll_ms is not None:
+            # Through the environment, so every process of the pool reads it.
+            os.environ["STREAMS_WORKER_POLL_MS"] = str(args.poll_ms)
         run_pool(queues, args.processes, args.threads, args.metrics_port)
         return 0
     if args.command == "relay":
