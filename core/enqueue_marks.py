@@ -64,9 +64,10 @@ class EnqueueMarks:
     def add(self, ids: Iterable[uuid.UUID]) -> None:
         with self._lock:
             self._pending.extend(ids)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="enqueue-marks", daemon=True)
-                self._thread.start()
+            if self._thread is None and not self._stop.is_set():
+                thread = threading.Thread(target=self._run, name="enqueue-marks", daemon=True)
+                thread.start()
+                self._thread = thread  # published only once started: close() may join it
 
     def flush(self) -> None:
         """Write what is pending now (also called by the background thread)."""
@@ -80,9 +81,13 @@ class EnqueueMarks:
                 log.warning("mark_enqueued_failed", count=len(chunk), error=type(exc).__name__)
 
     def close(self) -> None:
+        """Stop the thread and write what is pending. Marks added later are dropped: the
+        relay covers them (one extra enqueue, absorbed by the claim)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=5)
         self.flush()
 
     def _run(self) -> None:
