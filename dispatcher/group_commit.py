@@ -4,8 +4,8 @@ A single send used to pay for a whole transaction (insert, history row, commit) 
 thread. Here each request validates its item in the event loop, then waits on a future while
 a committer stores everything that arrived meanwhile in one transaction, per stream with
 ``store_prepared``, and commits once. A request's 202 still comes only after its own row is
-committed (invariant 1). While one group commits, the next one gathers, so groups grow with
-load and a lone request waits for no timer.
+committed (invariant 1) and enqueued. While one group commits, the next one gathers, so
+groups grow with load and a lone request waits for no timer.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class GroupCommitter:
             while not queue.empty() and len(group) < self._max_group:
                 group.append(queue.get_nowait())
             try:
-                results, to_enqueue = await anyio.to_thread.run_sync(self._commit, group)
+                results = await anyio.to_thread.run_sync(self._commit_and_enqueue, group)
             except Exception as exc:
                 for waiting in group:
                     if not waiting.future.done():
@@ -76,8 +76,13 @@ class GroupCommitter:
             for waiting, result in zip(group, results, strict=True):
                 if not waiting.future.done():
                     waiting.future.set_result(result)
-            if to_enqueue:
-                await anyio.to_thread.run_sync(self._enqueue, to_enqueue)
+
+    def _commit_and_enqueue(self, group: list[_Waiting]) -> list[SendResult]:
+        """Commit, then enqueue, before anyone is answered: a 202 means stored and (unless
+        the broker failed, then the relay takes over) on its queue, as for a batch."""
+        results, to_enqueue = self._commit(group)
+        self._enqueue(to_enqueue)
+        return results
 
     def _commit(self, group: list[_Waiting]) -> tuple[list[SendResult], dict[str, list[uuid.UUID]]]:
         """Store the group in one transaction; results in group order, ids by queue."""
