@@ -403,6 +403,36 @@ class Delivery:
             )
             session.commit()
 
+    def _end(
+        self,
+        job: Job,
+        status: MessageStatus,
+        *,
+        code: str,
+        reason: str,
+        allowed_from: tuple[MessageStatus, ...] = _WAITING,
+        detail: str | None = None,
+        dead_letter: str | None = None,
+    ) -> None:
+        """Move the message to a final ``status`` with its error, in one transaction (and
+        keep it as a dead letter when asked)."""
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            moved = transition(
+                session,
+                job.message_id,
+                to=status,
+                allowed_from=allowed_from,
+                at=now,
+                detail=detail or code,
+                values={"error_code": code, "error_message": reason},
+            )
+            if moved and dead_letter:
+                record_dead_letter(
+                    session, job.message_id, reason=dead_letter, error_message=reason, at=now
+                )
+            session.commit()
+
     def _fail(
         self,
         job: Job,
@@ -413,53 +443,23 @@ class Delivery:
         from_status: MessageStatus = MessageStatus.queued,
         dead_letter: str | None = None,
     ) -> None:
-        now = self.runtime.clock()
-        with self.runtime.session_factory() as session:
-            moved = transition(
-                session,
-                job.message_id,
-                to=MessageStatus.failed,
-                allowed_from=[from_status],
-                at=now,
-                detail=code,
-                values={"error_code": code, "error_message": reason},
-            )
-            if moved and dead_letter:
-                record_dead_letter(
-                    session, job.message_id, reason=dead_letter, error_message=reason, at=now
-                )
-            session.commit()
+        self._end(
+            job,
+            MessageStatus.failed,
+            code=code,
+            reason=reason,
+            allowed_from=(from_status,),
+            dead_letter=dead_letter,
+        )
         log_.warning("message_failed", error_code=code, dead_letter=bool(dead_letter))
 
     def _reject(self, job: Job, reason: str, log_: Any) -> None:
-        now = self.runtime.clock()
-        with self.runtime.session_factory() as session:
-            transition(
-                session,
-                job.message_id,
-                to=MessageStatus.rejected,
-                allowed_from=_WAITING,
-                at=now,
-                detail=reason,
-                values={"error_code": reason, "error_message": _REJECTIONS.get(reason, reason)},
-            )
-            session.commit()
+        self._end(job, MessageStatus.rejected, code=reason, reason=_REJECTIONS.get(reason, reason))
         metrics.MESSAGES_REJECTED.labels(job.stream_type.value, reason).inc()
         log_.info("message_rejected", reason=reason)
 
     def _expire(self, job: Job, why: str, log_: Any) -> None:
-        now = self.runtime.clock()
-        with self.runtime.session_factory() as session:
-            transition(
-                session,
-                job.message_id,
-                to=MessageStatus.expired,
-                allowed_from=_WAITING,
-                at=now,
-                detail=why,
-                values={"error_code": "expired", "error_message": why},
-            )
-            session.commit()
+        self._end(job, MessageStatus.expired, code="expired", reason=why, detail=why)
         log_.info("message_expired", why=why)
 
     def _wait_until(self, job: Job, until: datetime, reason: str, log_: Any) -> bool:
