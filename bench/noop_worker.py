@@ -19,8 +19,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Sequence
@@ -30,6 +28,7 @@ import dramatiq
 from core.runtime import build_runtime
 from core.settings import Settings
 from workers.dead_letter_middleware import DeadLetters
+from workers.pool import supervise_processes
 
 NOOP_QUEUE = "bench_noop"
 NOOP_ACTOR = "bench_noop"
@@ -71,23 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.processes == 1:
         run_noop_process(args.queue, args.threads)
         return 0
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=run_noop_process, args=(args.queue, args.threads), name=f"noop-{i}")
-        for i in range(args.processes)
-    ]
-    for child in children:
-        child.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.is_set() and all(child.is_alive() for child in children):
-        stop.wait(1.0)
-    for child in children:
-        if child.is_alive() and child.pid is not None:
-            os.kill(child.pid, signal.SIGTERM)
-    for child in children:
-        child.join()
+    supervise_processes(run_noop_process, (args.queue, args.threads), args.processes, name="noop")
     return 0
 
 

@@ -62,23 +62,10 @@ def running_server(
 
     Raises ``ServerFailed`` if it exits or is not healthy within ``ready_timeout`` seconds.
     """
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            start_new_session=True,
-        )
-    server = Server(name, process, f"http://{host}:{port}", log_path)
-    try:
+    with running_process(name, argv, log_path=log_path, env=env, cwd=cwd) as process:
+        server = Server(name, process, f"http://{host}:{port}", log_path)
         wait_until_healthy(server, ready_timeout)
         yield server
-    finally:
-        stop_process_group(process)
 
 
 @contextmanager

@@ -51,6 +51,7 @@ log = structlog.get_logger(__name__)
 
 _PAUSED = (StreamStatus.disabled.value, StreamStatus.restricted.value)
 _WAITING = (MessageStatus.queued,)
+_NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,8 @@ class Delivery:
             ),
             day=self.runtime.clock().date(),
         )
+        if request.limits == _NO_LIMITS:
+            return True  # nothing to count: spare the Redis round trip on every message
         waited = 0.0
         budget = settings.throttle_inline_wait_seconds
         while True:

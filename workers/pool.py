@@ -11,8 +11,9 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import dramatiq
 import structlog
@@ -128,10 +129,31 @@ def run_pool(queues: Sequence[str], processes: int, threads: int, metrics_port: 
 def _run_children(
     queues: Sequence[str], processes: int, threads: int, directory: Path | None
 ) -> None:
+    def exited(pid: int, exitcode: int | None) -> None:
+        if directory is not None:
+            mark_process_dead(pid, directory)
+        if exitcode:
+            log.warning("worker_process_exited", pid=pid, exitcode=exitcode)
+
+    supervise_processes(
+        run_worker_process, (list(queues), threads), processes, name="worker", on_exit=exited
+    )
+
+
+def supervise_processes(
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    processes: int,
+    *,
+    name: str,
+    on_exit: Callable[[int, int | None], None] | None = None,
+) -> None:
+    """Run ``processes`` children of ``target(*args)`` until SIGTERM/SIGINT or until one of
+    them exits; then SIGTERM the rest and wait for all. ``on_exit(pid, exitcode)`` is called
+    for each child once it is gone."""
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=run_worker_process, args=(list(queues), threads), name=f"worker-{i}")
-        for i in range(processes)
+        context.Process(target=target, args=args, name=f"{name}-{i}") for i in range(processes)
     ]
     for child in children:
         child.start()
@@ -145,7 +167,5 @@ def _run_children(
             os.kill(child.pid, signal.SIGTERM)
     for child in children:
         child.join()
-        if directory is not None and child.pid is not None:
-            mark_process_dead(child.pid, directory)
-        if child.exitcode:
-            log.warning("worker_process_exited", pid=child.pid, exitcode=child.exitcode)
+        if on_exit is not None and child.pid is not None:
+            on_exit(child.pid, child.exitcode)

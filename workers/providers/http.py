@@ -17,6 +17,7 @@ from core.http_provider_format import request_body, response_message_id
 from core.settings import HttpProviderSettings
 from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.http_answers import error_text, retry_after_seconds
+from workers.providers.http_client import provider_client
 
 log = structlog.get_logger(__name__)
 
@@ -29,13 +30,7 @@ class HttpProvider:
             raise RuntimeError("STREAMS_HTTP_PROVIDER_URL is not set")
         self._settings = settings
         self._url = settings.url
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(
-                settings.timeout_seconds, connect=min(settings.timeout_seconds, 5)
-            ),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            follow_redirects=False,
-        )
+        self._client = client or provider_client(settings.timeout_seconds)
 
     def send(self, message: OutboundMessage) -> Accepted:
         body = request_body(

@@ -25,6 +25,7 @@ import structlog
 from core.settings import WhatsAppApiSettings
 from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.http_answers import error_text, retry_after_seconds
+from workers.providers.http_client import provider_client
 
 log = structlog.get_logger(__name__)
 
@@ -185,13 +186,7 @@ class WhatsAppCloudProvider:
         self._settings = settings
         self._credentials = credentials
         self._base = f"{settings.api_base_url.rstrip('/')}/{settings.api_version.strip('/')}"
-        self._client = client or httpx.Client(
-            timeout=httpx.Timeout(
-                settings.timeout_seconds, connect=min(settings.timeout_seconds, 5)
-            ),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-            follow_redirects=False,
-        )
+        self._client = client or provider_client(settings.timeout_seconds)
 
     def send(self, message: OutboundMessage) -> Accepted:
         credentials = (
