@@ -46,6 +46,7 @@
     var panel = document.getElementById("panel");
     panel.classList.remove("open");
     panel.innerHTML = "";
+    document.getElementById("panel-backdrop").hidden = true;
   }
 
   document.addEventListener("keydown", function (event) {
@@ -56,7 +57,10 @@
   });
 
   document.addEventListener("htmx:afterSwap", function (event) {
-    if (event.detail.target.id === "panel") event.detail.target.classList.add("open");
+    if (event.detail.target.id === "panel") {
+      event.detail.target.classList.add("open");
+      document.getElementById("panel-backdrop").hidden = false;
+    }
   });
   document.addEventListener("stream-deleted", closePanel);
 
@@ -153,6 +157,9 @@
       row.querySelector(".r-out").textContent = s.out_per_second;
       row.querySelector(".r-flight").textContent = s.in_flight;
       row.querySelector(".r-errors").textContent = s.errors_last_minute;
+      // Totals since this page opened, so a one-second burst stays visible to a reader.
+      row.dataset.inTotal = (+row.dataset.inTotal || 0) + s.in_per_second;
+      row.dataset.outTotal = (+row.dataset.outTotal || 0) + s.out_per_second;
       row.classList.toggle("has-errors", s.errors_last_minute > 0);
       var h = series[s.stream_id] || (series[s.stream_id] = {in: [], out: []});
       h.in.push(s.in_per_second); h.out.push(s.out_per_second);
