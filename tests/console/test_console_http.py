@@ -225,6 +225,7 @@ def test_api_errors_show_next_to_their_fields(console: tuple[TestClient, str]) -
     errors = errors_of(answer.text)
     assert errors["settings.template"] == "settings.template: must contain the {code} placeholder"
     assert "Codes" in answer.text  # what was typed stays in the form
+    assert 'data-first-error-step="codes"' in answer.text  # the form opens on that step
     # One error at a time from the API's own checks, each next to its field.
     answer = client.post(
         "/console/streams/new/otp",
@@ -317,3 +318,67 @@ def test_not_found_is_a_page_on_the_console_and_json_on_the_api(
         f"/api/v1/streams/{uuid.uuid4()}/token", headers={"Authorization": f"Bearer {account_key}"}
     )
     assert api.json() == {"error": {"code": "not_found", "message": "No such stream."}}
+
+
+def test_panel_tabs_change_the_stream_through_the_api(
+    console: tuple[TestClient, str], make_stream: Callable[..., dict[str, Any]], account_key: str
+) -> None:
+    client, csrf = console
+    headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    orders = make_stream(name="Orders")
+    base = f"/console/streams/{orders['id']}/panel"
+    event = {"event.key": "order_shipped", "event.name": "Shipped", "event.template": "Hi {name}"}
+    added = client.post(f"{base}/events", data=event, headers=headers)
+    assert added.status_code == 200 and "Event order_shipped added." in added.text
+    again = client.post(f"{base}/events", data=event, headers=headers)
+    assert again.status_code == 422
+    assert errors_of(again.text) == {
+        "event.key": "The stream already has an event with key &#39;order_shipped&#39;."
+    }
+    api_events = client.get(
+        f"/api/v1/streams/{orders['id']}/events", headers={"Authorization": f"Bearer {account_key}"}
+    ).json()["items"]
+    assert [e["key"] for e in api_events] == ["order_shipped"]
+    gone = client.post(f"{base}/events/order_shipped/delete", headers=headers)
+    assert "No event templates yet." in gone.text
+
+    care = make_stream(name="Care", type="whatsapp")
+    base = f"/console/streams/{care['id']}/panel"
+    saved = client.post(
+        f"{base}/whatsapp",
+        data={"whatsapp.phone_number_id": "1065403522", "whatsapp.access_token": "EAAGtoken9876"},
+        headers=headers,
+    )
+    assert "WhatsApp set-up saved." in saved.text and "Stored: …9876" in saved.text
+    assert 'badge status-ready">Ready' in saved.text
+    # An untouched token input keeps the stored token.
+    kept = client.post(
+        f"{base}/whatsapp",
+        data={"whatsapp.phone_number_id": "1065403522", "whatsapp.access_token": ""},
+        headers=headers,
+    )
+    assert "Stored: …9876" in kept.text
+    bad = client.post(
+        f"{base}/whatsapp/templates",
+        data={"template.name": "Bad Name", "template.language": "en", "template.body": "Hi"},
+        headers=headers,
+    )
+    assert bad.status_code == 422 and "template.name" in errors_of(bad.text)
+
+    refused = client.post(
+        f"/console/streams/{orders['id']}/restrict", data={"reason": ""}, headers=headers
+    )
+    assert refused.status_code == 422 and "reason" in errors_of(refused.text)
+    held = client.post(
+        f"/console/streams/{orders['id']}/restrict", data={"reason": "KYC"}, headers=headers
+    )
+    assert held.status_code == 200 and held.headers["HX-Trigger"] == "streams-changed"
+    view = client.get(
+        f"/api/v1/streams/{orders['id']}", headers={"Authorization": f"Bearer {account_key}"}
+    ).json()
+    assert view["status"] == "restricted" and view["restricted_reason"] == "KYC"
+    client.post(f"/console/streams/{orders['id']}/unrestrict", headers=headers)
+    view = client.get(
+        f"/api/v1/streams/{orders['id']}", headers={"Authorization": f"Bearer {account_key}"}
+    ).json()
+    assert view["status"] == "ready"

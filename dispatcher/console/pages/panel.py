@@ -3,6 +3,7 @@ types it applies to. Each tab reads and writes through the management API's func
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import structlog
@@ -48,7 +49,9 @@ def tabs_for(stream_type: StreamType) -> list[tuple[str, str]]:
     return [(key, title) for key, (title, types) in TABS.items() if stream_type in types]
 
 
-def _tab_data(request: Request, account_id: Any, stream: StreamOut, tab: str) -> dict[str, Any]:
+def _tab_data(
+    request: Request, account_id: uuid.UUID, stream: StreamOut, tab: str
+) -> dict[str, Any]:
     """What the tab shows, read through the API's functions."""
     stream_id = stream.id
     if tab == "info":
@@ -76,7 +79,7 @@ def _tab_data(request: Request, account_id: Any, stream: StreamOut, tab: str) ->
 
 def _panel(
     request: Request,
-    account_id: Any,
+    account_id: uuid.UUID,
     stream_id: str,
     tab: str,
     *,
@@ -130,7 +133,7 @@ async def save_info(request: Request, signed_in: ChangingSession, stream_id: str
 
 
 def _save_info(
-    request: Request, account_id: Any, stream_id: str, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
 ) -> Response:
     try:
         body = StreamPatch.model_validate(stream_patch_body(values))
@@ -155,7 +158,7 @@ async def save_settings(request: Request, signed_in: ChangingSession, stream_id:
 
 
 def _save_settings(
-    request: Request, account_id: Any, stream_id: str, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
 ) -> Response:
     """Settings merge into the stream's (``PATCH`` with ``settings``): an emptied input
     clears its setting, the others keep theirs."""
@@ -185,7 +188,7 @@ async def add_event(request: Request, signed_in: ChangingSession, stream_id: str
 
 
 def _add_event(
-    request: Request, account_id: Any, stream_id: str, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
 ) -> Response:
     try:
         body = EventTemplateCreate.model_validate(
@@ -220,7 +223,7 @@ async def save_whatsapp(request: Request, signed_in: ChangingSession, stream_id:
 
 
 def _save_whatsapp(
-    request: Request, account_id: Any, stream_id: str, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
 ) -> Response:
     """Ids as typed; the access token and app secret only when a new one is typed."""
     try:
@@ -248,7 +251,7 @@ async def add_template(request: Request, signed_in: ChangingSession, stream_id: 
 
 
 def _add_template(
-    request: Request, account_id: Any, stream_id: str, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
 ) -> Response:
     fields = ("name", "language", "category", "body")
     try:

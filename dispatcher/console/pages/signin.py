@@ -34,7 +34,9 @@ def console_home() -> RedirectResponse:
 
 
 def _sign_in_page(request: Request, errors: FormErrors, status_code: int = 200) -> Response:
-    token = new_sign_in_token()
+    # Reused while it lasts, so two sign-in tabs do not invalidate each other.
+    presented = request.cookies.get(SIGN_IN_COOKIE, "")
+    token = presented if 32 <= len(presented) <= 64 else new_sign_in_token()
     response = render(request, "signin.html", status_code, sign_in_token=token, errors=errors)
     set_cookie(response, request, SIGN_IN_COOKIE, token, expires=None)
     return response

@@ -3,6 +3,7 @@ create-stream steps. Every action calls the management API's own function."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -21,7 +22,15 @@ from dispatcher.errors import ApiError
 from dispatcher.routes import streams as streams_api
 from dispatcher.routes import whatsapp as whatsapp_api
 from schemas.enums import StreamStatus, StreamType
-from schemas.streams import RestrictBody, StreamCreate, TestSend, TokenReset
+from schemas.streams import (
+    CALLBACK_SETTINGS,
+    OTP_ONLY_SETTINGS,
+    RestrictBody,
+    StreamCreate,
+    StreamOut,
+    TestSend,
+    TokenReset,
+)
 from schemas.whatsapp import WhatsAppSetup
 
 router = APIRouter(prefix=f"{CONSOLE_PATH}/streams", include_in_schema=False)
@@ -76,7 +85,7 @@ def _filters(name: str | None, status: str | None, tag: str | None) -> dict[str,
 
 def _table_context(
     request: Request,
-    account_id: Any,
+    account_id: uuid.UUID,
     name: str | None,
     status: str | None,
     tag: str | None,
@@ -152,7 +161,7 @@ def streams_table(
 # ---------------------------------------------------------------- actions
 
 
-def _stream(request: Request, account_id: Any, stream_id: str) -> Any:
+def _stream(request: Request, account_id: uuid.UUID, stream_id: str) -> StreamOut:
     return streams_api.get_stream(stream_id, request, account_id)
 
 
@@ -210,7 +219,7 @@ async def test_send(request: Request, signed_in: ChangingSession, stream_id: str
 
 
 def _test_send(
-    request: Request, account_id: Any, stream_id: str, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
 ) -> Response:
     stream = _stream(request, account_id, stream_id)
     try:
@@ -262,7 +271,7 @@ async def restrict(request: Request, signed_in: ChangingSession, stream_id: str)
     return await _in_thread(_restrict, request, signed_in.account_id, stream_id, reason)
 
 
-def _restrict(request: Request, account_id: Any, stream_id: str, reason: str) -> Response:
+def _restrict(request: Request, account_id: uuid.UUID, stream_id: str, reason: str) -> Response:
     try:
         body = RestrictBody(reason=reason)
     except ValidationError as exc:
@@ -335,30 +344,22 @@ def _wizard(
         required=REQUIRED_STEPS[stream_type],
         values=values,
         errors=errors,
-        first_error_step=_step_of_first_error(steps, errors),
+        first_error_step=_step_of_first_error(errors),
     )
 
 
-def _step_of_first_error(steps: tuple[tuple[str, str], ...], errors: FormErrors) -> str | None:
+def _step_of_first_error(errors: FormErrors) -> str | None:
+    """The create step holding the first field in error, so the form opens there."""
     for field in errors.by_field:
+        setting = field.removeprefix("settings.").split(".")[0]
         if field.startswith("whatsapp."):
             return "whatsapp"
-        if field in ("default_sender",):
+        if field == "default_sender":
             return "sender"
-        if field.startswith("settings.callback"):
+        if field.startswith("settings.") and setting in CALLBACK_SETTINGS:
             return "callbacks"
-        if field.startswith("settings.") and field.removeprefix("settings.") in (
-            "code_mode",
-            "code_length",
-            "alphabet",
-            "ttl_seconds",
-            "max_failures",
-            "resend_cooldown_seconds",
-            "template",
-            "codes_per_recipient_per_hour",
-            "codes_per_recipient_scope",
-        ):
-            return "codes" if any(k == "codes" for k, _ in steps) else "limits"
+        if field.startswith("settings.") and setting in OTP_ONLY_SETTINGS:
+            return "codes"
         if field.startswith("settings."):
             return "limits"
         return "details"
@@ -380,7 +381,7 @@ async def create(request: Request, signed_in: ChangingSession, stream_type: Stre
 
 
 def _create(
-    request: Request, account_id: Any, stream_type: StreamType, values: dict[str, str]
+    request: Request, account_id: uuid.UUID, stream_type: StreamType, values: dict[str, str]
 ) -> Response:
     try:
         body = StreamCreate.model_validate(stream_create_body(values, stream_type.value))
