@@ -263,6 +263,17 @@ def test_panel_errors_show_next_to_their_fields(
     )
     assert answer.status_code == 422
     assert "recipient_phone" in errors_of(answer.text)
+    draft = make_stream(name="Unfinished", type="otp", default_sender=None)
+    answer = client.post(
+        f"/console/streams/{draft['id']}/test",
+        data={"recipient_phone": "+972524265292"},
+        headers=headers,
+    )
+    assert answer.status_code == 422
+    assert (
+        'role="alert">The stream&#39;s set-up is not complete; see missing_steps.</div>'
+        in answer.text
+    )
 
 
 def test_one_account_never_sees_or_touches_anothers_streams(

@@ -229,9 +229,7 @@ def _test_send(
         )
         result = streams_api.test_stream(stream_id, body, request, account_id)
     except (ApiError, ValidationError) as exc:
-        errors = FormErrors.of(exc)
-        if isinstance(exc, ApiError) and exc.field is None:
-            errors.general = exc.message
+        errors = FormErrors.of(exc)  # a field-less refusal (draft, disabled) shows on top
         return render(
             request,
             "fragments/test.html",
