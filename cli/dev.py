@@ -143,5 +143,7 @@ def _banner(base: str, key: str, token: str, stream_id: str) -> str:
   List your streams:
     curl -s {base}/api/v1/streams -H 'Authorization: Bearer {key}'
 
+  Console: {base}/console  (sign in with the account key above)
+
   API docs: {base}/docs
 """

@@ -73,3 +73,17 @@ def client_address(
 
 def _in_any(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return any(address.version == net.version and address in net for net in networks)
+
+
+def request_scheme(
+    scheme: str, peer: str | None, forwarded_proto: str | None, trusted_proxies: Iterable[IPNetwork]
+) -> str:
+    """``http`` or ``https`` as the browser sees it: the connection's own scheme, or the
+    ``X-Forwarded-Proto`` a trusted proxy (the TLS terminator) sets. The header from anyone
+    else is ignored, as ``X-Forwarded-For`` is."""
+    address = parse_address(peer) if peer else None
+    if forwarded_proto and address is not None and _in_any(address, list(trusted_proxies)):
+        first = forwarded_proto.split(",")[0].strip().lower()
+        if first in ("http", "https"):
+            return first
+    return scheme

@@ -155,6 +155,8 @@ class Settings(BaseSettings):
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Public base URL of the ingress, shown in the Request API tab.
     public_url: str = "http://localhost:8080"
+    #: A console sign-in lasts this long; signing out or rotating the account key ends it.
+    console_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
 
     log_format: str = "auto"  # auto | json | console
     log_level: str = "INFO"

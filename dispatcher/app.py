@@ -18,6 +18,7 @@ from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from dispatcher.auth import TokenCache
 from dispatcher.body_limit import BodySizeLimit
+from dispatcher.console import install_console
 from dispatcher.errors import install_error_handlers
 from dispatcher.group_commit import GroupCommitter
 from dispatcher.otp import OneTimeCodes
@@ -83,6 +84,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(stats.router)
     app.include_router(realtime.router)
     app.state.feed_limiter = FeedLimiter(realtime.FEEDS_PER_ACCOUNT)
+    install_console(app)
     app.state.metrics_registry = exposition_registry(
         *([QueueDepthCollector(runtime.redis, NAMESPACE, QUEUES)] if runtime.redis else [])
     )

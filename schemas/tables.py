@@ -375,3 +375,21 @@ class StreamStat(Base):
     status: Mapped[str] = mapped_column(String(20), primary_key=True)
     messages: Mapped[int] = mapped_column(BigInteger)
     segments: Mapped[int] = mapped_column(BigInteger)
+
+
+class ConsoleSession(Base):
+    """A signed-in console browser. The cookie holds a random id; only its digest is kept,
+    so a copy of this table opens no session. ``key_digest`` is the account key's digest at
+    sign-in: rotating the key ends every session opened with the old one. The key itself is
+    never stored."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_expires", "expires_at"),)
+
+    id_digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    key_digest: Mapped[str] = mapped_column(String(64))
+    #: The synchronizer token every form and state-changing request of this session carries.
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
