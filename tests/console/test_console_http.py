@@ -350,6 +350,25 @@ def test_panel_tabs_change_the_stream_through_the_api(
         f"/api/v1/streams/{orders['id']}/events", headers={"Authorization": f"Bearer {account_key}"}
     ).json()["items"]
     assert [e["key"] for e in api_events] == ["order_shipped"]
+    form = client.get(f"{base}?tab=events&edit=order_shipped", headers=headers)
+    assert "Edit event" in form.text and "Hi {name}" in form.text
+    broken = client.post(
+        f"{base}/events/order_shipped",
+        data={"event.name": "Shipped", "event.template": "Hi {name"},
+        headers=headers,
+    )
+    assert broken.status_code == 422 and "event.template" in errors_of(broken.text)
+    changed = client.post(
+        f"{base}/events/order_shipped",
+        data={"event.name": "Shipped today", "event.template": "Hello {name}"},
+        headers=headers,
+    )
+    assert "Event order_shipped saved." in changed.text
+    (api_event,) = client.get(
+        f"/api/v1/streams/{orders['id']}/events",
+        headers={"Authorization": f"Bearer {account_key}"},
+    ).json()["items"]
+    assert (api_event["name"], api_event["template"]) == ("Shipped today", "Hello {name}")
     gone = client.post(f"{base}/events/order_shipped/delete", headers=headers)
     assert "No event templates yet." in gone.text
 

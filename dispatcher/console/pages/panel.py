@@ -24,7 +24,7 @@ from dispatcher.routes import stats as stats_api
 from dispatcher.routes import streams as streams_api
 from dispatcher.routes import whatsapp as whatsapp_api
 from schemas.enums import StreamType
-from schemas.event_templates import EventTemplateCreate
+from schemas.event_templates import EventTemplateCreate, EventTemplatePatch
 from schemas.streams import StreamOut, StreamPatch
 from schemas.whatsapp import TemplateCreate, WhatsAppSetup
 
@@ -50,9 +50,14 @@ def tabs_for(stream_type: StreamType) -> list[tuple[str, str]]:
 
 
 def _tab_data(
-    request: Request, account_id: uuid.UUID, stream: StreamOut, tab: str
+    request: Request,
+    account_id: uuid.UUID,
+    stream: StreamOut,
+    tab: str,
+    editing: str | None = None,
 ) -> dict[str, Any]:
-    """What the tab shows, read through the API's functions."""
+    """What the tab shows, read through the API's functions. ``editing`` is the key of the
+    event template whose edit form is open, when there is one."""
     stream_id = stream.id
     if tab == "info":
         stats = stats_api.stream_stats(stream_id, request, account_id, from_=None, to=None)
@@ -64,7 +69,8 @@ def _tab_data(
         )
         return {"stats": stats, "chart": chart}
     if tab == "events":
-        return {"events": events_api.list_events(stream_id, request, account_id).items}
+        events = events_api.list_events(stream_id, request, account_id).items
+        return {"events": events, "editing": next((e for e in events if e.key == editing), None)}
     if tab == "whatsapp":
         return {
             "setup": whatsapp_api.get_whatsapp(stream_id, request, account_id),
@@ -87,6 +93,7 @@ def _panel(
     values: dict[str, str] | None = None,
     saved: str | None = None,
     status_code: int = 200,
+    editing: str | None = None,
 ) -> Response:
     stream = streams_api.get_stream(stream_id, request, account_id)
     tabs = tabs_for(stream.type)
@@ -102,7 +109,7 @@ def _panel(
         errors=errors or FormErrors(),
         values=values,
         saved=saved,
-        **_tab_data(request, account_id, stream, tab),
+        **_tab_data(request, account_id, stream, tab, editing),
     )
 
 
@@ -112,8 +119,9 @@ def panel(
     signed_in: Session,
     stream_id: str,
     tab: Annotated[str, Query(max_length=20)] = "info",
+    edit: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    return _panel(request, signed_in.account_id, stream_id, tab)
+    return _panel(request, signed_in.account_id, stream_id, tab, editing=edit)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -184,17 +192,35 @@ def _save_settings(
 @router.post("/events")
 async def add_event(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
     values = await _form(request)
-    return await run_in_threadpool(_add_event, request, signed_in.account_id, stream_id, values)
+    return await run_in_threadpool(
+        _save_event, request, signed_in.account_id, stream_id, values, None
+    )
 
 
-def _add_event(
-    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
+def _event_fields(values: dict[str, str], *names: str) -> dict[str, str]:
+    return {name: values.get(f"event.{name}", "").strip() for name in names}
+
+
+def _save_event(
+    request: Request,
+    account_id: uuid.UUID,
+    stream_id: str,
+    values: dict[str, str],
+    key: str | None,
 ) -> Response:
+    """Create an event template (``key`` None) or change one's name and template (the key
+    stays, as in the API). A refusal reopens the same form with the errors by their fields."""
     try:
-        body = EventTemplateCreate.model_validate(
-            {k: values.get(f"event.{k}", "").strip() for k in ("key", "name", "template")}
-        )
-        events_api.create_event(stream_id, body, request, account_id)
+        if key is None:
+            created = EventTemplateCreate.model_validate(
+                _event_fields(values, "key", "name", "template")
+            )
+            events_api.create_event(stream_id, created, request, account_id)
+            saved = f"Event {created.key} added."
+        else:
+            patch = EventTemplatePatch.model_validate(_event_fields(values, "name", "template"))
+            events_api.patch_event(stream_id, key, patch, request, account_id)
+            saved = f"Event {key} saved."
     except (ApiError, ValidationError) as exc:
         return _panel(
             request,
@@ -204,8 +230,19 @@ def _add_event(
             errors=FormErrors.of(exc, "event."),
             values=values,
             status_code=422,
+            editing=key,
         )
-    return _panel(request, account_id, stream_id, "events", saved=f"Event {body.key} added.")
+    return _panel(request, account_id, stream_id, "events", saved=saved)
+
+
+@router.post("/events/{key}")
+async def change_event(
+    request: Request, signed_in: ChangingSession, stream_id: str, key: str
+) -> Response:
+    values = await _form(request)
+    return await run_in_threadpool(
+        _save_event, request, signed_in.account_id, stream_id, values, key
+    )
 
 
 @router.post("/events/{key}/delete")
