@@ -52,6 +52,22 @@ def not_found(what: str = "resource") -> ApiError:
     return ApiError(404, "not_found", f"No such {what}.")
 
 
+def json_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error body, declared as JSON explicitly.
+
+    For routes whose success is not JSON (plain text, an event stream): FastAPI would file a
+    ``model=`` response under the route's own media type, but errors are always JSON.
+    """
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        status: {
+            "description": "The error body of API.md",
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
 def error_response(
     status: int,
     code: str,
@@ -108,6 +124,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers 400 "error parsing the body" for bytes that are not UTF-8; to
+            # the contract that is a body that does not parse, like any other bad JSON.
+            return error_response(422, "invalid_json", "The body is not valid JSON (UTF-8).")
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
