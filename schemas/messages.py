@@ -47,8 +47,11 @@ class ItemError(BaseModel):
 
 
 class SendResult(BaseModel):
-    internal_id: str | None
-    message_id: str | None
+    """One item's outcome. A rejected item has no ``message_id`` (and no ``internal_id``
+    when it did not give one): the keys are left out, so they are not required."""
+
+    internal_id: str | None = None
+    message_id: str | None = None
     status: Literal["queued", "scheduled", "rejected"]
     segments: int | None = None
     encoding: Literal["GSM-7", "UCS-2"] | None = None
