@@ -38,6 +38,7 @@ from core.receipts import ReceiptIn, record_receipt
 from core.runtime import Runtime
 from core.signatures import (
     SIGNATURE_HEADER,
+    signed_request_id,
     verify_body_hmac,
     verify_hub_signature,
     verify_streams_signature,
@@ -224,7 +225,10 @@ async def inbound_message(stream_id: str, request: Request) -> InboundAccepted:
             sender=body.from_,
             recipient=body.to,
             text=body.text,
-            provider_message_id=body.message_id,
+            # Without the provider's id, the signed request is its own id: a replay of it
+            # inside the signature's tolerance is then a duplicate, not a second message.
+            provider_message_id=body.message_id
+            or signed_request_id(request.headers.get(SIGNATURE_HEADER), raw),
             received_at=body.received_at,
         )
     else:
