@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.enums import MessageStatus
+from schemas.text_rules import refuse_nul
 
 MAX_CONTENT_LENGTH = 1_600  # ten concatenated GSM-7 segments and then some
 
@@ -30,6 +31,10 @@ class SendItem(BaseModel):
     variables: dict[str, Any] | None = None
     template: dict[str, Any] | None = None
     media: dict[str, Any] | None = None
+
+    # Here, item by item, so a NUL is this item's field error; it never reaches a shared
+    # (group) commit, where PostgreSQL would refuse the whole transaction.
+    _no_nul = field_validator("*", mode="before")(refuse_nul)
 
 
 class SendRequest(BaseModel):

@@ -82,7 +82,7 @@ def _invalid_signature() -> ApiError:
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ApiError(422, "invalid_json", "The body is not valid JSON.") from None
 
 
