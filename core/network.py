@@ -13,11 +13,16 @@ def parse_network(cidr: str) -> IPNetwork:
     """Parse a CIDR (or a bare address) strictly enough to reject typos.
 
     Host bits are allowed (``10.0.0.7/24`` means ``10.0.0.0/24``), since people paste them.
+    A zone id (``fe80::1%eth0``) is refused: it names an interface of one host, so in an
+    allowlist it would mean nothing, or silently never match. A /0 is the whole family
+    (``0.0.0.0/0``: every IPv4 address), an explicit "allow all" that the caller can see.
     Raises ``ValueError`` with a readable reason.
     """
     text = cidr.strip()
     if not text or len(text) > 64 or not text.isascii():
         raise ValueError(f"{cidr!r} is not an IPv4 or IPv6 address or CIDR")
+    if "%" in text:
+        raise ValueError(f"{cidr!r} has a zone id (%...); allowlists take addresses without one")
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError as exc:

@@ -11,6 +11,8 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.network import parse_network
+
 SQLITE_DEFAULT_URL = "sqlite:///.streams/dev.db"
 
 
@@ -208,6 +210,19 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: list[str]) -> list[str]:
+        # Parsed here so a typo stops start-up naming the variable, not a request later.
+        for index, cidr in enumerate(value):
+            network = parse_network(cidr)  # ValueError: pydantic names the field
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"trusted_proxies[{index}] {cidr!r} trusts every peer: anyone could then "
+                    "choose their client address with X-Forwarded-For; name your proxies"
+                )
         return value
 
     @property

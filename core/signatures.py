@@ -40,8 +40,29 @@ def verify_streams_signature(
 ) -> bool:
     """True when ``header`` is a valid ``t=…,v1=…`` signature of ``body`` made within
     ``tolerance_seconds`` of ``now``. Several ``v1`` values are allowed (secret rotation)."""
-    if not header or len(header) > _MAX_HEADER_LENGTH:
+    timestamp, candidates = _parse_streams_header(header)
+    if timestamp is None or not candidates or abs(now - timestamp) > tolerance_seconds:
         return False
+    expected = streams_signature(secret, body, timestamp).split("v1=", 1)[1]
+    return any(_equal(expected, candidate) for candidate in candidates)
+
+
+def signed_request_id(header: str | None, body: bytes) -> str | None:
+    """An id for one signed request: its timestamp and a digest of its body.
+
+    A replay re-sends the same ``(t, body)`` (a new ``t`` needs the secret), so the id of a
+    replay inside the tolerance equals the original's and the receiver can record it once.
+    ``None`` when the header has no timestamp. Call after ``verify_streams_signature``.
+    """
+    timestamp, _ = _parse_streams_header(header)
+    if timestamp is None:
+        return None
+    return f"signed:{timestamp}:{hashlib.sha256(body).hexdigest()[:40]}"
+
+
+def _parse_streams_header(header: str | None) -> tuple[int | None, list[str]]:
+    if not header or len(header) > _MAX_HEADER_LENGTH:
+        return None, []
     timestamp: int | None = None
     candidates: list[str] = []
     for part in header.split(","):
@@ -50,10 +71,7 @@ def verify_streams_signature(
             timestamp = int(value)
         elif key == "v1" and value:
             candidates.append(value)
-    if timestamp is None or not candidates or abs(now - timestamp) > tolerance_seconds:
-        return False
-    expected = streams_signature(secret, body, timestamp).split("v1=", 1)[1]
-    return any(_equal(expected, candidate) for candidate in candidates)
+    return timestamp, candidates
 
 
 def verify_hub_signature(header: str | None, body: bytes, app_secret: str) -> bool:

@@ -21,6 +21,7 @@ from dispatcher.body_limit import BodySizeLimit
 from dispatcher.console import install_console
 from dispatcher.errors import install_error_handlers
 from dispatcher.group_commit import GroupCommitter
+from dispatcher.openapi_bodies import document_raw_bodies
 from dispatcher.otp import OneTimeCodes
 from dispatcher.realtime_feed import FeedLimiter
 from dispatcher.request_metrics import RequestMetrics
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         *([QueueDepthCollector(runtime.redis, NAMESPACE, QUEUES)] if runtime.redis else [])
     )
 
+    document_raw_bodies(app, webhooks.RAW_BODY_MODELS)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from threading import Lock
 from time import monotonic
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
@@ -81,6 +82,17 @@ class TokenCache:
                 del self._entries[key]
 
 
+#: How the OpenAPI document tells the two credentials apart. ``auto_error=False``: they only
+#: declare the scheme; the dependencies below read the header and answer the contract's 401.
+ACCOUNT_KEY = HTTPBearer(
+    scheme_name="accountKey", description="An account key (sk_...)", auto_error=False
+)
+STREAM_TOKEN = HTTPBearer(
+    scheme_name="streamToken", description="A stream token (st_...)", auto_error=False
+)
+Declared = HTTPAuthorizationCredentials | None
+
+
 def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -110,7 +122,9 @@ def find_account(runtime: Runtime, key: str) -> uuid.UUID | None:
     return row.id
 
 
-async def require_account(request: Request) -> uuid.UUID:
+async def require_account(
+    request: Request, _declared: Annotated[Declared, Depends(ACCOUNT_KEY)] = None
+) -> uuid.UUID:
     """Dependency: the id of the account whose key is presented, or 401."""
     key = bearer_token(request)
     if key is None:
@@ -163,7 +177,9 @@ _STATE_ERRORS = {
 }
 
 
-async def require_stream(request: Request) -> StreamAccess:
+async def require_stream(
+    request: Request, _declared: Annotated[Declared, Depends(STREAM_TOKEN)] = None
+) -> StreamAccess:
     """Dependency for the send API: the stream a token opens, called from an allowed
     address, in a state that accepts sends. 401, 403 or 409 otherwise."""
     token = bearer_token(request)

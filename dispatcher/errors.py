@@ -9,7 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger(__name__)
@@ -50,6 +50,22 @@ class ApiError(Exception):
 
 def not_found(what: str = "resource") -> ApiError:
     return ApiError(404, "not_found", f"No such {what}.")
+
+
+def json_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error body, declared as JSON explicitly.
+
+    For routes whose success is not JSON (plain text, an event stream): FastAPI would file a
+    ``model=`` response under the route's own media type, but errors are always JSON.
+    """
+    schema = {"$ref": "#/components/schemas/ErrorBody"}
+    return {
+        status: {
+            "description": "The error body of API.md",
+            "content": {"application/json": {"schema": schema}},
+        }
+        for status in statuses
+    }
 
 
 def error_response(
@@ -108,6 +124,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers 400 "error parsing the body" for bytes that are not UTF-8; to
+            # the contract that is a body that does not parse, like any other bad JSON.
+            return error_response(422, "invalid_json", "The body is not valid JSON (UTF-8).")
+        if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+            # The same 400, for JSON nested deeper than the parser's recursion limit.
+            return error_response(422, "invalid_json", "The body's JSON is nested too deeply.")
         code = _STATUS_CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
@@ -125,6 +148,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _database_error(_request: Request, exc: DBAPIError) -> JSONResponse:
         if exc.connection_invalidated:
             return await _database_down(_request, exc)  # type: ignore[arg-type]
+        if isinstance(exc, DataError) and "NUL" in str(exc.orig):
+            # PostgreSQL text cannot hold U+0000; psycopg refuses it before sending, so
+            # nothing was written. Send items are checked earlier, naming their field.
+            return error_response(
+                422, "invalid_text", "Text may not contain the NUL character (U+0000)."
+            )
         log.exception("database_error")
         return error_response(500, "internal_error", "An internal error occurred.")
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
 
 from schemas.enums import MessageStatus
+from schemas.text_rules import refuse_nul
 
 MAX_CONTENT_LENGTH = 1_600  # ten concatenated GSM-7 segments and then some
 
@@ -31,6 +32,10 @@ class SendItem(BaseModel):
     template: dict[str, Any] | None = None
     media: dict[str, Any] | None = None
 
+    # Here, item by item, so a NUL is this item's field error; it never reaches a shared
+    # (group) commit, where PostgreSQL would refuse the whole transaction.
+    _no_nul = field_validator("*", mode="before")(refuse_nul)
+
 
 class SendRequest(BaseModel):
     """The envelope only; items are checked one by one by the ingress."""
@@ -47,8 +52,11 @@ class ItemError(BaseModel):
 
 
 class SendResult(BaseModel):
-    internal_id: str | None
-    message_id: str | None
+    """One item's outcome. A rejected item has no ``message_id`` (and no ``internal_id``
+    when it did not give one): the keys are left out, so they are not required."""
+
+    internal_id: str | None = None
+    message_id: str | None = None
     status: Literal["queued", "scheduled", "rejected"]
     segments: int | None = None
     encoding: Literal["GSM-7", "UCS-2"] | None = None

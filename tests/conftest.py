@@ -32,7 +32,7 @@ POSTGRES_SERVER = os.environ.get(
 REDIS_URL = os.environ.get("STREAMS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 CLIENT_IP = "203.0.113.10"
 #: Fixtures of their own modules (OTP: a movable clock, OTP streams).
-pytest_plugins = ["tests.otp_codes"]
+pytest_plugins = ["tests.otp_codes", "tests.log_secrecy"]
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
 from core.metrics import render_metrics
@@ -43,7 +44,11 @@ def readyz(request: Request) -> dict[str, object] | Response:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics_endpoint(request: Request) -> Response:
     """Prometheus text format: this process (or all of ``serve --workers N``) and the depth
     of every queue."""

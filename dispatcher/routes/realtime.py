@@ -8,16 +8,36 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from dispatcher.auth import require_account, runtime_of
-from dispatcher.errors import ApiError
+from dispatcher.errors import ApiError, json_error_responses
 from dispatcher.realtime_feed import FeedFilters, FeedLimiter, RealtimeFeed
 from schemas.enums import StreamStatus
-from schemas.errors import ErrorBody
+from schemas.stats import RealtimeSnapshot
 
 router = APIRouter(prefix="/api/v1", tags=["realtime"])
 Account = Annotated[uuid.UUID, Depends(require_account)]
 
 #: Open feeds one account may hold on one ingress process.
 FEEDS_PER_ACCOUNT = 5
+#: One Server-Sent Event of the feed, as OpenAPI describes an event stream's items: its
+#: ``data`` is a RealtimeSnapshot in JSON (the enums it names are in the components).
+SNAPSHOT_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"const": "snapshot"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                key: value
+                for key, value in RealtimeSnapshot.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                ).items()
+                if key != "$defs"
+            },
+        },
+    },
+}
 
 
 @router.get(
@@ -26,12 +46,12 @@ FEEDS_PER_ACCOUNT = 5
     response_class=RealtimeFeed,
     responses={
         200: {
-            "content": {"text/event-stream": {}},
+            "content": {"text/event-stream": {"schema": SNAPSHOT_EVENT}},
             "description": "A `snapshot` event per stream each second; its `data` is a "
             "RealtimeSnapshot (stream_id, name, type, status, in_per_second, out_per_second, "
             "in_flight, errors_last_minute, at).",
         },
-        **{code: {"model": ErrorBody} for code in (401, 422, 429)},
+        **json_error_responses(401, 422, 429),
     },
 )
 async def realtime(

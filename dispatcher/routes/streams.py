@@ -35,6 +35,7 @@ from schemas.streams import (
     StreamPage,
     StreamPatch,
     StreamSettings,
+    Tag,
     TestSend,
     TokenOut,
     TokenReset,
@@ -241,7 +242,7 @@ def list_streams(
     account_id: Account,
     name: Annotated[str | None, Query(max_length=200)] = None,
     status: StreamStatus | None = None,
-    tag: Annotated[list[str] | None, Query(max_length=20)] = None,
+    tag: Annotated[list[Tag] | None, Query(max_length=20)] = None,
     type: StreamType | None = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -433,7 +434,12 @@ def put_settings(
         return dict(stream.settings)
 
 
-@router.post("/{stream_id}/test", status_code=202, response_model=SendResult, responses=_ERRORS)
+@router.post(
+    "/{stream_id}/test",
+    status_code=202,
+    response_model=SendResult,
+    responses={**_ERRORS, 403: {"model": ErrorBody}},
+)
 def test_stream(
     stream_id: str, body: TestSend, request: Request, account_id: Account
 ) -> SendResult:

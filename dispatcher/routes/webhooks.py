@@ -38,13 +38,20 @@ from core.receipts import ReceiptIn, record_receipt
 from core.runtime import Runtime
 from core.signatures import (
     SIGNATURE_HEADER,
+    signed_request_id,
     verify_body_hmac,
     verify_hub_signature,
     verify_streams_signature,
 )
 from dispatcher.auth import runtime_of
-from dispatcher.errors import ApiError, describe_validation_error, not_found
+from dispatcher.errors import (
+    ApiError,
+    describe_validation_error,
+    json_error_responses,
+    not_found,
+)
 from dispatcher.inbound import InboundIn, InboundRejected, record_inbound
+from dispatcher.openapi_bodies import raw_json_body
 from schemas.enums import StreamType
 from schemas.errors import ErrorBody
 from schemas.tables import Stream, WhatsAppConfig
@@ -56,6 +63,8 @@ router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 log = structlog.get_logger(__name__)
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 422)}
 MAX_RECEIPTS_PER_REQUEST = 1000
+#: The bodies these routes parse themselves (after the signature), for the OpenAPI document.
+RAW_BODY_MODELS = (SandboxInbound, MetaWebhook)
 #: WhatsApp statuses in our words ("read" implies "delivered"; a failure after Meta took the
 #: message means the handset never got it).
 WHATSAPP_STATUSES = {
@@ -73,7 +82,7 @@ def _invalid_signature() -> ApiError:
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise ApiError(422, "invalid_json", "The body is not valid JSON.") from None
 
 
@@ -101,7 +110,13 @@ def _enqueue_callbacks(runtime: Runtime, callback_ids: list[uuid.UUID]) -> None:
 # ---------------------------------------------------------------- delivery receipts
 
 
-@router.post("/dlr/{provider}", responses=_ERRORS)
+@router.post(
+    "/dlr/{provider}",
+    responses={**_ERRORS, 413: {"model": ErrorBody}},
+    openapi_extra=raw_json_body(
+        schema={"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}
+    ),
+)
 async def delivery_receipts(provider: str, request: Request) -> dict[str, int]:
     """Delivery receipts from the ``http`` provider: one receipt object or a list of them,
     in the configured field mapping, signed with the provider's webhook secret."""
@@ -170,7 +185,12 @@ def _inbound_route(runtime: Runtime, stream_id: str) -> _InboundRoute:
     return _InboundRoute(stream, provider, secret)
 
 
-@router.post("/{stream_id}/inbound", response_model=InboundAccepted, responses=_ERRORS)
+@router.post(
+    "/{stream_id}/inbound",
+    response_model=InboundAccepted,
+    responses=_ERRORS,
+    openapi_extra=raw_json_body(SandboxInbound),
+)
 async def inbound_message(stream_id: str, request: Request) -> InboundAccepted:
     """A two-way MO message. Sandbox body: ``{"from", "to", "text", "received_at"?}`` signed
     with ``X-Streams-Signature``; ``http`` provider body in its configured mapping, signed
@@ -205,7 +225,10 @@ async def inbound_message(stream_id: str, request: Request) -> InboundAccepted:
             sender=body.from_,
             recipient=body.to,
             text=body.text,
-            provider_message_id=body.message_id,
+            # Without the provider's id, the signed request is its own id: a replay of it
+            # inside the signature's tolerance is then a duplicate, not a second message.
+            provider_message_id=body.message_id
+            or signed_request_id(request.headers.get(SIGNATURE_HEADER), raw),
             received_at=body.received_at,
         )
     else:
@@ -274,7 +297,14 @@ def _whatsapp_route(runtime: Runtime, stream_id: str) -> _WhatsAppRoute:
     return route
 
 
-@router.get("/{stream_id}/whatsapp", response_class=PlainTextResponse, responses=_ERRORS)
+@router.get(
+    "/{stream_id}/whatsapp",
+    response_class=PlainTextResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        **json_error_responses(401, 403, 404, 422),
+    },
+)
 async def whatsapp_verification(
     stream_id: str,
     request: Request,
@@ -299,7 +329,7 @@ async def whatsapp_verification(
     return PlainTextResponse(challenge)
 
 
-@router.post("/{stream_id}/whatsapp", responses=_ERRORS)
+@router.post("/{stream_id}/whatsapp", responses=_ERRORS, openapi_extra=raw_json_body(MetaWebhook))
 async def whatsapp_events(stream_id: str, request: Request) -> dict[str, int]:
     """Meta's events for the stream's phone number: ``statuses[]`` move messages forward,
     ``messages[]`` are inbound messages. Events for other phone numbers of the same app are

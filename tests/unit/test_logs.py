@@ -15,6 +15,9 @@ import structlog
 
 from core.logs import REDACTED, configure_logging, redact_secrets, scrub
 
+#: These feed made-up secrets to loggers on purpose, to see them redacted.
+pytestmark = pytest.mark.logs_secrets_on_purpose
+
 TOKEN = "st_" + "T0kenRandomPart-_" * 3  # shaped like core.credentials.new_stream_token()
 KEY = "sk_" + "AccountKeyRandom9" * 3
 WEBHOOK = "whsec_" + "WebhookSecretXyz" * 3

@@ -184,3 +184,9 @@ def test_parse_network(text: str, expected: object) -> None:
 def test_parse_network_rejects(text: str) -> None:
     with pytest.raises(ValueError, match=r"is not an IPv4 or IPv6 address or CIDR"):
         parse_network(text)
+
+
+@pytest.mark.parametrize("text", ["fe80::1%eth0", "fe80::%eth0/64", "fe80::1%1", "fe80::1%"])
+def test_parse_network_refuses_zone_ids(text: str) -> None:
+    with pytest.raises(ValueError, match=r"has a zone id"):
+        parse_network(text)
