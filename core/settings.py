@@ -149,6 +149,13 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=20, ge=1, le=200)
     #: Empty means dramatiq's in-process StubBroker: only for the all-in-one ``streams dev``.
     redis_url: str | None = None
+    #: How long one Redis command (an enqueue, a rate-limit call) may wait for its answer.
+    #: A hung Redis costs an ingress request at most this much (plus the connect timeout):
+    #: the message is then left to the relay. Keep it above the slowest legitimate command
+    #: (dramatiq's queue maintenance on a large backlog takes milliseconds).
+    redis_socket_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    #: How long opening a Redis connection may take.
+    redis_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     #: Derives the keys that encrypt stream tokens at rest. Required outside ``streams dev``.
     secret_key: str | None = None
     #: Peers whose ``X-Forwarded-For`` is believed (CIDRs). Everyone else is the client.
