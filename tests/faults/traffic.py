@@ -3,7 +3,10 @@ several kept-alive connections, each answer kept for the test to check."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +31,12 @@ class Answers:
         except ValueError:
             body = response.text
         self.bodies_by_status.setdefault(response.status_code, []).append(body)
-        if response.status_code == 202:
+        if response.status_code == 202 and "results" in body:  # /v1/messages
             self.accepted_ids += [
                 r["message_id"] for r in body["results"] if r["status"] != "rejected"
             ]
+        elif response.status_code == 202:  # /v1/otp/send
+            self.accepted_ids.append(body["message_id"])
 
     def merge(self, other: Answers) -> None:
         self.statuses += other.statuses
@@ -78,3 +83,78 @@ def send_all(
 def _deal(items: list[Any], hands: int) -> Iterator[list[Any]]:
     for hand in range(hands):
         yield items[hand::hands]
+
+
+@dataclass(frozen=True)
+class Send:
+    """One request of a traffic mix: where, with which token, what body."""
+
+    path: str
+    token: str
+    body: dict[str, Any]
+
+
+class SteadyTraffic:
+    """Requests from ``make(n)`` (``n`` counts up from 0) over ``connections`` kept-alive
+    clients, paced to ``rate`` requests per second overall (None: as fast as answers come),
+    from ``start()`` until ``stop()``. Answers are collected; each entry of ``log`` is
+    ``(time, status, request)``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        make: Callable[[int], Send],
+        *,
+        connections: int = 4,
+        rate: float | None = None,
+        timeout: float = 30,
+    ) -> None:
+        self._base = base_url
+        self._make = make
+        self._connections = connections
+        self._interval = connections / rate if rate else 0.0
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._count = itertools.count()
+        self.answers = Answers()
+        self.log: list[tuple[float, int, Send]] = []
+        self.transport_errors: list[str] = []
+
+    def start(self) -> None:
+        for _ in range(self._connections):
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self._timeout + 5)
+
+    def count(self, status: int) -> int:
+        with self._lock:
+            return self.answers.statuses.count(status)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self._base, timeout=self._timeout) as client:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                send = self._make(next(self._count))
+                try:
+                    response = client.post(
+                        send.path, json=send.body, headers={"Authorization": f"Bearer {send.token}"}
+                    )
+                except httpx.TransportError as exc:
+                    with self._lock:
+                        self.transport_errors.append(f"{type(exc).__name__}: {exc}")
+                        self.answers.statuses.append(0)
+                        self.log.append((time.monotonic(), 0, send))
+                else:
+                    with self._lock:
+                        self.answers.add(response)
+                        self.log.append((time.monotonic(), response.status_code, send))
+                if self._interval:
+                    next_at += self._interval
+                    self._stop.wait(max(0.0, next_at - time.monotonic()))
