@@ -175,6 +175,10 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
 
     #: A message claimed for sending longer ago than this is considered abandoned and reclaimed.
+    #: Keep it well above the providers' timeouts: a claim taken back while its provider call
+    #: still runs is offered twice. The sandbox and http providers recognise the repeated
+    #: reference; WhatsApp's Cloud API has no idempotency key, so there it would be a second
+    #: message.
     claim_lease_seconds: float = Field(default=300.0, gt=0)
     #: The relay leaves a fresh message to the ingress' own enqueue for this long.
     relay_grace_seconds: float = Field(default=5.0, ge=0)
