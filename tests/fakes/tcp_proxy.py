@@ -18,6 +18,7 @@ class ResettingProxy:
     def __init__(self, target_port: int) -> None:
         self._target = ("127.0.0.1", target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)  # accept() wakes up to notice close()
         self.port: int = self._listener.getsockname()[1]
         self._resets = 0
         self._reset_done = 0
@@ -45,8 +46,11 @@ class ResettingProxy:
         while not self._closed.is_set():
             try:
                 client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            client.settimeout(None)
             threading.Thread(target=self._pipe, args=(client,), daemon=True).start()
 
     def _pipe(self, client: socket.socket) -> None:

@@ -114,6 +114,22 @@ def retries(runtime, message: Message, code: str) -> list[float]:
     return waited
 
 
+#: (name, what the fake does next, the error code each failure is recorded with, failures)
+Scenario = tuple[str, Callable[[], None], str, int]
+
+
+def run_scenarios(runtime, client, token: str, scenarios: list[Scenario]) -> None:  # type: ignore[no-untyped-def]
+    """One message per scenario, one after the other (the fakes' scripts apply to the next
+    requests): each is sent after exactly ``failures`` retries of ``code``."""
+    for name, script, code, failures in scenarios:
+        script()
+        sent = send_and_settle(runtime, client, token, internal_id=name)
+        events = history(runtime, str(sent.id))
+        assert sent.status == "sent", (name, events)
+        assert sent.attempts == failures + 1, (name, events)
+        assert len(retries(runtime, sent, code)) == failures, (name, events)
+
+
 def assert_dead_letter(runtime, message: Message, code: str) -> None:
     assert message.status == "failed" and message.error_code == code, message.error_message
     assert message.attempts == MAX_ATTEMPTS, "retried within policy, then failed"
@@ -127,7 +143,7 @@ def test_http_provider_faults_are_retried_within_policy_then_fail_with_a_reason(
 ):
     token = make_stream()["token"]
     proxy: ResettingProxy = sms.proxy
-    scenarios: list[tuple[str, Callable[[], None], str, int]] = [
+    scenarios: list[Scenario] = [
         ("timeout", lambda: sms.fail_next(2, 503, delay_seconds=1.0), "provider_timeout", 2),
         ("5xx", lambda: sms.fail_next(2, 503), "provider_unavailable", 2),
         (
@@ -139,15 +155,7 @@ def test_http_provider_faults_are_retried_within_policy_then_fail_with_a_reason(
         ("reset", lambda: proxy.reset_next(2), "provider_unreachable", 2),
     ]
     with pipeline(runtime, ["transactional"], threads=4):
-        for name, script, code, failures in scenarios:
-            script()
-            sent = send_and_settle(runtime, client, token, internal_id=name)
-            assert sent.status == "sent", (name, history(runtime, str(sent.id)))
-            assert sent.attempts == failures + 1, name
-            assert len(retries(runtime, sent, code)) == failures, (
-                name,
-                history(runtime, str(sent.id)),
-            )
+        run_scenarios(runtime, client, token, scenarios)
         throttled = stored(runtime, str(_id_of(runtime, "429")))
         assert min(retries(runtime, throttled, "provider_throttled")) >= 1.0, "Retry-After held"
         assert proxy.resets_done == 2
@@ -187,14 +195,19 @@ def test_whatsapp_faults_are_retried_within_policy_then_fail_with_a_reason(
 ):
     token = whatsapp_stream(make_stream, client, account_key)["token"]
     proxy: ResettingProxy = cloud.proxy
-    scenarios: list[tuple[str, Callable[[], None], str, int]] = [
+    scenarios: list[Scenario] = [
         (
             "timeout",
             lambda: cloud.fail_next(1, 131000, status=500, delay_seconds=1.0),
             "whatsapp_timeout",
             1,
         ),
-        ("5xx", lambda: cloud.fail_next(2, 2, "Service unavailable", status=503), "", 2),
+        (
+            "5xx",
+            lambda: cloud.fail_next(2, 2, "Service unavailable", status=503),
+            "whatsapp_service_unavailable",
+            2,
+        ),
         (
             "429",
             lambda: cloud.fail_next(
@@ -206,16 +219,7 @@ def test_whatsapp_faults_are_retried_within_policy_then_fail_with_a_reason(
         ("reset", lambda: proxy.reset_next(1), "whatsapp_unreachable", 1),
     ]
     with pipeline(runtime, ["whatsapp"], threads=4):
-        for name, script, code, failures in scenarios:
-            script()
-            sent = send_and_settle(runtime, client, token, internal_id=name)
-            assert sent.status == "sent", (name, history(runtime, str(sent.id)))
-            assert sent.attempts == failures + 1, name
-            code = code or "whatsapp_service_unavailable"
-            assert len(retries(runtime, sent, code)) == failures, (
-                name,
-                history(runtime, str(sent.id)),
-            )
+        run_scenarios(runtime, client, token, scenarios)
         throttled = stored(runtime, str(_id_of(runtime, "429")))
         assert min(retries(runtime, throttled, "whatsapp_rate_limited")) >= 1.0
 
