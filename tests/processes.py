@@ -77,8 +77,11 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
 
 
 @contextmanager
-def ingress(settings: Settings, log: Path, **extra: object) -> Iterator[str]:
-    """A real ``streams serve`` on a free port; yields its base URL once it answers."""
+def ingress_process(
+    settings: Settings, log: Path, **extra: object
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real ``streams serve`` on a free port; yields its base URL, once it answers, and
+    its process (with one uvicorn worker, the process that serves)."""
     port = free_port()
     with running(
         ["serve", "--host", "127.0.0.1", "--port", str(port)], environment(settings, **extra), log
@@ -94,6 +97,13 @@ def ingress(settings: Settings, log: Path, **extra: object) -> Iterator[str]:
                 return False
 
         assert wait_until(up, 20), log.read_text()[-2000:]
+        yield base, proc
+
+
+@contextmanager
+def ingress(settings: Settings, log: Path, **extra: object) -> Iterator[str]:
+    """A real ``streams serve`` on a free port; yields its base URL once it answers."""
+    with ingress_process(settings, log, **extra) as (base, _):
         yield base
 
 
