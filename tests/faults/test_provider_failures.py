@@ -1,10 +1,11 @@
-"""Fault 4: providers that time out, fail with 5xx, throttle with 429 and Retry-After, or
-reset the connection, against the local fake HTTP SMS API and the fake WhatsApp Cloud API
-(each behind a proxy that can reset connections). Passing errors are retried within policy
-(at most ``max_send_attempts`` attempts, waiting at least Retry-After), then the message
-fails with the provider's reason and is kept as a dead letter. A message never stays in
-``sending``: a claim whose worker died is reclaimed after the claim lease and sent again
-under the same reference, which the provider recognises, so the recipient gets one SMS."""
+"""Fault 4: providers that time out, fail with 5xx, throttle with 429 and Retry-After,
+reset the connection, or answer in a form that cannot be read, against the local fake HTTP
+SMS API and the fake WhatsApp Cloud API (each behind a proxy that can reset connections).
+Passing errors are retried within policy (at most ``max_send_attempts`` attempts, waiting at
+least Retry-After), then the message fails with the provider's reason and is kept as a dead
+letter. A message never stays in ``sending``: a claim whose worker died is reclaimed after
+the claim lease and sent again under the same reference, which the provider recognises, so
+the recipient gets one SMS."""
 
 from __future__ import annotations
 
@@ -153,6 +154,12 @@ def test_http_provider_faults_are_retried_within_policy_then_fail_with_a_reason(
             1,
         ),
         ("reset", lambda: proxy.reset_next(2), "provider_unreachable", 2),
+        (
+            "unreadable",  # a body not in its declared encoding: httpx.DecodingError
+            lambda: sms.fail_next(1, 502, headers={"Content-Encoding": "gzip"}),
+            "provider_unreadable_answer",
+            1,
+        ),
     ]
     with pipeline(runtime, ["transactional"], threads=4):
         run_scenarios(runtime, client, token, scenarios)
@@ -217,6 +224,12 @@ def test_whatsapp_faults_are_retried_within_policy_then_fail_with_a_reason(
             1,
         ),
         ("reset", lambda: proxy.reset_next(1), "whatsapp_unreachable", 1),
+        (
+            "unreadable",
+            lambda: cloud.fail_next(1, 131000, status=500, headers={"Content-Encoding": "gzip"}),
+            "whatsapp_unreadable_answer",
+            1,
+        ),
     ]
     with pipeline(runtime, ["whatsapp"], threads=4):
         run_scenarios(runtime, client, token, scenarios)
