@@ -183,6 +183,11 @@ class Settings(BaseSettings):
     #: The relay leaves a fresh message to the ingress' own enqueue for this long.
     relay_grace_seconds: float = Field(default=5.0, ge=0)
     relay_interval_seconds: float = Field(default=1.0, gt=0)
+    #: A message marked enqueued this long ago that still waits, while its queue holds
+    #: nothing in Redis (nothing ready, fetched or delayed), was lost by the broker (Redis
+    #: restarted without persistence, failed over to an empty replica, was flushed): the
+    #: relay enqueues it again; the claim turns any copy that did survive into a no-op.
+    relay_lost_after_seconds: float = Field(default=60.0, gt=0)
     relay_batch: int = Field(default=1000, ge=1)
     #: Provider errors that may pass are retried this many times before the message fails.
     max_send_attempts: int = Field(default=5, ge=1)
