@@ -93,7 +93,8 @@ class PrivateCluster:
         command = [str(self._bin / program), *args]
         if self._as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=60)
+        # From a directory the postgres user may enter (a clone under /root is closed to it).
+        subprocess.run(command, check=True, capture_output=True, timeout=60, cwd=self._root)
 
 
 @contextmanager
