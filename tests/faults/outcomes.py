@@ -7,7 +7,7 @@ import redis
 from sqlalchemy import func, select
 
 from schemas.tables import Message, MessageEvent
-from workers.providers.sandbox import REPEATS_KEY, SUBMISSIONS_KEY
+from workers.providers.sandbox import LEDGER_PREFIX, REPEATS_KEY, SUBMISSIONS_KEY
 
 
 def status_counts(session_factory) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -33,3 +33,8 @@ def carrier_ledger(client: redis.Redis) -> tuple[int, int]:
     """``(submissions, repeats)`` at the sandbox carrier: distinct references it took, and
     repeated offers of a reference it already had (answered with the first id, not sent)."""
     return int(client.get(SUBMISSIONS_KEY) or 0), int(client.get(REPEATS_KEY) or 0)
+
+
+def carrier_references(client: redis.Redis) -> int:
+    """How many distinct references the sandbox carrier holds (one ledger key each)."""
+    return sum(1 for _ in client.scan_iter(match=LEDGER_PREFIX + "*", count=1000))
