@@ -15,6 +15,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from core.redis_clients import redis_client
 from core.settings import Settings
 from schemas.enums import StreamType
 
@@ -46,7 +47,7 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     broker: dramatiq.Broker
     if settings.redis_url:
         broker = RedisBroker(
-            url=settings.redis_url,
+            client=redis_client(settings.redis_url, settings),
             namespace=NAMESPACE,
             middleware=middleware,
             heartbeat_timeout=settings.broker_heartbeat_timeout_ms,

@@ -81,7 +81,7 @@ MESSAGES_HELD = Counter(
 )
 RELAYED = Counter(
     "streams_relay_enqueued_total",
-    "Messages the relay put on a queue, by reason (missed, held, scheduled, reclaimed).",
+    "Messages the relay put on a queue, by reason (missed, held, scheduled, reclaimed, lost).",
     ["reason"],
 )
 

@@ -67,6 +67,16 @@ def read_depths(
     return depths
 
 
+def empty_queues(client: redis.Redis, namespace: str, queues: Sequence[str]) -> set[str]:
+    """The queues that hold nothing at all: no id ready, fetched by a worker or delayed."""
+    depths = read_depths(client, namespace, queues)
+    return {
+        queue
+        for queue, states in depths.items()
+        if states["ready"] == states["fetched"] == states["delayed"] == 0
+    }
+
+
 class QueueDepthCollector:
     """A Prometheus collector: ``streams_queue_depth`` for ``queues`` at every scrape.
 

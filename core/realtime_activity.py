@@ -86,8 +86,12 @@ class RedisActivityCounters:
     """Counters in Redis, written through a client of their own with short timeouts: the feed
     is best effort, and a Redis that hangs must not hold up a commit's other listeners."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    def __init__(
+        self, url: str, *, clock: Callable[[], float] = time.time, timeout_seconds: float = 1.0
+    ) -> None:
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
         self._url = url
         self._clock = clock
 

@@ -19,6 +19,7 @@ from core.realtime_activity import (
     MemoryActivityCounters,
     RedisActivityCounters,
 )
+from core.redis_clients import redis_client
 from core.sealed_bodies import forget_sealed_bodies
 from core.settings import Settings
 from core.stats_rollup import install_stats_rollup
@@ -61,7 +62,7 @@ def build_runtime(
     status_feed = StatusFeed()
     status_feed.install(session_factory)
     forget_sealed_bodies(session_factory)
-    redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+    shared_redis = redis_client(settings.redis_url, settings) if settings.redis_url else None
     runtime = Runtime(
         settings=settings,
         engine=engine,
@@ -69,7 +70,7 @@ def build_runtime(
         status_feed=status_feed,
         broker=broker if broker is not None else build_broker(settings),
         secret_box=SecretBox(settings.require_secret_key()),
-        redis=redis_client,
+        redis=shared_redis,
         clock=clock,
     )
     install_observers(runtime)
@@ -81,6 +82,10 @@ def install_observers(runtime: Runtime) -> None:
     commit the accepted-messages metric and the realtime activity counters."""
     install_stats_rollup(runtime.session_factory)
     if runtime.settings.redis_url:
-        runtime.activity = RedisActivityCounters(runtime.settings.redis_url)
+        # Never waits longer than the send path's own Redis calls (at most 1 s).
+        runtime.activity = RedisActivityCounters(
+            runtime.settings.redis_url,
+            timeout_seconds=min(1.0, runtime.settings.redis_socket_timeout_seconds),
+        )
     runtime.status_feed.subscribe(count_acceptances)
     runtime.status_feed.subscribe(runtime.activity.record)

@@ -151,6 +151,13 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=20, ge=1, le=200)
     #: Empty means dramatiq's in-process StubBroker: only for the all-in-one ``streams dev``.
     redis_url: str | None = None
+    #: How long one Redis command (an enqueue, a rate-limit call) may wait for its answer.
+    #: A hung Redis costs an ingress request at most this much (plus the connect timeout):
+    #: the message is then left to the relay. Keep it above the slowest legitimate command
+    #: (dramatiq's queue maintenance on a large backlog takes milliseconds).
+    redis_socket_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    #: How long opening a Redis connection may take.
+    redis_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     #: Derives the keys that encrypt stream tokens at rest. Required outside ``streams dev``.
     secret_key: str | None = None
     #: Peers whose ``X-Forwarded-For`` is believed (CIDRs). Everyone else is the client.
@@ -172,10 +179,19 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
 
     #: A message claimed for sending longer ago than this is considered abandoned and reclaimed.
+    #: Keep it well above the providers' timeouts: a claim taken back while its provider call
+    #: still runs is offered twice. The sandbox and http providers recognise the repeated
+    #: reference; WhatsApp's Cloud API has no idempotency key, so there it would be a second
+    #: message.
     claim_lease_seconds: float = Field(default=300.0, gt=0)
     #: The relay leaves a fresh message to the ingress' own enqueue for this long.
     relay_grace_seconds: float = Field(default=5.0, ge=0)
     relay_interval_seconds: float = Field(default=1.0, gt=0)
+    #: A message marked enqueued this long ago that still waits, while its queue holds
+    #: nothing in Redis (nothing ready, fetched or delayed), was lost by the broker (Redis
+    #: restarted without persistence, failed over to an empty replica, was flushed): the
+    #: relay enqueues it again; the claim turns any copy that did survive into a no-op.
+    relay_lost_after_seconds: float = Field(default=60.0, gt=0)
     relay_batch: int = Field(default=1000, ge=1)
     #: Provider errors that may pass are retried this many times before the message fails.
     max_send_attempts: int = Field(default=5, ge=1)

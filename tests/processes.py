@@ -77,8 +77,11 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: f
 
 
 @contextmanager
-def ingress(settings: Settings, log: Path, **extra: object) -> Iterator[str]:
-    """A real ``streams serve`` on a free port; yields its base URL once it answers."""
+def ingress_process(
+    settings: Settings, log: Path, **extra: object
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real ``streams serve`` on a free port; yields its base URL, once it answers, and
+    its process (with one uvicorn worker, the process that serves)."""
     port = free_port()
     with running(
         ["serve", "--host", "127.0.0.1", "--port", str(port)], environment(settings, **extra), log
@@ -94,6 +97,13 @@ def ingress(settings: Settings, log: Path, **extra: object) -> Iterator[str]:
                 return False
 
         assert wait_until(up, 20), log.read_text()[-2000:]
+        yield base, proc
+
+
+@contextmanager
+def ingress(settings: Settings, log: Path, **extra: object) -> Iterator[str]:
+    """A real ``streams serve`` on a free port; yields its base URL once it answers."""
+    with ingress_process(settings, log, **extra) as (base, _):
         yield base
 
 
@@ -106,21 +116,22 @@ def worker_pool(
         yield proc
 
 
-@contextmanager
-def private_redis(
-    port: int | None = None,
-) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """A Redis server of the test's own, so it can be stopped and started. Yields its URL
-    and ``stop()`` / ``start()`` callables."""
-    port = port or free_port()
-    state: dict[str, subprocess.Popen[bytes] | None] = {"proc": None}
+class PrivateRedis:
+    """A redis-server of the test's own on ``port``: it can be stopped and started again
+    (an outage that refuses connections) or paused and resumed with SIGSTOP/SIGCONT (a
+    Redis that accepts connections and never answers)."""
 
-    def start() -> None:
-        state["proc"] = subprocess.Popen(
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
-                str(port),
+                str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -131,21 +142,45 @@ def private_redis(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=port)
+        client = redis.Redis(port=self.port)
         assert wait_until(lambda: _pings(client), 10)
         client.close()
 
-    def halt() -> None:
-        proc = state["proc"]
+    def halt(self) -> None:
+        proc = self._proc
         if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGKILL's exit
             proc.kill()
             proc.wait(timeout=5)
 
-    start()
+    def pause(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def private_redis_server(port: int | None = None) -> Iterator[PrivateRedis]:
+    """A started ``PrivateRedis``, always killed on exit."""
+    server = PrivateRedis(port)
+    server.start()
     try:
-        yield f"redis://127.0.0.1:{port}/0", halt, start
+        yield server
     finally:
-        halt()
+        server.halt()
+
+
+@contextmanager
+def private_redis(
+    port: int | None = None,
+) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A Redis server of the test's own, so it can be stopped and started. Yields its URL
+    and ``stop()`` / ``start()`` callables."""
+    with private_redis_server(port) as server:
+        yield server.url, server.halt, server.start
 
 
 def _pings(client: redis.Redis) -> bool:

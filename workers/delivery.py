@@ -130,6 +130,18 @@ class Delivery:
                 accepted = provider.send(job.outbound())
         except ProviderError as error:
             self._provider_failed(job, provider.name, attempt, error, log_)
+        except Exception as exc:
+            # An adapter broke its contract (it raises only ProviderError). Left to escape,
+            # the message would sit in `sending` until the claim lease and then loop through
+            # reclaims with no bound on attempts; as a passing error it is retried within
+            # policy and then fails with a reason.
+            log_.error("provider_adapter_error", provider=provider.name, error=type(exc).__name__)
+            unexpected = ProviderError(
+                "provider_error",
+                f"The {provider.name} provider failed unexpectedly ({type(exc).__name__}).",
+                transient=True,
+            )
+            self._provider_failed(job, provider.name, attempt, unexpected, log_)
         else:
             self._sent(job, provider.name, accepted, log_)
         finally:

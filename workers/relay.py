@@ -7,7 +7,11 @@ Each sweep:
   falls within the look-ahead;
 * takes back messages claimed longer than ``claim_lease_seconds`` ago (their worker died);
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
-  died between commit and enqueue), once the ingress' own grace period has passed.
+  died between commit and enqueue), once the ingress' own grace period has passed;
+* enqueues again queued messages the broker lost: marked enqueued over
+  ``relay_lost_after_seconds`` ago while their queue holds nothing in Redis (it restarted
+  empty, or was flushed). An empty queue is the evidence: as long as anything is ready,
+  fetched or delayed there, the messages may still be on it and are left alone.
 
 What is due within the look-ahead is enqueued with a broker delay for the remainder, so it
 starts on time rather than one sweep late. Messages of paused or draft streams stay put
@@ -24,13 +28,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 import structlog
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from core import metrics
+from core.broker import NAMESPACE, QUEUES
 from core.clock import as_utc
 from core.message_states import record_changes
+from core.queue_depth import empty_queues
 from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
@@ -48,10 +55,13 @@ class SweepReport:
     held_released: int = 0
     reclaimed: int = 0
     relayed: int = 0
+    lost_requeued: int = 0
 
     @property
     def total(self) -> int:
-        return self.released + self.held_released + self.reclaimed + self.relayed
+        return (
+            self.released + self.held_released + self.reclaimed + self.relayed + self.lost_requeued
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,9 @@ class Relay:
                 ),
                 reason="missed",
             ),
+            lost_requeued=self._requeue_lost(
+                now - timedelta(seconds=settings.relay_lost_after_seconds)
+            ),
         )
         if report.total:
             log.info(
@@ -104,6 +117,7 @@ class Relay:
                 held_released=report.held_released,
                 reclaimed=report.reclaimed,
                 relayed=report.relayed,
+                lost_requeued=report.lost_requeued,
             )
         return report
 
@@ -199,6 +213,39 @@ class Relay:
             )
             session.commit()
         metrics.RELAYED.labels(reason).inc(len(done))
+        return len(done)
+
+    def _requeue_lost(self, marked_before: datetime) -> int:
+        """Enqueue again the waiting messages of queues that Redis holds nothing for."""
+        if self.runtime.redis is None:
+            return 0  # the in-process broker of ``streams dev`` lives and dies with us
+        try:
+            empty = empty_queues(self.runtime.redis, NAMESPACE, QUEUES)
+        except redis.RedisError:
+            return 0  # Redis is down: the next sweep looks again
+        if not empty:
+            return 0
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            rows = session.execute(
+                select(Message.id, Message.stream_type)
+                .join(Stream, Stream.id == Message.stream_id)
+                .where(
+                    Message.status == MessageStatus.queued.value,
+                    Message.stream_type.in_(sorted(empty)),
+                    Message.enqueued_at < marked_before,
+                    Message.not_before.is_(None),
+                    Message.hold_reason.is_(None),
+                    _SENDABLE_STREAM,
+                )
+                .limit(self.runtime.settings.relay_batch)
+                .with_for_update(of=Message, skip_locked=True)
+            ).all()
+            done = self._enqueue(session, [_Due(r.id, r.stream_type, None) for r in rows], now)
+            session.commit()
+        if done:
+            log.warning("relay_requeued_lost_messages", count=len(done), queues=sorted(empty))
+        metrics.RELAYED.labels("lost").inc(len(done))
         return len(done)
 
     def _enqueue(self, session: Session, rows: list[_Due], now: datetime) -> list[uuid.UUID]:

@@ -3,7 +3,9 @@
 ``Authorization: Bearer <key>`` header; answers ``{"message_id": …}``, refuses bad numbers
 with 400 ``{"error": {"code", "message"}}`` and a wrong key with 401, and can be told to fail
 the next N requests (500/503, 429 with ``Retry-After``, or a delay past the client timeout).
-Like a real provider with idempotency keys, a repeated reference gets the first answer."""
+A scripted status 200 with a delay is a late success: the message is taken, but the answer
+may come after the client gave up. Like a real provider with idempotency keys, a repeated
+reference gets the first answer (``by_reference`` holds one id per message it took)."""
 
 from __future__ import annotations
 
@@ -45,9 +47,9 @@ class FakeHttpSms:
         with self._lock:
             self.requests.append(record)
         failure = self.failures.take()
-        if failure is not None:
-            if failure.delay_seconds:
-                await asyncio.sleep(failure.delay_seconds)
+        if failure is not None and failure.delay_seconds:
+            await asyncio.sleep(failure.delay_seconds)
+        if failure is not None and failure.status != 200:
             record["answered"] = failure.status
             return JSONResponse(
                 failure.body or {"error": {"code": "server_error", "message": "try later"}},

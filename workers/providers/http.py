@@ -55,6 +55,14 @@ class HttpProvider:
                 f"The HTTP provider could not be reached ({type(exc).__name__}).",
                 transient=True,
             ) from None
+        except httpx.HTTPError as exc:
+            # An answer that cannot be read (e.g. a body that is not in its declared
+            # encoding). It may have taken the message; the retry carries the same reference.
+            raise ProviderError(
+                "provider_unreadable_answer",
+                f"The HTTP provider's answer could not be read ({type(exc).__name__}).",
+                transient=True,
+            ) from None
         return self._read(response)
 
     def _read(self, response: httpx.Response) -> Accepted:

@@ -30,6 +30,16 @@ LEDGER_PREFIX = "streams:sandbox:ref:"
 SUBMISSIONS_KEY = "streams:sandbox:submissions"
 REPEATS_KEY = "streams:sandbox:repeats"
 _LEDGER_TTL_SECONDS = 7 * 24 * 3600
+#: KEYS: the reference's ledger key, the submissions and repeats counters; ARGV: the new
+#: provider id and the ledger TTL. Returns the provider id of the first submission.
+_RECORD_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('INCR', KEYS[2])
+  return ARGV[1]
+end
+redis.call('INCR', KEYS[3])
+return redis.call('GET', KEYS[1])
+"""
 MAGIC_NUMBERS = {
     "000001": "refused",
     "000002": "timeout",
@@ -91,13 +101,19 @@ class SandboxProvider:
     def _record(self, reference: str, provider_id: str) -> str:
         """Remember ``reference``; returns the provider id of its first submission."""
         if self._redis is not None:
-            key = LEDGER_PREFIX + reference
-            if self._redis.set(key, provider_id, nx=True, ex=_LEDGER_TTL_SECONDS):
-                self._redis.incr(SUBMISSIONS_KEY)
-                return provider_id
-            self._redis.incr(REPEATS_KEY)
-            existing = self._redis.get(key)
-            return existing.decode() if existing else provider_id
+            # One script, so the reference and its count are recorded together: a worker
+            # killed between two separate calls left a reference counted as neither a
+            # submission nor (when offered again) anything but a repeat.
+            first = self._redis.eval(
+                _RECORD_SCRIPT,
+                3,
+                LEDGER_PREFIX + reference,
+                SUBMISSIONS_KEY,
+                REPEATS_KEY,
+                provider_id,
+                _LEDGER_TTL_SECONDS,
+            )
+            return first.decode() if isinstance(first, bytes) else provider_id
         with self._lock:
             if reference in self._memory:
                 self._counts["repeats"] += 1

@@ -215,6 +215,12 @@ class WhatsAppCloudProvider:
                 f"The WhatsApp Cloud API could not be reached ({type(exc).__name__}).",
                 transient=True,
             ) from None
+        except httpx.HTTPError as exc:  # an answer that cannot be read (bad encoding, …)
+            raise ProviderError(
+                "whatsapp_unreadable_answer",
+                f"The WhatsApp Cloud API's answer could not be read ({type(exc).__name__}).",
+                transient=True,
+            ) from None
         try:
             answer = response.json()
         except ValueError:
