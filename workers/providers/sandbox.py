@@ -22,6 +22,7 @@ import uuid
 from threading import Lock
 
 import redis
+from redis.commands.core import Script
 
 from core.settings import SandboxSettings
 from workers.providers.base import Accepted, OutboundMessage, ProviderError, Receipt
@@ -36,6 +37,18 @@ MAGIC_NUMBERS = {
     "000003": "throttled",
     "000004": "undelivered",
 }
+
+
+#: The ledger in one round trip: keep the first provider id of a reference and count
+#: submissions and repeats. Returns the first provider id.
+_RECORD_LUA = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('INCR', KEYS[2])
+  return ARGV[1]
+end
+redis.call('INCR', KEYS[3])
+return redis.call('GET', KEYS[1])
+"""
 
 
 class SandboxProvider:
@@ -55,6 +68,7 @@ class SandboxProvider:
         self._memory: dict[str, str] = {}
         self._counts = {"submissions": 0, "repeats": 0}
         self._lock = Lock()
+        self._record_script: Script | None = None
 
     def send(self, message: OutboundMessage) -> Accepted:
         if self._settings.latency_ms:
@@ -91,13 +105,13 @@ class SandboxProvider:
     def _record(self, reference: str, provider_id: str) -> str:
         """Remember ``reference``; returns the provider id of its first submission."""
         if self._redis is not None:
-            key = LEDGER_PREFIX + reference
-            if self._redis.set(key, provider_id, nx=True, ex=_LEDGER_TTL_SECONDS):
-                self._redis.incr(SUBMISSIONS_KEY)
-                return provider_id
-            self._redis.incr(REPEATS_KEY)
-            existing = self._redis.get(key)
-            return existing.decode() if existing else provider_id
+            if self._record_script is None:
+                self._record_script = self._redis.register_script(_RECORD_LUA)
+            first = self._record_script(
+                keys=[LEDGER_PREFIX + reference, SUBMISSIONS_KEY, REPEATS_KEY],
+                args=[provider_id, _LEDGER_TTL_SECONDS],
+            )
+            return first.decode() if first else provider_id
         with self._lock:
             if reference in self._memory:
                 self._counts["repeats"] += 1
