@@ -2,7 +2,10 @@
 
 1. **load**: skip what is no longer waiting; fail messages of deleted streams; park those
    of paused streams (the relay brings them back when the stream is enabled); reject
-   marketing to numbers that opted out. One statement for the whole batch.
+   marketing to numbers that opted out. One statement for the whole batch. First, though,
+   the messages no gate can stop (a live stream without limits or quiet hours, no
+   suppression, no expiry due; ``workers.claims.claim_ungated``) are loaded and claimed in
+   one statement and go straight to step 6: the load folded into the claim.
 2. **expiry**: past ``expires_at`` the message is ``expired``, never sent late.
 3. **quiet hours**: marketing waits, in the database, for the recipient's window.
 4. **admission**: the stream's and the provider's rate limits and caps, fleet-wide
@@ -50,10 +53,17 @@ from core.message_states import MESSAGES, Move, move_many, record_changes, trans
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
-from schemas.enums import MessageStatus, StreamStatus, StreamType
+from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
 from workers.admission import Admission, Limits, Request
-from workers.claims import STREAMS, claim_for_sending, load_messages, release_claims
+from workers.claims import (
+    PAUSED_STREAM_STATUSES,
+    STREAMS,
+    claim_for_sending,
+    claim_ungated,
+    load_messages,
+    release_claims,
+)
 from workers.opt_out import is_marketing, reject_opted_out
 from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
@@ -62,7 +72,6 @@ from workers.status_followup import follows_up
 
 log = structlog.get_logger(__name__)
 
-_PAUSED = (StreamStatus.disabled.value, StreamStatus.restricted.value)
 _WAITING = (MessageStatus.queued,)
 _NO_LIMITS = Limits()
 _UNDELIVERED = {
@@ -127,6 +136,14 @@ class _Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class _Claimed:
+    """A message this worker claimed, and the attempt this is."""
+
+    item: _Ready
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Sent:
     job: Job
     provider: str
@@ -146,6 +163,7 @@ class Delivery:
         self.admission = admission
         self._sleep = sleep
         self._touch = ActivityTouch()
+        self._gated = gated_providers(providers)
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -164,10 +182,17 @@ class Delivery:
         handed back instead of sent."""
         started = time.perf_counter()
         keys = [uuid.UUID(message_id) for message_id in message_ids]
+        result = BatchResult([], [])
+        claimed = self._claim_ungated(keys)
+        if claimed:
+            self._send_and_record(list(claimed.values()), started, stopping, result)
+            keys = [key for key in keys if key not in claimed]
+            if not keys:
+                return result
         with self.runtime.session_factory() as session:
             jobs, failed = self._load(session, keys)
             session.commit()
-        result = BatchResult(failed, [])
+        result.failed.extend(failed)
         ready: list[_Ready] = []
         for job in jobs:
             log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
@@ -232,7 +257,7 @@ class Delivery:
                 },
             )
             return None
-        if row.stream_status in _PAUSED:
+        if row.stream_status in PAUSED_STREAM_STATUSES:
             self._hold(session, row.id, now, until=None, reason="stream_paused")
             log_.info("delivery_parked", stream_status=row.stream_status)
             return None
@@ -243,6 +268,11 @@ class Delivery:
         ):
             reject_opted_out(session, row.id, now)
             return None
+        return self._job(row)
+
+    def _job(self, row: Row) -> Job:  # type: ignore[type-arg]
+        """The job of a message row (the columns of ``workers.claims.load_messages``).
+        Raises ``ValueError`` when its sealed text was made with another secret key."""
         return Job(
             message_id=row.id,
             stream_id=row.stream_id,
@@ -272,6 +302,28 @@ class Delivery:
             return None
         return _Ready(job, provider)
 
+    def _claim_ungated(self, keys: list[uuid.UUID]) -> dict[uuid.UUID, _Claimed]:
+        """Load and claim at once what no gate can stop (``workers.claims.claim_ungated``):
+        one transaction instead of a load and a claim."""
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            rows = claim_ungated(
+                session, keys, now, self.runtime.settings.claim_lease_seconds, self._gated
+            )
+            claimed: dict[uuid.UUID, _Claimed] = {}
+            for row in rows:
+                job = self._job(row)  # no sealed text here, so it cannot raise
+                provider = self.providers.for_stream(
+                    demo=job.demo, stream_type=job.stream_type.value
+                )
+                claimed[job.message_id] = _Claimed(_Ready(job, provider), row.attempts)
+            record_changes(
+                session,
+                [self._change(c.item.job, MessageStatus.sending, now) for c in claimed.values()],
+            )
+            session.commit()
+        return claimed
+
     def _claim_send_record(
         self,
         ready: list[_Ready],
@@ -279,26 +331,38 @@ class Delivery:
         stopping: threading.Event | None,
         result: BatchResult,
     ) -> None:
-        """Claim ``ready`` (one statement), send what was claimed, record what was sent (one
-        transaction). Adds to ``result`` the messages whose send step raised and, when the
-        worker began stopping meanwhile, those not sent yet (their claims are given back)."""
+        """Claim ``ready`` (one statement), then ``_send_and_record`` what was claimed."""
         if not ready:
             return
-        claimed = self._claim([r.job for r in ready])
+        attempts = self._claim([r.job for r in ready])
+        claimed = []
+        for item in ready:
+            if item.job.message_id not in attempts:
+                log.debug("delivery_already_claimed", message_id=str(item.job.message_id))
+                continue
+            claimed.append(_Claimed(item, attempts[item.job.message_id]))
+        self._send_and_record(claimed, started, stopping, result)
+
+    def _send_and_record(
+        self,
+        claimed: list[_Claimed],
+        started: float,
+        stopping: threading.Event | None,
+        result: BatchResult,
+    ) -> None:
+        """Send the claimed messages one by one, then record what was sent (one
+        transaction). Adds to ``result`` the messages whose send step raised and, when the
+        worker began stopping meanwhile, those not sent yet (their claims are given back)."""
         sent: list[_Sent] = []
         unsent: list[Job] = []
-        for item in ready:
-            job = item.job
-            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
-            attempt = claimed.get(job.message_id)
-            if attempt is None:
-                log_.debug("delivery_already_claimed")
-                continue
+        for claim in claimed:
+            job = claim.item.job
             if stopping is not None and stopping.is_set():
                 unsent.append(job)
                 continue
+            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
             try:
-                outcome = self._send(item, attempt, log_)
+                outcome = self._send(claim.item, claim.attempt, log_)
             except Exception as error:  # left claimed: reclaimed after the lease
                 result.failed.append((str(job.message_id), error))
                 continue
@@ -307,9 +371,9 @@ class Delivery:
         self._record_sent(sent)
         result.handed_back.extend(str(key) for key in self._release(unsent))
         elapsed = time.perf_counter() - started
-        for item in ready:
-            if item.job.message_id in claimed:
-                metrics.WORKER_PROCESSING.labels(item.job.stream_type.value).observe(elapsed)
+        for claim in claimed:
+            queue = claim.item.job.stream_type.value
+            metrics.WORKER_PROCESSING.labels(queue).observe(elapsed)
 
     def _release(self, jobs: list[Job]) -> set[uuid.UUID]:
         """Give back the claims of ``jobs`` (the worker is stopping); returns the released."""
@@ -720,6 +784,22 @@ _REJECTIONS = {
     "max_per_day": "The stream's daily message limit is reached.",
     "max_per_recipient_per_hour": "The stream's hourly limit for this recipient is reached.",
 }
+
+
+def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
+    """The (demo, stream type) pairs whose messages must go through the gates whatever
+    their stream's settings: their provider has a rate of its own, or there is none."""
+    gated = set()
+    for demo in (True, False):
+        for stream_type in StreamType:
+            try:
+                provider = providers.for_stream(demo=demo, stream_type=stream_type.value)
+            except ProviderError:
+                gated.add((demo, stream_type.value))
+                continue
+            if getattr(provider, "max_per_second", None) is not None:
+                gated.add((demo, stream_type.value))
+    return frozenset(gated)
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
