@@ -96,6 +96,13 @@ OTP_STREAM = {"name": "OTP benchmark", "type": "otp", "demo": True}
 FIRST_RECIPIENT = 972_525_100_000
 
 
+#: The marketing pool's niceness by default: on one host, roughly the CPU weight deploy/k8s
+#: gives a marketing pod (a small CPU request) next to the OTP pod (guaranteed CPU).
+MARKETING_NICE = 10
+#: The OTP pool's poll interval, as the Procfile and deploy/k8s start it (``--poll-ms 5``).
+OTP_POLL_MS = 5
+
+
 @dataclass(frozen=True)
 class Options:
     rate: float
@@ -109,7 +116,7 @@ class Options:
     marketing_threads: int
     settle: float
     marketing_nice: int
-    otp_poll_ms: int | None
+    otp_poll_ms: int
     postgres_url: str
     redis_url: str
     max_seconds: float
@@ -157,14 +164,17 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     parser.add_argument(
         "--marketing-nice",
         type=int,
-        default=0,
-        help="run the marketing pool under `nice -n N` (diagnostic: is it CPU contention?)",
+        default=MARKETING_NICE,
+        help="run the marketing pool under `nice -n N`: on one shared host, the CPU weights "
+        "deploy/k8s gives the pools (the OTP pod's CPU is guaranteed, marketing's is a small "
+        f"request); 0 = the pools compete as equals ({MARKETING_NICE})",
     )
     parser.add_argument(
         "--otp-poll-ms",
         type=int,
-        default=None,
-        help="STREAMS_WORKER_POLL_MS for the OTP pool only (default: the app's, 50)",
+        default=OTP_POLL_MS,
+        help="STREAMS_WORKER_POLL_MS for the OTP pool only, as the Procfile and deploy/k8s "
+        f"start it (--poll-ms {OTP_POLL_MS}); 0 = the app's default, 50",
     )
     add_service_options(parser)
     args = parser.parse_args(argv)
@@ -414,7 +424,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     )
     token = create_bench_stream(ingress.base_url, account_key, OTP_STREAM)
     otp_env = dict(env)
-    if options.otp_poll_ms is not None:
+    if options.otp_poll_ms:
         otp_env["STREAMS_WORKER_POLL_MS"] = str(options.otp_poll_ms)
     otp_pool = stack.enter_context(
         running_pool(
@@ -508,8 +518,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"Streams OTP latency: {params['rate']:g} OTP/s one at a time for {params['duration']:g} s "
         f"per scenario; OTP pool {params['otp_processes']} × {params['otp_threads']} threads, "
         f"marketing pool {params['marketing_processes']} × {params['marketing_threads']}"
-        + (f" (nice {params['marketing_nice']})" if params["marketing_nice"] else "")
+        + (f" under nice {params['marketing_nice']}" if params["marketing_nice"] else "")
         + (f"; OTP pool polls every {params['otp_poll_ms']} ms" if params["otp_poll_ms"] else ""),
+        "  (nice: the marketing pool gets a smaller CPU share than the OTP pool, as deploy/k8s "
+        "gives it: guaranteed CPU for OTP, a small request for marketing; not a plain "
+        "equal-share run)"
+        if params["marketing_nice"]
+        else "  (the pools compete for the CPU as equals)",
         f"backlog for (b): {backlog['messages']:,} marketing messages, COPY {backlog['copy_s']} s, "
         f"Redis push {backlog['push_s']} s",
         "",
@@ -540,7 +555,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         "  during each scenario: errors; marketing messages sent (per second); jobs on "
         "dramatiq:marketing before → after",
-        "  (deliveries and their receipts: each delivery sent adds a receipt job at the tail);"
+        "  (a receipt given at once is recorded with its send, so the queue shrinks as it drains);"
         " CPU in cores",
     ]
     for name in labels:

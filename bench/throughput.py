@@ -11,8 +11,9 @@ write, without the ingress, whose own rate ``bench/ingress.py`` measures). A
 process polls Redis; then the jobs are pushed and the clock runs until the last message is
 ``delivered`` (the time of the last ``delivered`` event). The sandbox carrier answers at once
 and reports delivery at once (``STREAMS_SANDBOX_LATENCY_MS=0``,
-``STREAMS_SANDBOX_RECEIPT_DELAY_SECONDS=0``), so each message is two jobs: the delivery and
-its receipt.
+``STREAMS_SANDBOX_RECEIPT_DELAY_SECONDS=0``): the worker records the receipt in the same
+transaction as the send, so each message is one delivery job (or a twentieth of one with
+``--job-size 20``), with no receipt job.
 
 **no-op**: the same with ``bench/noop_worker.py`` (same broker and middleware, same process
 and thread counts, same Redis) and N jobs of an actor that returns at once; the clock runs
@@ -226,8 +227,8 @@ def streams_drain(bench: Bench, stack: ExitStack, label: str) -> tuple[Drain, Po
 
 
 def _streams_jobs(options: Options) -> int:
-    """Delivery jobs plus one receipt job per message."""
-    return -(-options.messages // options.job_size) + options.messages
+    """Delivery jobs: a receipt given at once is recorded with the send, not as a job."""
+    return -(-options.messages // options.job_size)
 
 
 def _all_delivered(database_url: str, wanted: int) -> float | None:

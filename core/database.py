@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Table, create_engine, event, insert, text
+from sqlalchemy import JSON, Engine, Table, create_engine, event, insert, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
 SessionFactory = sessionmaker[Session]
@@ -54,33 +57,82 @@ def bulk_insert(
     rows: Sequence[dict[str, Any]],
     *,
     skip_conflicts_on: Sequence[str] = (),
+    add_on_conflict: tuple[Sequence[str], Sequence[str]] | None = None,
     returning: str | None = None,
 ) -> list[Any]:
     """Insert ``rows`` (dicts with the same keys) in one statement.
 
     On PostgreSQL the values travel as one array per column (``INSERT ... SELECT * FROM
-    unnest(...)``): the statement stays short whatever the row count, where a multi-row
-    VALUES list of thousands of placeholders is re-parsed by the driver on every call.
-    Elsewhere (SQLite) an ordinary executemany. Rows violating the unique key on
-    ``skip_conflicts_on`` are skipped. Returns the ``returning`` column of inserted rows.
+    unnest(...)``): the statement stays short whatever the row count and its text is the
+    same for every call, where a multi-row VALUES list of thousands of placeholders is
+    re-parsed by the driver on every call, and an executemany goes through psycopg's
+    pipeline mode, which costs more client CPU than the statement itself for a few rows.
+    Elsewhere (SQLite) an ordinary executemany. Rows are inserted in the order given.
+
+    Rows violating the unique key on ``skip_conflicts_on`` are skipped. With
+    ``add_on_conflict=(key, columns)``, a row whose ``key`` exists adds its ``columns`` to
+    the existing row's instead (a counter upsert; ``rows`` must not repeat a key). Returns
+    the ``returning`` column of inserted rows.
     """
     if not rows:
         return []
     dialect = session.get_bind().dialect
-    if dialect.name != "postgresql" or len(rows) < _UNNEST_FROM_ROWS:
+    if dialect.name != "postgresql":
         statement: Any = (
             insert_ignoring_duplicates(session, table, list(skip_conflicts_on))
             if skip_conflicts_on
+            else _insert_adding(session, table, *add_on_conflict)
+            if add_on_conflict
             else insert(table)
         )
         if returning is None:
             session.execute(statement, list(rows))
             return []
         return list(session.execute(statement.returning(table.c[returning]), list(rows)).scalars())
+    names = tuple(rows[0])
+    statement = _unnest_insert(
+        dialect,
+        table,
+        names,
+        tuple(skip_conflicts_on),
+        (tuple(add_on_conflict[0]), tuple(add_on_conflict[1])) if add_on_conflict else None,
+        returning,
+    )
+    json_columns = _json_columns(table)
+    params = {
+        f"c{i}": [_json_text(row[name]) for row in rows]
+        if name in json_columns
+        else [row[name] for row in rows]
+        for i, name in enumerate(names)
+    }
+    result = session.execute(statement, params)
+    return list(result.scalars()) if returning is not None else []
+
+
+@cache
+def _json_columns(table: Table) -> frozenset[str]:
+    """JSON columns travel as text arrays: psycopg cannot adapt a list of dicts."""
+    return frozenset(c.name for c in table.columns if isinstance(c.type, JSON))
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+@cache
+def _unnest_insert(  # type: ignore[no-untyped-def]
+    dialect: Dialect,
+    table: Table,
+    names: tuple[str, ...],
+    skip_conflicts_on: tuple[str, ...],
+    add_on_conflict: tuple[tuple[str, ...], tuple[str, ...]] | None,
+    returning: str | None,
+):
     quote = dialect.identifier_preparer.quote
-    names = list(rows[0])
     arrays = ", ".join(
         f"CAST(:c{i} AS {table.c[name].type.compile(dialect=dialect)}[])"
+        if name not in _json_columns(table)
+        else f"CAST(CAST(:c{i} AS TEXT[]) AS JSON[])"
         for i, name in enumerate(names)
     )
     sql = (
@@ -89,14 +141,27 @@ def bulk_insert(
     )
     if skip_conflicts_on:
         sql += f" ON CONFLICT ({', '.join(quote(c) for c in skip_conflicts_on)}) DO NOTHING"
+    elif add_on_conflict:
+        key, columns = add_on_conflict
+        sums = ", ".join(
+            f"{quote(c)} = {quote(table.name)}.{quote(c)} + excluded.{quote(c)}" for c in columns
+        )
+        sql += f" ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {sums}"
     if returning is not None:
         sql += f" RETURNING {quote(returning)}"
-    params = {f"c{i}": [row[name] for row in rows] for i, name in enumerate(names)}
-    result = session.execute(text(sql), params)
-    return list(result.scalars()) if returning is not None else []
+    return text(sql)
 
 
-_UNNEST_FROM_ROWS = 4
+def _insert_adding(session: Session, table: Any, key: Sequence[str], columns: Sequence[str]) -> Any:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET column = column + excluded.column``."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = module.insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(key),
+        set_={c: table.c[c] + statement.excluded[c] for c in columns},
+    )
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, conflict_columns: list[str]) -> Any:

@@ -60,7 +60,8 @@ PROVIDER_ERRORS = Counter(
 )
 WORKER_PROCESSING = Histogram(
     "streams_worker_processing_duration_seconds",
-    "Time a worker spent on one message, by queue.",
+    "Time from the start of a message's delivery job to its recorded outcome, by queue "
+    "(the messages of a batch job are recorded together).",
     ["queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

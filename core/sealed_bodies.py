@@ -11,6 +11,8 @@ records the message as sent or final, so not even the ciphertext outlives its us
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
@@ -24,8 +26,14 @@ from schemas.tables import Message
 _DONE = frozenset({MessageStatus.sent, *FINAL_MESSAGE_STATUSES})
 
 
-def text_to_send(message: Message, box: SecretBox) -> str:
-    """The text the carrier gets: the sealed text when there is one, else the body.
+class _Texts(Protocol):
+    body: str
+    sealed_body: str | None
+
+
+def text_to_send(message: _Texts, box: SecretBox) -> str:
+    """The text the carrier gets: the sealed text when there is one, else the body
+    (``message`` is a ``Message`` or a row with those two columns).
 
     Raises ``ValueError`` when the sealed text was made with another secret key.
     """

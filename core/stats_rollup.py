@@ -24,14 +24,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from typing import Any
 
 from sqlalchemy import and_, event, select, text, union_all
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
-from core.database import SessionFactory
+from core.database import SessionFactory, bulk_insert
 from core.status_feed import PENDING_KEY
 from core.status_kinds import ERROR_STATUSES, is_acceptance
 from schemas.enums import MessageStatus
@@ -90,32 +89,17 @@ def _sort_key(key: RollupKey) -> tuple[str, int, datetime, str]:
 
 
 def add_to_rollup(session: Session, changes: Sequence[StatusChange]) -> None:
-    """Add ``changes`` to the rollup inside the session's transaction."""
+    """Add ``changes`` to the rollup inside the session's transaction: one upsert
+    statement, rows in key order."""
     rows = rollup_increments(changes)
     if not rows:
         return
-    connection = session.connection()
-    connection.execute(_upsert_statement(connection.dialect.name), rows)
-
-
-@cache
-def _upsert_statement(dialect: str):  # type: ignore[no-untyped-def]
-    """``INSERT ... ON CONFLICT DO UPDATE SET messages = messages + excluded.messages``.
-
-    Built once and run as an executemany of plain parameters, so SQLAlchemy compiles it once
-    (a multi-row VALUES clause would be compiled again for every transaction)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
     table = StreamStat.__table__
-    statement = dialect_insert(table)
-    return statement.on_conflict_do_update(
-        index_elements=[c.name for c in table.primary_key.columns],
-        set_={
-            "messages": table.c.messages + statement.excluded.messages,
-            "segments": table.c.segments + statement.excluded.segments,
-        },
+    bulk_insert(
+        session,
+        table,  # type: ignore[arg-type]
+        rows,
+        add_on_conflict=([c.name for c in table.primary_key.columns], ["messages", "segments"]),
     )
 
 

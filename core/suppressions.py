@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Exists, delete, exists
 from sqlalchemy.orm import Session
 
 from core.database import insert_ignoring_duplicates
@@ -50,12 +51,8 @@ def unsuppress(session: Session, account_id: uuid.UUID, phone: str) -> bool:
     return bool(removed)
 
 
-def is_suppressed(session: Session, account_id: uuid.UUID, phone: str) -> bool:
-    return (
-        session.scalar(
-            select(Suppression.phone).where(
-                Suppression.account_id == account_id, Suppression.phone == phone
-            )
-        )
-        is not None
-    )
+def is_suppressed_clause(account_id: Any, phone: Any) -> Exists:
+    """True when ``phone`` is on the list of ``account_id`` (columns or values): an
+    expression, so a statement loading many messages checks them all at once."""
+    table = Suppression.__table__
+    return exists().where(table.c.account_id == account_id, table.c.phone == phone)

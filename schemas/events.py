@@ -21,3 +21,7 @@ class StatusChange:
     at: datetime
     segments: int
     detail: str | None = None
+    #: False when whoever made the change knows that nothing follows it (no customer
+    #: callback is configured, no receipt can be waiting): the status follow-up job is then
+    #: skipped. True, the safe default, when it does not know.
+    follow_up: bool = True

@@ -73,19 +73,22 @@ def _deliver_batch(  # type: ignore[no-untyped-def]
     delivery: Delivery, broker: dramatiq.Broker, queue: str, stopping: threading.Event
 ):
     def deliver_batch(message_ids: list[str]) -> None:
-        # A message that raises goes back as a job of its own, so it gets dramatiq's
-        # retries and dead-lettering without holding up, or re-running, the others.
-        # When the worker is stopping, what has not started goes back to the queue.
-        for position, message_id in enumerate(message_ids):
-            if stopping.is_set():
-                enqueue_deliveries(broker, queue, message_ids[position:])
-                log.info("batch_handed_back", remaining=len(message_ids) - position)
-                return
-            try:
-                delivery.deliver(message_id)
-            except Exception:
-                log.exception("batch_item_failed", message_id=message_id)
-                enqueue_delivery(broker, queue, message_id)
+        # The batch is loaded, claimed and recorded at once (``Delivery.deliver_many``). A
+        # message whose own step raised goes back as a job of its own, so it gets
+        # dramatiq's retries and dead-lettering without holding up, or re-running, the
+        # others. When the worker is stopping, what has not been claimed goes back to the
+        # queue.
+        if stopping.is_set():
+            enqueue_deliveries(broker, queue, message_ids)
+            log.info("batch_handed_back", remaining=len(message_ids))
+            return
+        result = delivery.deliver_many(message_ids, stopping=stopping)
+        if result.handed_back:
+            enqueue_deliveries(broker, queue, result.handed_back)
+            log.info("batch_handed_back", remaining=len(result.handed_back))
+        for message_id, error in result.failed:
+            log.error("batch_item_failed", message_id=message_id, exc_info=error)
+            enqueue_delivery(broker, queue, message_id)
 
     return deliver_batch
 

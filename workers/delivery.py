@@ -1,7 +1,11 @@
-"""The send pipeline for one message, step by step:
+"""The send pipeline, for one message or a batch of them, step by step:
 
 1. **load**: skip what is no longer waiting; fail messages of deleted streams; park those
-   of paused streams (the relay brings them back when the stream is enabled).
+   of paused streams (the relay brings them back when the stream is enabled); reject
+   marketing to numbers that opted out. One statement for the whole batch. First, though,
+   the messages no gate can stop (a live stream without limits or quiet hours, no
+   suppression, no expiry due; ``workers.claims.claim_ungated``) are loaded and claimed in
+   one statement and go straight to step 6: the load folded into the claim.
 2. **expiry**: past ``expires_at`` the message is ``expired``, never sent late.
 3. **quiet hours**: marketing waits, in the database, for the recipient's window.
 4. **admission**: the stream's and the provider's rate limits and caps, fleet-wide
@@ -9,49 +13,73 @@
    until its turn; it is never failed for it and spends no retry (invariant 5).
 5. **claim**: ``queued → sending`` with a conditional update, so a redelivered message is
    never sent twice (invariant 2). A claim older than the lease belonged to a dead worker
-   and may be taken again; the provider recognises the repeated reference.
-6. **send**: the provider call. Transient errors are retried with exponential backoff and
-   jitter up to ``max_send_attempts``, then the message fails and becomes a dead letter;
-   permanent errors fail at once.
+   and may be taken again; the provider recognises the repeated reference. The messages of
+   a batch that passed steps 2-4 are claimed with one statement (``workers.claims``); one
+   admitted by a rate limit is claimed and sent at once, as the limit's spacing expects.
+6. **send**: the provider call, one message at a time. Transient errors are retried with
+   exponential backoff and jitter up to ``max_send_attempts``, then the message fails and
+   becomes a dead letter; permanent errors fail at once.
+7. **record**: ``sent`` for every message the provider took, in one transaction, together
+   with the delivery receipt when the provider reported it at once (the sandbox with no
+   receipt delay); a later receipt comes as a job of its own.
+
+Steps 2-4 and 6 give each message its own outcome; an error in one of them is that message's
+alone (``BatchResult.failed``). An error of a batch step (load, claim, record: the database
+is down) is raised; every message is then delivered again, and a redelivery skips what has
+already gone out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Row, update
 from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
 from core.clock import as_utc
 from core.dead_letters import record_dead_letter
-from core.message_states import record_changes, transition
+from core.message_states import MESSAGES, Move, move_many, record_changes, transition
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
-from schemas.enums import MessageStatus, StreamStatus, StreamType
+from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
-from schemas.tables import Message, Stream
 from workers.admission import Admission, Limits, Request
-from workers.opt_out import reject_if_opted_out
+from workers.claims import (
+    PAUSED_STREAM_STATUSES,
+    STREAMS,
+    claim_for_sending,
+    claim_ungated,
+    load_messages,
+    release_claims,
+)
+from workers.opt_out import is_marketing, reject_opted_out
 from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 from workers.queueing import enqueue_delivery, enqueue_receipt
+from workers.status_followup import follows_up
 
 log = structlog.get_logger(__name__)
 
-_PAUSED = (StreamStatus.disabled.value, StreamStatus.restricted.value)
 _WAITING = (MessageStatus.queued,)
 _NO_LIMITS = Limits()
+_UNDELIVERED = {
+    "error_code": "undelivered",
+    "error_message": "The carrier could not deliver it.",
+}
+#: The columns recording ``sent`` (and an immediate receipt) may set.
+_SENT_COLUMNS = ("provider", "provider_message_id", "error_code", "error_message")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +101,8 @@ class Job:
     settings: dict[str, Any]
     #: WhatsApp template or media (``messages.content``); None for text.
     content: dict[str, Any] | None = None
+    #: The message's own callback address, if it has one.
+    callback_url: str | None = None
 
     def outbound(self) -> OutboundMessage:
         return OutboundMessage(
@@ -85,6 +115,39 @@ class Job:
             stream_id=str(self.stream_id),
             content=self.content,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What ``Delivery.deliver_many`` did not finish."""
+
+    #: Messages whose own step raised, with the error: to be delivered again, each alone.
+    failed: list[tuple[str, Exception]]
+    #: Messages not started because the worker is stopping: to go back to the queue.
+    handed_back: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A message through its gates, with the provider it goes to."""
+
+    job: Job
+    provider: Provider
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    """A message this worker claimed, and the attempt this is."""
+
+    item: _Ready
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    job: Job
+    provider: str
+    accepted: Accepted
 
 
 class Delivery:
@@ -100,73 +163,90 @@ class Delivery:
         self.admission = admission
         self._sleep = sleep
         self._touch = ActivityTouch()
+        self._gated = gated_providers(providers)
 
     # ------------------------------------------------------------------ the pipeline
 
     def deliver(self, message_id: str) -> None:
-        """Take one message as far as it can go now. Safe to call any number of times."""
-        started = time.perf_counter()
-        key = uuid.UUID(message_id)
-        log_ = log.bind(message_id=message_id)
-        with self.runtime.session_factory() as session:
-            job = self._load(session, key, log_)
-            session.commit()
-        if job is None:
-            return
-        log_ = log_.bind(stream_id=str(job.stream_id))
-        try:
-            provider = self.providers.for_stream(demo=job.demo, stream_type=job.stream_type.value)
-        except ProviderError as error:
-            self._fail(job, error.code, error.message, log_)
-            return
-        if not self._passes_gates(job, provider, log_):
-            return
-        attempt = self._claim(job)
-        if attempt is None:
-            log_.debug("delivery_already_claimed")
-            return
-        try:
-            with metrics.PROVIDER_CALL.labels(provider.name).time():
-                accepted = provider.send(job.outbound())
-        except ProviderError as error:
-            self._provider_failed(job, provider.name, attempt, error, log_)
-        except Exception as exc:
-            # An adapter broke its contract (it raises only ProviderError). Left to escape,
-            # the message would sit in `sending` until the claim lease and then loop through
-            # reclaims with no bound on attempts; as a passing error it is retried within
-            # policy and then fails with a reason.
-            log_.error("provider_adapter_error", provider=provider.name, error=type(exc).__name__)
-            unexpected = ProviderError(
-                "provider_error",
-                f"The {provider.name} provider failed unexpectedly ({type(exc).__name__}).",
-                transient=True,
-            )
-            self._provider_failed(job, provider.name, attempt, unexpected, log_)
-        else:
-            self._sent(job, provider.name, accepted, log_)
-        finally:
-            metrics.WORKER_PROCESSING.labels(job.stream_type.value).observe(
-                time.perf_counter() - started
-            )
+        """Take one message as far as it can go now. Safe to call any number of times.
+        Raises what its steps raised (the message is then left to be delivered again)."""
+        result = self.deliver_many([message_id])
+        if result.failed:
+            raise result.failed[0][1]
 
-    def _load(self, session: Session, key: uuid.UUID, log_: Any) -> Job | None:
-        row = session.execute(
-            select(Message, Stream.status, Stream.deleted_at, Stream.demo, Stream.settings)
-            .join(Stream, Stream.id == Message.stream_id)
-            .where(Message.id == key)
-        ).first()
-        if row is None:
-            log_.warning("delivery_unknown_message")
-            return None
-        message, stream_status, deleted_at, demo, settings = row
+    def deliver_many(
+        self, message_ids: Sequence[str], *, stopping: threading.Event | None = None
+    ) -> BatchResult:
+        """Take each of ``message_ids`` as far as it can go now; safe to call any number of
+        times. When ``stopping`` is set before the claim, the messages not claimed yet are
+        handed back instead of sent."""
+        started = time.perf_counter()
+        keys = [uuid.UUID(message_id) for message_id in message_ids]
+        result = BatchResult([], [])
+        claimed = self._claim_ungated(keys)
+        if claimed:
+            self._send_and_record(list(claimed.values()), started, stopping, result)
+            keys = [key for key in keys if key not in claimed]
+            if not keys:
+                return result
+        with self.runtime.session_factory() as session:
+            jobs, failed = self._load(session, keys)
+            session.commit()
+        result.failed.extend(failed)
+        ready: list[_Ready] = []
+        for job in jobs:
+            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
+            try:
+                gated = self._through_gates(job, log_)
+            except Exception as error:  # this message's own failure; the others go on
+                result.failed.append((str(job.message_id), error))
+                continue
+            if gated is None:
+                continue
+            if self._limits(job, gated.provider) != _NO_LIMITS:
+                # Admitted just now by a rate limit: claim and send it at once, so the
+                # limit's spacing holds at the provider too.
+                self._claim_send_record([gated], started, stopping, result)
+            else:
+                ready.append(gated)
+        if stopping is not None and stopping.is_set():
+            result.handed_back.extend(str(r.job.message_id) for r in ready)
+            return result
+        self._claim_send_record(ready, started, stopping, result)
+        return result
+
+    def _load(
+        self, session: Session, keys: list[uuid.UUID]
+    ) -> tuple[list[Job], list[tuple[str, Exception]]]:
+        rows = load_messages(session, keys)
+        position = {key: index for index, key in enumerate(keys)}
+        rows.sort(key=lambda row: position[row.id])
+        for key in set(keys) - {row.id for row in rows}:
+            log.warning("delivery_unknown_message", message_id=str(key))
         now = self.runtime.clock()
-        if not self._waiting(message, now):
-            log_.debug("delivery_skipped", status=message.status)
+        jobs: list[Job] = []
+        failed: list[tuple[str, Exception]] = []
+        for row in rows:
+            try:
+                job = self._screen(session, row, now)
+            except ValueError as error:  # a sealed text made with another secret key
+                failed.append((str(row.id), error))
+                continue
+            if job is not None:
+                jobs.append(job)
+        return jobs, failed
+
+    def _screen(self, session: Session, row: Row, now: datetime) -> Job | None:  # type: ignore[type-arg]
+        """The ``Job`` of a loaded message that may go on, or None when it may not (it was
+        skipped, failed, parked or rejected in ``session``)."""
+        log_ = log.bind(message_id=str(row.id))
+        if not self._waiting(row.status, row.claimed_at, now):
+            log_.debug("delivery_skipped", status=row.status)
             return None
-        if deleted_at is not None:
+        if row.stream_deleted_at is not None:
             transition(
                 session,
-                key,
+                row.id,
                 to=MessageStatus.failed,
                 allowed_from=_WAITING,
                 at=now,
@@ -177,37 +257,150 @@ class Delivery:
                 },
             )
             return None
-        if stream_status in _PAUSED:
-            self._hold(session, key, now, until=None, reason="stream_paused")
-            log_.info("delivery_parked", stream_status=stream_status)
+        if row.stream_status in PAUSED_STREAM_STATUSES:
+            self._hold(session, row.id, now, until=None, reason="stream_paused")
+            log_.info("delivery_parked", stream_status=row.stream_status)
             return None
-        if message.status == MessageStatus.queued and reject_if_opted_out(session, message, now):
+        if (
+            row.status == MessageStatus.queued.value
+            and row.suppressed
+            and is_marketing(row.stream_type, row.content)
+        ):
+            reject_opted_out(session, row.id, now)
             return None
+        return self._job(row)
+
+    def _job(self, row: Row) -> Job:  # type: ignore[type-arg]
+        """The job of a message row (the columns of ``workers.claims.load_messages``).
+        Raises ``ValueError`` when its sealed text was made with another secret key."""
         return Job(
-            message_id=message.id,
-            stream_id=message.stream_id,
-            account_id=message.account_id,
-            stream_type=StreamType(message.stream_type),
-            sender=message.sender,
-            recipient=message.recipient,
-            body=text_to_send(message, self.runtime.secret_box),
-            segments=message.segments,
-            encoding=message.encoding,
-            attempts=message.attempts,
-            expires_at=as_utc(message.expires_at) if message.expires_at else None,
-            demo=demo,
-            settings=dict(settings or {}),
-            content=message.content,
+            message_id=row.id,
+            stream_id=row.stream_id,
+            account_id=row.account_id,
+            stream_type=StreamType(row.stream_type),
+            sender=row.sender,
+            recipient=row.recipient,
+            body=text_to_send(row, self.runtime.secret_box),
+            segments=row.segments,
+            encoding=row.encoding,
+            attempts=row.attempts,
+            expires_at=as_utc(row.expires_at) if row.expires_at else None,
+            demo=row.demo,
+            settings=dict(row.settings or {}),
+            content=row.content,
+            callback_url=row.callback_url,
         )
 
-    def _waiting(self, message: Message, now: datetime) -> bool:
-        if message.status == MessageStatus.queued:
+    def _through_gates(self, job: Job, log_: Any) -> _Ready | None:
+        """The provider and the gates; None when the message failed, waits or was rejected."""
+        try:
+            provider = self.providers.for_stream(demo=job.demo, stream_type=job.stream_type.value)
+        except ProviderError as error:
+            self._fail(job, error.code, error.message, log_)
+            return None
+        if not self._passes_gates(job, provider, log_):
+            return None
+        return _Ready(job, provider)
+
+    def _claim_ungated(self, keys: list[uuid.UUID]) -> dict[uuid.UUID, _Claimed]:
+        """Load and claim at once what no gate can stop (``workers.claims.claim_ungated``):
+        one transaction instead of a load and a claim."""
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            rows = claim_ungated(
+                session, keys, now, self.runtime.settings.claim_lease_seconds, self._gated
+            )
+            claimed: dict[uuid.UUID, _Claimed] = {}
+            for row in rows:
+                job = self._job(row)  # no sealed text here, so it cannot raise
+                provider = self.providers.for_stream(
+                    demo=job.demo, stream_type=job.stream_type.value
+                )
+                claimed[job.message_id] = _Claimed(_Ready(job, provider), row.attempts)
+            record_changes(
+                session,
+                [self._change(c.item.job, MessageStatus.sending, now) for c in claimed.values()],
+            )
+            session.commit()
+        return claimed
+
+    def _claim_send_record(
+        self,
+        ready: list[_Ready],
+        started: float,
+        stopping: threading.Event | None,
+        result: BatchResult,
+    ) -> None:
+        """Claim ``ready`` (one statement), then ``_send_and_record`` what was claimed."""
+        if not ready:
+            return
+        attempts = self._claim([r.job for r in ready])
+        claimed = []
+        for item in ready:
+            if item.job.message_id not in attempts:
+                log.debug("delivery_already_claimed", message_id=str(item.job.message_id))
+                continue
+            claimed.append(_Claimed(item, attempts[item.job.message_id]))
+        self._send_and_record(claimed, started, stopping, result)
+
+    def _send_and_record(
+        self,
+        claimed: list[_Claimed],
+        started: float,
+        stopping: threading.Event | None,
+        result: BatchResult,
+    ) -> None:
+        """Send the claimed messages one by one, then record what was sent (one
+        transaction). Adds to ``result`` the messages whose send step raised and, when the
+        worker began stopping meanwhile, those not sent yet (their claims are given back)."""
+        sent: list[_Sent] = []
+        unsent: list[Job] = []
+        for claim in claimed:
+            job = claim.item.job
+            if stopping is not None and stopping.is_set():
+                unsent.append(job)
+                continue
+            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
+            try:
+                outcome = self._send(claim.item, claim.attempt, log_)
+            except Exception as error:  # left claimed: reclaimed after the lease
+                result.failed.append((str(job.message_id), error))
+                continue
+            if outcome is not None:
+                sent.append(outcome)
+        self._record_sent(sent)
+        result.handed_back.extend(str(key) for key in self._release(unsent))
+        elapsed = time.perf_counter() - started
+        for claim in claimed:
+            queue = claim.item.job.stream_type.value
+            metrics.WORKER_PROCESSING.labels(queue).observe(elapsed)
+
+    def _release(self, jobs: list[Job]) -> set[uuid.UUID]:
+        """Give back the claims of ``jobs`` (the worker is stopping); returns the released."""
+        if not jobs:
+            return set()
+        now = self.runtime.clock()
+        with self.runtime.session_factory() as session:
+            released = release_claims(session, [job.message_id for job in jobs], now)
+            record_changes(
+                session,
+                [
+                    self._change(job, MessageStatus.queued, now, detail="worker stopping")
+                    for job in jobs
+                    if job.message_id in released
+                ],
+            )
+            session.commit()
+        return released
+
+    def _waiting(self, status: str, claimed_at: datetime | None, now: datetime) -> bool:
+        if status == MessageStatus.queued.value:
             return True
         lease = timedelta(seconds=self.runtime.settings.claim_lease_seconds)
         return (
-            message.status == MessageStatus.sending
-            and message.claimed_at is not None
-            and as_utc(message.claimed_at) < now - lease
+            status == MessageStatus.sending.value
+            and claimed_at is not None
+            and as_utc(claimed_at) < now - lease
         )
 
     def _passes_gates(self, job: Job, provider: Provider, log_: Any) -> bool:
@@ -230,6 +423,15 @@ class Delivery:
                 return self._wait_until(job, opens, "quiet_hours", log_)
         return self._admit(job, provider, log_)
 
+    @staticmethod
+    def _limits(job: Job, provider: Provider) -> Limits:
+        return Limits(
+            per_second=job.settings.get("max_per_second"),
+            provider_per_second=getattr(provider, "max_per_second", None),
+            per_day=job.settings.get("max_per_day"),
+            per_recipient_per_hour=job.settings.get("max_per_recipient_per_hour"),
+        )
+
     def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
         settings = self.runtime.settings
         request = Request(
@@ -238,12 +440,7 @@ class Delivery:
             recipient=job.recipient,
             message_id=str(job.message_id),
             cost=job.segments,
-            limits=Limits(
-                per_second=job.settings.get("max_per_second"),
-                provider_per_second=getattr(provider, "max_per_second", None),
-                per_day=job.settings.get("max_per_day"),
-                per_recipient_per_hour=job.settings.get("max_per_recipient_per_hour"),
-            ),
+            limits=self._limits(job, provider),
             day=self.runtime.clock().date(),
         )
         if request.limits == _NO_LIMITS:
@@ -273,71 +470,131 @@ class Delivery:
             self._sleep(pause)
             waited += pause
 
-    def _claim(self, job: Job) -> int | None:
-        """``queued → sending`` (or a stale ``sending``); returns the attempt number."""
+    def _claim(self, jobs: list[Job]) -> dict[uuid.UUID, int]:
+        """``queued → sending`` (or a stale ``sending``) for all of ``jobs`` in one
+        transaction; returns the attempt number of each claimed message."""
         now = self.runtime.clock()
-        cutoff = now - timedelta(seconds=self.runtime.settings.claim_lease_seconds)
         with self.runtime.session_factory() as session:
-            attempts = session.execute(
-                update(Message)
-                .where(
-                    Message.id == job.message_id,
-                    or_(
-                        Message.status == MessageStatus.queued.value,
-                        and_(
-                            Message.status == MessageStatus.sending.value,
-                            Message.claimed_at < cutoff,
-                        ),
+            claimed = claim_for_sending(
+                session,
+                [job.message_id for job in jobs],
+                now,
+                self.runtime.settings.claim_lease_seconds,
+            )
+            record_changes(
+                session,
+                [
+                    self._change(job, MessageStatus.sending, now)
+                    for job in jobs
+                    if job.message_id in claimed
+                ],
+            )
+            session.commit()
+        return claimed
+
+    def _send(self, item: _Ready, attempt: int, log_: Any) -> _Sent | None:
+        """The provider call for a claimed message; None when it did not go (expired
+        meanwhile, or the provider refused: that outcome is recorded here)."""
+        job, provider = item.job, item.provider
+        if job.expires_at is not None and self.runtime.clock() >= job.expires_at:
+            why = "validity passed before it could be sent"
+            self._end(
+                job,
+                MessageStatus.expired,
+                code="expired",
+                reason=why,
+                detail=why,
+                allowed_from=(MessageStatus.sending,),
+            )
+            log_.info("message_expired", why=why)
+            return None
+        try:
+            with metrics.PROVIDER_CALL.labels(provider.name).time():
+                accepted = provider.send(job.outbound())
+        except ProviderError as error:
+            self._provider_failed(job, provider.name, attempt, error, log_)
+            return None
+        except Exception as exc:
+            # An adapter broke its contract (it raises only ProviderError). Left to escape,
+            # the message would sit in `sending` until the claim lease and then loop through
+            # reclaims with no bound on attempts; as a passing error it is retried within
+            # policy and then fails with a reason.
+            log_.error("provider_adapter_error", provider=provider.name, error=type(exc).__name__)
+            unexpected = ProviderError(
+                "provider_error",
+                f"The {provider.name} provider failed unexpectedly ({type(exc).__name__}).",
+                transient=True,
+            )
+            self._provider_failed(job, provider.name, attempt, unexpected, log_)
+            return None
+        return _Sent(job, provider.name, accepted)
+
+    def _record_sent(self, sent: list[_Sent]) -> None:
+        """``sending → sent`` for everything the provider took, in one transaction; a
+        receipt the provider gave at once (no delay) is applied in it too, so the message
+        ends ``delivered`` without a second job or transaction."""
+        if not sent:
+            return
+        now = self.runtime.clock()
+        moves = []
+        for item in sent:
+            steps: tuple[tuple[MessageStatus, str | None], ...] = ((MessageStatus.sent, None),)
+            values = {
+                "provider": item.provider,
+                "provider_message_id": item.accepted.provider_message_id,
+            }
+            receipt = item.accepted.receipt
+            if receipt is not None and receipt.after_seconds <= 0:
+                outcome = MessageStatus(receipt.status)
+                steps += ((outcome, None),)
+                if outcome is MessageStatus.undelivered:
+                    values.update(_UNDELIVERED)
+            job = item.job
+            moves.append(
+                Move(
+                    job.message_id,
+                    steps,
+                    values,
+                    follow_up=follows_up(
+                        job.stream_type.value, job.settings, job.callback_url, item.provider
                     ),
                 )
-                .values(
-                    status=MessageStatus.sending.value,
-                    claimed_at=now,
-                    updated_at=now,
-                    attempts=Message.attempts + 1,
-                    not_before=None,
-                    hold_reason=None,
-                )
-                .returning(Message.attempts)
-                .execution_options(synchronize_session=False)
-            ).scalar()
-            if attempts is None:
-                return None
-            record_changes(session, [self._change(job, MessageStatus.sending, now)])
-            session.commit()
-        return attempts
-
-    # ------------------------------------------------------------------ outcomes
-
-    def _sent(self, job: Job, provider: str, accepted: Accepted, log_: Any) -> None:
-        now = self.runtime.clock()
-        with self.runtime.session_factory() as session:
-            moved = transition(
-                session,
-                job.message_id,
-                to=MessageStatus.sent,
-                allowed_from=[MessageStatus.sending],
-                at=now,
-                values={"provider": provider, "provider_message_id": accepted.provider_message_id},
             )
-            if moved and self._touch.due(job.stream_id):
-                session.execute(
-                    update(Stream).where(Stream.id == job.stream_id).values(last_activity_at=now)
-                )
+        with self.runtime.session_factory() as session:
+            changes = move_many(
+                session,
+                moves,
+                allowed_from=(MessageStatus.sending,),
+                at=now,
+                columns=_SENT_COLUMNS,
+            )
+            moved = {change.message_id for change in changes}
+            for stream_id in {item.job.stream_id for item in sent if item.job.message_id in moved}:
+                if self._touch.due(stream_id):
+                    session.execute(
+                        update(STREAMS)
+                        .where(STREAMS.c.id == stream_id)
+                        .values(last_activity_at=now)
+                    )
             session.commit()
-        if not moved:
-            log_.warning("sent_but_claim_lost")
-            return
-        metrics.SEGMENTS_SENT.labels(job.stream_type.value).inc(job.segments)
-        log_.info("message_sent", provider=provider, segments=job.segments)
-        if accepted.receipt is not None:
+        for item in sent:
+            job = item.job
+            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
+            if job.message_id not in moved:
+                log_.warning("sent_but_claim_lost")
+                continue
+            metrics.SEGMENTS_SENT.labels(job.stream_type.value).inc(job.segments)
+            log_.info("message_sent", provider=item.provider, segments=job.segments)
+            receipt = item.accepted.receipt
+            if receipt is None or receipt.after_seconds <= 0:
+                continue
             try:
                 enqueue_receipt(
                     self.runtime.broker,
                     job.stream_type.queue_name,
                     str(job.message_id),
-                    accepted.receipt.status,
-                    delay_ms=int(accepted.receipt.after_seconds * 1000),
+                    receipt.status,
+                    delay_ms=int(receipt.after_seconds * 1000),
                 )
             except Exception as exc:
                 log_.warning("receipt_enqueue_failed", error=type(exc).__name__)
@@ -406,15 +663,14 @@ class Delivery:
             return
         with self.runtime.session_factory() as session:
             session.execute(
-                update(Message)
+                update(MESSAGES)
                 .where(
-                    Message.id == job.message_id,
-                    Message.status == MessageStatus.queued.value,
-                    Message.hold_reason == "retry",
-                    Message.enqueued_at.is_(None),
+                    MESSAGES.c.id == job.message_id,
+                    MESSAGES.c.status == MessageStatus.queued.value,
+                    MESSAGES.c.hold_reason == "retry",
+                    MESSAGES.c.enqueued_at.is_(None),
                 )
                 .values(enqueued_at=self.runtime.clock())
-                .execution_options(synchronize_session=False)
             )
             session.commit()
 
@@ -496,13 +752,14 @@ class Delivery:
         """Take a queued message off the broker: the relay enqueues it again at ``until``
         (or, with no time, when its stream accepts sends again)."""
         session.execute(
-            update(Message)
-            .where(Message.id == key, Message.status == MessageStatus.queued.value)
+            update(MESSAGES)
+            .where(MESSAGES.c.id == key, MESSAGES.c.status == MessageStatus.queued.value)
             .values(enqueued_at=None, not_before=until, hold_reason=reason, updated_at=now)
-            .execution_options(synchronize_session=False)
         )
 
-    def _change(self, job: Job, status: MessageStatus, at: datetime) -> StatusChange:
+    def _change(
+        self, job: Job, status: MessageStatus, at: datetime, *, detail: str | None = None
+    ) -> StatusChange:
         return StatusChange(
             message_id=job.message_id,
             stream_id=job.stream_id,
@@ -511,6 +768,7 @@ class Delivery:
             status=status,
             at=at,
             segments=job.segments,
+            detail=detail,
         )
 
     # ------------------------------------------------------------------ receipts
@@ -521,10 +779,6 @@ class Delivery:
         outcome = MessageStatus(status)
         if outcome not in (MessageStatus.delivered, MessageStatus.undelivered):
             raise ValueError(f"not a receipt status: {status}")
-        failure = {
-            "error_code": "undelivered",
-            "error_message": "The carrier could not deliver it.",
-        }
         with self.runtime.session_factory() as session:
             moved = transition(
                 session,
@@ -532,7 +786,7 @@ class Delivery:
                 to=outcome,
                 allowed_from=[MessageStatus.sent],
                 at=self.runtime.clock(),
-                values=failure if outcome is MessageStatus.undelivered else None,
+                values=_UNDELIVERED if outcome is MessageStatus.undelivered else None,
             )
             session.commit()
         if moved:
@@ -543,6 +797,22 @@ _REJECTIONS = {
     "max_per_day": "The stream's daily message limit is reached.",
     "max_per_recipient_per_hour": "The stream's hourly limit for this recipient is reached.",
 }
+
+
+def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
+    """The (demo, stream type) pairs whose messages must go through the gates whatever
+    their stream's settings: their provider has a rate of its own, or there is none."""
+    gated = set()
+    for demo in (True, False):
+        for stream_type in StreamType:
+            try:
+                provider = providers.for_stream(demo=demo, stream_type=stream_type.value)
+            except ProviderError:
+                gated.add((demo, stream_type.value))
+                continue
+            if getattr(provider, "max_per_second", None) is not None:
+                gated.add((demo, stream_type.value))
+    return frozenset(gated)
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:

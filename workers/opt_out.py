@@ -5,38 +5,36 @@ messages are not marketing and still go."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy.orm import Session
 
 from core.message_states import transition
-from core.suppressions import is_suppressed
 from schemas.enums import MessageStatus, StreamType
-from schemas.tables import Message
 
 log = structlog.get_logger(__name__)
 
 OPTED_OUT = "opted_out"
 
 
-def is_marketing(message: Message) -> bool:
+def is_marketing(stream_type: str, content: Mapping[str, Any] | None) -> bool:
     """Marketing streams' messages, and WhatsApp templates of the marketing category."""
-    if message.stream_type == StreamType.marketing.value:
+    if stream_type == StreamType.marketing.value:
         return True
-    content = message.content or {}
+    content = content or {}
     return content.get("kind") == "template" and content.get("category") == "marketing"
 
 
-def reject_if_opted_out(session: Session, message: Message, now: datetime) -> bool:
-    """Reject a queued marketing message whose recipient opted out; True when it did."""
-    if not is_marketing(message):
-        return False
-    if not is_suppressed(session, message.account_id, message.recipient):
-        return False
+def reject_opted_out(session: Session, message_id: uuid.UUID, now: datetime) -> None:
+    """Reject a queued message whose recipient opted out of marketing (the caller has
+    checked both: ``is_marketing`` and the suppression list)."""
     moved = transition(
         session,
-        message.id,
+        message_id,
         to=MessageStatus.rejected,
         allowed_from=[MessageStatus.queued],
         at=now,
@@ -47,5 +45,4 @@ def reject_if_opted_out(session: Session, message: Message, now: datetime) -> bo
         },
     )
     if moved is not None:
-        log.info("message_rejected_opted_out", message_id=str(message.id))
-    return True
+        log.info("message_rejected_opted_out", message_id=str(message_id))

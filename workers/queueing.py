@@ -145,14 +145,16 @@ def status_followup_listener(
     broker: dramatiq.Broker,
 ) -> Callable[[Sequence[StatusChange]], None]:
     """A ``StatusFeed`` listener: each committed batch of notable changes becomes one job on
-    the callbacks queue (customer callbacks, early receipts). Only a Redis enqueue happens in
+    the callbacks queue (customer callbacks, early receipts). Changes whose maker knew that
+    nothing follows them (``StatusChange.follow_up``) are left out, so streams without
+    callbacks cost no job per message. Only a Redis enqueue happens in
     the committing thread, so sending never waits on a customer."""
 
     def status_followups(changes: Sequence[StatusChange]) -> None:
         notable = [
             [str(c.message_id), c.status.value, c.at.isoformat(), c.detail]
             for c in changes
-            if c.status.value in NOTIFIED_STATUSES
+            if c.follow_up and c.status.value in NOTIFIED_STATUSES
         ]
         if not notable:
             return

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +29,32 @@ log = structlog.get_logger(__name__)
 #: Stream types whose settings carry a callback set-up.
 CALLBACK_STREAM_TYPES = frozenset({StreamType.two_way.value, StreamType.whatsapp.value})
 _WEBHOOK_PROVIDERS = frozenset({HTTP, WHATSAPP_CLOUD})
+
+
+def wants_callbacks(
+    stream_type: str, stream_settings: Mapping[str, Any] | None, callback_url: str | None
+) -> bool:
+    """Whether a message's status changes become customer callbacks: it carries its own
+    ``callback_url``, or its (two-way or WhatsApp) stream has one."""
+    if callback_url:
+        return True
+    return stream_type in CALLBACK_STREAM_TYPES and bool(
+        (stream_settings or {}).get("callback_url")
+    )
+
+
+def follows_up(
+    stream_type: str,
+    stream_settings: Mapping[str, Any] | None,
+    callback_url: str | None,
+    provider: str,
+) -> bool:
+    """Whether a status change of such a message has anything to follow: a callback, or,
+    for a provider that reports receipts by webhook, receipts that may have arrived before
+    the provider id was recorded. When False the follow-up job is not even enqueued."""
+    return provider in _WEBHOOK_PROVIDERS or wants_callbacks(
+        stream_type, stream_settings, callback_url
+    )
 
 
 class StatusFollowUp:
@@ -60,10 +86,7 @@ class StatusFollowUp:
                 message, stream = found[message_id]
                 if stream.deleted_at is not None:
                     continue
-                wants_stream = stream.type in CALLBACK_STREAM_TYPES and bool(
-                    (stream.settings or {}).get("callback_url")
-                )
-                if not message.callback_url and not wants_stream:
+                if not wants_callbacks(stream.type, stream.settings, message.callback_url):
                     continue
                 event_id = uuid.uuid4()
                 callbacks.append(

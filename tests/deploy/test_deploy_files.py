@@ -184,6 +184,17 @@ def test_one_worker_deployment_per_queue_scaled_by_keda_on_the_real_list():
     assert len(scaled) == len(QUEUES)
 
 
+def test_the_otp_pool_has_guaranteed_cpu():
+    """Invariant 6 on a shared node: requests = limits (Guaranteed QoS) for the OTP pool,
+    which also polls its queue every 5 ms."""
+    deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
+    container = deployments["streams-worker-otp"]["spec"]["template"]["spec"]["containers"][0]
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]
+    assert set(resources["limits"]) == {"cpu", "memory"}
+    assert container["args"][container["args"].index("--poll-ms") + 1] == "5"
+
+
 def test_web_relay_migration_and_references():
     deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
     web = deployments["streams-web"]["spec"]["template"]["spec"]

@@ -22,6 +22,7 @@ import uuid
 from threading import Lock
 
 import redis
+from redis.commands.core import Script
 
 from core.settings import SandboxSettings
 from workers.providers.base import Accepted, OutboundMessage, ProviderError, Receipt
@@ -30,9 +31,21 @@ LEDGER_PREFIX = "streams:sandbox:ref:"
 SUBMISSIONS_KEY = "streams:sandbox:submissions"
 REPEATS_KEY = "streams:sandbox:repeats"
 _LEDGER_TTL_SECONDS = 7 * 24 * 3600
+MAGIC_NUMBERS = {
+    "000001": "refused",
+    "000002": "timeout",
+    "000003": "throttled",
+    "000004": "undelivered",
+}
+
+
+#: The ledger in one round trip: keep the first provider id of a reference and count
+#: submissions and repeats. Returns the first provider id. One script also means the
+#: reference and its count are recorded together: a worker killed between two separate
+#: calls left a reference counted as neither a submission nor a repeat.
 #: KEYS: the reference's ledger key, the submissions and repeats counters; ARGV: the new
-#: provider id and the ledger TTL. Returns the provider id of the first submission.
-_RECORD_SCRIPT = """
+#: provider id and the ledger TTL.
+_RECORD_LUA = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('INCR', KEYS[2])
   return ARGV[1]
@@ -40,12 +53,6 @@ end
 redis.call('INCR', KEYS[3])
 return redis.call('GET', KEYS[1])
 """
-MAGIC_NUMBERS = {
-    "000001": "refused",
-    "000002": "timeout",
-    "000003": "throttled",
-    "000004": "undelivered",
-}
 
 
 class SandboxProvider:
@@ -65,6 +72,7 @@ class SandboxProvider:
         self._memory: dict[str, str] = {}
         self._counts = {"submissions": 0, "repeats": 0}
         self._lock = Lock()
+        self._record_script: Script | None = None
 
     def send(self, message: OutboundMessage) -> Accepted:
         if self._settings.latency_ms:
@@ -101,19 +109,13 @@ class SandboxProvider:
     def _record(self, reference: str, provider_id: str) -> str:
         """Remember ``reference``; returns the provider id of its first submission."""
         if self._redis is not None:
-            # One script, so the reference and its count are recorded together: a worker
-            # killed between two separate calls left a reference counted as neither a
-            # submission nor (when offered again) anything but a repeat.
-            first = self._redis.eval(
-                _RECORD_SCRIPT,
-                3,
-                LEDGER_PREFIX + reference,
-                SUBMISSIONS_KEY,
-                REPEATS_KEY,
-                provider_id,
-                _LEDGER_TTL_SECONDS,
+            if self._record_script is None:
+                self._record_script = self._redis.register_script(_RECORD_LUA)
+            first = self._record_script(
+                keys=[LEDGER_PREFIX + reference, SUBMISSIONS_KEY, REPEATS_KEY],
+                args=[provider_id, _LEDGER_TTL_SECONDS],
             )
-            return first.decode() if isinstance(first, bytes) else provider_id
+            return first.decode() if first else provider_id
         with self._lock:
             if reference in self._memory:
                 self._counts["repeats"] += 1

@@ -1,0 +1,183 @@
+"""Loading waiting messages and claiming them for sending, many at a time.
+
+A batch job costs one statement to load its messages (with their streams) and one
+conditional UPDATE to claim those that passed their gates: ``queued → sending`` (or a
+``sending`` whose claim is older than the lease: its worker died). Only the rows the UPDATE
+moved are sent, so a redelivered job, or two workers racing on one message, never send it
+twice (invariant 2). Both are Core statements built once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from functools import cache
+
+from sqlalchemy import Row, Table, and_, bindparam, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.message_states import MESSAGES
+from core.suppressions import is_suppressed_clause
+from schemas.enums import MessageStatus, StreamStatus, StreamType
+from schemas.tables import Stream
+
+STREAMS: Table = Stream.__table__  # type: ignore[assignment]
+#: A stream in one of these does not send: its messages are parked.
+PAUSED_STREAM_STATUSES = (StreamStatus.disabled.value, StreamStatus.restricted.value)
+#: Stream settings that make admission count a message (``workers.admission``).
+LIMIT_SETTINGS = ("max_per_second", "max_per_day", "max_per_recipient_per_hour")
+
+#: What a sender needs of a message (``Delivery`` makes its job of them).
+_JOB_COLUMNS = (
+    MESSAGES.c.id,
+    MESSAGES.c.stream_id,
+    MESSAGES.c.account_id,
+    MESSAGES.c.stream_type,
+    MESSAGES.c.status,
+    MESSAGES.c.claimed_at,
+    MESSAGES.c.sender,
+    MESSAGES.c.recipient,
+    MESSAGES.c.body,
+    MESSAGES.c.sealed_body,
+    MESSAGES.c.segments,
+    MESSAGES.c.encoding,
+    MESSAGES.c.attempts,
+    MESSAGES.c.expires_at,
+    MESSAGES.c.content,
+    MESSAGES.c.callback_url,
+    STREAMS.c.demo,
+    STREAMS.c.settings,
+)
+
+_LOAD = (
+    select(
+        *_JOB_COLUMNS,
+        STREAMS.c.status.label("stream_status"),
+        STREAMS.c.deleted_at.label("stream_deleted_at"),
+        is_suppressed_clause(MESSAGES.c.account_id, MESSAGES.c.recipient).label("suppressed"),
+    )
+    .join(STREAMS, STREAMS.c.id == MESSAGES.c.stream_id)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+)
+
+_CLAIMABLE = or_(
+    MESSAGES.c.status == MessageStatus.queued.value,
+    and_(
+        MESSAGES.c.status == MessageStatus.sending.value,
+        MESSAGES.c.claimed_at < bindparam("cutoff"),
+    ),
+)
+_CLAIMED_VALUES = {
+    "status": MessageStatus.sending.value,
+    "claimed_at": bindparam("now"),
+    "updated_at": bindparam("now"),
+    "attempts": MESSAGES.c.attempts + 1,
+    "not_before": None,
+    "hold_reason": None,
+}
+
+_CLAIM = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
+    .values(**_CLAIMED_VALUES)
+    .returning(MESSAGES.c.id, MESSAGES.c.attempts)
+)
+
+
+def load_messages(session: Session, ids: Sequence[uuid.UUID]) -> list[Row]:  # type: ignore[type-arg]
+    """The messages of ``ids`` that exist, with their stream's ``stream_status``,
+    ``stream_deleted_at``, ``demo`` and ``settings`` and whether the recipient is on the
+    account's suppression list (``suppressed``)."""
+    if not ids:
+        return []
+    return list(session.execute(_LOAD, {"ids": list(ids)}))
+
+
+def claim_for_sending(
+    session: Session, ids: Sequence[uuid.UUID], now: datetime, lease_seconds: float
+) -> dict[uuid.UUID, int]:
+    """Claim the messages of ``ids`` that are queued, or whose claim is older than
+    ``lease_seconds``. Returns each claimed message's attempt number; the caller records the
+    changes and commits."""
+    if not ids:
+        return {}
+    cutoff = now - timedelta(seconds=lease_seconds)
+    rows = session.execute(_CLAIM, {"ids": list(ids), "now": now, "cutoff": cutoff})
+    return {row.id: row.attempts for row in rows}
+
+
+_RELEASE = (
+    update(MESSAGES)
+    .where(
+        MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+        MESSAGES.c.status == MessageStatus.sending.value,
+    )
+    .values(
+        status=MessageStatus.queued.value,
+        claimed_at=None,
+        updated_at=bindparam("now"),
+        attempts=MESSAGES.c.attempts - 1,
+    )
+    .returning(MESSAGES.c.id)
+)
+
+
+def release_claims(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> set[uuid.UUID]:
+    """Give back claims not used (``sending → queued``, the attempt not counted): the
+    worker is stopping before it sent them. Returns the ids released; the caller records
+    the changes and commits."""
+    if not ids:
+        return set()
+    return {row.id for row in session.execute(_RELEASE, {"ids": list(ids), "now": now})}
+
+
+@cache
+def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignore[no-untyped-def]
+    """The claim of ``claim_ungated`` for a given set of (demo, stream type) pairs whose
+    provider is rate-limited or missing."""
+    settings = STREAMS.c.settings
+    conditions = [
+        MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+        STREAMS.c.id == MESSAGES.c.stream_id,
+        _CLAIMABLE,
+        STREAMS.c.deleted_at.is_(None),
+        STREAMS.c.status.not_in(PAUSED_STREAM_STATUSES),
+        or_(MESSAGES.c.expires_at.is_(None), MESSAGES.c.expires_at > bindparam("now")),
+        *(settings[name].as_string().is_(None) for name in LIMIT_SETTINGS),
+        or_(
+            MESSAGES.c.stream_type != StreamType.marketing.value,
+            settings["quiet_hours"].as_string().is_(None),
+        ),
+        ~is_suppressed_clause(MESSAGES.c.account_id, MESSAGES.c.recipient),
+        MESSAGES.c.sealed_body.is_(None),
+        *(
+            ~and_(STREAMS.c.demo.is_(demo), MESSAGES.c.stream_type == stream_type)
+            for demo, stream_type in sorted(gated_providers)
+        ),
+    ]
+    return update(MESSAGES).where(*conditions).values(**_CLAIMED_VALUES).returning(*_JOB_COLUMNS)
+
+
+def claim_ungated(
+    session: Session,
+    ids: Sequence[uuid.UUID],
+    now: datetime,
+    lease_seconds: float,
+    gated_providers: frozenset[tuple[bool, str]],
+) -> list[Row]:  # type: ignore[type-arg]
+    """Load and claim, in one statement, the messages of ``ids`` that no gate can stop: the
+    load folded into the claim. That is a message whose stream is live (not deleted, not
+    paused), that has not expired, whose stream sets no limit (``LIMIT_SETTINGS``) and no
+    quiet hours for marketing, whose recipient is on no suppression list, that holds no
+    sealed text, and whose (demo, type) pair is not in ``gated_providers`` (a provider
+    with a rate, or none). Every other message is left as it was, for the full pipeline.
+
+    Returns the claimed messages with the columns of ``load_messages`` (``attempts``
+    already counting this attempt); the caller records the changes and commits.
+    """
+    if not ids:
+        return []
+    cutoff = now - timedelta(seconds=lease_seconds)
+    statement = _ungated_claim(gated_providers)
+    return list(session.execute(statement, {"ids": list(ids), "now": now, "cutoff": cutoff}))
