@@ -182,7 +182,7 @@ class Settings(BaseSettings):
     #: Keep it well above the providers' timeouts: a claim taken back while its provider call
     #: still runs is offered twice. The sandbox and http providers recognise the repeated
     #: reference; WhatsApp's Cloud API has no idempotency key, so there it would be a second
-    #: message.
+    #: message. A batch job uses its claims only within half of it (the rest go back).
     claim_lease_seconds: float = Field(default=300.0, gt=0)
     #: The relay leaves a fresh message to the ingress' own enqueue for this long.
     relay_grace_seconds: float = Field(default=5.0, ge=0)

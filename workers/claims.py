@@ -26,7 +26,13 @@ STREAMS: Table = Stream.__table__  # type: ignore[assignment]
 #: A stream in one of these does not send: its messages are parked.
 PAUSED_STREAM_STATUSES = (StreamStatus.disabled.value, StreamStatus.restricted.value)
 #: Stream settings that make admission count a message (``workers.admission``).
-LIMIT_SETTINGS = ("max_per_second", "max_per_day", "max_per_recipient_per_hour")
+#: Stream setting → the ``Limits`` field it sets. A message of a stream with any of them
+#: goes through admission, never the ungated claim.
+LIMIT_SETTINGS = {
+    "max_per_second": "per_second",
+    "max_per_day": "per_day",
+    "max_per_recipient_per_hour": "per_recipient_per_hour",
+}
 
 #: What a sender needs of a message (``Delivery`` makes its job of them).
 _JOB_COLUMNS = (

@@ -57,6 +57,7 @@ from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
 from workers.admission import Admission, Limits, Request
 from workers.claims import (
+    LIMIT_SETTINGS,
     PAUSED_STREAM_STATUSES,
     STREAMS,
     claim_for_sending,
@@ -123,7 +124,8 @@ class BatchResult:
 
     #: Messages whose own step raised, with the error: to be delivered again, each alone.
     failed: list[tuple[str, Exception]]
-    #: Messages not started because the worker is stopping: to go back to the queue.
+    #: Messages whose claims were given back unused (the worker is stopping, or the batch
+    #: ran half the claim lease): to go back to the queue.
     handed_back: list[str]
 
 
@@ -350,25 +352,38 @@ class Delivery:
         stopping: threading.Event | None,
         result: BatchResult,
     ) -> None:
-        """Send the claimed messages one by one, then record what was sent (one
-        transaction). Adds to ``result`` the messages whose send step raised and, when the
-        worker began stopping meanwhile, those not sent yet (their claims are given back)."""
+        """Send the claimed messages one by one and record what was sent: together at the
+        end (one transaction, also when the loop is interrupted), or right after its call
+        for a provider that is not idempotent, so nothing it took is ever offered again.
+        Claims are given back instead of used when the worker began stopping meanwhile, or
+        once the batch has run half the claim lease (so the relay's reclaim of leases never
+        races a batch still working through its claims); both are added to ``result``'s
+        ``handed_back``, and the messages whose send step raised to its ``failed``."""
         sent: list[_Sent] = []
         unsent: list[Job] = []
-        for claim in claimed:
-            job = claim.item.job
-            if stopping is not None and stopping.is_set():
-                unsent.append(job)
-                continue
-            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
-            try:
-                outcome = self._send(claim.item, claim.attempt, log_)
-            except Exception as error:  # left claimed: reclaimed after the lease
-                result.failed.append((str(job.message_id), error))
-                continue
-            if outcome is not None:
-                sent.append(outcome)
-        self._record_sent(sent)
+        fresh_until = started + self.runtime.settings.claim_lease_seconds / 2
+        try:
+            for claim in claimed:
+                job = claim.item.job
+                if (stopping is not None and stopping.is_set()) or (
+                    time.perf_counter() > fresh_until
+                ):
+                    unsent.append(job)
+                    continue
+                log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
+                try:
+                    outcome = self._send(claim.item, claim.attempt, log_)
+                except Exception as error:  # left claimed: reclaimed after the lease
+                    result.failed.append((str(job.message_id), error))
+                    continue
+                if outcome is None:
+                    continue
+                if claim.item.provider.idempotent:
+                    sent.append(outcome)
+                else:
+                    self._record_sent([outcome])
+        finally:
+            self._record_sent(sent)
         result.handed_back.extend(str(key) for key in self._release(unsent))
         elapsed = time.perf_counter() - started
         for claim in claimed:
@@ -376,7 +391,8 @@ class Delivery:
             metrics.WORKER_PROCESSING.labels(queue).observe(elapsed)
 
     def _release(self, jobs: list[Job]) -> set[uuid.UUID]:
-        """Give back the claims of ``jobs`` (the worker is stopping); returns the released."""
+        """Give back the claims of ``jobs`` not used (the worker is stopping, or the batch
+        ran too long to use them safely); returns the released."""
         if not jobs:
             return set()
         now = self.runtime.clock()
@@ -385,7 +401,7 @@ class Delivery:
             record_changes(
                 session,
                 [
-                    self._change(job, MessageStatus.queued, now, detail="worker stopping")
+                    self._change(job, MessageStatus.queued, now, detail="claim given back")
                     for job in jobs
                     if job.message_id in released
                 ],
@@ -426,10 +442,8 @@ class Delivery:
     @staticmethod
     def _limits(job: Job, provider: Provider) -> Limits:
         return Limits(
-            per_second=job.settings.get("max_per_second"),
             provider_per_second=getattr(provider, "max_per_second", None),
-            per_day=job.settings.get("max_per_day"),
-            per_recipient_per_hour=job.settings.get("max_per_recipient_per_hour"),
+            **{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()},
         )
 
     def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:

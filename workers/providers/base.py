@@ -55,6 +55,10 @@ class ProviderError(Exception):
 
 class Provider(Protocol):
     name: str
+    #: Whether the carrier takes a second submission of one reference as the first (an
+    #: idempotency key). Where it does not, a message it took must never be offered again,
+    #: so the worker records each send at once instead of with its batch.
+    idempotent: bool
 
     def send(self, message: OutboundMessage) -> Accepted:
         """Hand one message to the carrier. Raises ``ProviderError``."""

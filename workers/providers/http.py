@@ -24,6 +24,7 @@ log = structlog.get_logger(__name__)
 
 class HttpProvider:
     name = "http"
+    idempotent = True  # the reference goes as Idempotency-Key
 
     def __init__(self, settings: HttpProviderSettings, client: httpx.Client | None = None) -> None:
         if not settings.url:

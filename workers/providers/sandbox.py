@@ -57,6 +57,7 @@ return redis.call('GET', KEYS[1])
 
 class SandboxProvider:
     name = "sandbox"
+    idempotent = True  # a repeated reference returns the first id
 
     def __init__(
         self,

@@ -176,6 +176,7 @@ def classify_error(
 
 class WhatsAppCloudProvider:
     name = "whatsapp_cloud"
+    idempotent = False  # the Cloud API has no idempotency key
 
     def __init__(
         self,
