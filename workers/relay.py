@@ -22,6 +22,7 @@ several relays can run side by side.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ class _Due:
 class Relay:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        #: When ``_requeue_lost`` last looked (``time.monotonic``); None before it first did.
+        self._lost_looked_at: float | None = None
 
     def sweep(self) -> SweepReport:
         """One pass. Safe to run concurrently with ingress, workers and other relays."""
@@ -216,9 +219,20 @@ class Relay:
         return len(done)
 
     def _requeue_lost(self, marked_before: datetime) -> int:
-        """Enqueue again the waiting messages of queues that Redis holds nothing for."""
+        """Enqueue again the waiting messages of queues that Redis holds nothing for,
+        retries waiting for their back-off included (with what is left of their delay).
+
+        A lost job is only recognised after ``relay_lost_after_seconds``, so this looks a
+        few times in that span rather than on every sweep: the query walks the queued
+        backlog of the empty queues' types, which a large backlog makes costly. While it
+        keeps finding full batches, it looks again on the next sweep."""
         if self.runtime.redis is None:
             return 0  # the in-process broker of ``streams dev`` lives and dies with us
+        period = self.runtime.settings.relay_lost_after_seconds / 4
+        looked_at = time.monotonic()
+        if self._lost_looked_at is not None and looked_at - self._lost_looked_at < period:
+            return 0
+        self._lost_looked_at = looked_at
         try:
             empty = empty_queues(self.runtime.redis, NAMESPACE, QUEUES)
         except redis.RedisError:
@@ -228,21 +242,23 @@ class Relay:
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, Message.stream_type)
+                select(Message.id, Message.stream_type, Message.not_before)
                 .join(Stream, Stream.id == Message.stream_id)
                 .where(
                     Message.status == MessageStatus.queued.value,
                     Message.stream_type.in_(sorted(empty)),
                     Message.enqueued_at < marked_before,
-                    Message.not_before.is_(None),
-                    Message.hold_reason.is_(None),
                     _SENDABLE_STREAM,
                 )
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(of=Message, skip_locked=True)
             ).all()
-            done = self._enqueue(session, [_Due(r.id, r.stream_type, None) for r in rows], now)
+            done = self._enqueue(
+                session, [_Due(r.id, r.stream_type, r.not_before) for r in rows], now
+            )
             session.commit()
+        if len(done) == self.runtime.settings.relay_batch:
+            self._lost_looked_at = None  # more may wait: look again on the next sweep
         if done:
             log.warning("relay_requeued_lost_messages", count=len(done), queues=sorted(empty))
         metrics.RELAYED.labels("lost").inc(len(done))
