@@ -72,9 +72,9 @@ def test_invariants_1_and_2_worker_sigkilled_mid_drain_loses_nothing_sends_nothi
         running(new_pool, env, tmp_path / "worker.log"),
         running(["relay"], env, tmp_path / "relay.log"),
     ):
-        # Sent, not delivered: the sandbox's receipt is a job its worker enqueues after
-        # recording `sent`, so a worker killed between the two takes that simulated receipt
-        # with it (a real carrier sends its receipt whatever happens to our worker).
+        # Sent or delivered: a sandbox receipt with a delay is a job its worker enqueues
+        # after recording `sent`, so a worker killed between the two takes that simulated
+        # receipt with it (a real carrier sends its receipt whatever happens to our worker).
         assert wait_until(
             lambda: done() == TOTAL,
             timeout=300,
