@@ -165,6 +165,11 @@ def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignor
     return update(MESSAGES).where(*conditions).values(**_CLAIMED_VALUES).returning(*_JOB_COLUMNS)
 
 
+#: Databases that can fold the load into the claim: ``claim_ungated`` is an UPDATE … FROM
+#: that returns columns of the joined stream, which SQLite (``streams dev``) cannot.
+FOLDED_CLAIM_DIALECTS = frozenset({"postgresql"})
+
+
 def claim_ungated(
     session: Session,
     ids: Sequence[uuid.UUID],

@@ -57,6 +57,7 @@ from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
 from workers.admission import Admission, Limits, Request
 from workers.claims import (
+    FOLDED_CLAIM_DIALECTS,
     LIMIT_SETTINGS,
     PAUSED_STREAM_STATUSES,
     STREAMS,
@@ -166,6 +167,7 @@ class Delivery:
         self._sleep = sleep
         self._touch = ActivityTouch()
         self._gated = gated_providers(providers)
+        self._folds_claims = runtime.engine.dialect.name in FOLDED_CLAIM_DIALECTS
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -185,7 +187,7 @@ class Delivery:
         started = time.perf_counter()
         keys = [uuid.UUID(message_id) for message_id in message_ids]
         result = BatchResult([], [])
-        claimed = self._claim_ungated(keys)
+        claimed = self._claim_ungated(keys) if self._folds_claims else {}
         if claimed:
             self._send_and_record(list(claimed.values()), started, stopping, result)
             keys = [key for key in keys if key not in claimed]
