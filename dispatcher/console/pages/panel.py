@@ -4,6 +4,7 @@ types it applies to. Each tab reads and writes through the management API's func
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import structlog
@@ -16,6 +17,7 @@ from dispatcher.console.access import CONSOLE_PATH, ChangingSession, Session
 from dispatcher.console.chart import throughput_chart
 from dispatcher.console.forms import settings_from_form, stream_patch_body, whatsapp_body
 from dispatcher.console.rendering import FormErrors, render
+from dispatcher.console.sessions import SignedIn
 from dispatcher.errors import ApiError
 from dispatcher.event_templates import EVENT_STREAM_TYPES
 from dispatcher.routes import callbacks as callbacks_api
@@ -124,124 +126,103 @@ def panel(
     return _panel(request, signed_in.account_id, stream_id, tab, editing=edit)
 
 
-async def _form(request: Request) -> dict[str, str]:
+#: A tab's change, run in a worker thread: reads the form's values, writes through the API,
+#: and returns the confirmation to show.
+Change = Callable[[dict[str, str]], str]
+
+
+async def _submit(
+    request: Request,
+    signed_in: SignedIn,
+    stream_id: str,
+    tab: str,
+    change: Change,
+    *,
+    prefix: str = "",
+    editing: str | None = None,
+    changes_row: bool = False,
+) -> Response:
+    """Apply a tab's form through the API, off the event loop. A refusal reopens the tab
+    with the values as typed and the errors by their fields (422); ``changes_row`` tells the
+    streams table to refresh after a success."""
     form = await request.form()
-    return {k: str(v) for k, v in form.items() if k != "csrf_token"}
+    values = {k: str(v) for k, v in form.items() if k != "csrf_token"}
+    account_id = signed_in.account_id
 
+    def apply() -> Response:
+        try:
+            saved = change(values)
+        except (ApiError, ValidationError) as exc:
+            return _panel(
+                request,
+                account_id,
+                stream_id,
+                tab,
+                errors=FormErrors.of(exc, prefix),
+                values=values,
+                status_code=422,
+                editing=editing,
+            )
+        response = _panel(request, account_id, stream_id, tab, saved=saved)
+        if changes_row:
+            response.headers.update(CHANGED)
+        return response
 
-def _saved(response: Response) -> Response:
-    response.headers.update(CHANGED)
-    return response
+    return await run_in_threadpool(apply)
 
 
 @router.post("/info")
 async def save_info(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
-    values = await _form(request)
-    return await run_in_threadpool(_save_info, request, signed_in.account_id, stream_id, values)
-
-
-def _save_info(
-    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
-) -> Response:
-    try:
+    def change(values: dict[str, str]) -> str:
         body = StreamPatch.model_validate(stream_patch_body(values))
-        streams_api.patch_stream(stream_id, body, request, account_id)
-    except (ApiError, ValidationError) as exc:
-        return _panel(
-            request,
-            account_id,
-            stream_id,
-            "info",
-            errors=FormErrors.of(exc),
-            values=values,
-            status_code=422,
-        )
-    return _saved(_panel(request, account_id, stream_id, "info", saved="Details saved."))
+        streams_api.patch_stream(stream_id, body, request, signed_in.account_id)
+        return "Details saved."
+
+    return await _submit(request, signed_in, stream_id, "info", change, changes_row=True)
 
 
 @router.post("/settings")
 async def save_settings(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
-    values = await _form(request)
-    return await run_in_threadpool(_save_settings, request, signed_in.account_id, stream_id, values)
-
-
-def _save_settings(
-    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
-) -> Response:
     """Settings merge into the stream's (``PATCH`` with ``settings``): an emptied input
     clears its setting, the others keep theirs."""
-    try:
+
+    def change(values: dict[str, str]) -> str:
         body = StreamPatch.model_validate(
             {"settings": settings_from_form(values, clear_missing=True)}
         )
-        streams_api.patch_stream(stream_id, body, request, account_id)
-    except (ApiError, ValidationError) as exc:
-        errors = FormErrors.of(exc)
-        return _panel(
-            request,
-            account_id,
-            stream_id,
-            "settings",
-            errors=errors,
-            values=values,
-            status_code=422,
-        )
-    return _saved(_panel(request, account_id, stream_id, "settings", saved="Settings saved."))
+        streams_api.patch_stream(stream_id, body, request, signed_in.account_id)
+        return "Settings saved."
 
-
-@router.post("/events")
-async def add_event(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
-    values = await _form(request)
-    return await run_in_threadpool(
-        _save_event, request, signed_in.account_id, stream_id, values, None
-    )
+    return await _submit(request, signed_in, stream_id, "settings", change, changes_row=True)
 
 
 def _event_fields(values: dict[str, str], *names: str) -> dict[str, str]:
     return {name: values.get(f"event.{name}", "").strip() for name in names}
 
 
-def _save_event(
-    request: Request,
-    account_id: uuid.UUID,
-    stream_id: str,
-    values: dict[str, str],
-    key: str | None,
-) -> Response:
-    """Create an event template (``key`` None) or change one's name and template (the key
-    stays, as in the API). A refusal reopens the same form with the errors by their fields."""
-    try:
-        if key is None:
-            created = EventTemplateCreate.model_validate(
-                _event_fields(values, "key", "name", "template")
-            )
-            events_api.create_event(stream_id, created, request, account_id)
-            saved = f"Event {created.key} added."
-        else:
-            patch = EventTemplatePatch.model_validate(_event_fields(values, "name", "template"))
-            events_api.patch_event(stream_id, key, patch, request, account_id)
-            saved = f"Event {key} saved."
-    except (ApiError, ValidationError) as exc:
-        return _panel(
-            request,
-            account_id,
-            stream_id,
-            "events",
-            errors=FormErrors.of(exc, "event."),
-            values=values,
-            status_code=422,
-            editing=key,
-        )
-    return _panel(request, account_id, stream_id, "events", saved=saved)
+@router.post("/events")
+async def add_event(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
+    def change(values: dict[str, str]) -> str:
+        body = EventTemplateCreate.model_validate(_event_fields(values, "key", "name", "template"))
+        events_api.create_event(stream_id, body, request, signed_in.account_id)
+        return f"Event {body.key} added."
+
+    return await _submit(request, signed_in, stream_id, "events", change, prefix="event.")
 
 
 @router.post("/events/{key}")
 async def change_event(
     request: Request, signed_in: ChangingSession, stream_id: str, key: str
 ) -> Response:
-    values = await _form(request)
-    return await run_in_threadpool(
-        _save_event, request, signed_in.account_id, stream_id, values, key
+    """Name and template change; the key stays, as in the API."""
+
+    def change(values: dict[str, str]) -> str:
+        body = EventTemplatePatch.model_validate(_event_fields(values, "name", "template"))
+        events_api.patch_event(stream_id, key, body, request, signed_in.account_id)
+        return f"Event {key} saved."
+
+    return await _submit(
+        request, signed_in, stream_id, "events", change, prefix="event.", editing=key
     )
 
 
@@ -255,55 +236,26 @@ def delete_event(
 
 @router.post("/whatsapp")
 async def save_whatsapp(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
-    values = await _form(request)
-    return await run_in_threadpool(_save_whatsapp, request, signed_in.account_id, stream_id, values)
-
-
-def _save_whatsapp(
-    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
-) -> Response:
     """Ids as typed; the access token and app secret only when a new one is typed."""
-    try:
+
+    def change(values: dict[str, str]) -> str:
         body = WhatsAppSetup.model_validate(whatsapp_body(values, clear_blank_ids=True))
-        whatsapp_api.put_whatsapp(stream_id, body, request, account_id)
-    except (ApiError, ValidationError) as exc:
-        return _panel(
-            request,
-            account_id,
-            stream_id,
-            "whatsapp",
-            errors=FormErrors.of(exc, "whatsapp."),
-            values=values,
-            status_code=422,
-        )
-    return _saved(
-        _panel(request, account_id, stream_id, "whatsapp", saved="WhatsApp set-up saved.")
+        whatsapp_api.put_whatsapp(stream_id, body, request, signed_in.account_id)
+        return "WhatsApp set-up saved."
+
+    return await _submit(
+        request, signed_in, stream_id, "whatsapp", change, prefix="whatsapp.", changes_row=True
     )
 
 
 @router.post("/whatsapp/templates")
 async def add_template(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
-    values = await _form(request)
-    return await run_in_threadpool(_add_template, request, signed_in.account_id, stream_id, values)
-
-
-def _add_template(
-    request: Request, account_id: uuid.UUID, stream_id: str, values: dict[str, str]
-) -> Response:
-    fields = ("name", "language", "category", "body")
-    try:
+    def change(values: dict[str, str]) -> str:
+        fields = ("name", "language", "category", "body")
         body = TemplateCreate.model_validate(
             {k: values.get(f"template.{k}", "").strip() for k in fields}
         )
-        whatsapp_api.create_template(stream_id, body, request, account_id)
-    except (ApiError, ValidationError) as exc:
-        return _panel(
-            request,
-            account_id,
-            stream_id,
-            "whatsapp",
-            errors=FormErrors.of(exc, "template."),
-            values=values,
-            status_code=422,
-        )
-    return _panel(request, account_id, stream_id, "whatsapp", saved=f"Template {body.name} added.")
+        whatsapp_api.create_template(stream_id, body, request, signed_in.account_id)
+        return f"Template {body.name} added."
+
+    return await _submit(request, signed_in, stream_id, "whatsapp", change, prefix="template.")
