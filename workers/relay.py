@@ -100,10 +100,16 @@ class Relay:
                 reason="reclaimed",
             ),
             held_released=self._enqueue_waiting(
-                (Message.not_before.is_not(None), Message.not_before <= horizon), reason="held"
+                (
+                    Message.enqueued_at.is_(None),
+                    Message.not_before.is_not(None),
+                    Message.not_before <= horizon,
+                ),
+                reason="held",
             ),
             relayed=self._enqueue_waiting(
                 (
+                    Message.enqueued_at.is_(None),
                     Message.not_before.is_(None),
                     Message.updated_at < now - timedelta(seconds=settings.relay_grace_seconds),
                 ),
@@ -195,7 +201,8 @@ class Relay:
         return len(ids)
 
     def _enqueue_waiting(self, where: Sequence[ColumnElement[bool]], *, reason: str) -> int:
-        """Enqueue queued messages that are off the broker and due."""
+        """Enqueue the queued messages of live streams that ``where`` picks (off the broker,
+        or lost by it), each delayed until its ``not_before``; returns how many."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             rows = session.execute(
@@ -203,7 +210,6 @@ class Relay:
                 .join(Stream, Stream.id == Message.stream_id)
                 .where(
                     Message.status == MessageStatus.queued.value,
-                    Message.enqueued_at.is_(None),
                     _SENDABLE_STREAM,
                     *where,
                 )
@@ -239,30 +245,15 @@ class Relay:
             return 0  # Redis is down: the next sweep looks again
         if not empty:
             return 0
-        now = self.runtime.clock()
-        with self.runtime.session_factory() as session:
-            rows = session.execute(
-                select(Message.id, Message.stream_type, Message.not_before)
-                .join(Stream, Stream.id == Message.stream_id)
-                .where(
-                    Message.status == MessageStatus.queued.value,
-                    Message.stream_type.in_(sorted(empty)),
-                    Message.enqueued_at < marked_before,
-                    _SENDABLE_STREAM,
-                )
-                .limit(self.runtime.settings.relay_batch)
-                .with_for_update(of=Message, skip_locked=True)
-            ).all()
-            done = self._enqueue(
-                session, [_Due(r.id, r.stream_type, r.not_before) for r in rows], now
-            )
-            session.commit()
-        if len(done) == self.runtime.settings.relay_batch:
+        done = self._enqueue_waiting(
+            (Message.stream_type.in_(sorted(empty)), Message.enqueued_at < marked_before),
+            reason="lost",
+        )
+        if done == self.runtime.settings.relay_batch:
             self._lost_looked_at = None  # more may wait: look again on the next sweep
         if done:
-            log.warning("relay_requeued_lost_messages", count=len(done), queues=sorted(empty))
-        metrics.RELAYED.labels("lost").inc(len(done))
-        return len(done)
+            log.warning("relay_requeued_lost_messages", count=done, queues=sorted(empty))
+        return done
 
     def _enqueue(self, session: Session, rows: list[_Due], now: datetime) -> list[uuid.UUID]:
         """Enqueue (delayed until each row's time) and mark; stops at the first broker
