@@ -202,7 +202,8 @@ def test_dead_letter_after_the_retry_window_then_replay(
     assert replay.status_code == 200 and replay.json() == {"replayed": 1}
     assert wait_until(lambda: len(customer.received) == 1, 15)
     assert json.loads(customer.received[0]["body"])["event_id"] == letter["id"]
-    assert [r.state for r in deliveries(runtime)] == ["delivered"]
+    # The worker records the delivery once the customer has answered: wait for it.
+    assert wait_until(lambda: [r.state for r in deliveries(runtime)] == ["delivered"], 15)
     again = client.post(
         f"/api/v1/streams/{stream['id']}/callbacks/dead-letters/replay", headers=auth(account_key)
     )
