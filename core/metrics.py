@@ -65,6 +65,13 @@ WORKER_PROCESSING = Histogram(
     ["queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WORKER_GROUP_ITEMS = Histogram(
+    "streams_worker_group_items",
+    "Messages per group-committed step of a worker process (single-message jobs of its "
+    "threads claimed or recorded in one transaction), by step.",
+    ["step"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 ENQUEUE_FAILURES = Counter(
     "streams_enqueue_failures_total",
     "Accepted messages whose enqueue failed and were left to the relay.",

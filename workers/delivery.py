@@ -23,6 +23,10 @@
    with the delivery receipt when the provider reported it at once (the sandbox with no
    receipt delay); a later receipt comes as a job of its own.
 
+A single-message job (a single send, the relay) shares steps 1 (folded) and 7 with the
+other delivery threads of its process (``workers.group_commit``): one transaction each for
+all the jobs waiting at that moment, while each job's provider call stays in its own thread.
+
 Steps 2-4 and 6 give each message its own outcome; an error in one of them is that message's
 alone (``BatchResult.failed``). An error of a batch step (load, claim, record: the database
 is down) is raised; every message is then delivered again, and a redelivery skips what has
@@ -66,6 +70,7 @@ from workers.claims import (
     load_messages,
     release_claims,
 )
+from workers.group_commit import GroupCommit
 from workers.opt_out import is_marketing, reject_opted_out
 from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
@@ -168,13 +173,31 @@ class Delivery:
         self._touch = ActivityTouch()
         self._gated = gated_providers(providers)
         self._folds_claims = runtime.engine.dialect.name in FOLDED_CLAIM_DIALECTS
+        self._claims = GroupCommit("claim", self._claim_ungated_group)
+        self._records = GroupCommit("record", self._record_sent_group)
 
     # ------------------------------------------------------------------ the pipeline
 
     def deliver(self, message_id: str) -> None:
         """Take one message as far as it can go now. Safe to call any number of times.
-        Raises what its steps raised (the message is then left to be delivered again)."""
-        result = self.deliver_many([message_id])
+        Raises what its steps raised (the message is then left to be delivered again).
+
+        The claim and the record of a message no gate can stop are group-committed with
+        those of the process's other delivery threads (``workers.group_commit``): one
+        transaction each for all of them, the provider call still in this thread."""
+        started = time.perf_counter()
+        key = uuid.UUID(message_id)
+        result = BatchResult([], [])
+        if self._folds_claims:
+            (claimed,) = self._claims.submit([key])
+            if claimed is not None:
+                self._send_and_record([claimed], started, None, result, self._records.submit)
+                keys = []
+            else:
+                keys = [key]
+        else:
+            keys = [key]
+        self._deliver_gated(keys, started, None, result)
         if result.failed:
             raise result.failed[0][1]
 
@@ -191,8 +214,20 @@ class Delivery:
         if claimed:
             self._send_and_record(list(claimed.values()), started, stopping, result)
             keys = [key for key in keys if key not in claimed]
-            if not keys:
-                return result
+        self._deliver_gated(keys, started, stopping, result)
+        return result
+
+    def _deliver_gated(
+        self,
+        keys: list[uuid.UUID],
+        started: float,
+        stopping: threading.Event | None,
+        result: BatchResult,
+    ) -> None:
+        """The full pipeline (load, gates, claim, send, record) for messages the ungated
+        claim did not take."""
+        if not keys:
+            return
         with self.runtime.session_factory() as session:
             jobs, failed = self._load(session, keys)
             session.commit()
@@ -215,9 +250,8 @@ class Delivery:
                 ready.append(gated)
         if stopping is not None and stopping.is_set():
             result.handed_back.extend(str(r.job.message_id) for r in ready)
-            return result
+            return
         self._claim_send_record(ready, started, stopping, result)
-        return result
 
     def _load(
         self, session: Session, keys: list[uuid.UUID]
@@ -306,6 +340,13 @@ class Delivery:
             return None
         return _Ready(job, provider)
 
+    def _claim_ungated_group(self, keys: list[uuid.UUID]) -> list[_Claimed | None]:
+        """``_claim_ungated`` as a group-commit step: one result per key, None for a key
+        not claimed (a redelivered job's key can be in a group twice: one claim serves
+        both, and only its first occurrence gets it)."""
+        claimed = self._claim_ungated(list(dict.fromkeys(keys)))
+        return [claimed.pop(key, None) for key in keys]
+
     def _claim_ungated(self, keys: list[uuid.UUID]) -> dict[uuid.UUID, _Claimed]:
         """Load and claim at once what no gate can stop (``workers.claims.claim_ungated``):
         one transaction instead of a load and a claim."""
@@ -353,14 +394,17 @@ class Delivery:
         started: float,
         stopping: threading.Event | None,
         result: BatchResult,
+        record: Callable[[list[_Sent]], object] | None = None,
     ) -> None:
-        """Send the claimed messages one by one and record what was sent: together at the
+        """Send the claimed messages one by one and record what was sent (with ``record``,
+        ``_record_sent`` by default): together at the
         end (one transaction, also when the loop is interrupted), or right after its call
         for a provider that is not idempotent, so nothing it took is ever offered again.
         Claims are given back instead of used when the worker began stopping meanwhile, or
         once the batch has run half the claim lease (so the relay's reclaim of leases never
         races a batch still working through its claims); both are added to ``result``'s
         ``handed_back``, and the messages whose send step raised to its ``failed``."""
+        record = record or self._record_sent
         sent: list[_Sent] = []
         unsent: list[Job] = []
         fresh_until = started + self.runtime.settings.claim_lease_seconds / 2
@@ -383,9 +427,9 @@ class Delivery:
                 if claim.item.provider.idempotent:
                     sent.append(outcome)
                 else:
-                    self._record_sent([outcome])
+                    record([outcome])
         finally:
-            self._record_sent(sent)
+            record(sent)
         result.handed_back.extend(str(key) for key in self._release(unsent))
         elapsed = time.perf_counter() - started
         for claim in claimed:
@@ -544,6 +588,11 @@ class Delivery:
             self._provider_failed(job, provider.name, attempt, unexpected, log_)
             return None
         return _Sent(job, provider.name, accepted)
+
+    def _record_sent_group(self, sent: list[_Sent]) -> list[None]:
+        """``_record_sent`` as a group-commit step."""
+        self._record_sent(sent)
+        return [None] * len(sent)
 
     def _record_sent(self, sent: list[_Sent]) -> None:
         """``sending → sent`` for everything the provider took, in one transaction; a

@@ -10,39 +10,10 @@ from sqlalchemy import select
 
 from core.runtime import build_runtime
 from core.settings import SandboxSettings
-from schemas.tables import Message, MessageEvent
-from tests.conftest import auth, message
-from workers.admission import RedisAdmission
-from workers.delivery import Delivery
+from schemas.tables import MessageEvent
+from tests.deliveries import delivery_with, send, states
 from workers.providers.base import Accepted, OutboundMessage
-from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
-
-
-def send(client, stream, count: int) -> list[str]:
-    answer = client.post(
-        "/v1/messages",
-        json={"messages": [message(internal_id=f"b{i}") for i in range(count)]},
-        headers=auth(stream["token"]),
-    )
-    assert answer.status_code == 202, answer.text
-    return [item["message_id"] for item in answer.json()["results"]]
-
-
-def delivery_with(runtime, carrier: SandboxProvider) -> Delivery:
-    return Delivery(
-        runtime, ProviderRegistry({"sandbox": carrier}, "sandbox"), RedisAdmission(runtime.redis)
-    )
-
-
-def states(runtime, ids: list[str]) -> dict[str, tuple[str, int]]:
-    with runtime.session_factory() as session:
-        rows = session.execute(
-            select(Message.id, Message.status, Message.attempts).where(
-                Message.id.in_([uuid.UUID(i) for i in ids])
-            )
-        ).all()
-    return {str(row.id): (row.status, row.attempts) for row in rows}
 
 
 def test_invariant_2_a_batch_gives_back_claims_older_than_half_the_lease(

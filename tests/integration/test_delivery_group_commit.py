@@ -1,0 +1,152 @@
+"""Single-message jobs of one worker process share their claim and their ``sent`` record
+(``Delivery.deliver`` through ``workers.group_commit``), against real PostgreSQL and Redis:
+every message goes out once (invariant 2), a failed shared step leaves every message of its
+group to be delivered again (invariant 1), and the groups do form."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from prometheus_client import REGISTRY
+
+from core.clock import utcnow
+from tests.deliveries import delivery_with, send, states
+from workers.group_commit import GroupCommit
+from workers.providers.base import Accepted, OutboundMessage
+from workers.providers.sandbox import SandboxProvider
+
+
+class CountingCarrier(SandboxProvider):
+    """The sandbox, counting every call by reference; the first call can be held until the
+    test lets it go, so that other threads' claims and records pile up behind it."""
+
+    def __init__(self, *args, hold_first: bool = False, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.calls: list[str] = []
+        self.first_in_call = threading.Event()
+        self.release = threading.Event()
+        self._hold_first = hold_first
+        self._calls_lock = threading.Lock()
+
+    def send(self, message: OutboundMessage) -> Accepted:
+        with self._calls_lock:
+            self.calls.append(message.reference)
+            first = len(self.calls) == 1
+        if first and self._hold_first:
+            self.first_in_call.set()
+            assert self.release.wait(10)
+        return super().send(message)
+
+
+def group_items(step: str) -> tuple[float, float]:
+    """(groups, items) of ``streams_worker_group_items`` for ``step`` so far."""
+    count = REGISTRY.get_sample_value("streams_worker_group_items_count", {"step": step}) or 0.0
+    total = REGISTRY.get_sample_value("streams_worker_group_items_sum", {"step": step}) or 0.0
+    return count, total
+
+
+def test_single_jobs_of_many_threads_share_claims_and_records_and_each_goes_once(
+    runtime, client, make_stream
+):
+    ids = send(client, make_stream(), 40, prefix="g")
+    carrier = CountingCarrier(runtime.settings.sandbox, runtime.redis, hold_first=True)
+    delivery = delivery_with(runtime, carrier)
+    claims_before, records_before = group_items("claim"), group_items("record")
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(delivery.deliver, ids[0])
+        assert carrier.first_in_call.wait(10)
+        rest = [pool.submit(delivery.deliver, i) for i in ids[1:]]
+        # Seven threads claim meanwhile; their claims form groups behind the held call.
+        threading.Event().wait(0.3)
+        carrier.release.set()
+        first.result(30)
+        for future in rest:
+            future.result(30)
+    assert sorted(carrier.calls) == sorted(ids)  # each message called once
+    assert states(runtime, ids) == {i: ("delivered", 1) for i in ids}
+    claim_groups = group_items("claim")[0] - claims_before[0]
+    claimed = group_items("claim")[1] - claims_before[1]
+    recorded = group_items("record")[1] - records_before[1]
+    assert claimed == 40 and recorded == 40
+    assert claim_groups < 40  # some single jobs did share a claim transaction
+
+
+def test_invariant_2_the_same_message_delivered_by_racing_threads_goes_out_once(
+    runtime, client, make_stream
+):
+    ids = send(client, make_stream(), 5)
+    carrier = CountingCarrier(runtime.settings.sandbox, runtime.redis, hold_first=True)
+    delivery = delivery_with(runtime, carrier)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(delivery.deliver, ids[0])
+        assert carrier.first_in_call.wait(10)
+        # Redeliveries: every message (the held one too) four times over, all at once.
+        copies = [pool.submit(delivery.deliver, i) for i in ids * 4]
+        threading.Event().wait(0.3)
+        carrier.release.set()
+        first.result(30)
+        for future in copies:
+            future.result(30)
+    assert sorted(carrier.calls) == sorted(ids)
+    assert states(runtime, ids) == {i: ("delivered", 1) for i in ids}
+
+
+def test_a_key_twice_in_one_claim_group_is_claimed_once(runtime, client, make_stream):
+    (message_id,) = send(client, make_stream(), 1)
+    key = uuid.UUID(message_id)
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    first, second = delivery._claim_ungated_group([key, key])  # noqa: SLF001
+    assert first is not None and first.item.job.message_id == key
+    assert second is None
+
+
+def test_invariant_1_a_failed_shared_record_leaves_every_message_of_its_group_to_retry(
+    runtime, client, make_stream
+):
+    ids = send(client, make_stream(), 6)
+    carrier = CountingCarrier(runtime.settings.sandbox, runtime.redis, hold_first=True)
+    delivery = delivery_with(runtime, carrier)
+    failures = {"left": 1}
+
+    def record_or_fail(sent):  # type: ignore[no-untyped-def]
+        # The database goes away during the second group's record (the first is the held
+        # message's, alone).
+        if len(sent) > 1 and failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("server closed the connection unexpectedly")
+        return delivery._record_sent_group(sent)  # noqa: SLF001
+
+    delivery._records = GroupCommit("record", record_or_fail)  # noqa: SLF001
+    errors: list[str] = []
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(delivery.deliver, ids[0])
+        assert carrier.first_in_call.wait(10)
+        rest = {i: pool.submit(delivery.deliver, i) for i in ids[1:]}
+        threading.Event().wait(0.3)
+        carrier.release.set()
+        first.result(30)
+        for message_id, future in rest.items():
+            try:
+                future.result(30)
+            except ConnectionError:
+                errors.append(message_id)
+    assert len(errors) >= 2, "the failing group held more than one job"
+    found = states(runtime, ids)
+    # The jobs that failed are left claimed (`sending`): after the lease, a redelivery sends
+    # them again under the same reference, which the carrier takes as the first.
+    assert {found[i] for i in errors} == {("sending", 1)}
+    assert {found[i] for i in ids if i not in errors} == {("delivered", 1)}
+    # The lease passes: a redelivery takes them again, and the carrier knows the reference.
+    lease = timedelta(seconds=runtime.settings.claim_lease_seconds + 1)
+    runtime.clock = lambda: utcnow() + lease
+    submissions = carrier.submissions()
+    with ThreadPoolExecutor(8) as pool:
+        for future in [pool.submit(delivery.deliver, i) for i in ids]:
+            future.result(30)
+    found = states(runtime, ids)
+    assert {found[i] for i in errors} == {("delivered", 2)}
+    assert {found[i] for i in ids if i not in errors} == {("delivered", 1)}
+    assert carrier.submissions() == submissions  # the carrier took nothing twice
