@@ -25,13 +25,17 @@ R = TypeVar("R")
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("items", "results", "error", "done")
+    """One thread's items, its outcome, and the condition it waits on (on the group's lock,
+    so that waking a thread wakes that thread alone)."""
 
-    def __init__(self, items: Sequence[T]) -> None:
+    __slots__ = ("items", "results", "error", "done", "wake")
+
+    def __init__(self, items: Sequence[T], lock: threading.Lock) -> None:
         self.items = items
         self.results: list[R] = []
         self.error: BaseException | None = None
         self.done = False
+        self.wake = threading.Condition(lock)
 
 
 class GroupCommit(Generic[T, R]):
@@ -45,7 +49,7 @@ class GroupCommit(Generic[T, R]):
         self._name = name
         self._step = step
         self._max_items = max_items
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: list[_Slot[T, R]] = []
         self._running = False
 
@@ -54,13 +58,13 @@ class GroupCommit(Generic[T, R]):
         returns their results in order, or raises what the step raised."""
         if not items:
             return []
-        mine: _Slot[T, R] = _Slot(items)
-        with self._condition:
+        mine: _Slot[T, R] = _Slot(items, self._lock)
+        with self._lock:
             self._waiting.append(mine)
         while True:
-            with self._condition:
+            with self._lock:
                 while self._running and not mine.done:
-                    self._condition.wait()
+                    mine.wake.wait()
                 if mine.done:
                     return self._outcome(mine)
                 group = self._take_group()
@@ -69,13 +73,16 @@ class GroupCommit(Generic[T, R]):
             try:
                 self._run(group)
             finally:
-                with self._condition:
+                with self._lock:
                     self._running = False
-                    self._condition.notify_all()
+                    for slot in group:
+                        slot.wake.notify()
+                    if self._waiting:  # the oldest waiting thread leads the next group
+                        self._waiting[0].wake.notify()
 
     def _take_group(self) -> list[_Slot[T, R]]:
         """The waiting slots, oldest first, up to ``max_items`` items (at least one slot).
-        Called with the condition held."""
+        Called with the lock held."""
         group: list[_Slot[T, R]] = []
         count = 0
         while self._waiting:
@@ -89,19 +96,19 @@ class GroupCommit(Generic[T, R]):
     def _run(self, group: list[_Slot[T, R]]) -> None:
         """Run the step for ``group`` outside the lock and hand out the outcome."""
         items = [item for slot in group for item in slot.items]
-        metrics.WORKER_GROUP_ITEMS.labels(self._name).observe(len(items))
         try:
+            metrics.WORKER_GROUP_ITEMS.labels(self._name).observe(len(items))
             results = self._step(items)
             if len(results) != len(items):
                 raise RuntimeError(
                     f"{self._name} step gave {len(results)} results for {len(items)} items"
                 )
         except BaseException as error:
-            with self._condition:
+            with self._lock:
                 for slot in group:
                     slot.error, slot.done = error, True
             return
-        with self._condition:
+        with self._lock:
             start = 0
             for slot in group:
                 slot.results = results[start : start + len(slot.items)]

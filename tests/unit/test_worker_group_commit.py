@@ -37,7 +37,7 @@ class Recorder:
 
 def wait_for_waiters(group: GroupCommit, count: int) -> None:
     for _ in range(1000):
-        with group._condition:  # noqa: SLF001 - the test watches the queue fill up
+        with group._lock:  # noqa: SLF001 - the test watches the queue fill up
             waiting = sum(len(slot.items) for slot in group._waiting)  # noqa: SLF001
         if waiting >= count:
             return
