@@ -43,7 +43,7 @@ def declare_actors(
         ):
             broker.actors.pop(name, None)
         dramatiq.actor(
-            _deliver(delivery),
+            _deliver(delivery, queue),
             actor_name=delivery_actor_name(queue),
             queue_name=queue,
             broker=broker,
@@ -62,9 +62,9 @@ def declare_actors(
         )
 
 
-def _deliver(delivery: Delivery):  # type: ignore[no-untyped-def]
+def _deliver(delivery: Delivery, queue: str):  # type: ignore[no-untyped-def]
     def deliver(message_id: str) -> None:
-        delivery.deliver(message_id)
+        delivery.deliver(message_id, queue)
 
     return deliver
 

@@ -51,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
+from core.broker import QUEUES
 from core.clock import as_utc
 from core.dead_letters import record_dead_letter
 from core.message_states import MESSAGES, Move, move_many, record_changes, transition
@@ -80,6 +81,9 @@ from workers.status_followup import follows_up
 log = structlog.get_logger(__name__)
 
 _WAITING = (MessageStatus.queued,)
+#: The queues whose single-message jobs share transactions among themselves ("": a caller
+#: that names none).
+_GROUPS = ("", *QUEUES)
 _NO_LIMITS = Limits()
 _UNDELIVERED = {
     "error_code": "undelivered",
@@ -173,25 +177,30 @@ class Delivery:
         self._touch = ActivityTouch()
         self._gated = gated_providers(providers)
         self._folds_claims = runtime.engine.dialect.name in FOLDED_CLAIM_DIALECTS
-        self._claims = GroupCommit("claim", self._claim_ungated_group)
-        self._records = GroupCommit("record", self._record_sent_group)
+        # One pair per queue: a process that serves several queues never makes an OTP
+        # job wait on a marketing group's transaction (invariant 6).
+        self._claims = {q: GroupCommit("claim", self._claim_ungated_group) for q in _GROUPS}
+        self._records = {q: GroupCommit("record", self._record_sent_group) for q in _GROUPS}
 
     # ------------------------------------------------------------------ the pipeline
 
-    def deliver(self, message_id: str) -> None:
+    def deliver(self, message_id: str, queue: str = "") -> None:
         """Take one message as far as it can go now. Safe to call any number of times.
         Raises what its steps raised (the message is then left to be delivered again).
 
         The claim and the record of a message no gate can stop are group-committed with
-        those of the process's other delivery threads (``workers.group_commit``): one
-        transaction each for all of them, the provider call still in this thread."""
+        those of the process's other delivery threads on the same ``queue``
+        (``workers.group_commit``): one transaction each for all of them, the provider call
+        still in this thread."""
         started = time.perf_counter()
         key = uuid.UUID(message_id)
         result = BatchResult([], [])
         if self._folds_claims:
-            (claimed,) = self._claims.submit([key])
+            group = queue if queue in self._claims else ""
+            (claimed,) = self._claims[group].submit([key])
             if claimed is not None:
-                self._send_and_record([claimed], started, None, result, self._records.submit)
+                record = self._records[group].submit
+                self._send_and_record([claimed], started, None, result, record)
                 keys = []
             else:
                 keys = [key]

@@ -119,7 +119,7 @@ def test_invariant_1_a_failed_shared_record_leaves_every_message_of_its_group_to
             raise ConnectionError("server closed the connection unexpectedly")
         return delivery._record_sent_group(sent)  # noqa: SLF001
 
-    delivery._records = GroupCommit("record", record_or_fail)  # noqa: SLF001
+    delivery._records[""] = GroupCommit("record", record_or_fail)  # noqa: SLF001
     errors: list[str] = []
     with ThreadPoolExecutor(8) as pool:
         first = pool.submit(delivery.deliver, ids[0])
@@ -150,3 +150,28 @@ def test_invariant_1_a_failed_shared_record_leaves_every_message_of_its_group_to
     assert {found[i] for i in errors} == {("delivered", 2)}
     assert {found[i] for i in ids if i not in errors} == {("delivered", 1)}
     assert carrier.submissions() == submissions  # the carrier took nothing twice
+
+
+def test_invariant_6_an_otp_job_never_waits_on_a_marketing_group(runtime, client, make_stream):
+    (marketing,) = send(client, make_stream(type="marketing"), 1, prefix="m")
+    (otp,) = send(client, make_stream(type="otp"), 1, prefix="o")
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    in_claim, release = threading.Event(), threading.Event()
+
+    def slow_claim(keys):  # type: ignore[no-untyped-def]
+        in_claim.set()  # a marketing claim that takes its time (a big group, a slow disk)
+        assert release.wait(10)
+        return delivery._claim_ungated_group(keys)  # noqa: SLF001
+
+    delivery._claims["marketing"] = GroupCommit("claim", slow_claim)  # noqa: SLF001
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(delivery.deliver, marketing, "marketing")
+        assert in_claim.wait(10)
+        delivery.deliver(otp, "otp")  # returns while the marketing claim is still running
+        assert states(runtime, [otp, marketing]) == {
+            otp: ("delivered", 1),
+            marketing: ("queued", 0),
+        }
+        release.set()
+        held.result(10)
+    assert states(runtime, [marketing]) == {marketing: ("delivered", 1)}
