@@ -195,18 +195,13 @@ class Delivery:
         started = time.perf_counter()
         key = uuid.UUID(message_id)
         result = BatchResult([], [])
-        if self._folds_claims:
-            group = queue if queue in self._claims else ""
-            (claimed,) = self._claims[group].submit([key])
-            if claimed is not None:
-                record = self._records[group].submit
-                self._send_and_record([claimed], started, None, result, record)
-                keys = []
-            else:
-                keys = [key]
+        group = queue if queue in self._claims else ""
+        claimed = self._claims[group].submit([key])[0] if self._folds_claims else None
+        if claimed is None:
+            self._deliver_gated([key], started, None, result)
         else:
-            keys = [key]
-        self._deliver_gated(keys, started, None, result)
+            record = self._records[group].submit
+            self._send_and_record([claimed], started, None, result, record)
         if result.failed:
             raise result.failed[0][1]
 
@@ -406,9 +401,9 @@ class Delivery:
         record: Callable[[list[_Sent]], object] | None = None,
     ) -> None:
         """Send the claimed messages one by one and record what was sent (with ``record``,
-        ``_record_sent`` by default): together at the
-        end (one transaction, also when the loop is interrupted), or right after its call
-        for a provider that is not idempotent, so nothing it took is ever offered again.
+        ``_record_sent`` by default): together at the end (one transaction, also when the
+        loop is interrupted), or right after its call for a provider that is not
+        idempotent, so nothing it took is ever offered again.
         Claims are given back instead of used when the worker began stopping meanwhile, or
         once the batch has run half the claim lease (so the relay's reclaim of leases never
         races a batch still working through its claims); both are added to ``result``'s
