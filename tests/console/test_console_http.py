@@ -412,3 +412,28 @@ def test_panel_tabs_change_the_stream_through_the_api(
         f"/api/v1/streams/{orders['id']}", headers={"Authorization": f"Bearer {account_key}"}
     ).json()
     assert view["status"] == "ready"
+
+
+def test_a_malformed_panel_id_is_refused_by_name_and_not_echoed(
+    console: tuple[TestClient, str], make_stream: Callable[..., dict[str, Any]]
+) -> None:
+    client, _ = console
+    orders = make_stream(name="Orders")
+    opened = client.get("/console/streams", params={"panel": orders["id"]})
+    assert opened.status_code == 200
+    assert f'hx-get="/console/streams/{orders["id"]}/panel"' in opened.text
+    for malformed in ('"><script>alert(1)</script>', "../../api/v1/streams", "12345"):
+        answer = client.get("/console/streams", params={"panel": malformed})
+        assert answer.status_code == 422, malformed
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "panel: Input should be a valid UUID" in answer.text
+        for echoed in ("/panel", "alert(", "../", "12345"):
+            assert echoed not in answer.text, malformed
+        modal = client.get(
+            "/console/streams", params={"panel": malformed}, headers={"HX-Request": "true"}
+        )
+        assert modal.status_code == 422 and modal.headers["HX-Retarget"] == "#modal"
+    # The same page for every bad query parameter of the console, where it was JSON before.
+    paged = client.get("/console/streams", params={"page": "0"})
+    assert paged.status_code == 422 and paged.headers["content-type"].startswith("text/html")
+    assert "page: Input should be greater than or equal to 1" in paged.text
