@@ -15,17 +15,20 @@ from dispatcher.console.access import CONSOLE_PATH, SignInRequired
 from dispatcher.console.csrf import CsrfRefused
 from dispatcher.console.pages import panel, realtime, signin, streams
 from dispatcher.console.rendering import build_templates, is_htmx, render
+from dispatcher.console.response_headers import ConsoleResponseHeaders
 from dispatcher.errors import ApiError, describe_validation_error
 
 STATIC_DIR = Path(__file__).parent / "static"
+STATIC_PATH = f"{CONSOLE_PATH}/static"
 
 
 def install_console(app: FastAPI) -> None:
-    """Mount the console's routes, static files and error pages on ``app``."""
+    """Mount the console's routes, static files, error pages and response headers on ``app``."""
     app.state.console_templates = build_templates()
-    app.mount(f"{CONSOLE_PATH}/static", StaticFiles(directory=STATIC_DIR), name="console-static")
+    app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="console-static")
     for module in (signin, streams, panel, realtime):
         app.include_router(module.router)
+    app.add_middleware(ConsoleResponseHeaders, prefix=CONSOLE_PATH, static_prefix=STATIC_PATH)
 
     @app.exception_handler(SignInRequired)
     async def _sign_in_required(request: Request, _exc: SignInRequired) -> Response:
