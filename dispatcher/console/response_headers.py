@@ -4,6 +4,11 @@
 and reset modals, the WhatsApp verify token in the panel, and on every page the session's
 CSRF token), and none is worth caching, so no browser or proxy cache keeps any of them, and
 the back button after signing out does not bring a page back.
+
+``Content-Security-Policy: frame-ancestors 'none'`` and ``X-Frame-Options: DENY`` (for
+browsers without CSP 2): no other site may frame the console, where an invisible frame
+could lure a click onto a row action (reset token, disable, delete). Only ``frame-ancestors``
+is set, so htmx and the console's own script run as before.
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CONSOLE_RESPONSE_HEADERS = {"Cache-Control": "no-store"}
+CONSOLE_RESPONSE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
 
 
 class ConsoleResponseHeaders:

@@ -472,3 +472,22 @@ def test_console_responses_that_show_secrets_are_never_stored(
     assert "no-store" not in own_client.get("/console/static/console.css").headers.get(
         "cache-control", ""
     )
+
+
+def test_no_other_site_may_frame_the_console(
+    console: tuple[TestClient, str], make_stream: Callable[..., dict[str, Any]], client: TestClient
+) -> None:
+    own_client, csrf = console
+    orders = make_stream(name="Orders")
+    headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    answers = [
+        own_client.get("/console/streams"),
+        own_client.get(f"/console/streams/{orders['id']}/reset-token", headers=headers),
+        own_client.get(f"/console/streams/{orders['id']}/delete", headers=headers),
+        own_client.get("/console/realtime"),
+        own_client.get(f"/console/streams/{uuid.uuid4()}/panel"),
+        client.get("/console/signin"),
+    ]
+    for answer in answers:
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.url
+        assert answer.headers["x-frame-options"] == "DENY", answer.url
