@@ -101,6 +101,9 @@ def describe_validation_error(error: dict[str, Any]) -> tuple[str, str]:
         return location, f"{location or 'field'} is not a known field"
     if kind == "missing":
         return location, f"{location} is required"
+    if kind == "uuid_parsing":
+        # pydantic's message goes on to quote the offending character: say what is expected.
+        return location, f"{location}: Input should be a valid UUID"
     message = str(error.get("msg", "is invalid"))
     message = message.removeprefix("Value error, ")
     return location, f"{location}: {message}" if location else message

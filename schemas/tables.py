@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -91,6 +92,16 @@ class Message(Base):
         Index("ix_messages_account_created", "account_id", "created_at"),
         Index("ix_messages_status_not_before", "status", "not_before"),
         Index("ix_messages_provider_message_id", "provider", "provider_message_id"),
+        # The relay's lost-job sweep: queued messages of a type marked enqueued before a time
+        # (why this shape: migration 0007).
+        Index(
+            "ix_messages_queued_type_enqueued",
+            "status",
+            "stream_type",
+            "enqueued_at",
+            postgresql_where=text("status = 'queued' AND enqueued_at IS NOT NULL"),
+            sqlite_where=text("status = 'queued' AND enqueued_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)

@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -200,11 +200,24 @@ class Relay:
         metrics.RELAYED.labels(reason).inc(len(ids))
         return len(ids)
 
-    def _enqueue_waiting(self, where: Sequence[ColumnElement[bool]], *, reason: str) -> int:
+    def _enqueue_waiting(
+        self,
+        where: Sequence[ColumnElement[bool]],
+        *,
+        reason: str,
+        order: Sequence[ColumnElement[Any]] = (Message.not_before,),
+    ) -> int:
         """Enqueue the queued messages of live streams that ``where`` picks (off the broker,
-        or lost by it), each delayed until its ``not_before``; returns how many."""
+        or lost by it), a batch at a time in ``order``, each delayed until its
+        ``not_before``; returns how many."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # Planned with this run's values every time. psycopg prepares a statement
+                # after five runs, and PostgreSQL may then settle on a generic plan, blind
+                # to the cut-off, the type and status = 'queued': such a plan cannot use
+                # the lost sweep's partial index and walks the queued backlog instead.
+                session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             rows = session.execute(
                 select(Message.id, Message.stream_type, Message.not_before)
                 .join(Stream, Stream.id == Message.stream_id)
@@ -213,7 +226,7 @@ class Relay:
                     _SENDABLE_STREAM,
                     *where,
                 )
-                .order_by(Message.not_before)
+                .order_by(*order)
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(of=Message, skip_locked=True)
             ).all()
@@ -229,9 +242,8 @@ class Relay:
         retries waiting for their back-off included (with what is left of their delay).
 
         A lost job is only recognised after ``relay_lost_after_seconds``, so this looks a
-        few times in that span rather than on every sweep: the query walks the queued
-        backlog of the empty queues' types, which a large backlog makes costly. While it
-        keeps finding full batches, it looks again on the next sweep."""
+        few times in that span rather than on every sweep. While it keeps finding full
+        batches, it looks again on the next sweep."""
         if self.runtime.redis is None:
             return 0  # the in-process broker of ``streams dev`` lives and dies with us
         period = self.runtime.settings.relay_lost_after_seconds / 4
@@ -245,12 +257,20 @@ class Relay:
             return 0  # Redis is down: the next sweep looks again
         if not empty:
             return 0
-        done = self._enqueue_waiting(
-            (Message.stream_type.in_(sorted(empty)), Message.enqueued_at < marked_before),
-            reason="lost",
-        )
-        if done == self.runtime.settings.relay_batch:
-            self._lost_looked_at = None  # more may wait: look again on the next sweep
+        # One type at a time, the oldest marks first: the partial index on queued, marked
+        # messages (status, stream_type, enqueued_at) yields exactly those rows in that
+        # order, so the query reads the lost rows and stops, however many the planner
+        # expects (held and delivered rows of the type mislead its estimate).
+        done = 0
+        for queue in sorted(empty):
+            found = self._enqueue_waiting(
+                (Message.stream_type == queue, Message.enqueued_at < marked_before),
+                reason="lost",
+                order=(Message.enqueued_at,),
+            )
+            if found == self.runtime.settings.relay_batch:
+                self._lost_looked_at = None  # more may wait: look again on the next sweep
+            done += found
         if done:
             log.warning("relay_requeued_lost_messages", count=done, queues=sorted(empty))
         return done

@@ -387,3 +387,16 @@ def test_one_accounts_session_never_sees_anothers_streams(
     expect(page.locator("#feed-state")).to_have_attribute("data-state", "live")
     expect(page.locator("#realtime-rows tr[data-stream-id]")).to_have_count(0)
     page.context.close()
+
+
+def test_another_site_cannot_frame_the_console(browser: Any, system: dict[str, Any]) -> None:
+    page = browser.new_context().new_page()
+    page.set_default_timeout(10_000)
+    signin = system["base"] + "/console/signin"
+    with page.expect_response(signin) as framed:
+        page.set_content(f'<iframe id="console" src="{signin}"></iframe>')  # waits for its load
+    assert framed.value.status == 200  # served, but the browser does not show it in a frame
+    (frame,) = [f for f in page.frames if f != page.main_frame]
+    assert frame.url != signin  # Chromium shows its own error page in the frame instead
+    assert frame.locator("input[name=account_key]").count() == 0
+    page.context.close()

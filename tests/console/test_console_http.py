@@ -412,3 +412,82 @@ def test_panel_tabs_change_the_stream_through_the_api(
         f"/api/v1/streams/{orders['id']}", headers={"Authorization": f"Bearer {account_key}"}
     ).json()
     assert view["status"] == "ready"
+
+
+def test_a_malformed_panel_id_is_refused_by_name_and_not_echoed(
+    console: tuple[TestClient, str], make_stream: Callable[..., dict[str, Any]]
+) -> None:
+    client, _ = console
+    orders = make_stream(name="Orders")
+    opened = client.get("/console/streams", params={"panel": orders["id"]})
+    assert opened.status_code == 200
+    assert f'hx-get="/console/streams/{orders["id"]}/panel"' in opened.text
+    for malformed in ('"><script>alert(1)</script>', "../../api/v1/streams", "12345"):
+        answer = client.get("/console/streams", params={"panel": malformed})
+        assert answer.status_code == 422, malformed
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "panel: Input should be a valid UUID" in answer.text
+        for echoed in ("/panel", "alert(", "../", "12345"):
+            assert echoed not in answer.text, malformed
+        modal = client.get(
+            "/console/streams", params={"panel": malformed}, headers={"HX-Request": "true"}
+        )
+        assert modal.status_code == 422 and modal.headers["HX-Retarget"] == "#modal"
+    # The same page for every bad query parameter of the console, where it was JSON before.
+    paged = client.get("/console/streams", params={"page": "0"})
+    assert paged.status_code == 422 and paged.headers["content-type"].startswith("text/html")
+    assert "page: Input should be greater than or equal to 1" in paged.text
+
+
+def test_console_responses_that_show_secrets_are_never_stored(
+    console: tuple[TestClient, str],
+    make_stream: Callable[..., dict[str, Any]],
+    client: TestClient,
+    account_key: str,
+) -> None:
+    own_client, csrf = console
+    orders = make_stream(name="Orders")
+    headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    shown = own_client.get(f"/console/streams/{orders['id']}/token", headers=headers)
+    assert orders["token"] in shown.text
+    assert shown.headers["cache-control"] == "no-store"
+    reset = own_client.post(f"/console/streams/{orders['id']}/reset-token", headers=headers)
+    new_token = client.get(
+        f"/api/v1/streams/{orders['id']}/token", headers={"Authorization": f"Bearer {account_key}"}
+    ).json()["token"]
+    assert new_token in reset.text
+    assert reset.headers["cache-control"] == "no-store"
+    # Every page carries the session's CSRF token: pages, fragments, errors, redirects alike.
+    for path in (
+        "/console/streams",
+        f"/console/streams/{orders['id']}/panel",
+        f"/console/streams/{uuid.uuid4()}/token",
+        "/console/streams?page=0",
+        "/console",
+    ):
+        answer = own_client.get(path, follow_redirects=False)
+        assert answer.headers["cache-control"] == "no-store", path
+    assert client.get("/console/signin").headers["cache-control"] == "no-store"
+    # Static assets hold no secret and stay cacheable.
+    assert "no-store" not in own_client.get("/console/static/console.css").headers.get(
+        "cache-control", ""
+    )
+
+
+def test_no_other_site_may_frame_the_console(
+    console: tuple[TestClient, str], make_stream: Callable[..., dict[str, Any]], client: TestClient
+) -> None:
+    own_client, csrf = console
+    orders = make_stream(name="Orders")
+    headers = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    answers = [
+        own_client.get("/console/streams"),
+        own_client.get(f"/console/streams/{orders['id']}/reset-token", headers=headers),
+        own_client.get(f"/console/streams/{orders['id']}/delete", headers=headers),
+        own_client.get("/console/realtime"),
+        own_client.get(f"/console/streams/{uuid.uuid4()}/panel"),
+        client.get("/console/signin"),
+    ]
+    for answer in answers:
+        assert answer.headers["content-security-policy"] == "frame-ancestors 'none'", answer.url
+        assert answer.headers["x-frame-options"] == "DENY", answer.url

@@ -3,16 +3,20 @@ is down at enqueue time the relay puts it on the queue later, and it is delivere
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import event, func, insert, select, text
 
 from core.runtime import build_runtime
 from dispatcher.app import create_app
-from schemas.tables import Message
+from schemas.tables import Message, Stream
 from tests.conftest import CLIENT_IP, auth, message
 from tests.processes import private_redis, wait_until
 from workers.pool import start_worker
 from workers.providers.sandbox import SandboxProvider
+from workers.queueing import enqueue_delivery
 from workers.relay import Relay
 
 
@@ -106,3 +110,73 @@ def test_invariant_1_a_late_enqueue_mark_never_hides_a_held_message(runtime, cli
         assert session.get(Message, key).enqueued_at is None
     runtime.clock = lambda: held_until + timedelta(seconds=1)
     assert Relay(runtime).sweep().held_released == 1
+
+
+def test_the_lost_sweep_finds_lost_messages_by_index_not_by_walking_the_backlog(
+    runtime, make_stream, redis_client
+):
+    """A long transactional backlog is on its queue; the other queues are empty, and three
+    otp messages marked enqueued long ago are not on theirs (Redis lost them). The lost-job
+    sweep requeues those three, and each of its queries reads the partial index on queued,
+    marked messages by type, rather than walking the queued backlog row by row."""
+    orders, codes = make_stream(), make_stream(name="Codes", type="otp")
+    with runtime.session_factory() as session:
+        account_id = session.scalar(select(Stream.account_id).where(Stream.id == orders["id"]))
+    now = runtime.clock()
+    lost_after = timedelta(seconds=runtime.settings.relay_lost_after_seconds)
+
+    def rows(stream, count, status, enqueued_at):
+        return [
+            {
+                "id": uuid.uuid4(),
+                "account_id": account_id,
+                "stream_id": uuid.UUID(stream["id"]),
+                "stream_type": stream["type"],
+                "recipient": "+972524265292",
+                "body": "Your parcel is on its way",
+                "segments": 1,
+                "encoding": "GSM-7",
+                "status": status,
+                "attempts": 1,
+                "created_at": now - timedelta(days=1),
+                "updated_at": now - timedelta(days=1),
+                "enqueued_at": enqueued_at,
+            }
+            for _ in range(count)
+        ]
+
+    history = [
+        row
+        for stream in (orders, codes)
+        for row in rows(stream, 8000, "delivered", now - timedelta(days=1))
+    ]
+    lost = rows(codes, 3, "queued", now - 2 * lost_after)
+    backlog = rows(orders, 2000, "queued", now - 2 * lost_after)
+    with runtime.session_factory() as session:
+        session.execute(insert(Message), history + backlog + lost)
+        session.commit()
+    enqueue_delivery(runtime.broker, "transactional", str(backlog[-1]["id"]))  # still queued
+    with runtime.engine.connect() as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.commit()
+
+    queries: list[tuple[str, dict]] = []
+
+    def keep_the_lost_query(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if "messages.enqueued_at <" in statement:
+            queries.append((statement, parameters))
+
+    # A batch well below the rows the planner expects (the otp history is large): the kind
+    # of query where walking some index in order and stopping early looks cheap to it.
+    relay_runtime = build_runtime(runtime.settings.model_copy(update={"relay_batch": 50}))
+    event.listen(relay_runtime.engine, "before_cursor_execute", keep_the_lost_query)
+    try:
+        assert Relay(relay_runtime).sweep().lost_requeued == len(lost)
+    finally:
+        relay_runtime.close()
+    assert queries
+    with runtime.engine.connect() as connection:
+        for statement, parameters in queries:
+            explain = connection.exec_driver_sql("EXPLAIN " + statement, parameters)
+            plan = "\n".join(explain.scalars())
+            assert "ix_messages_queued_type_enqueued" in plan, plan

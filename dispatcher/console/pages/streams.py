@@ -135,8 +135,10 @@ def streams_page(
     status: Filter = None,
     tag: Filter = None,
     page: Page = 1,
-    panel: Annotated[str | None, Query(max_length=64)] = None,
+    panel: uuid.UUID | None = None,
 ) -> Response:
+    """The table; with ``panel`` (a stream id, as the create form's redirect sends) that
+    stream's panel opens too. A malformed ``panel`` is refused like any bad query parameter."""
     context = _table_context(request, signed_in.account_id, name, status, tag, page)
     return render(request, "streams.html", open_panel=panel, **context)
 
