@@ -21,6 +21,7 @@ from core.whatsapp_setup import whatsapp_steps
 from dispatcher.auth import StreamAccess, ensure_accepts_sends, require_account, runtime_of
 from dispatcher.errors import ApiError
 from dispatcher.intake import accept_messages
+from dispatcher.no_store import NO_STORE
 from dispatcher.ownership import owned_stream
 from schemas.enums import IN_FLIGHT_MESSAGE_STATUSES, StreamStatus, StreamType
 from schemas.errors import ErrorBody
@@ -334,7 +335,9 @@ def delete_stream(stream_id: str, request: Request, account_id: Account) -> Resp
     return Response(status_code=204)
 
 
-@router.get("/{stream_id}/token", response_model=TokenOut, responses=_ERRORS)
+@router.get(
+    "/{stream_id}/token", response_model=TokenOut, responses=_ERRORS, dependencies=[NO_STORE]
+)
 def show_token(stream_id: str, request: Request, account_id: Account) -> TokenOut:
     runtime = runtime_of(request)
     with runtime.session_factory() as session:
@@ -342,7 +345,12 @@ def show_token(stream_id: str, request: Request, account_id: Account) -> TokenOu
         return TokenOut(token=runtime.secret_box.open(stream.token_sealed or ""))
 
 
-@router.post("/{stream_id}/token/reset", response_model=TokenOut, responses=_ERRORS)
+@router.post(
+    "/{stream_id}/token/reset",
+    response_model=TokenOut,
+    responses=_ERRORS,
+    dependencies=[NO_STORE],
+)
 def reset_token(
     stream_id: str,
     request: Request,

@@ -18,6 +18,7 @@ from core.runtime import Runtime
 from core.whatsapp_templates import parameter_count
 from dispatcher.auth import require_account, runtime_of
 from dispatcher.errors import ApiError
+from dispatcher.no_store import NO_STORE
 from dispatcher.routes.streams import _forget, _owned, _refresh_status
 from schemas.enums import StreamType
 from schemas.errors import ErrorBody
@@ -86,7 +87,12 @@ def _setup_view(
     )
 
 
-@router.get("/{stream_id}/whatsapp", response_model=WhatsAppSetupOut, responses=_ERRORS)
+@router.get(
+    "/{stream_id}/whatsapp",
+    response_model=WhatsAppSetupOut,
+    responses=_ERRORS,
+    dependencies=[NO_STORE],
+)
 def get_whatsapp(stream_id: str, request: Request, account_id: Account) -> WhatsAppSetupOut:
     runtime = runtime_of(request)
     with runtime.session_factory() as session:
@@ -94,7 +100,12 @@ def get_whatsapp(stream_id: str, request: Request, account_id: Account) -> Whats
         return _setup_view(runtime, stream, stream.whatsapp)
 
 
-@router.put("/{stream_id}/whatsapp", response_model=WhatsAppSetupOut, responses=_ERRORS)
+@router.put(
+    "/{stream_id}/whatsapp",
+    response_model=WhatsAppSetupOut,
+    responses=_ERRORS,
+    dependencies=[NO_STORE],
+)
 def put_whatsapp(
     stream_id: str, body: WhatsAppSetup, request: Request, account_id: Account
 ) -> WhatsAppSetupOut:

@@ -178,3 +178,21 @@ def test_token_comparison_is_constant_time_on_fixed_length_digests(
     compare_digest_calls.clear()
     assert find_account(runtime, account_key) is not None
     assert [(len(a), len(b)) for a, b in compare_digest_calls] == [(64, 64)]
+
+
+def test_api_answers_that_carry_a_secret_are_never_cached(client, make_stream, account_key):
+    stream = make_stream()
+    whatsapp = whatsapp_stream(make_stream, client, account_key)
+    with_secrets = [
+        client.get(f"/api/v1/streams/{stream['id']}/token", headers=auth(account_key)),
+        client.post(f"/api/v1/streams/{stream['id']}/token/reset", headers=auth(account_key)),
+        client.get(f"/api/v1/streams/{whatsapp['id']}/whatsapp", headers=auth(account_key)),
+        client.put(
+            f"/api/v1/streams/{whatsapp['id']}/whatsapp",
+            json={"verify_token": "another-verify-token"},
+            headers=auth(account_key),
+        ),
+    ]
+    for answer in with_secrets:
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["cache-control"] == "no-store", answer.request.url
