@@ -1,11 +1,12 @@
 """One-time codes over the database: send a code, verify it.
 
-Send: the code and its text are composed under the stream's rules (``core.otp_codes``), the
-resend cooldown and the per-recipient cap are checked, then ONE transaction stores the
-message (masked body, sealed text, expiring with the code; ``dispatcher.intake``) and the
-code's digest. The code row is an upsert guarded by the cooldown, so two racing sends cannot both
-pass it, and a new send overwrites (supersedes) the previous code. The message is enqueued on
-the ``otp`` queue after commit, like any accepted message (invariant 1).
+Send: the code and its text are composed under the stream's rules (``core.otp_codes``), then
+ONE transaction checks the resend cooldown and, once the per-recipient cap (Redis) has made
+room, stores the message (masked body, sealed text, expiring with the code;
+``dispatcher.intake``) and the code's digest. The code row is an upsert guarded by the
+cooldown, so two racing sends cannot both pass it, and a new send overwrites (supersedes) the
+previous code. The message is enqueued on the ``otp`` queue after commit, like any accepted
+message (invariant 1).
 
 Verify: the presented code is compared with the stored digest in constant time, then ONE
 conditional UPDATE records the outcome — ``used_at`` for the right code, ``attempts_left - 1``
@@ -135,14 +136,6 @@ class OneTimeCodes:
         if sender is None:
             raise ApiError(409, "missing_sender", "The stream has no default sender.")
         now = self.runtime.clock()
-
-        with self.runtime.session_factory() as session:
-            waiting = self._cooldown(session, access, recipient, rules, now)
-        if waiting:
-            self._refuse_cooldown(access, waiting)
-        cap_key = _cap_key(access, rules, recipient)
-        member = self._reserve(access, cap_key, rules, now)
-
         message_id = uuid.uuid4()
         expires_at = now + timedelta(seconds=rules.ttl_seconds)
         count = count_segments(composed.text)
@@ -161,11 +154,24 @@ class OneTimeCodes:
             callback_url=None,
             sealed_body=self.runtime.secret_box.seal(composed.text),
         )
-        try:
-            waiting = self._persist(access, item, message_id, composed.code, rules, now)
-        except Exception:
-            self._release(cap_key, member)
-            raise
+        cap_key = _cap_key(access, rules, recipient)
+        # The cooldown check and the writes share one transaction: the time from accept to
+        # the enqueue is OTP latency, and a transaction of its own for the check would cost
+        # a connection checkout and two more round trips (BEGIN, ROLLBACK). The check is a
+        # plain read (no lock is held while the cap is asked); the code's upsert re-checks
+        # the cooldown against the latest committed row.
+        with self.runtime.session_factory() as session:
+            waiting = self._cooldown(session, access, recipient, rules, now)
+            if waiting:
+                self._refuse_cooldown(access, waiting)
+            member = self._reserve(access, cap_key, rules, now)
+            try:
+                waiting = self._persist(
+                    session, access, item, message_id, composed.code, rules, now
+                )
+            except Exception:
+                self._release(cap_key, member)
+                raise
         if waiting:  # a concurrent send to the same number won the race
             self._release(cap_key, member)
             self._refuse_cooldown(access, waiting)
@@ -183,6 +189,7 @@ class OneTimeCodes:
 
     def _persist(
         self,
+        session: Session,
         access: StreamAccess,
         item: PreparedItem,
         message_id: uuid.UUID,
@@ -190,21 +197,21 @@ class OneTimeCodes:
         rules: OtpRules,
         now: datetime,
     ) -> int:
-        """Store the message and the code's digest in one transaction. Returns 0, or — when
-        a concurrent send won the cooldown and nothing was stored — the seconds to wait."""
+        """Store the message and the code's digest in ``session``'s transaction and commit.
+        Returns 0, or — when a concurrent send won the cooldown and nothing was stored — the
+        seconds to wait."""
         expires_at = now + timedelta(seconds=rules.ttl_seconds)
-        with self.runtime.session_factory() as session:
-            insert_messages(session, access, [item], {0: message_id}, now)
-            if not self._store_code(
-                session, access, item.recipient, message_id, code, rules, now, expires_at
-            ):
-                session.rollback()
-                return max(1, self._cooldown(session, access, item.recipient, rules, now))
-            if self.touch.due(access.stream_id):
-                session.execute(
-                    update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
-                )
-            session.commit()
+        insert_messages(session, access, [item], {0: message_id}, now)
+        if not self._store_code(
+            session, access, item.recipient, message_id, code, rules, now, expires_at
+        ):
+            session.rollback()
+            return max(1, self._cooldown(session, access, item.recipient, rules, now))
+        if self.touch.due(access.stream_id):
+            session.execute(
+                update(Stream).where(Stream.id == access.stream_id).values(last_activity_at=now)
+            )
+        session.commit()
         return 0
 
     def _cooldown(
