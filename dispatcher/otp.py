@@ -23,10 +23,11 @@ import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import NoReturn
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -223,9 +224,7 @@ class OneTimeCodes:
         now: datetime,
     ) -> int:
         row = session.execute(
-            select(OtpCode.sent_at, OtpCode.used_at).where(
-                OtpCode.stream_id == access.stream_id, OtpCode.recipient == recipient
-            )
+            _COOLDOWN_READ, {"stream_id": access.stream_id, "recipient": recipient}
         ).first()
         if row is None:
             return 0
@@ -291,36 +290,21 @@ class OneTimeCodes:
     ) -> bool:
         """Insert or overwrite the recipient's code unless a resend cooldown is running.
         False (nothing written) when the cooldown holds."""
-        insert = _dialect_insert(session)
-        statement = insert(OtpCode).values(
-            id=uuid.uuid4(),
-            account_id=access.account_id,
-            stream_id=access.stream_id,
-            recipient=recipient,
-            message_id=message_id,
-            code_digest=self.hasher.digest(access.stream_id, recipient, code),
-            attempts_left=rules.max_failures,
-            sent_at=now,
-            expires_at=expires_at,
-            used_at=None,
-        )
-        cutoff = now - timedelta(seconds=rules.resend_cooldown_seconds)
-        statement = statement.on_conflict_do_update(
-            index_elements=["stream_id", "recipient"],
-            set_={
-                name: statement.excluded[name]
-                for name in (
-                    "message_id",
-                    "code_digest",
-                    "attempts_left",
-                    "sent_at",
-                    "expires_at",
-                    "used_at",
-                )
-            },
-            where=or_(OtpCode.used_at.is_not(None), OtpCode.sent_at <= cutoff),
-        ).returning(OtpCode.id)
-        return session.execute(statement).first() is not None
+        statement = _code_upsert(session.get_bind().dialect.name)
+        parameters = {
+            "id": uuid.uuid4(),
+            "account_id": access.account_id,
+            "stream_id": access.stream_id,
+            "recipient": recipient,
+            "message_id": message_id,
+            "code_digest": self.hasher.digest(access.stream_id, recipient, code),
+            "attempts_left": rules.max_failures,
+            "sent_at": now,
+            "expires_at": expires_at,
+            "used_at": None,
+            "cooldown_cutoff": now - timedelta(seconds=rules.resend_cooldown_seconds),
+        }
+        return session.execute(statement, parameters).first() is not None
 
     # -------------------------------------------------------------- verify
 
@@ -411,10 +395,35 @@ def _recipient(phone: str) -> str:
         ) from None
 
 
-def _dialect_insert(session: Session):  # type: ignore[no-untyped-def]
-    """``INSERT … ON CONFLICT`` for the session's database (PostgreSQL, or SQLite in dev)."""
-    if session.get_bind().dialect.name == "postgresql":
+# The send path's two statements on ``otp_codes`` are Core statements built once, with bound
+# parameters: built per request through the ORM (``insert(OtpCode)``, ``excluded``, the
+# cache key of literal values) they cost more interpreter time than the rest of the send.
+
+OTP_CODES: Table = OtpCode.__table__  # type: ignore[assignment]
+
+_COOLDOWN_READ = select(OTP_CODES.c.sent_at, OTP_CODES.c.used_at).where(
+    OTP_CODES.c.stream_id == bindparam("stream_id"),
+    OTP_CODES.c.recipient == bindparam("recipient"),
+)
+
+#: What a new code overwrites in the recipient's row (it supersedes the previous code).
+_SUPERSEDED = ("message_id", "code_digest", "attempts_left", "sent_at", "expires_at", "used_at")
+
+
+@cache
+def _code_upsert(dialect: str):  # type: ignore[no-untyped-def]
+    """``INSERT … ON CONFLICT (stream_id, recipient) DO UPDATE`` of a new code, guarded by
+    the cooldown (``cooldown_cutoff``), for PostgreSQL or SQLite (``streams dev``)."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return insert
+    statement = insert(OTP_CODES)
+    return statement.on_conflict_do_update(
+        index_elements=["stream_id", "recipient"],
+        set_={name: statement.excluded[name] for name in _SUPERSEDED},
+        where=or_(
+            OTP_CODES.c.used_at.is_not(None),
+            OTP_CODES.c.sent_at <= bindparam("cooldown_cutoff"),
+        ),
+    ).returning(OTP_CODES.c.id)
