@@ -99,8 +99,9 @@ FIRST_RECIPIENT = 972_525_100_000
 #: The marketing pool's niceness by default: on one host, roughly the CPU weight deploy/k8s
 #: gives a marketing pod (a small CPU request) next to the OTP pod (guaranteed CPU).
 MARKETING_NICE = 10
-#: The OTP pool's poll interval, as the Procfile and deploy/k8s start it (``--poll-ms 5``).
-OTP_POLL_MS = 5
+#: The OTP pool's poll interval as the Procfile and deploy/k8s start it: the app's default
+#: (0 here), since OTP jobs wake the pool through the queue's doorbell. It was 5 ms before.
+OTP_POLL_MS = 0
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,9 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         "--otp-poll-ms",
         type=int,
         default=OTP_POLL_MS,
-        help="STREAMS_WORKER_POLL_MS for the OTP pool only, as the Procfile and deploy/k8s "
-        f"start it (--poll-ms {OTP_POLL_MS}); 0 = the app's default, 50",
+        help="STREAMS_WORKER_POLL_MS for the OTP pool only; 0 = the app's default, 50, as the "
+        "Procfile and deploy/k8s start it (OTP jobs ring the queue's doorbell); 5 = the "
+        f"setting deployed before the doorbell ({OTP_POLL_MS})",
     )
     add_service_options(parser)
     args = parser.parse_args(argv)

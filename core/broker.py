@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import (
     AgeLimit,
@@ -15,6 +14,7 @@ from dramatiq.middleware import (
     TimeLimit,
 )
 
+from core.queue_doorbell import DoorbellRedisBroker
 from core.redis_clients import redis_client
 from core.settings import Settings
 from schemas.enums import StreamType
@@ -46,12 +46,13 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     ]
     broker: dramatiq.Broker
     if settings.redis_url:
-        broker = RedisBroker(
+        broker = DoorbellRedisBroker(
             client=redis_client(settings.redis_url, settings),
             namespace=NAMESPACE,
             middleware=middleware,
             heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
             maintenance_chance=settings.broker_maintenance_chance,
+            doorbell_queues=settings.doorbell_queues,
         )
     else:
         broker = StubBroker(middleware=middleware)

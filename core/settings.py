@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.network import parse_network
+from schemas.enums import StreamType
 
 SQLITE_DEFAULT_URL = "sqlite:///.streams/dev.db"
 
@@ -212,6 +213,9 @@ class Settings(BaseSettings):
     #: 1 s by default there). It bounds the latency of the first message on a quiet queue
     #: and the precision of delayed messages; each idle poll is one cheap Redis call.
     worker_poll_ms: int = Field(default=50, ge=5, le=5000)
+    #: Queues whose idle consumers are woken by each enqueue instead of waiting for their
+    #: next poll (``core.queue_doorbell``): one more Redis call per job enqueued on them.
+    doorbell_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["otp"])
     #: dramatiq Redis broker: how long without heartbeat before a worker's messages go back.
     broker_heartbeat_timeout_ms: int = Field(default=60_000, ge=1000)
     broker_maintenance_chance: int = Field(default=1000, ge=0, le=1_000_000)
@@ -221,7 +225,7 @@ class Settings(BaseSettings):
     whatsapp: WhatsAppApiSettings = Field(default_factory=WhatsAppApiSettings)
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "doorbell_queues", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip().startswith("["):
@@ -239,6 +243,15 @@ class Settings(BaseSettings):
                     f"trusted_proxies[{index}] {cidr!r} trusts every peer: anyone could then "
                     "choose their client address with X-Forwarded-For; name your proxies"
                 )
+        return value
+
+    @field_validator("doorbell_queues")
+    @classmethod
+    def _doorbells_on_known_queues(cls, value: list[str]) -> list[str]:
+        known = [t.queue_name for t in StreamType]
+        for index, name in enumerate(value):
+            if name not in known:
+                raise ValueError(f"doorbell_queues[{index}] {name!r} is not one of {known}")
         return value
 
     @property

@@ -156,7 +156,6 @@ def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignor
             settings["quiet_hours"].as_string().is_(None),
         ),
         ~is_suppressed_clause(MESSAGES.c.account_id, MESSAGES.c.recipient),
-        MESSAGES.c.sealed_body.is_(None),
         *(
             ~and_(STREAMS.c.demo.is_(demo), MESSAGES.c.stream_type == stream_type)
             for demo, stream_type in sorted(gated_providers)
@@ -180,9 +179,10 @@ def claim_ungated(
     """Load and claim, in one statement, the messages of ``ids`` that no gate can stop: the
     load folded into the claim. That is a message whose stream is live (not deleted, not
     paused), that has not expired, whose stream sets no limit (``LIMIT_SETTINGS``) and no
-    quiet hours for marketing, whose recipient is on no suppression list, that holds no
-    sealed text, and whose (demo, type) pair is not in ``gated_providers`` (a provider
-    with a rate, or none). Every other message is left as it was, for the full pipeline.
+    quiet hours for marketing, whose recipient is on no suppression list, and whose (demo,
+    type) pair is not in ``gated_providers`` (a provider with a rate, or none). Every other
+    message is left as it was, for the full pipeline. Messages with a sealed text (OTP codes)
+    are claimed here too: they are the ones that can least afford two more transactions.
 
     Returns the claimed messages with the columns of ``load_messages`` (``attempts``
     already counting this attempt); the caller records the changes and commits.

@@ -361,7 +361,13 @@ class Delivery:
             )
             claimed: dict[uuid.UUID, _Claimed] = {}
             for row in rows:
-                job = self._job(row)  # no sealed text here, so it cannot raise
+                try:
+                    job = self._job(row)
+                except ValueError:
+                    # A sealed text made with another secret key: undo the claims and let
+                    # the full pipeline load the batch and fail that message alone.
+                    session.rollback()
+                    return {}
                 provider = self.providers.for_stream(
                     demo=job.demo, stream_type=job.stream_type.value
                 )

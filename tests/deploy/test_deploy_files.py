@@ -18,6 +18,7 @@ from cli.main import GRACEFUL_SHUTDOWN_SECONDS
 from core import metrics
 from core.broker import NAMESPACE, QUEUES
 from core.queue_depth import QueueDepthCollector, ready_list_key
+from core.settings import Settings
 from workers.pool import SHUTDOWN_TIMEOUT_MS
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -185,14 +186,16 @@ def test_one_worker_deployment_per_queue_scaled_by_keda_on_the_real_list():
 
 
 def test_the_otp_pool_has_guaranteed_cpu():
-    """Invariant 6 on a shared node: requests = limits (Guaranteed QoS) for the OTP pool,
-    which also polls its queue every 5 ms."""
+    """Invariant 6 on a shared node: requests = limits (Guaranteed QoS) for the OTP pool.
+    Its jobs wake it through the queue's doorbell (``core.queue_doorbell``), so it does not
+    spin on a short poll."""
     deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
     container = deployments["streams-worker-otp"]["spec"]["template"]["spec"]["containers"][0]
     resources = container["resources"]
     assert resources["requests"] == resources["limits"]
     assert set(resources["limits"]) == {"cpu", "memory"}
-    assert container["args"][container["args"].index("--poll-ms") + 1] == "5"
+    assert "--poll-ms" not in container["args"]
+    assert "otp" in Settings(_env_file=None).doorbell_queues
 
 
 def test_web_relay_migration_and_references():

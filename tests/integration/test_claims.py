@@ -7,12 +7,19 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from core.credentials import SecretBox
+from core.settings import SandboxSettings
 from core.suppressions import suppress
 from schemas.tables import Message
 from tests.conftest import auth, message
+from tests.otp_codes import OTHER_PHONE, PHONE, send_code
+from workers.admission import RedisAdmission
 from workers.claims import LIMIT_SETTINGS, claim_ungated
+from workers.delivery import Delivery
+from workers.providers.registry import ProviderRegistry
+from workers.providers.sandbox import SandboxProvider
 
 NO_GATED_PROVIDERS: frozenset[tuple[bool, str]] = frozenset()
 
@@ -92,3 +99,39 @@ def test_a_provider_with_a_rate_of_its_own_goes_through_admission(runtime, clien
     message_id = send_one(client, make_stream(demo=True))
     assert claim(runtime, message_id, gated=frozenset({(True, "transactional")})) == []
     assert len(claim(runtime, message_id, gated=frozenset({(False, "transactional")}))) == 1
+
+
+def test_an_otp_message_with_its_sealed_text_is_loaded_and_claimed(runtime, client, otp_stream):
+    """OTP is what must go out fastest: its sealed text does not send it the long way."""
+    sent = send_code(client, otp_stream(code_mode="customer_code"), code="48213")
+    assert sent.status_code == 202, sent.text
+    message_id = uuid.UUID(sent.json()["message_id"])
+    (row,) = claim(runtime, message_id)
+    assert row.body == "Your code is *****"
+    assert runtime.secret_box.open(row.sealed_body) == "Your code is 48213"
+    assert status_and_attempts(runtime, message_id) == ("sending", 1)
+
+
+def test_a_sealed_text_of_another_key_fails_alone_in_the_full_pipeline(runtime, client, otp_stream):
+    stream = otp_stream()
+    ids = []
+    for phone in (PHONE, OTHER_PHONE):
+        sent = send_code(client, stream, phone=phone)
+        assert sent.status_code == 202, sent.text
+        ids.append(sent.json()["message_id"])
+    good, bad = ids
+    with runtime.session_factory() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == uuid.UUID(bad))
+            .values(sealed_body=SecretBox("another secret key").seal("Your code is 11111"))
+        )
+        session.commit()
+    carrier = SandboxProvider(SandboxSettings(receipt_delay_seconds=0), runtime.redis)
+    delivery = Delivery(
+        runtime, ProviderRegistry({"sandbox": carrier}, "sandbox"), RedisAdmission(runtime.redis)
+    )
+    result = delivery.deliver_many([bad, good])
+    assert [(message_id, type(error)) for message_id, error in result.failed] == [(bad, ValueError)]
+    assert status_and_attempts(runtime, uuid.UUID(good)) == ("delivered", 1)
+    assert status_and_attempts(runtime, uuid.UUID(bad)) == ("queued", 0)
