@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from schemas.tables import Base
 from tests.conftest import auth, message
+from tests.processes import wait_until
 from tests.two_way import post_signed_inbound, signing_secret, whatsapp_stream
 
 STREAMS = "/api/v1/streams"
@@ -103,6 +104,10 @@ def owned(client, make_stream, account_key, runtime) -> dict[str, Any]:
     assert stop.status_code == 200, stop.text
     with runtime.engine.connect() as connection:
         callback_id = connection.execute(text("SELECT id FROM callback_deliveries")).scalar_one()
+    # The ingress marks accepted messages as enqueued from a background thread, a moment
+    # after the 202: wait for it, so the test's "nothing changed" sees B's requests only.
+    message_id = sent.json()["results"][0]["message_id"]
+    assert wait_until(lambda: is_marked_enqueued(runtime, message_id), timeout=10)
     return {
         "stream": stream["id"],
         "whatsapp": whatsapp["id"],
@@ -113,6 +118,14 @@ def owned(client, make_stream, account_key, runtime) -> dict[str, Any]:
         "callback": str(callback_id),
         "phone": PHONE,
     }
+
+
+def is_marked_enqueued(runtime, message_id: str) -> bool:
+    with runtime.engine.connect() as connection:
+        return connection.execute(
+            text("SELECT enqueued_at IS NOT NULL FROM messages WHERE id = :id"),
+            {"id": uuid.UUID(message_id)},
+        ).scalar_one()
 
 
 def ids_for(path: str, things: dict[str, Any]) -> dict[str, str]:
