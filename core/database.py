@@ -152,12 +152,18 @@ def _unnest_insert(  # type: ignore[no-untyped-def]
     return text(sql)
 
 
-def _insert_adding(session: Session, table: Any, key: Sequence[str], columns: Sequence[str]) -> Any:
-    """``INSERT ... ON CONFLICT (key) DO UPDATE SET column = column + excluded.column``."""
+def _dialect_insert(session: Session, table: Any) -> Any:
+    """The INSERT construct of the session's dialect: PostgreSQL's and SQLite's both have
+    ``ON CONFLICT`` (``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
     module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = module.insert(table)
+    return module.insert(table)
+
+
+def _insert_adding(session: Session, table: Any, key: Sequence[str], columns: Sequence[str]) -> Any:
+    """``INSERT ... ON CONFLICT (key) DO UPDATE SET column = column + excluded.column``."""
+    statement = _dialect_insert(session, table)
     return statement.on_conflict_do_update(
         index_elements=list(key),
         set_={c: table.c[c] + statement.excluded[c] for c in columns},
@@ -165,12 +171,5 @@ def _insert_adding(session: Session, table: Any, key: Sequence[str], columns: Se
 
 
 def insert_ignoring_duplicates(session: Session, table: Any, conflict_columns: list[str]) -> Any:
-    """An INSERT that skips rows violating the unique key on ``conflict_columns``.
-
-    PostgreSQL and SQLite both support ``ON CONFLICT DO NOTHING``; the dialect decides which
-    construct builds it.
-    """
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return module.insert(table).on_conflict_do_nothing(index_elements=conflict_columns)
+    """An INSERT that skips rows violating the unique key on ``conflict_columns``."""
+    return _dialect_insert(session, table).on_conflict_do_nothing(index_elements=conflict_columns)
