@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import update
+from sqlalchemy import Row, select, update
+from sqlalchemy.orm import Session
 
 from core.clock import utcnow
-from core.credentials import digest, new_account_key
+from core.credentials import digest, digests_match, new_account_key
 from core.database import SessionFactory
 from schemas.tables import Account
 
@@ -34,3 +35,15 @@ def rotate_account_key(session_factory: SessionFactory, account_id: uuid.UUID) -
         )
         session.commit()
     return key
+
+
+def account_by_key(session: Session, key: str) -> Row[tuple[uuid.UUID, str]] | None:
+    """The (``id``, ``key_digest``) of the account whose key this is, or None: looked up by
+    the key's digest, then the digests compared in constant time (invariant 3's rule for
+    tokens, kept for account keys too)."""
+    row = session.execute(
+        select(Account.id, Account.key_digest).where(Account.key_digest == digest(key))
+    ).first()
+    if row is None or not digests_match(row.key_digest, key):
+        return None
+    return row

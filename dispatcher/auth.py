@@ -19,12 +19,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
+from core.accounts import account_by_key
 from core.credentials import digest, digests_match
 from core.network import IPNetwork, client_address, ip_allowed, parse_network
 from core.runtime import Runtime
 from dispatcher.errors import ApiError
 from schemas.enums import StreamStatus, StreamType
-from schemas.tables import Account, Stream
+from schemas.tables import Stream
 
 log = structlog.get_logger(__name__)
 
@@ -114,12 +115,8 @@ def request_client_address(request: Request) -> Any:
 
 def find_account(runtime: Runtime, key: str) -> uuid.UUID | None:
     with runtime.session_factory() as session:
-        row = session.execute(
-            select(Account.id, Account.key_digest).where(Account.key_digest == digest(key))
-        ).first()
-    if row is None or not digests_match(row.key_digest, key):
-        return None
-    return row.id
+        row = account_by_key(session, key)
+    return None if row is None else row.id
 
 
 async def require_account(

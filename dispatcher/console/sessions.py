@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
+from core.accounts import account_by_key
 from core.clock import as_utc
-from core.credentials import digest, digests_match
+from core.credentials import digest
 from core.runtime import Runtime
 from schemas.tables import Account, ConsoleSession
 
@@ -47,10 +48,8 @@ def sign_in(runtime: Runtime, account_key: str, lifetime: timedelta) -> NewSessi
     """
     now = runtime.clock()
     with runtime.session_factory() as session:
-        account = session.execute(
-            select(Account.id, Account.key_digest).where(Account.key_digest == digest(account_key))
-        ).first()
-        if account is None or not digests_match(account.key_digest, account_key):
+        account = account_by_key(session, account_key)
+        if account is None:
             return None
         cookie_value = secrets.token_urlsafe(32)
         session.execute(delete(ConsoleSession).where(ConsoleSession.expires_at <= now))
