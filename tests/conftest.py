@@ -56,17 +56,23 @@ def redis_client() -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture
-def settings(database_url: str, redis_client: redis.Redis) -> Settings:
+def base_settings(database_url: str, **overrides: Any) -> Settings:
+    """What every test's settings start from: the test database and Redis db, a fixed
+    secret key, a sandbox that answers and reports delivery at once, and nothing read from
+    the environment or a ``.env`` file."""
     return Settings(
         database_url=database_url,
         redis_url=REDIS_URL,
         secret_key="test-secret-key-not-for-production",
-        relay_grace_seconds=0,
-        relay_interval_seconds=0.2,
         sandbox=SandboxSettings(latency_ms=0, receipt_delay_seconds=0),
         _env_file=None,
+        **overrides,
     )
+
+
+@pytest.fixture
+def settings(database_url: str, redis_client: redis.Redis) -> Settings:
+    return base_settings(database_url, relay_grace_seconds=0, relay_interval_seconds=0.2)
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ import redis
 
 from core.accounts import create_account
 from core.runtime import build_runtime
-from core.settings import SandboxSettings, Settings
-from tests.conftest import REDIS_URL, _empty_database
+from tests.conftest import REDIS_URL, _empty_database, base_settings
 from tests.processes import ingress, worker_pool
 
 os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -40,13 +39,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def system(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A clean database and Redis db, two accounts, an ingress and a worker pool."""
-    settings = Settings(
-        database_url=database_url,
-        redis_url=REDIS_URL,
-        secret_key="test-secret-key-not-for-production",
-        sandbox=SandboxSettings(latency_ms=0, receipt_delay_seconds=0),
-        _env_file=None,
-    )
+    settings = base_settings(database_url)
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     runtime = build_runtime(settings)

@@ -47,10 +47,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.accounts import create_account
 from core.runtime import Runtime, build_runtime
-from core.settings import SandboxSettings, Settings
+from core.settings import Settings
 from core.signatures import SIGNATURE_HEADER, streams_signature
 from dispatcher.app import create_app
-from tests.conftest import CLIENT_IP, REDIS_URL, _empty_database, auth
+from tests.conftest import CLIENT_IP, REDIS_URL, _empty_database, auth, base_settings
 from tests.two_way import APP_SECRET, signing_secret, whatsapp_stream
 
 MAX_EXAMPLES = 20
@@ -138,13 +138,7 @@ def signing_shim(app: ASGIApp, signers: dict[str, Callable[[bytes], dict[str, st
 def fuzz_runtime(database_url: str) -> Iterator[Runtime]:
     """One runtime and data set for the whole module: the fuzzer's cases pile up in it,
     which is what a long-lived service sees too (and it saves a set-up per operation)."""
-    settings = Settings(
-        database_url=database_url,
-        redis_url=REDIS_URL,
-        secret_key="test-secret-key-not-for-production",
-        sandbox=SandboxSettings(latency_ms=0, receipt_delay_seconds=0),
-        _env_file=None,
-    )
+    settings = base_settings(database_url)
     settings = settings.model_copy(
         update={
             "http_provider": settings.http_provider.model_copy(
