@@ -217,7 +217,7 @@ async def test_send(request: Request, signed_in: ChangingSession, stream_id: str
     workers), as the stream's token would."""
     form = await request.form()
     values = {k: str(v) for k, v in form.items()}
-    return await _in_thread(_test_send, request, signed_in.account_id, stream_id, values)
+    return await run_in_threadpool(_test_send, request, signed_in.account_id, stream_id, values)
 
 
 def _test_send(
@@ -268,7 +268,7 @@ def restrict_form(request: Request, signed_in: Session, stream_id: str) -> Respo
 async def restrict(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
     form = await request.form()
     reason = str(form.get("reason", "")).strip()
-    return await _in_thread(_restrict, request, signed_in.account_id, stream_id, reason)
+    return await run_in_threadpool(_restrict, request, signed_in.account_id, stream_id, reason)
 
 
 def _restrict(request: Request, account_id: uuid.UUID, stream_id: str, reason: str) -> Response:
@@ -377,7 +377,7 @@ async def create(request: Request, signed_in: ChangingSession, stream_type: Stre
     nothing required is missing. A WhatsApp account given here is saved right after."""
     form = await request.form()
     values = {k: str(v) for k, v in form.items() if k != "csrf_token"}
-    return await _in_thread(_create, request, signed_in.account_id, stream_type, values)
+    return await run_in_threadpool(_create, request, signed_in.account_id, stream_type, values)
 
 
 def _create(
@@ -404,8 +404,3 @@ def _create(
     if is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": target})
     return RedirectResponse(target, status_code=303)
-
-
-async def _in_thread(function: Any, *args: Any) -> Response:
-    """Run a blocking page function (database work) off the event loop."""
-    return await run_in_threadpool(function, *args)
