@@ -174,6 +174,21 @@ def _done(request: Request, message: str) -> Response:
     return response
 
 
+def _confirm(
+    request: Request, stream: StreamOut, action: str, *, title: str, text: str, button: str
+) -> Response:
+    """The confirmation modal whose button posts to the stream's ``action``."""
+    return render(
+        request,
+        "fragments/confirm.html",
+        stream=stream,
+        title=title,
+        text=text,
+        action=f"{CONSOLE_PATH}/streams/{stream.id}/{action}",
+        button=button,
+    )
+
+
 @router.get("/{stream_id}/token")
 def token_modal(request: Request, signed_in: Session, stream_id: str) -> Response:
     stream = _stream(request, signed_in.account_id, stream_id)
@@ -183,15 +198,13 @@ def token_modal(request: Request, signed_in: Session, stream_id: str) -> Respons
 
 @router.get("/{stream_id}/reset-token")
 def reset_token_confirm(request: Request, signed_in: Session, stream_id: str) -> Response:
-    stream = _stream(request, signed_in.account_id, stream_id)
-    return render(
+    return _confirm(
         request,
-        "fragments/confirm.html",
-        stream=stream,
+        _stream(request, signed_in.account_id, stream_id),
+        "reset-token",
         title="Reset the token?",
         text="The current token stops working at once. Every service that sends through "
         "this stream needs the new one.",
-        action=f"{CONSOLE_PATH}/streams/{stream_id}/reset-token",
         button="Reset token",
     )
 
@@ -297,14 +310,13 @@ def unrestrict(request: Request, signed_in: ChangingSession, stream_id: str) -> 
 @router.get("/{stream_id}/delete")
 def delete_confirm(request: Request, signed_in: Session, stream_id: str) -> Response:
     stream = _stream(request, signed_in.account_id, stream_id)
-    return render(
+    return _confirm(
         request,
-        "fragments/confirm.html",
-        stream=stream,
+        stream,
+        "delete",
         title=f"Delete {stream.name}?",
         text="Its token stops working at once and it leaves this list. Its message history "
         "stays readable through the API.",
-        action=f"{CONSOLE_PATH}/streams/{stream_id}/delete",
         button="Delete stream",
     )
 
