@@ -16,7 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from core.stream_rules import REQUIRED_STEPS
 from dispatcher.auth import runtime_of
 from dispatcher.console.access import CONSOLE_PATH, ChangingSession, Session
-from dispatcher.console.forms import stream_create_body, whatsapp_body
+from dispatcher.console.forms import split_tags, stream_create_body, whatsapp_body
 from dispatcher.console.rendering import FormErrors, is_htmx, relative_time, render
 from dispatcher.errors import ApiError
 from dispatcher.routes import streams as streams_api
@@ -98,7 +98,7 @@ def _table_context(
             status_filter = StreamStatus(status)
         except ValueError:
             errors.add("status", f"{status!r} is not a stream status")
-    tags = [t.strip() for t in (tag or "").split(",") if t.strip()]
+    tags = split_tags(tag)
     result = streams_api.list_streams(
         request,
         account_id,
