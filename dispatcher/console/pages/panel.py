@@ -16,7 +16,7 @@ from starlette.responses import Response
 from dispatcher.console.access import CONSOLE_PATH, ChangingSession, Session
 from dispatcher.console.chart import throughput_chart
 from dispatcher.console.forms import settings_from_form, stream_patch_body, whatsapp_body
-from dispatcher.console.rendering import FormErrors, render
+from dispatcher.console.rendering import STREAMS_CHANGED, FormErrors, render
 from dispatcher.console.sessions import SignedIn
 from dispatcher.errors import ApiError
 from dispatcher.event_templates import EVENT_STREAM_TYPES
@@ -43,7 +43,6 @@ TABS: dict[str, tuple[str, frozenset[StreamType]]] = {
     "webhooks": ("Webhooks", _TWO_WAY),
     "request": ("Request API", frozenset(StreamType)),
 }
-CHANGED = {"HX-Trigger": "streams-changed"}
 
 
 def tabs_for(stream_type: StreamType) -> list[tuple[str, str]]:
@@ -165,7 +164,7 @@ async def _submit(
             )
         response = _panel(request, account_id, stream_id, tab, saved=saved)
         if changes_row:
-            response.headers.update(CHANGED)
+            response.headers.update(STREAMS_CHANGED)
         return response
 
     return await run_in_threadpool(apply)

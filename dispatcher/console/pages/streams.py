@@ -17,7 +17,13 @@ from core.stream_rules import REQUIRED_STEPS
 from dispatcher.auth import runtime_of
 from dispatcher.console.access import CONSOLE_PATH, ChangingSession, Session
 from dispatcher.console.forms import split_tags, stream_create_body, whatsapp_body
-from dispatcher.console.rendering import FormErrors, is_htmx, relative_time, render
+from dispatcher.console.rendering import (
+    STREAMS_CHANGED,
+    FormErrors,
+    is_htmx,
+    relative_time,
+    render,
+)
 from dispatcher.errors import ApiError
 from dispatcher.routes import streams as streams_api
 from dispatcher.routes import whatsapp as whatsapp_api
@@ -37,7 +43,6 @@ router = APIRouter(prefix=f"{CONSOLE_PATH}/streams", include_in_schema=False)
 log = structlog.get_logger(__name__)
 
 PER_PAGE = 10
-CHANGED = {"HX-Trigger": "streams-changed"}
 
 #: The create steps of each type, in order: (key, title). Each step is a section of one
 #: form, so "Save as draft" on any step sends what is filled so far.
@@ -170,7 +175,7 @@ def _stream(request: Request, account_id: uuid.UUID, stream_id: str) -> StreamOu
 def _done(request: Request, message: str) -> Response:
     """Close the modal, show ``message``, and have the table refresh itself."""
     response = render(request, "fragments/done.html", message=message)
-    response.headers.update(CHANGED)
+    response.headers.update(STREAMS_CHANGED)
     return response
 
 
@@ -214,7 +219,7 @@ def reset_token(request: Request, signed_in: ChangingSession, stream_id: str) ->
     token = streams_api.reset_token(stream_id, request, signed_in.account_id, TokenReset()).token
     stream = _stream(request, signed_in.account_id, stream_id)
     response = render(request, "fragments/token.html", stream=stream, token=token, fresh=True)
-    response.headers.update(CHANGED)
+    response.headers.update(STREAMS_CHANGED)
     return response
 
 
@@ -255,7 +260,7 @@ def _test_send(
             result=None,
         )
     response = render(request, "fragments/test.html", stream=stream, values=values, result=result)
-    response.headers.update(CHANGED)
+    response.headers.update(STREAMS_CHANGED)
     return response
 
 
