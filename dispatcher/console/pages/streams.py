@@ -367,20 +367,21 @@ def _wizard(
 
 def _step_of_first_error(errors: FormErrors) -> str | None:
     """The create step holding the first field in error, so the form opens there."""
-    for field in errors.by_field:
-        setting = field.removeprefix("settings.").split(".")[0]
-        if field.startswith("whatsapp."):
-            return "whatsapp"
-        if field == "default_sender":
-            return "sender"
-        if field.startswith("settings.") and setting in CALLBACK_SETTINGS:
-            return "callbacks"
-        if field.startswith("settings.") and setting in OTP_ONLY_SETTINGS:
-            return "codes"
-        if field.startswith("settings."):
-            return "limits"
+    field = next(iter(errors.by_field), None)
+    if field is None:
+        return None
+    if field.startswith("whatsapp."):
+        return "whatsapp"
+    if field == "default_sender":
+        return "sender"
+    if not field.startswith("settings."):
         return "details"
-    return None
+    setting = field.removeprefix("settings.").split(".")[0]
+    if setting in CALLBACK_SETTINGS:
+        return "callbacks"
+    if setting in OTP_ONLY_SETTINGS:
+        return "codes"
+    return "limits"
 
 
 @router.get("/new/{stream_type}")
