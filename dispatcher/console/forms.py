@@ -29,11 +29,18 @@ WHATSAPP_FIELDS = (
 )
 WRITE_ONLY_WHATSAPP_FIELDS = ("access_token", "app_secret")
 _LIST_SEPARATORS = re.compile(r"[,\s]+")
+_TAG_SEPARATORS = re.compile(r"\s*,\s*")
 
 
 def split_list(text: str | None, separators: re.Pattern[str] = _LIST_SEPARATORS) -> list[str]:
     """``"a, b\\nc"`` → ``["a", "b", "c"]``."""
     return [part for part in separators.split(text or "") if part]
+
+
+def split_tags(text: str | None) -> list[str]:
+    """``" promo , eu "`` → ``["promo", "eu"]``: tags are comma-separated and may hold
+    spaces."""
+    return split_list((text or "").strip(), _TAG_SEPARATORS)
 
 
 def _text(form: Mapping[str, Any], name: str) -> str | None:
@@ -90,7 +97,7 @@ def stream_create_body(form: Mapping[str, Any], stream_type: str) -> dict[str, A
     body: dict[str, Any] = {
         "name": form.get("name") or "",
         "type": stream_type,
-        "tags": split_list(_text(form, "tags"), re.compile(r"\s*,\s*")),
+        "tags": split_tags(_text(form, "tags")),
         "allowed_ips": split_list(_text(form, "allowed_ips")),
         "demo": form.get("demo") == "on",
         "settings": settings_from_form(form, clear_missing=False),
@@ -112,7 +119,7 @@ def stream_patch_body(form: Mapping[str, Any]) -> dict[str, Any]:
         if name in form:
             body[name] = _text(form, name)
     if "tags" in form:
-        body["tags"] = split_list(_text(form, "tags"), re.compile(r"\s*,\s*"))
+        body["tags"] = split_tags(_text(form, "tags"))
     if "allowed_ips" in form:
         body["allowed_ips"] = split_list(_text(form, "allowed_ips"))
     if "demo.present" in form:

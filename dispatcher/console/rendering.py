@@ -24,6 +24,9 @@ from dispatcher.errors import ApiError, describe_validation_error
 _INDEX = re.compile(r"\[\d+\]")
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
+#: Response headers that have the streams table refresh itself (it listens for the event).
+STREAMS_CHANGED = {"HX-Trigger": "streams-changed"}
+
 TYPE_LABELS = {
     "marketing": "Marketing",
     "transactional": "Transactional",

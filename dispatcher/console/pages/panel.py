@@ -16,7 +16,7 @@ from starlette.responses import Response
 from dispatcher.console.access import CONSOLE_PATH, ChangingSession, Session
 from dispatcher.console.chart import throughput_chart
 from dispatcher.console.forms import settings_from_form, stream_patch_body, whatsapp_body
-from dispatcher.console.rendering import FormErrors, render
+from dispatcher.console.rendering import STREAMS_CHANGED, FormErrors, render
 from dispatcher.console.sessions import SignedIn
 from dispatcher.errors import ApiError
 from dispatcher.event_templates import EVENT_STREAM_TYPES
@@ -43,7 +43,6 @@ TABS: dict[str, tuple[str, frozenset[StreamType]]] = {
     "webhooks": ("Webhooks", _TWO_WAY),
     "request": ("Request API", frozenset(StreamType)),
 }
-CHANGED = {"HX-Trigger": "streams-changed"}
 
 
 def tabs_for(stream_type: StreamType) -> list[tuple[str, str]]:
@@ -165,7 +164,7 @@ async def _submit(
             )
         response = _panel(request, account_id, stream_id, tab, saved=saved)
         if changes_row:
-            response.headers.update(CHANGED)
+            response.headers.update(STREAMS_CHANGED)
         return response
 
     return await run_in_threadpool(apply)
@@ -196,14 +195,17 @@ async def save_settings(request: Request, signed_in: ChangingSession, stream_id:
     return await _submit(request, signed_in, stream_id, "settings", change, changes_row=True)
 
 
-def _event_fields(values: dict[str, str], *names: str) -> dict[str, str]:
-    return {name: values.get(f"event.{name}", "").strip() for name in names}
+def _fields(values: dict[str, str], prefix: str, *names: str) -> dict[str, str]:
+    """The inputs ``prefix.name`` of a tab's add/edit form, as a request body by ``name``."""
+    return {name: values.get(f"{prefix}.{name}", "").strip() for name in names}
 
 
 @router.post("/events")
 async def add_event(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
     def change(values: dict[str, str]) -> str:
-        body = EventTemplateCreate.model_validate(_event_fields(values, "key", "name", "template"))
+        body = EventTemplateCreate.model_validate(
+            _fields(values, "event", "key", "name", "template")
+        )
         events_api.create_event(stream_id, body, request, signed_in.account_id)
         return f"Event {body.key} added."
 
@@ -217,7 +219,7 @@ async def change_event(
     """Name and template change; the key stays, as in the API."""
 
     def change(values: dict[str, str]) -> str:
-        body = EventTemplatePatch.model_validate(_event_fields(values, "name", "template"))
+        body = EventTemplatePatch.model_validate(_fields(values, "event", "name", "template"))
         events_api.patch_event(stream_id, key, body, request, signed_in.account_id)
         return f"Event {key} saved."
 
@@ -251,9 +253,8 @@ async def save_whatsapp(request: Request, signed_in: ChangingSession, stream_id:
 @router.post("/whatsapp/templates")
 async def add_template(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
     def change(values: dict[str, str]) -> str:
-        fields = ("name", "language", "category", "body")
         body = TemplateCreate.model_validate(
-            {k: values.get(f"template.{k}", "").strip() for k in fields}
+            _fields(values, "template", "name", "language", "category", "body")
         )
         whatsapp_api.create_template(stream_id, body, request, signed_in.account_id)
         return f"Template {body.name} added."

@@ -16,8 +16,14 @@ from starlette.responses import RedirectResponse, Response
 from core.stream_rules import REQUIRED_STEPS
 from dispatcher.auth import runtime_of
 from dispatcher.console.access import CONSOLE_PATH, ChangingSession, Session
-from dispatcher.console.forms import stream_create_body, whatsapp_body
-from dispatcher.console.rendering import FormErrors, is_htmx, relative_time, render
+from dispatcher.console.forms import split_tags, stream_create_body, whatsapp_body
+from dispatcher.console.rendering import (
+    STREAMS_CHANGED,
+    FormErrors,
+    is_htmx,
+    relative_time,
+    render,
+)
 from dispatcher.errors import ApiError
 from dispatcher.routes import streams as streams_api
 from dispatcher.routes import whatsapp as whatsapp_api
@@ -37,7 +43,6 @@ router = APIRouter(prefix=f"{CONSOLE_PATH}/streams", include_in_schema=False)
 log = structlog.get_logger(__name__)
 
 PER_PAGE = 10
-CHANGED = {"HX-Trigger": "streams-changed"}
 
 #: The create steps of each type, in order: (key, title). Each step is a section of one
 #: form, so "Save as draft" on any step sends what is filled so far.
@@ -98,7 +103,7 @@ def _table_context(
             status_filter = StreamStatus(status)
         except ValueError:
             errors.add("status", f"{status!r} is not a stream status")
-    tags = [t.strip() for t in (tag or "").split(",") if t.strip()]
+    tags = split_tags(tag)
     result = streams_api.list_streams(
         request,
         account_id,
@@ -170,8 +175,23 @@ def _stream(request: Request, account_id: uuid.UUID, stream_id: str) -> StreamOu
 def _done(request: Request, message: str) -> Response:
     """Close the modal, show ``message``, and have the table refresh itself."""
     response = render(request, "fragments/done.html", message=message)
-    response.headers.update(CHANGED)
+    response.headers.update(STREAMS_CHANGED)
     return response
+
+
+def _confirm(
+    request: Request, stream: StreamOut, action: str, *, title: str, text: str, button: str
+) -> Response:
+    """The confirmation modal whose button posts to the stream's ``action``."""
+    return render(
+        request,
+        "fragments/confirm.html",
+        stream=stream,
+        title=title,
+        text=text,
+        action=f"{CONSOLE_PATH}/streams/{stream.id}/{action}",
+        button=button,
+    )
 
 
 @router.get("/{stream_id}/token")
@@ -183,15 +203,13 @@ def token_modal(request: Request, signed_in: Session, stream_id: str) -> Respons
 
 @router.get("/{stream_id}/reset-token")
 def reset_token_confirm(request: Request, signed_in: Session, stream_id: str) -> Response:
-    stream = _stream(request, signed_in.account_id, stream_id)
-    return render(
+    return _confirm(
         request,
-        "fragments/confirm.html",
-        stream=stream,
+        _stream(request, signed_in.account_id, stream_id),
+        "reset-token",
         title="Reset the token?",
         text="The current token stops working at once. Every service that sends through "
         "this stream needs the new one.",
-        action=f"{CONSOLE_PATH}/streams/{stream_id}/reset-token",
         button="Reset token",
     )
 
@@ -201,7 +219,7 @@ def reset_token(request: Request, signed_in: ChangingSession, stream_id: str) ->
     token = streams_api.reset_token(stream_id, request, signed_in.account_id, TokenReset()).token
     stream = _stream(request, signed_in.account_id, stream_id)
     response = render(request, "fragments/token.html", stream=stream, token=token, fresh=True)
-    response.headers.update(CHANGED)
+    response.headers.update(STREAMS_CHANGED)
     return response
 
 
@@ -217,7 +235,7 @@ async def test_send(request: Request, signed_in: ChangingSession, stream_id: str
     workers), as the stream's token would."""
     form = await request.form()
     values = {k: str(v) for k, v in form.items()}
-    return await _in_thread(_test_send, request, signed_in.account_id, stream_id, values)
+    return await run_in_threadpool(_test_send, request, signed_in.account_id, stream_id, values)
 
 
 def _test_send(
@@ -242,7 +260,7 @@ def _test_send(
             result=None,
         )
     response = render(request, "fragments/test.html", stream=stream, values=values, result=result)
-    response.headers.update(CHANGED)
+    response.headers.update(STREAMS_CHANGED)
     return response
 
 
@@ -268,7 +286,7 @@ def restrict_form(request: Request, signed_in: Session, stream_id: str) -> Respo
 async def restrict(request: Request, signed_in: ChangingSession, stream_id: str) -> Response:
     form = await request.form()
     reason = str(form.get("reason", "")).strip()
-    return await _in_thread(_restrict, request, signed_in.account_id, stream_id, reason)
+    return await run_in_threadpool(_restrict, request, signed_in.account_id, stream_id, reason)
 
 
 def _restrict(request: Request, account_id: uuid.UUID, stream_id: str, reason: str) -> Response:
@@ -297,14 +315,13 @@ def unrestrict(request: Request, signed_in: ChangingSession, stream_id: str) -> 
 @router.get("/{stream_id}/delete")
 def delete_confirm(request: Request, signed_in: Session, stream_id: str) -> Response:
     stream = _stream(request, signed_in.account_id, stream_id)
-    return render(
+    return _confirm(
         request,
-        "fragments/confirm.html",
-        stream=stream,
+        stream,
+        "delete",
         title=f"Delete {stream.name}?",
         text="Its token stops working at once and it leaves this list. Its message history "
         "stays readable through the API.",
-        action=f"{CONSOLE_PATH}/streams/{stream_id}/delete",
         button="Delete stream",
     )
 
@@ -350,20 +367,21 @@ def _wizard(
 
 def _step_of_first_error(errors: FormErrors) -> str | None:
     """The create step holding the first field in error, so the form opens there."""
-    for field in errors.by_field:
-        setting = field.removeprefix("settings.").split(".")[0]
-        if field.startswith("whatsapp."):
-            return "whatsapp"
-        if field == "default_sender":
-            return "sender"
-        if field.startswith("settings.") and setting in CALLBACK_SETTINGS:
-            return "callbacks"
-        if field.startswith("settings.") and setting in OTP_ONLY_SETTINGS:
-            return "codes"
-        if field.startswith("settings."):
-            return "limits"
+    field = next(iter(errors.by_field), None)
+    if field is None:
+        return None
+    if field.startswith("whatsapp."):
+        return "whatsapp"
+    if field == "default_sender":
+        return "sender"
+    if not field.startswith("settings."):
         return "details"
-    return None
+    setting = field.removeprefix("settings.").split(".")[0]
+    if setting in CALLBACK_SETTINGS:
+        return "callbacks"
+    if setting in OTP_ONLY_SETTINGS:
+        return "codes"
+    return "limits"
 
 
 @router.get("/new/{stream_type}")
@@ -377,7 +395,7 @@ async def create(request: Request, signed_in: ChangingSession, stream_type: Stre
     nothing required is missing. A WhatsApp account given here is saved right after."""
     form = await request.form()
     values = {k: str(v) for k, v in form.items() if k != "csrf_token"}
-    return await _in_thread(_create, request, signed_in.account_id, stream_type, values)
+    return await run_in_threadpool(_create, request, signed_in.account_id, stream_type, values)
 
 
 def _create(
@@ -404,8 +422,3 @@ def _create(
     if is_htmx(request):
         return Response(status_code=204, headers={"HX-Redirect": target})
     return RedirectResponse(target, status_code=303)
-
-
-async def _in_thread(function: Any, *args: Any) -> Response:
-    """Run a blocking page function (database work) off the event loop."""
-    return await run_in_threadpool(function, *args)
