@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from core import metrics
@@ -15,6 +16,6 @@ def count_acceptances(changes: Sequence[StatusChange]) -> None:
     ``streams_messages_total{status="queued"}`` counts retries and releases as well; this
     counts each message once.
     """
-    for change in changes:
-        if is_acceptance(change):
-            metrics.MESSAGES_ACCEPTED.labels(change.stream_type).inc()
+    counts = Counter(change.stream_type for change in changes if is_acceptance(change))
+    for stream_type, count in counts.items():
+        metrics.MESSAGES_ACCEPTED.labels(stream_type).inc(count)

@@ -59,18 +59,26 @@ def bucket_start(moment: datetime, seconds: int) -> datetime:
 
 def rollup_increments(changes: Iterable[StatusChange]) -> list[dict[str, Any]]:
     """The rows to add for ``changes``: one per (stream, granularity, bucket, status), in key
-    order. Pure."""
-    totals: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0])
+    order. Pure.
+
+    The changes of one transaction mostly share their stream and their moment, so they are
+    counted per (stream, moment, status) first and each group is spread over its buckets
+    once: the bucket arithmetic runs per group, not three times per change."""
+    groups: dict[tuple[uuid.UUID, datetime, str], list[int]] = defaultdict(lambda: [0, 0])
     for change in changes:
-        statuses = [change.status.value]
+        group = groups[(change.stream_id, change.at, change.status.value)]
+        group[0] += 1
+        group[1] += change.segments
         if is_acceptance(change):
-            statuses.append(ACCEPTED)
+            group = groups[(change.stream_id, change.at, ACCEPTED)]
+            group[0] += 1
+            group[1] += change.segments
+    totals: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0])
+    for (stream_id, moment, status), (messages, segments) in groups.items():
         for seconds in GRANULARITIES:
-            start = bucket_start(change.at, seconds)
-            for status in statuses:
-                total = totals[(change.stream_id, seconds, start, status)]
-                total[0] += 1
-                total[1] += change.segments
+            total = totals[(stream_id, seconds, bucket_start(moment, seconds), status)]
+            total[0] += messages
+            total[1] += segments
     return [
         {
             "stream_id": key[0],

@@ -40,6 +40,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -238,7 +239,7 @@ class Delivery:
         result.failed.extend(failed)
         ready: list[_Ready] = []
         for job in jobs:
-            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
+            log_ = _message_log(job)
             try:
                 gated = self._through_gates(job, log_)
             except Exception as error:  # this message's own failure; the others go on
@@ -426,9 +427,8 @@ class Delivery:
                 ):
                     unsent.append(job)
                     continue
-                log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
                 try:
-                    outcome = self._send(claim.item, claim.attempt, log_)
+                    outcome = self._send(claim.item, claim.attempt)
                 except Exception as error:  # left claimed: reclaimed after the lease
                     result.failed.append((str(job.message_id), error))
                     continue
@@ -442,9 +442,11 @@ class Delivery:
             record(sent)
         result.handed_back.extend(str(key) for key in self._release(unsent))
         elapsed = time.perf_counter() - started
-        for claim in claimed:
-            queue = claim.item.job.stream_type.value
-            metrics.WORKER_PROCESSING.labels(queue).observe(elapsed)
+        per_queue = Counter(claim.item.job.stream_type.value for claim in claimed)
+        for queue, count in per_queue.items():
+            observed = metrics.WORKER_PROCESSING.labels(queue)
+            for _ in range(count):
+                observed.observe(elapsed)
 
     def _release(self, jobs: list[Job]) -> set[uuid.UUID]:
         """Give back the claims of ``jobs`` not used (the worker is stopping, or the batch
@@ -562,11 +564,12 @@ class Delivery:
             session.commit()
         return claimed
 
-    def _send(self, item: _Ready, attempt: int, log_: Any) -> _Sent | None:
+    def _send(self, item: _Ready, attempt: int) -> _Sent | None:
         """The provider call for a claimed message; None when it did not go (expired
         meanwhile, or the provider refused: that outcome is recorded here)."""
         job, provider = item.job, item.provider
         if job.expires_at is not None and self.runtime.clock() >= job.expires_at:
+            log_ = _message_log(job)
             why = "validity passed before it could be sent"
             self._end(
                 job,
@@ -582,9 +585,10 @@ class Delivery:
             with metrics.PROVIDER_CALL.labels(provider.name).time():
                 accepted = provider.send(job.outbound())
         except ProviderError as error:
-            self._provider_failed(job, provider.name, attempt, error, log_)
+            self._provider_failed(job, provider.name, attempt, error, _message_log(job))
             return None
         except Exception as exc:
+            log_ = _message_log(job)
             # An adapter broke its contract (it raises only ProviderError). Left to escape,
             # the message would sit in `sending` until the claim lease and then loop through
             # reclaims with no bound on attempts; as a passing error it is retried within
@@ -652,17 +656,24 @@ class Delivery:
                         .values(last_activity_at=now)
                     )
             session.commit()
+        segments_sent: Counter[str] = Counter()
         for item in sent:
             job = item.job
-            log_ = log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
             if job.message_id not in moved:
-                log_.warning("sent_but_claim_lost")
+                _message_log(job).warning("sent_but_claim_lost")
                 continue
-            metrics.SEGMENTS_SENT.labels(job.stream_type.value).inc(job.segments)
-            log_.info("message_sent", provider=item.provider, segments=job.segments)
+            segments_sent[job.stream_type.value] += job.segments
+            log.info(
+                "message_sent",
+                message_id=str(job.message_id),
+                stream_id=str(job.stream_id),
+                provider=item.provider,
+                segments=job.segments,
+            )
             receipt = item.accepted.receipt
             if receipt is None or receipt.after_seconds <= 0:
                 continue
+            log_ = _message_log(job)
             try:
                 enqueue_receipt(
                     self.runtime.broker,
@@ -673,6 +684,8 @@ class Delivery:
                 )
             except Exception as exc:
                 log_.warning("receipt_enqueue_failed", error=type(exc).__name__)
+        for stream_type, segments in segments_sent.items():
+            metrics.SEGMENTS_SENT.labels(stream_type).inc(segments)
 
     def _provider_failed(
         self, job: Job, provider: str, attempt: int, error: ProviderError, log_: Any
@@ -888,6 +901,12 @@ def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
             if getattr(provider, "max_per_second", None) is not None:
                 gated.add((demo, stream_type.value))
     return frozenset(gated)
+
+
+def _message_log(job: Job) -> Any:
+    """The logger bound to one message; made only where something may be logged about it
+    (binding on the path every message takes cost more than the logging it served)."""
+    return log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
