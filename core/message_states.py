@@ -27,6 +27,7 @@ from schemas.events import StatusChange
 from schemas.tables import Message, MessageEvent
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+EVENTS: Table = MessageEvent.__table__  # type: ignore[assignment]
 _CHANGE_COLUMNS = (
     MESSAGES.c.id,
     MESSAGES.c.stream_id,
@@ -117,14 +118,22 @@ def move_many(
     allowed = tuple(sorted(s.value for s in allowed_from))
     dialect = session.get_bind().dialect
     if dialect.name == "postgresql":
+        # One statement moves the rows and writes the history of those it moved.
         statement = _move_many_statement(dialect, tuple(columns), allowed)
+        steps = [(m.message_id, status, detail) for m in moves for status, detail in m.steps]
         params: dict[str, Any] = {
             "at": at,
             "ids": [m.message_id for m in moves],
             "statuses": [m.steps[-1][0].value for m in moves],
             **{f"c_{name}": [m.values.get(name) for m in moves] for name in columns},
+            "h_ids": [step[0] for step in steps],
+            "h_statuses": [step[1].value for step in steps],
+            "h_details": [step[2] for step in steps],
         }
         rows = {row.id: row for row in session.execute(statement, params)}
+        changes = _changes_of(moves, rows, at)
+        queue_changes(session, changes)
+        return changes
     else:
         rows = {}
         for move in moves:
@@ -140,36 +149,59 @@ def move_many(
             ).first()
             if row is not None:
                 rows[row.id] = row
-    changes = [
+    changes = _changes_of(moves, rows, at)
+    record_changes(session, changes)
+    return changes
+
+
+def _changes_of(
+    moves: Sequence[Move], rows: Mapping[uuid.UUID, Any], at: datetime
+) -> list[StatusChange]:
+    """The changes of the ``moves`` whose row moved (``rows`` by id), in order."""
+    return [
         _change(row, status, at, detail, move.follow_up)
         for move in moves
         if (row := rows.get(move.message_id)) is not None
         for status, detail in move.steps
     ]
-    record_changes(session, changes)
-    return changes
 
 
 @cache
 def _move_many_statement(dialect: Dialect, columns: tuple[str, ...], allowed: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    """``UPDATE messages ... FROM unnest(arrays)``: one statement whatever the row count, its
-    text the same for every batch (so the server's prepared plan is reused)."""
+    """``UPDATE messages ... FROM unnest(arrays)`` and, in the same statement, the history
+    rows of the messages it moved (``h_*``: one element per step, in order; the rows get
+    their ids in that order, so a send and its receipt read back in the order they
+    happened). One statement whatever the row count, its text the same for every batch
+    (so the server's prepared plan is reused)."""
 
-    def array(name: str, column: str) -> str:
-        return f"CAST(:{name} AS {MESSAGES.c[column].type.compile(dialect=dialect)}[])"
+    def array(name: str, type_: Any) -> str:
+        return f"CAST(:{name} AS {type_.compile(dialect=dialect)}[])"
 
-    arrays = [array("ids", "id"), array("statuses", "status")]
-    arrays += [array(f"c_{name}", name) for name in columns]
+    def column_array(name: str, column: str) -> str:
+        return array(name, MESSAGES.c[column].type)
+
+    arrays = [column_array("ids", "id"), column_array("statuses", "status")]
+    arrays += [column_array(f"c_{name}", name) for name in columns]
     names = ["id", "status", *(f"c_{name}" for name in columns)]
     sets = ["status = v.status", "updated_at = :at"]
     sets += [f"{name} = coalesce(v.c_{name}, m.{name})" for name in columns]
     allowed_list = ", ".join(f"'{status}'" for status in allowed)
+    history = [
+        array("h_ids", EVENTS.c.message_id.type),
+        array("h_statuses", EVENTS.c.status.type),
+        array("h_details", EVENTS.c.detail.type),
+    ]
     return text(
-        f"UPDATE messages AS m SET {', '.join(sets)} "
+        f"WITH moved AS (UPDATE messages AS m SET {', '.join(sets)} "
         f"FROM unnest({', '.join(arrays)}) AS v({', '.join(names)}) "
         f"WHERE m.id = v.id AND m.status IN ({allowed_list}) "
-        "RETURNING m.id, m.stream_id, m.account_id, m.stream_type, m.segments"
-    ).bindparams(bindparam("at"))
+        "RETURNING m.id, m.stream_id, m.account_id, m.stream_type, m.segments), "
+        "history AS (INSERT INTO message_events (message_id, status, at, detail) "
+        "SELECT h.id, h.status, :at, h.detail "
+        f"FROM unnest({', '.join(history)}) WITH ORDINALITY AS h(id, status, detail, n) "
+        "WHERE h.id IN (SELECT id FROM moved) ORDER BY h.n) "
+        "SELECT id, stream_id, account_id, stream_type, segments FROM moved"
+    ).bindparams(bindparam("at", type_=EVENTS.c.at.type))
 
 
 def record_changes(session: Session, changes: Sequence[StatusChange]) -> None:
@@ -178,10 +210,16 @@ def record_changes(session: Session, changes: Sequence[StatusChange]) -> None:
         return
     bulk_insert(
         session,
-        MessageEvent.__table__,  # type: ignore[arg-type]
+        EVENTS,
         [
             {"message_id": c.message_id, "status": c.status.value, "at": c.at, "detail": c.detail}
             for c in changes
         ],
     )
+    queue_changes(session, changes)
+
+
+def queue_changes(session: Session, changes: Sequence[StatusChange]) -> None:
+    """Queue changes whose history rows the statement that made them already wrote, for the
+    stats rollup (before commit) and publishing (after)."""
     pending_changes(session).extend(changes)

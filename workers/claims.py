@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import Row, Table, and_, bindparam, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
-from core.message_states import MESSAGES
+from core.message_states import EVENTS, MESSAGES
 from core.suppressions import is_suppressed_clause
 from schemas.enums import MessageStatus, StreamStatus, StreamType
 from schemas.tables import Stream
@@ -161,7 +161,27 @@ def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignor
             for demo, stream_type in sorted(gated_providers)
         ),
     ]
-    return update(MESSAGES).where(*conditions).values(**_CLAIMED_VALUES).returning(*_JOB_COLUMNS)
+    claimed = (
+        update(MESSAGES)
+        .where(*conditions)
+        .values(**_CLAIMED_VALUES)
+        .returning(*_JOB_COLUMNS)
+        .cte("claimed")
+    )
+    # The ``sending`` history rows of what the claim took, written by the same statement.
+    history = (
+        insert(EVENTS)
+        .from_select(
+            ["message_id", "status", "at"],
+            select(
+                claimed.c.id,
+                literal(MessageStatus.sending.value, EVENTS.c.status.type),
+                bindparam("now", type_=EVENTS.c.at.type),
+            ),
+        )
+        .cte("history")
+    )
+    return select(claimed).add_cte(history)
 
 
 #: Databases that can fold the load into the claim: ``claim_ungated`` is an UPDATE … FROM
@@ -184,8 +204,10 @@ def claim_ungated(
     message is left as it was, for the full pipeline. Messages with a sealed text (OTP codes)
     are claimed here too: they are the ones that can least afford two more transactions.
 
-    Returns the claimed messages with the columns of ``load_messages`` (``attempts``
-    already counting this attempt); the caller records the changes and commits.
+    The same statement writes the claimed messages' ``sending`` history rows. Returns the
+    claimed messages with the columns of ``load_messages`` (``attempts`` already counting
+    this attempt); the caller queues the changes (``core.message_states.queue_changes``)
+    and commits.
     """
     if not ids:
         return []

@@ -55,7 +55,14 @@ from core.activity import ActivityTouch
 from core.broker import QUEUES
 from core.clock import as_utc
 from core.dead_letters import record_dead_letter
-from core.message_states import MESSAGES, Move, move_many, record_changes, transition
+from core.message_states import (
+    MESSAGES,
+    Move,
+    move_many,
+    queue_changes,
+    record_changes,
+    transition,
+)
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
@@ -373,7 +380,7 @@ class Delivery:
                     demo=job.demo, stream_type=job.stream_type.value
                 )
                 claimed[job.message_id] = _Claimed(_Ready(job, provider), row.attempts)
-            record_changes(
+            queue_changes(
                 session,
                 [self._change(c.item.job, MessageStatus.sending, now) for c in claimed.values()],
             )
