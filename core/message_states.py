@@ -21,7 +21,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from core.database import bulk_insert
+from core.stats_rollup import rollup_upsert_sql
 from core.status_feed import pending_changes
+from core.status_kinds import ENTRY_STATUSES
 from schemas.enums import MessageStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, MessageEvent
@@ -67,7 +69,12 @@ def transition(
 
 
 def _change(
-    row: Any, status: MessageStatus, at: datetime, detail: str | None, follow_up: bool = True
+    row: Any,
+    status: MessageStatus,
+    at: datetime,
+    detail: str | None,
+    follow_up: bool = True,
+    in_rollup: bool = False,
 ) -> StatusChange:
     """The change of the message in ``row`` (the columns of ``_CHANGE_COLUMNS``)."""
     return StatusChange(
@@ -80,6 +87,7 @@ def _change(
         segments=row.segments,
         detail=detail,
         follow_up=follow_up,
+        in_rollup=in_rollup,
     )
 
 
@@ -108,13 +116,17 @@ def move_many(
 ) -> list[StatusChange]:
     """Move each message whose status is one of ``allowed_from`` through its steps, with one
     UPDATE for all of them on PostgreSQL (one per message elsewhere). ``columns`` names the
-    ``values`` keys the moves may carry.
+    ``values`` keys the moves may carry. On PostgreSQL the same statement writes the history
+    rows and the stats rollup of the messages it moved; no step may be an entry status.
 
     Returns the changes made, in the order of ``moves``; a message another process moved
     first is left out. The caller commits.
     """
     if not moves:
         return []
+    if any(status in ENTRY_STATUSES for move in moves for status, _ in move.steps):
+        # The rollup written with the move has no "accepted" row (rollup_upsert_sql).
+        raise ValueError("move_many does not move messages into an entry status")
     allowed = tuple(sorted(s.value for s in allowed_from))
     dialect = session.get_bind().dialect
     if dialect.name == "postgresql":
@@ -131,7 +143,7 @@ def move_many(
             "h_details": [step[2] for step in steps],
         }
         rows = {row.id: row for row in session.execute(statement, params)}
-        changes = _changes_of(moves, rows, at)
+        changes = _changes_of(moves, rows, at, in_rollup=True)
         queue_changes(session, changes)
         return changes
     else:
@@ -155,11 +167,11 @@ def move_many(
 
 
 def _changes_of(
-    moves: Sequence[Move], rows: Mapping[uuid.UUID, Any], at: datetime
+    moves: Sequence[Move], rows: Mapping[uuid.UUID, Any], at: datetime, in_rollup: bool = False
 ) -> list[StatusChange]:
     """The changes of the ``moves`` whose row moved (``rows`` by id), in order."""
     return [
-        _change(row, status, at, detail, move.follow_up)
+        _change(row, status, at, detail, move.follow_up, in_rollup)
         for move in moves
         if (row := rows.get(move.message_id)) is not None
         for status, detail in move.steps
@@ -191,15 +203,22 @@ def _move_many_statement(dialect: Dialect, columns: tuple[str, ...], allowed: tu
         array("h_statuses", EVENTS.c.status.type),
         array("h_details", EVENTS.c.detail.type),
     ]
+    rollup = rollup_upsert_sql(
+        "SELECT moved.stream_id, steps.status, moved.segments "
+        "FROM steps JOIN moved ON moved.id = steps.id",
+        "at",
+    )
     return text(
         f"WITH moved AS (UPDATE messages AS m SET {', '.join(sets)} "
         f"FROM unnest({', '.join(arrays)}) AS v({', '.join(names)}) "
         f"WHERE m.id = v.id AND m.status IN ({allowed_list}) "
         "RETURNING m.id, m.stream_id, m.account_id, m.stream_type, m.segments), "
-        "history AS (INSERT INTO message_events (message_id, status, at, detail) "
-        "SELECT h.id, h.status, :at, h.detail "
+        "steps AS (SELECT h.id, h.status, h.detail, h.n "
         f"FROM unnest({', '.join(history)}) WITH ORDINALITY AS h(id, status, detail, n) "
-        "WHERE h.id IN (SELECT id FROM moved) ORDER BY h.n) "
+        "WHERE h.id IN (SELECT id FROM moved)), "
+        "history AS (INSERT INTO message_events (message_id, status, at, detail) "
+        "SELECT id, status, :at, detail FROM steps ORDER BY n), "
+        f"rollup AS ({rollup}) "
         "SELECT id, stream_id, account_id, stream_type, segments FROM moved"
     ).bindparams(bindparam("at", type_=EVENTS.c.at.type))
 

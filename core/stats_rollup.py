@@ -114,7 +114,32 @@ def add_to_rollup(session: Session, changes: Sequence[StatusChange]) -> None:
 def _before_commit(session: Session) -> None:
     changes = session.info.get(PENDING_KEY)
     if changes:
-        add_to_rollup(session, changes)
+        add_to_rollup(session, [change for change in changes if not change.in_rollup])
+
+
+def rollup_upsert_sql(source: str, moment: str) -> str:
+    """On PostgreSQL, the rollup written by the statement that makes the changes, as the
+    body of a data-modifying CTE: one statement less per transaction on the delivery path.
+
+    ``source`` is SQL yielding one row per change, with ``stream_id``, ``status`` and
+    ``segments`` columns; ``moment`` names the bind parameter holding the changes' moment.
+    The rows are the ones ``rollup_increments`` makes (the same buckets, from the epoch,
+    in UTC), upserted in the same key order (the uuid order of PostgreSQL is the order of
+    their text). The changes it counts must be made with ``in_rollup=True`` and must not
+    be acceptances (no ``accepted`` row is written here)."""
+    granularities = ", ".join(f"({seconds})" for seconds in GRANULARITIES)
+    epoch = f"extract(epoch FROM CAST(:{moment} AS TIMESTAMP WITH TIME ZONE))"
+    return (
+        "INSERT INTO stream_stats "
+        "(stream_id, bucket_seconds, bucket_start, status, messages, segments) "
+        f"SELECT c.stream_id, g.seconds, to_timestamp(floor({epoch} / g.seconds) * g.seconds), "
+        "c.status, count(*), sum(c.segments) "
+        f"FROM ({source}) AS c CROSS JOIN (VALUES {granularities}) AS g(seconds) "
+        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+        "ON CONFLICT (stream_id, bucket_seconds, bucket_start, status) DO UPDATE SET "
+        "messages = stream_stats.messages + excluded.messages, "
+        "segments = stream_stats.segments + excluded.segments"
+    )
 
 
 def install_stats_rollup(session_factory: SessionFactory) -> None:

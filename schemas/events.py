@@ -25,3 +25,6 @@ class StatusChange:
     #: callback is configured, no receipt can be waiting): the status follow-up job is then
     #: skipped. True, the safe default, when it does not know.
     follow_up: bool = True
+    #: True when the statement that made the change also added it to the stats rollup
+    #: (``core.stats_rollup.rollup_upsert_sql``): the commit hook then leaves it out.
+    in_rollup: bool = False

@@ -14,10 +14,22 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
 
-from sqlalchemy import Row, Table, and_, bindparam, insert, literal, or_, select, update
+from sqlalchemy import (
+    Row,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from core.message_states import EVENTS, MESSAGES
+from core.stats_rollup import rollup_upsert_sql
 from core.suppressions import is_suppressed_clause
 from schemas.enums import MessageStatus, StreamStatus, StreamType
 from schemas.tables import Stream
@@ -168,7 +180,8 @@ def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignor
         .returning(*_JOB_COLUMNS)
         .cte("claimed")
     )
-    # The ``sending`` history rows of what the claim took, written by the same statement.
+    # The ``sending`` history rows and stats rollup of what the claim took, written by the
+    # same statement.
     history = (
         insert(EVENTS)
         .from_select(
@@ -181,7 +194,18 @@ def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignor
         )
         .cte("history")
     )
-    return select(claimed).add_cte(history)
+    rollup = (
+        text(
+            rollup_upsert_sql(
+                f"SELECT stream_id, '{MessageStatus.sending.value}' AS status, segments "
+                "FROM claimed",
+                "now",
+            )
+        )
+        .columns()
+        .cte("rollup")
+    )
+    return select(claimed).add_cte(history, rollup)
 
 
 #: Databases that can fold the load into the claim: ``claim_ungated`` is an UPDATE … FROM
@@ -204,10 +228,10 @@ def claim_ungated(
     message is left as it was, for the full pipeline. Messages with a sealed text (OTP codes)
     are claimed here too: they are the ones that can least afford two more transactions.
 
-    The same statement writes the claimed messages' ``sending`` history rows. Returns the
-    claimed messages with the columns of ``load_messages`` (``attempts`` already counting
-    this attempt); the caller queues the changes (``core.message_states.queue_changes``)
-    and commits.
+    The same statement writes the claimed messages' ``sending`` history rows and adds them
+    to the stats rollup. Returns the claimed messages with the columns of ``load_messages``
+    (``attempts`` already counting this attempt); the caller queues the changes, made with
+    ``in_rollup=True`` (``core.message_states.queue_changes``), and commits.
     """
     if not ids:
         return []

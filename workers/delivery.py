@@ -382,7 +382,10 @@ class Delivery:
                 claimed[job.message_id] = _Claimed(_Ready(job, provider), row.attempts)
             queue_changes(
                 session,
-                [self._change(c.item.job, MessageStatus.sending, now) for c in claimed.values()],
+                [
+                    self._change(c.item.job, MessageStatus.sending, now, in_rollup=True)
+                    for c in claimed.values()
+                ],
             )
             session.commit()
         return claimed
@@ -853,7 +856,13 @@ class Delivery:
         )
 
     def _change(
-        self, job: Job, status: MessageStatus, at: datetime, *, detail: str | None = None
+        self,
+        job: Job,
+        status: MessageStatus,
+        at: datetime,
+        *,
+        detail: str | None = None,
+        in_rollup: bool = False,
     ) -> StatusChange:
         return StatusChange(
             message_id=job.message_id,
@@ -864,6 +873,7 @@ class Delivery:
             at=at,
             segments=job.segments,
             detail=detail,
+            in_rollup=in_rollup,
         )
 
     # ------------------------------------------------------------------ receipts

@@ -12,13 +12,24 @@ import pytest
 from sqlalchemy import func, select, text
 
 from core.message_states import transition
-from core.stats_rollup import HOUR, MINUTE, add_to_rollup, read_stats
+from core.settings import SandboxSettings
+from core.stats_rollup import (
+    DAY,
+    HOUR,
+    MINUTE,
+    add_to_rollup,
+    bucket_start,
+    read_stats,
+    rollup_increments,
+)
 from schemas.enums import FINAL_MESSAGE_STATUSES, MessageStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, MessageEvent, StreamStat
 from tests.conftest import auth, message
+from tests.deliveries import delivery_with
 from tests.processes import wait_until
 from workers.pool import start_worker
+from workers.providers.sandbox import SandboxProvider
 
 
 def iso(moment: datetime) -> str:
@@ -120,6 +131,60 @@ def test_stats_from_the_rollup_match_a_count_over_messages(
     assert sum(p["accepted"] for p in series["points"]) == 45
     assert body["last_activity_at"] is not None
     assert body["from"].endswith(":00Z") and body["to"].endswith(":00Z")
+
+
+def test_the_rollup_written_with_the_claim_and_the_record_matches_the_history(
+    client, runtime, make_stream
+):
+    """On PostgreSQL the delivery path's claim and record write their rollup in SQL
+    (``rollup_upsert_sql``); every bucket of every granularity must equal what
+    ``rollup_increments`` makes of the history rows, "accepted" included."""
+    stream = make_stream(demo=True)
+    bodies = ["short", "ж" * 100, "x" * 400]
+    ids = [
+        client.post(
+            "/v1/messages",
+            json={"messages": [message(message_content=bodies[i % 3]) for i in range(30)]},
+            headers=auth(stream["token"]),
+        ).json()["results"]
+    ][0]
+    carrier = SandboxProvider(SandboxSettings(receipt_delay_seconds=0), runtime.redis)
+    result = delivery_with(runtime, carrier).deliver_many([item["message_id"] for item in ids])
+    assert result.failed == [] and result.handed_back == []
+
+    key = uuid.UUID(stream["id"])
+    with runtime.session_factory() as session:
+        events = session.execute(
+            select(MessageEvent.status, MessageEvent.at, MessageEvent.detail, Message)
+            .join(Message, Message.id == MessageEvent.message_id)
+            .where(Message.stream_id == key)
+        ).all()
+        stored = {
+            (row.bucket_seconds, row.bucket_start, row.status): (row.messages, row.segments)
+            for row in session.scalars(select(StreamStat).where(StreamStat.stream_id == key))
+        }
+    assert {status for status, *_ in events} == {"queued", "sending", "sent", "delivered"}
+    expected = {
+        (row["bucket_seconds"], row["bucket_start"], row["status"]): (
+            row["messages"],
+            row["segments"],
+        )
+        for row in rollup_increments(
+            StatusChange(
+                message_id=m.id,
+                stream_id=m.stream_id,
+                account_id=m.account_id,
+                stream_type=m.stream_type,
+                status=MessageStatus(status),
+                at=at,
+                segments=m.segments,
+                detail=detail,
+            )
+            for status, at, detail, m in events
+        )
+    }
+    assert stored == expected
+    assert stored[(DAY, bucket_start(events[0].at, DAY), "delivered")] == (30, 60)
 
 
 def test_a_rolled_back_change_is_not_counted(client, runtime, make_stream):
