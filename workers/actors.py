@@ -82,7 +82,7 @@ def _deliver_batch(  # type: ignore[no-untyped-def]
             enqueue_deliveries(broker, queue, message_ids)
             log.info("batch_handed_back", remaining=len(message_ids))
             return
-        result = delivery.deliver_many(message_ids, stopping=stopping)
+        result = delivery.deliver_many(message_ids, queue=queue, stopping=stopping)
         if result.handed_back:
             enqueue_deliveries(broker, queue, result.handed_back)
             log.info("batch_handed_back", remaining=len(result.handed_back))

@@ -214,17 +214,33 @@ class Delivery:
             raise result.failed[0][1]
 
     def deliver_many(
-        self, message_ids: Sequence[str], *, stopping: threading.Event | None = None
+        self,
+        message_ids: Sequence[str],
+        *,
+        queue: str = "",
+        stopping: threading.Event | None = None,
     ) -> BatchResult:
         """Take each of ``message_ids`` as far as it can go now; safe to call any number of
         times. When ``stopping`` is set before the claim, the messages not claimed yet are
-        handed back instead of sent."""
+        handed back instead of sent.
+
+        Like ``deliver``, the claim and the record of the messages no gate can stop are
+        group-committed with those of the process's other delivery threads on ``queue``:
+        concurrent batches share their transactions."""
         started = time.perf_counter()
         keys = [uuid.UUID(message_id) for message_id in message_ids]
         result = BatchResult([], [])
-        claimed = self._claim_ungated(keys) if self._folds_claims else {}
+        group = queue if queue in self._claims else ""
+        claimed: dict[uuid.UUID, _Claimed] = {}
+        if self._folds_claims:
+            claims = self._claims[group].submit(keys)
+            claimed = {
+                key: claim for key, claim in zip(keys, claims, strict=True) if claim is not None
+            }
         if claimed:
-            self._send_and_record(list(claimed.values()), started, stopping, result)
+            self._send_and_record(
+                list(claimed.values()), started, stopping, result, self._records[group].submit
+            )
             keys = [key for key in keys if key not in claimed]
         self._deliver_gated(keys, started, stopping, result)
         return result

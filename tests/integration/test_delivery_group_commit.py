@@ -1,7 +1,8 @@
-"""Single-message jobs of one worker process share their claim and their ``sent`` record
-(``Delivery.deliver`` through ``workers.group_commit``), against real PostgreSQL and Redis:
-every message goes out once (invariant 2), a failed shared step leaves every message of its
-group to be delivered again (invariant 1), and the groups do form."""
+"""Single-message and batch jobs of one worker process share their claim and their ``sent``
+record (``Delivery.deliver`` and ``Delivery.deliver_many`` through
+``workers.group_commit``), against real PostgreSQL and Redis: every message goes out once
+(invariant 2), a failed shared step leaves every message of its group to be delivered
+again (invariant 1), and the groups do form."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from core.clock import utcnow
 from tests.deliveries import delivery_with, send, states
+from tests.processes import wait_until
 from workers.group_commit import GroupCommit
 from workers.providers.base import Accepted, OutboundMessage
 from workers.providers.sandbox import SandboxProvider
@@ -90,6 +92,61 @@ def test_invariant_2_the_same_message_delivered_by_racing_threads_goes_out_once(
         first.result(30)
         for future in copies:
             future.result(30)
+    assert sorted(carrier.calls) == sorted(ids)
+    assert states(runtime, ids) == {i: ("delivered", 1) for i in ids}
+
+
+def test_batch_jobs_of_many_threads_share_claims_and_records_and_each_goes_once(
+    runtime, client, make_stream
+):
+    ids = send(client, make_stream(), 60, prefix="m")
+    batches = [ids[i : i + 10] for i in range(0, 60, 10)]
+    carrier = CountingCarrier(runtime.settings.sandbox, runtime.redis)
+    delivery = delivery_with(runtime, carrier)
+    # The first record to run is held until every batch has been sent: the other five
+    # batches' records then wait behind it, and go in one transaction after it.
+    first_record_running, release = threading.Event(), threading.Event()
+    steps: list[int] = []
+
+    def held_record(items):  # type: ignore[no-untyped-def]
+        steps.append(len(items))
+        if len(steps) == 1:
+            first_record_running.set()
+            assert release.wait(10)
+        return delivery._record_sent_group(items)
+
+    delivery._records["transactional"] = GroupCommit("record", held_record)
+    claims_before = group_items("claim")
+    with ThreadPoolExecutor(len(batches)) as pool:
+        futures = [pool.submit(delivery.deliver_many, b, queue="transactional") for b in batches]
+        assert first_record_running.wait(10)
+        assert wait_until(lambda: len(carrier.calls) == 60, timeout=10, interval=0.01)
+        threading.Event().wait(0.3)
+        release.set()
+        results = [future.result(30) for future in futures]
+    assert all(r.failed == [] and r.handed_back == [] for r in results)
+    assert sorted(carrier.calls) == sorted(ids)  # each message called once
+    assert states(runtime, ids) == {i: ("delivered", 1) for i in ids}
+    assert group_items("claim")[1] - claims_before[1] == 60
+    assert sum(steps) == 60 and len(steps) == 2  # six batches, two record transactions
+
+
+def test_invariant_2_overlapping_batches_racing_in_threads_send_each_message_once(
+    runtime, client, make_stream
+):
+    ids = send(client, make_stream(), 15, prefix="o")
+    batches = [ids[0:10], ids[5:15], ids, ids[::-1], ids[3:12]]
+    carrier = CountingCarrier(runtime.settings.sandbox, runtime.redis)
+    delivery = delivery_with(runtime, carrier)
+    start = threading.Barrier(len(batches))
+
+    def deliver(batch: list[str]):  # type: ignore[no-untyped-def]
+        start.wait(10)
+        return delivery.deliver_many(batch, queue="transactional")
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        results = [f.result(30) for f in [pool.submit(deliver, b) for b in batches]]
+    assert all(r.failed == [] for r in results)
     assert sorted(carrier.calls) == sorted(ids)
     assert states(runtime, ids) == {i: ("delivered", 1) for i in ids}
 
