@@ -153,7 +153,9 @@ def install_error_handlers(app: FastAPI) -> None:
             return await _database_down(_request, exc)  # type: ignore[arg-type]
         if isinstance(exc, DataError) and "NUL" in str(exc.orig):
             # PostgreSQL text cannot hold U+0000; psycopg refuses it before sending, so
-            # nothing was written. Send items are checked earlier, naming their field.
+            # nothing was written. Request bodies are checked before the route runs,
+            # naming their field (schemas/request_body.py); this is for the rest (query
+            # parameters such as the streams list's name filter).
             return error_response(
                 422, "invalid_text", "Text may not contain the NUL character (U+0000)."
             )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from schemas.messages import MAX_CONTENT_LENGTH
+from schemas.request_body import RequestBody
 from schemas.templates import template_placeholders
 
 EVENT_KEY_PATTERN = r"^[a-z0-9_.\-]{1,64}$"
@@ -22,9 +23,7 @@ def _checked_template(value: str | None) -> str | None:
     return value
 
 
-class EventTemplateCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class EventTemplateCreate(RequestBody):
     key: EventKey
     name: EventName
     template: TemplateText
@@ -32,10 +31,8 @@ class EventTemplateCreate(BaseModel):
     _template = field_validator("template")(_checked_template)
 
 
-class EventTemplatePatch(BaseModel):
+class EventTemplatePatch(RequestBody):
     """Only the given fields change; the key stays (delete and create to rename)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: EventName | None = None
     template: TemplateText | None = None

@@ -5,19 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from schemas.enums import MessageStatus
-from schemas.text_rules import refuse_nul
+from schemas.request_body import RequestBody
 
 MAX_CONTENT_LENGTH = 1_600  # ten concatenated GSM-7 segments and then some
 
 
-class SendItem(BaseModel):
+class SendItem(RequestBody):
     """One message of a send request. Validated item by item, so that one bad item is
-    rejected alone (invariant 7)."""
-
-    model_config = ConfigDict(extra="forbid")
+    rejected alone (invariant 7): a NUL in it is this item's field error, and never
+    reaches a shared (group) commit, where PostgreSQL would refuse the whole transaction."""
 
     internal_id: str | None = Field(default=None, min_length=1, max_length=128)
     sender: str | None = Field(default=None, max_length=32)
@@ -32,13 +31,10 @@ class SendItem(BaseModel):
     template: dict[str, Any] | None = None
     media: dict[str, Any] | None = None
 
-    # Here, item by item, so a NUL is this item's field error; it never reaches a shared
-    # (group) commit, where PostgreSQL would refuse the whole transaction.
-    _no_nul = field_validator("*", mode="before")(refuse_nul)
-
 
 class SendRequest(BaseModel):
-    """The envelope only; items are checked one by one by the ingress."""
+    """The envelope only; items are checked one by one by the ingress (so not a
+    ``RequestBody``: a NUL in one item must not refuse the whole request)."""
 
     model_config = ConfigDict(extra="forbid")
 

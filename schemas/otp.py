@@ -5,20 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from schemas.messages import MAX_CONTENT_LENGTH
+from schemas.request_body import RequestBody
 
 #: Why a verification failed. ``wrong_code`` uses up one attempt; the others use none.
 VerifyFailure = Literal["wrong_code", "expired", "used", "no_code", "too_many_failures"]
 
 
-class OtpSendRequest(BaseModel):
+class OtpSendRequest(RequestBody):
     """``code`` is required in ``customer_code`` and ``full_text`` modes and refused in
     ``generate`` mode; ``message_content`` (the whole text, containing the code) is for
     ``full_text`` mode only; ``variables`` fill the template's other placeholders."""
-
-    model_config = ConfigDict(extra="forbid")
 
     recipient_phone: str = Field(max_length=64)
     code: str | None = Field(default=None, min_length=1, max_length=32)
@@ -31,9 +30,7 @@ class OtpSendResponse(BaseModel):
     expires_at: datetime
 
 
-class OtpVerifyRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OtpVerifyRequest(RequestBody):
     recipient_phone: str = Field(max_length=64)
     code: str = Field(min_length=1, max_length=32)
 

@@ -11,13 +11,13 @@ from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     field_validator,
 )
 
 from schemas.enums import StreamStatus, StreamType
+from schemas.request_body import RequestBody
 from schemas.templates import template_placeholders
 from schemas.text_rules import display_name, tag_text
 
@@ -34,11 +34,7 @@ Name = Annotated[
 _CLOCK = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class QuietHours(Strict):
+class QuietHours(RequestBody):
     """The window in which marketing messages may go out, in the recipient's local time."""
 
     start: str = "09:00"
@@ -89,7 +85,7 @@ OTP_DEFAULTS: dict[str, Any] = {
 }
 
 
-class StreamSettings(Strict):
+class StreamSettings(RequestBody):
     """Limits for every type, OTP code rules for OTP streams, callbacks for two-way and
     WhatsApp streams. ``None`` means "not set"."""
 
@@ -140,7 +136,7 @@ class StreamSettings(Strict):
         return value
 
 
-class StreamCreate(Strict):
+class StreamCreate(RequestBody):
     name: Name
     type: StreamType
     description: str | None = Field(default=None, max_length=2_000)
@@ -151,7 +147,7 @@ class StreamCreate(Strict):
     settings: StreamSettings = Field(default_factory=StreamSettings)
 
 
-class StreamPatch(Strict):
+class StreamPatch(RequestBody):
     """Every field optional; only those given change. ``settings`` keys merge into the
     current settings (a key set to null is cleared)."""
 
@@ -202,14 +198,14 @@ class TokenOut(BaseModel):
     token: str
 
 
-class TokenReset(Strict):
+class TokenReset(RequestBody):
     grace_seconds: int = Field(default=0, ge=0, le=86_400)
 
 
-class RestrictBody(Strict):
+class RestrictBody(RequestBody):
     reason: str = Field(min_length=1, max_length=500)
 
 
-class TestSend(Strict):
+class TestSend(RequestBody):
     recipient_phone: str
     message_content: str | None = Field(default=None, max_length=1_600)

@@ -7,8 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.request_body import RequestBody
 
-class SandboxInbound(BaseModel):
+
+class SandboxInbound(RequestBody):
     """``POST /webhooks/{stream_id}/inbound`` for sandbox streams."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.request_body import RequestBody
+
 MetaId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,32}$")]
 #: Printable ASCII without blanks: what Meta's tokens and secrets are made of.
 Credential = Annotated[
@@ -27,11 +29,7 @@ VerifyToken = Annotated[
 ]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class WhatsAppSetup(Strict):
+class WhatsAppSetup(RequestBody):
     """``PUT .../whatsapp``. Fields left out keep their value; ``null`` clears one."""
 
     business_account_id: MetaId | None = None
@@ -66,7 +64,7 @@ _TEMPLATE_NAME = re.compile(r"^[a-z0-9_]{1,512}$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
 
 
-class TemplateButton(Strict):
+class TemplateButton(RequestBody):
     """A button of a template. A ``url`` button whose URL ends in ``{{1}}`` takes a value
     per send; a ``quick_reply`` button may take a payload per send."""
 
@@ -91,7 +89,7 @@ class TemplateButton(Strict):
         return self
 
 
-class TemplateCreate(Strict):
+class TemplateCreate(RequestBody):
     name: str
     language: str = Field(max_length=16)
     category: Literal["marketing", "utility", "authentication"]
@@ -134,7 +132,7 @@ class TemplateOut(BaseModel):
 # ---------------------------------------------------------------- Meta's webhook payload
 
 
-class Lenient(BaseModel):
+class Lenient(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
 

@@ -212,21 +212,85 @@ def test_nul_characters_are_refused_naming_the_item_and_its_field(client, runtim
 
 
 @pytest.mark.parametrize(
-    ("path", "body"),
+    ("body", "field"),
     [
-        ("/api/v1/streams", {"name": "n", "type": "marketing", "description": "a\x00b"}),
-        ("/api/v1/streams", {"name": "a\x00b", "type": "marketing"}),
-        ("/api/v1/streams", {"name": "n", "type": "marketing", "tags": ["a\x00"]}),
+        ({"name": "n", "type": "marketing", "description": "a\x00b"}, "description"),
+        ({"name": "a\x00b", "type": "marketing"}, "name"),
+        ({"name": "n", "type": "marketing", "tags": ["a\x00"]}, "tags"),
+        (
+            {"name": "n", "type": "marketing", "settings": {"quiet_hours": {"end": "\x00"}}},
+            "settings",
+        ),
     ],
 )
-def test_nul_characters_in_management_input_are_422_not_500(
-    client, runtime, account_key, path, body
+def test_nul_characters_in_a_new_stream_are_422_naming_the_field(
+    client, runtime, account_key, body, field
 ):
-    response = client.post(path, json=body, headers=auth(account_key))
-    assert response.status_code == 422, response.text
+    response = client.post("/api/v1/streams", json=body, headers=auth(account_key))
+    assert_error(response, 422, field=field)
+    assert "U+0000" in response.json()["error"]["message"]
     assert count(runtime, Stream) == 0
     listed = client.get("/api/v1/streams", params={"name": "a\x00"}, headers=auth(account_key))
     assert_error(listed, 422, "invalid_text")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("patch", "/api/v1/streams/{id}", {"description": "a\x00"}, "description"),
+        ("patch", "/api/v1/streams/{id}", {"tags": ["ok", "b\x00"]}, "tags"),
+        (
+            "put",
+            "/api/v1/streams/{id}/settings",
+            {"callback_headers": {"X-Key": "a\x00"}},
+            "callback_headers",
+        ),
+        (
+            "post",
+            "/api/v1/streams/{id}/events",
+            {"key": "k", "name": "a\x00", "template": "Hi"},
+            "name",
+        ),
+        (
+            "post",
+            "/api/v1/streams/{id}/events",
+            {"key": "k", "name": "n", "template": "Hi \x00"},
+            "template",
+        ),
+    ],
+)
+def test_nul_characters_in_management_input_are_422_naming_the_field_and_change_nothing(
+    client, runtime, make_stream, account_key, method, path, body, field
+):
+    stream = make_stream(description="before", tags=["ok"])
+    url = path.format(id=stream["id"])
+    response = getattr(client, method)(url, json=body, headers=auth(account_key))
+    assert_error(response, 422, field=field)
+    after = client.get(f"/api/v1/streams/{stream['id']}", headers=auth(account_key)).json()
+    assert after == {k: v for k, v in stream.items() if k != "token"}
+    events = client.get(f"/api/v1/streams/{stream['id']}/events", headers=auth(account_key))
+    assert events.json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/otp/send", {"recipient_phone": "+972524265292\x00"}, "recipient_phone"),
+        (
+            "/v1/otp/send",
+            {"recipient_phone": "+972524265292", "variables": {"a": "\x00"}},
+            "variables",
+        ),
+        ("/v1/otp/verify", {"recipient_phone": "+972524265292", "code": "12\x00"}, "code"),
+    ],
+)
+def test_nul_characters_in_otp_bodies_are_422_naming_the_field(
+    client, runtime, make_stream, path, body, field
+):
+    stream = make_stream(name="Codes", type="otp", demo=True)
+    response = client.post(path, json=body, headers=auth(stream["token"]))
+    assert_error(response, 422, field=field)
+    assert count(runtime, Message) == 0
 
 
 # ---------------------------------------------------------------- phones and unicode
