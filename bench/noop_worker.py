@@ -41,7 +41,7 @@ def noop(_message_id: str) -> None:
 
 def run_noop_process(queue: str, threads: int) -> None:
     """One process until SIGTERM or SIGINT, like ``workers.pool.run_worker_process``."""
-    runtime = build_runtime(Settings())
+    runtime = build_runtime(Settings(), role="streams-bench-noop")
     broker = runtime.broker
     broker.declare_queue(queue)
     dramatiq.actor(noop, actor_name=NOOP_ACTOR, queue_name=queue, broker=broker)

@@ -105,7 +105,7 @@ def run_dev(host: str, port: int) -> int:
         settings.log_level, "console" if settings.log_format == "auto" else settings.log_format
     )
     upgrade(settings.database_url)
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, role="streams-dev")
     worker = start_worker(runtime, ALL_QUEUES, threads=4)
     stop = threading.Event()
     relay = threading.Thread(target=Relay(runtime).run, args=(stop,), name="relay", daemon=True)

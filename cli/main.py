@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
         from workers.callback_sweep import CallbackSweep
         from workers.relay import Relay
 
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, role="streams-relay")
         if args.metrics_port is not None:
             from workers.pool import serve_metrics
 

@@ -15,10 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 SessionFactory = sessionmaker[Session]
 
 
-def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
+def build_engine(
+    database_url: str, *, pool_size: int = 20, application_name: str | None = None
+) -> Engine:
     """An engine for PostgreSQL (psycopg 3) or SQLite (the ``streams dev`` default).
 
-    ``postgresql://`` URLs are pointed at the psycopg 3 driver.
+    ``postgresql://`` URLs are pointed at the psycopg 3 driver. ``application_name`` is
+    what PostgreSQL shows for this engine's connections (``pg_stat_activity``), so an
+    operator can tell which pool a busy or waiting backend serves.
     """
     url = database_url
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -30,7 +34,10 @@ def build_engine(database_url: str, *, pool_size: int = 20) -> Engine:
         return engine
     # No pre-ping: it costs a round trip per checkout. A connection that died with the
     # server fails its statement, is invalidated, and the request answers 503 (retryable).
-    return create_engine(url, pool_size=pool_size, max_overflow=0, pool_recycle=1800)
+    connect_args = {"application_name": application_name} if application_name else {}
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=0, pool_recycle=1800, connect_args=connect_args
+    )
 
 
 def build_session_factory(engine: Engine) -> SessionFactory:

@@ -54,10 +54,17 @@ class Runtime:
 
 
 def build_runtime(
-    settings: Settings, *, broker: dramatiq.Broker | None = None, clock: Clock = utcnow
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker | None = None,
+    clock: Clock = utcnow,
+    role: str = "streams",
 ) -> Runtime:
-    """Connect nothing yet: engines and clients connect lazily on first use."""
-    engine = build_engine(settings.database_url, pool_size=settings.database_pool_size)
+    """Connect nothing yet: engines and clients connect lazily on first use. ``role`` names
+    the process to PostgreSQL (``application_name``: ``streams-worker otp``, ...)."""
+    engine = build_engine(
+        settings.database_url, pool_size=settings.database_pool_size, application_name=role
+    )
     session_factory = build_session_factory(engine)
     status_feed = StatusFeed()
     status_feed.install(session_factory)

@@ -46,7 +46,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     """Build the ingress. Pass a ``runtime`` to share one (``streams dev``, tests); a
     runtime the app built itself is closed when the app shuts down."""
     owns_runtime = runtime is None
-    runtime = runtime or build_runtime(settings)
+    runtime = runtime or build_runtime(settings, role="streams-serve")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

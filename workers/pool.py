@@ -84,7 +84,7 @@ def run_worker_process(queues: Sequence[str], threads: int) -> None:
     """One worker process until SIGTERM or SIGINT."""
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
-    runtime = build_runtime(settings)
+    runtime = build_runtime(settings, role=f"streams-worker {','.join(queues)}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
