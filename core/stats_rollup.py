@@ -11,6 +11,14 @@ a batch of 1,000 accepted messages is one upsert), written as the transaction's 
 statement (the lock is held only for the commit itself), and written in key order (two
 transactions lock shared rows in the same order). ``bench/rollup_writes.py`` measures it.
 
+The worker's two hot statements are the exception (``rollup_upsert_sql``): the claim and
+the record write their rollup in the statement that makes the changes, one statement less
+per transaction. Their lock is held a little longer: the claim's while the worker makes
+the claimed rows into jobs before it commits, the record's over the rare update of the
+stream's last activity. Key order is the same, and no transaction writes both kinds, so
+they cannot deadlock with each other; worker groups (``workers.group_commit``) keep the
+number of such transactions per stream low.
+
 Each change is counted in its minute, its hour and its day. A range is read from the coarsest
 buckets that fit inside it, with finer ones only at the two ragged ends: a 30-day query reads
 about 30 day buckets, at most 46 hour buckets and 118 minute buckets per status, however busy

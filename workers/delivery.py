@@ -48,6 +48,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import Row, update
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -187,8 +188,14 @@ class Delivery:
         self._folds_claims = runtime.engine.dialect.name in FOLDED_CLAIM_DIALECTS
         # One pair per queue: a process that serves several queues never makes an OTP
         # job wait on a marketing group's transaction (invariant 6).
-        self._claims = {q: GroupCommit("claim", self._claim_ungated_group) for q in _GROUPS}
-        self._records = {q: GroupCommit("record", self._record_sent_group) for q in _GROUPS}
+        self._claims = {
+            q: GroupCommit("claim", self._claim_ungated_group, isolate=_caused_by_items)
+            for q in _GROUPS
+        }
+        self._records = {
+            q: GroupCommit("record", self._record_sent_group, isolate=_caused_by_items)
+            for q in _GROUPS
+        }
 
     # ------------------------------------------------------------------ the pipeline
 
@@ -934,6 +941,14 @@ def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
             if getattr(provider, "max_per_second", None) is not None:
                 gated.add((demo, stream_type.value))
     return frozenset(gated)
+
+
+def _caused_by_items(error: BaseException) -> bool:
+    """A group step's error that one job's items can cause (a value the database refuses,
+    such as a NUL or an over-long id a carrier answered with), so the other jobs of the
+    group are worth running again alone; not a lost connection, which would fail them all
+    again."""
+    return isinstance(error, DataError | IntegrityError | ValueError | TypeError)
 
 
 def _message_log(job: Job) -> Any:

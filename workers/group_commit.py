@@ -9,7 +9,12 @@ grow with load and a lone thread waits for no timer. The provider call between t
 still runs in each job's own thread, so a slow carrier is still called in parallel.
 
 What a step raises is raised in every thread of its group: each of their jobs then fails
-and is delivered again, exactly as when its own transaction failed.
+and is delivered again, exactly as when its own transaction failed. Except when the error
+comes from the items themselves (``isolate`` says which errors do: a value the database
+refuses, say): then each thread's items run their step again alone, so one thread's bad
+item fails that thread's job only. A job failed after the carrier took its messages leaves
+them claimed until the lease passes and sends them again, so a failure must not spread
+to jobs that had nothing wrong with them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+import structlog
+
 from core import metrics
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,13 +51,22 @@ class GroupCommit(Generic[T, R]):
     """Runs ``step`` once for the items of every thread waiting at the time.
 
     ``step`` takes a list of items and returns one result per item, in order. ``name``
-    labels the group-size metric (``streams_worker_group_items``).
+    labels the group-size metric (``streams_worker_group_items``). ``isolate`` tells the
+    errors that come from the items (the step is then run again for each thread's items
+    alone) from those that would fail any group (a lost connection): by default none do.
     """
 
-    def __init__(self, name: str, step: Callable[[list[T]], list[R]], max_items: int = 512) -> None:
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[list[T]], list[R]],
+        max_items: int = 512,
+        isolate: Callable[[BaseException], bool] = lambda _error: False,
+    ) -> None:
         self._name = name
         self._step = step
         self._max_items = max_items
+        self._isolate = isolate
         self._lock = threading.Lock()
         self._waiting: list[_Slot[T, R]] = []
         self._running = False
@@ -98,12 +116,17 @@ class GroupCommit(Generic[T, R]):
         items = [item for slot in group for item in slot.items]
         try:
             metrics.WORKER_GROUP_ITEMS.labels(self._name).observe(len(items))
-            results = self._step(items)
-            if len(results) != len(items):
-                raise RuntimeError(
-                    f"{self._name} step gave {len(results)} results for {len(items)} items"
-                )
+            results = self._checked_step(items)
         except BaseException as error:
+            if len(group) > 1 and self._isolate(error):
+                log.warning(
+                    "group_step_failed_retrying_alone",
+                    step=self._name,
+                    threads=len(group),
+                    error=type(error).__name__,
+                )
+                self._run_alone(group)
+                return
             with self._lock:
                 for slot in group:
                     slot.error, slot.done = error, True
@@ -114,6 +137,24 @@ class GroupCommit(Generic[T, R]):
                 slot.results = results[start : start + len(slot.items)]
                 start += len(slot.items)
                 slot.done = True
+
+    def _run_alone(self, group: list[_Slot[T, R]]) -> None:
+        """Run the step once for each slot's items, each with its own outcome."""
+        for slot in group:
+            try:
+                results, error = self._checked_step(list(slot.items)), None
+            except BaseException as failure:
+                results, error = [], failure
+            with self._lock:
+                slot.results, slot.error, slot.done = results, error, True
+
+    def _checked_step(self, items: list[T]) -> list[R]:
+        results = self._step(items)
+        if len(results) != len(items):
+            raise RuntimeError(
+                f"{self._name} step gave {len(results)} results for {len(items)} items"
+            )
+        return results
 
     @staticmethod
     def _outcome(slot: _Slot[T, R]) -> list[R]:

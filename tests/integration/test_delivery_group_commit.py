@@ -6,12 +6,14 @@ again (invariant 1), and the groups do form."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from prometheus_client import REGISTRY
+from sqlalchemy.exc import DataError
 
 from core.clock import utcnow
 from tests.deliveries import delivery_with, send, states
@@ -129,6 +131,70 @@ def test_batch_jobs_of_many_threads_share_claims_and_records_and_each_goes_once(
     assert states(runtime, ids) == {i: ("delivered", 1) for i in ids}
     assert group_items("claim")[1] - claims_before[1] == 60
     assert sum(steps) == 60 and len(steps) == 2  # six batches, two record transactions
+
+
+class PoisonIdCarrier(CountingCarrier):
+    """Answers one reference with a provider id PostgreSQL cannot store (a NUL in it), and
+    takes that message only once ``take_poisoned`` is set."""
+
+    def __init__(self, *args, poisoned: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.poisoned = poisoned
+        self.take_poisoned = threading.Event()
+
+    def send(self, message: OutboundMessage) -> Accepted:
+        if message.reference == self.poisoned:
+            assert self.take_poisoned.wait(10)
+        accepted = super().send(message)
+        if message.reference == self.poisoned:
+            return dataclasses.replace(accepted, provider_message_id="bad\x00id")
+        return accepted
+
+
+def test_invariant_2_a_record_refused_for_one_batch_fails_that_batch_alone(
+    runtime, client, make_stream
+):
+    """One batch's record is refused by the database (a carrier answered an id it cannot
+    store). The batches recorded in the same group are recorded again on their own: had
+    they failed too, their messages, already taken by the carrier, would be sent again
+    after the lease."""
+    ids = send(client, make_stream(), 30, prefix="p")
+    batches = [ids[0:10], ids[10:20], ids[20:30]]
+    carrier = PoisonIdCarrier(runtime.settings.sandbox, runtime.redis, poisoned=ids[14])
+    delivery = delivery_with(runtime, carrier)
+    first_record_running, release = threading.Event(), threading.Event()
+    steps: list[int] = []
+    record_step = delivery._records["transactional"]._step
+
+    def held_record(items):  # type: ignore[no-untyped-def]
+        steps.append(len(items))
+        if len(steps) == 1:
+            first_record_running.set()
+            assert release.wait(10)
+        return record_step(items)
+
+    # The poisoned batch finishes sending only once a clean batch's record is held, so it
+    # joins the next group with the other clean batch.
+    delivery._records["transactional"]._step = held_record
+    with ThreadPoolExecutor(len(batches)) as pool:
+        futures = [pool.submit(delivery.deliver_many, b, queue="transactional") for b in batches]
+        assert first_record_running.wait(10)
+        carrier.take_poisoned.set()
+        assert wait_until(lambda: len(carrier.calls) == 30, timeout=10, interval=0.01)
+        threading.Event().wait(0.3)
+        release.set()
+        outcomes = [future.exception(30) for future in futures]
+    found = states(runtime, ids)
+    poisoned_batch = next(n for n, batch in enumerate(batches) if ids[14] in batch)
+    for n, batch in enumerate(batches):
+        if n == poisoned_batch:
+            assert isinstance(outcomes[n], DataError)
+            assert {found[i] for i in batch} == {("sending", 1)}  # left to the lease
+        else:
+            assert outcomes[n] is None
+            assert {found[i] for i in batch} == {("delivered", 1)}
+    # A clean batch alone; the next two together, refused; then each alone again.
+    assert steps == [10, 20, 10, 10]
 
 
 def test_invariant_2_overlapping_batches_racing_in_threads_send_each_message_once(

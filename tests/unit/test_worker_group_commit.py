@@ -1,5 +1,6 @@
 """``workers.group_commit.GroupCommit``: the threads waiting while a step runs share the
-next one, each gets its own results back, and a failed step fails every job in it."""
+next one, each gets its own results back, and a failed step fails every job in it, unless
+the error comes from one job's items: then each job runs alone and only that one fails."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from workers.group_commit import GroupCommit
 
 class Recorder:
     """A step that doubles its items and notes each group; the first group can be held
-    until the test lets it go, so that the others pile up behind it."""
+    until the test lets it go, so that the others pile up behind it. A group holding the
+    ``refuse`` item fails, as a statement with a value the database refuses would."""
 
-    def __init__(self, *, hold_first: bool = False, fail_group: int | None = None) -> None:
+    def __init__(
+        self, *, hold_first: bool = False, fail_group: int | None = None, refuse: int | None = None
+    ) -> None:
         self.groups: list[list[int]] = []
+        self._refuse = refuse
         self.release = threading.Event()
         self.first_running = threading.Event()
         self._hold_first = hold_first
@@ -32,6 +37,8 @@ class Recorder:
             assert self.release.wait(10)
         if number == self._fail_group:
             raise ConnectionError("the database went away")
+        if self._refuse in items:
+            raise ValueError(f"the database refuses {self._refuse}")
         return [item * 2 for item in items]
 
 
@@ -100,3 +107,32 @@ def test_a_step_giving_the_wrong_number_of_results_is_an_error():
     group = GroupCommit("test", lambda items: items[:-1])
     with pytest.raises(RuntimeError, match="2 results for 3 items"):
         group.submit([1, 2, 3])
+
+
+def test_an_error_from_one_threads_items_fails_that_thread_alone():
+    step = Recorder(hold_first=True, refuse=13)
+    group = GroupCommit("test", step, isolate=lambda e: isinstance(e, ValueError))
+    outcomes = behind_a_held_group(group, step, [[1, 2], [13, 14], [3]])
+    assert outcomes[0] == [2, 4] and outcomes[2] == [6]
+    assert isinstance(outcomes[1], ValueError)
+    # The shared step failed; then each thread's items ran alone, the refused ones too.
+    assert sorted(step.groups[1]) == [1, 2, 3, 13, 14]
+    assert sorted(step.groups[2:]) == [[1, 2], [3], [13, 14]]
+
+
+def test_an_error_not_from_the_items_still_fails_the_whole_group_at_once():
+    calls: list[list[int]] = []
+
+    def down(items: list[int]) -> list[int]:
+        calls.append(items)
+        raise ConnectionError("the database went away")
+
+    step = Recorder(hold_first=True)
+    group = GroupCommit(
+        "test",
+        lambda items: step(items) if items == [0] else down(items),
+        isolate=lambda e: isinstance(e, ValueError),
+    )
+    outcomes = behind_a_held_group(group, step, [[1], [2], [3]])
+    assert all(isinstance(outcome, ConnectionError) for outcome in outcomes)
+    assert len(calls) == 1  # not retried thread by thread
