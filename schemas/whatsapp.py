@@ -132,7 +132,11 @@ class TemplateOut(BaseModel):
 # ---------------------------------------------------------------- Meta's webhook payload
 
 
-class Lenient(RequestBody):
+class Lenient(BaseModel):
+    """Meta's payload: unknown keys ignored, and no NUL check: one odd value anywhere in a
+    webhook must not refuse the delivery receipts it carries (Meta would retry it, refused
+    the same way, until it gives up)."""
+
     model_config = ConfigDict(extra="ignore")
 
 

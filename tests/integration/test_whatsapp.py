@@ -540,6 +540,32 @@ def test_statuses_of_another_streams_messages_are_ignored(
     assert message_of(client, account_key, sent["message_id"])["status"] == "sent"
 
 
+def test_a_nul_in_an_inbound_text_does_not_refuse_the_receipts_beside_it(
+    client, runtime, make_stream, account_key
+):
+    """Meta's payload is read leniently: a NUL in one inbound text (which no store can
+    hold) must not refuse the whole webhook before its receipts are applied, or every
+    retry of it would be refused too and the receipts lost."""
+    stream = whatsapp_stream(make_stream, client, account_key)
+    sent = send(client, stream["token"], message_content="hi")
+    with runtime.session_factory() as session:
+        session.execute(
+            text(
+                "UPDATE messages SET status = 'sent', provider = 'whatsapp_cloud', "
+                "provider_message_id = 'wamid.ODD'"
+            )
+        )
+        session.commit()
+    payload = webhook(
+        PHONE_NUMBER_ID,
+        statuses=[status("wamid.ODD", "delivered")],
+        messages=[text_message("972524265292", "a\x00b", message_id="wamid.NUL")],
+    )
+    raw, headers = signed(payload, APP_SECRET)
+    client.post(f"/webhooks/{stream['id']}/whatsapp", content=raw, headers=headers)
+    assert message_of(client, account_key, sent["message_id"])["status"] == "delivered"
+
+
 def test_inbound_whatsapp_messages_are_stored_once(client, runtime, make_stream, account_key):
     stream = whatsapp_stream(make_stream, client, account_key)
     incoming = text_message("972524265292", "Where is my order?", message_id="wamid.IN1")

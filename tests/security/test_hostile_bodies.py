@@ -219,7 +219,7 @@ def test_nul_characters_are_refused_naming_the_item_and_its_field(client, runtim
         ({"name": "n", "type": "marketing", "tags": ["a\x00"]}, "tags"),
         (
             {"name": "n", "type": "marketing", "settings": {"quiet_hours": {"end": "\x00"}}},
-            "settings",
+            "settings.quiet_hours.end",
         ),
     ],
 )
