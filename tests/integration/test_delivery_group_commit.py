@@ -12,15 +12,18 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from dramatiq.brokers.stub import StubBroker
 from prometheus_client import REGISTRY
 from sqlalchemy.exc import DataError
 
 from core.clock import utcnow
 from tests.deliveries import delivery_with, send, states
 from tests.processes import wait_until
+from workers.actors import declare_actors
 from workers.group_commit import GroupCommit
 from workers.providers.base import Accepted, OutboundMessage
 from workers.providers.sandbox import SandboxProvider
+from workers.queueing import delivery_batch_actor_name
 
 
 class CountingCarrier(SandboxProvider):
@@ -298,3 +301,34 @@ def test_invariant_6_an_otp_job_never_waits_on_a_marketing_group(runtime, client
         release.set()
         held.result(10)
     assert states(runtime, [marketing]) == {marketing: ("delivered", 1)}
+
+
+def test_invariant_6_an_otp_batch_job_never_waits_on_a_marketing_batch_group(
+    runtime, client, make_stream
+):
+    """The same through the batch actors as declared for a worker: each passes its queue,
+    so an OTP batch claims in the OTP group while a marketing batch's claim is held."""
+    marketing = send(client, make_stream(type="marketing"), 2, prefix="m")
+    otp = send(client, make_stream(type="otp"), 2, prefix="o")
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    in_claim, release = threading.Event(), threading.Event()
+
+    def slow_claim(keys):  # type: ignore[no-untyped-def]
+        in_claim.set()
+        assert release.wait(10)
+        return delivery._claim_ungated_group(keys)  # noqa: SLF001
+
+    delivery._claims["marketing"] = GroupCommit("claim", slow_claim)  # noqa: SLF001
+    broker = StubBroker()
+    declare_actors(broker, delivery, ["marketing", "otp"])
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(broker.get_actor(delivery_batch_actor_name("marketing")).fn, marketing)
+        assert in_claim.wait(10)
+        broker.get_actor(delivery_batch_actor_name("otp")).fn(otp)
+        assert states(runtime, otp + marketing) == {
+            **{i: ("delivered", 1) for i in otp},
+            **{i: ("queued", 0) for i in marketing},
+        }
+        release.set()
+        held.result(10)
+    assert states(runtime, marketing) == {i: ("delivered", 1) for i in marketing}
