@@ -159,13 +159,17 @@ def _unnest_insert(  # type: ignore[no-untyped-def]
     return text(sql)
 
 
-def _dialect_insert(session: Session, table: Any) -> Any:
-    """The INSERT construct of the session's dialect: PostgreSQL's and SQLite's both have
+def dialect_insert(dialect_name: str, table: Any) -> Any:
+    """The INSERT construct of a dialect by name: PostgreSQL's and SQLite's both have
     ``ON CONFLICT`` (``on_conflict_do_nothing`` / ``on_conflict_do_update``)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    module = postgresql if dialect_name == "postgresql" else sqlite
     return module.insert(table)
+
+
+def _dialect_insert(session: Session, table: Any) -> Any:
+    return dialect_insert(session.get_bind().dialect.name, table)
 
 
 def _insert_adding(session: Session, table: Any, key: Sequence[str], columns: Sequence[str]) -> Any:

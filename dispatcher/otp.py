@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from core import metrics
 from core.activity import ActivityTouch
 from core.clock import as_utc
+from core.database import dialect_insert
 from core.otp_codes import CodeHasher, OtpInputError, OtpRules, compose_code_message
 from core.phones import InvalidPhoneNumber, to_e164
 from core.runtime import Runtime
@@ -414,11 +415,7 @@ _SUPERSEDED = ("message_id", "code_digest", "attempts_left", "sent_at", "expires
 def _code_upsert(dialect: str):  # type: ignore[no-untyped-def]
     """``INSERT … ON CONFLICT (stream_id, recipient) DO UPDATE`` of a new code, guarded by
     the cooldown (``cooldown_cutoff``), for PostgreSQL or SQLite (``streams dev``)."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(OTP_CODES)
+    statement = dialect_insert(dialect, OTP_CODES)
     return statement.on_conflict_do_update(
         index_elements=["stream_id", "recipient"],
         set_={name: statement.excluded[name] for name in _SUPERSEDED},
