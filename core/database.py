@@ -149,11 +149,7 @@ def _unnest_insert(  # type: ignore[no-untyped-def]
     if skip_conflicts_on:
         sql += f" ON CONFLICT ({', '.join(quote(c) for c in skip_conflicts_on)}) DO NOTHING"
     elif add_on_conflict:
-        key, columns = add_on_conflict
-        sums = ", ".join(
-            f"{quote(c)} = {quote(table.name)}.{quote(c)} + excluded.{quote(c)}" for c in columns
-        )
-        sql += f" ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {sums}"
+        sql += " " + on_conflict_adding_sql(dialect, table, *add_on_conflict)
     if returning is not None:
         sql += f" RETURNING {quote(returning)}"
     return text(sql)
@@ -166,6 +162,18 @@ def dialect_insert(dialect_name: str, table: Any) -> Any:
 
     module = postgresql if dialect_name == "postgresql" else sqlite
     return module.insert(table)
+
+
+def on_conflict_adding_sql(
+    dialect: Dialect, table: Table, key: Sequence[str], columns: Sequence[str]
+) -> str:
+    """``ON CONFLICT (key) DO UPDATE SET column = table.column + excluded.column``: the
+    counter upsert of ``bulk_insert(add_on_conflict=...)``, for SQL written by hand."""
+    quote = dialect.identifier_preparer.quote
+    sums = ", ".join(
+        f"{quote(c)} = {quote(table.name)}.{quote(c)} + excluded.{quote(c)}" for c in columns
+    )
+    return f"ON CONFLICT ({', '.join(quote(c) for c in key)}) DO UPDATE SET {sums}"
 
 
 def _dialect_insert(session: Session, table: Any) -> Any:

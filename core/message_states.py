@@ -239,6 +239,6 @@ def record_changes(session: Session, changes: Sequence[StatusChange]) -> None:
 
 
 def queue_changes(session: Session, changes: Sequence[StatusChange]) -> None:
-    """Queue changes whose history rows the statement that made them already wrote, for the
-    stats rollup (before commit) and publishing (after)."""
+    """Queue changes whose history rows the statement that made them already wrote, for
+    publishing after commit (and for the stats rollup before it, unless ``in_rollup``)."""
     pending_changes(session).extend(changes)

@@ -34,11 +34,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, event, select, text, union_all
+from sqlalchemy import Table, and_, event, select, text, union_all
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
-from core.database import SessionFactory, bulk_insert
+from core.database import SessionFactory, bulk_insert, on_conflict_adding_sql
 from core.status_feed import PENDING_KEY
 from core.status_kinds import ERROR_STATUSES, is_acceptance
 from schemas.enums import MessageStatus
@@ -104,19 +105,19 @@ def _sort_key(key: RollupKey) -> tuple[str, int, datetime, str]:
     return (str(key[0]), key[1], key[2], key[3])
 
 
+_STATS: Table = StreamStat.__table__  # type: ignore[assignment]
+#: The rollup's key (stream, granularity, bucket, status) and the counters an upsert adds.
+_KEY = tuple(column.name for column in _STATS.primary_key.columns)
+_COUNTS = ("messages", "segments")
+
+
 def add_to_rollup(session: Session, changes: Sequence[StatusChange]) -> None:
     """Add ``changes`` to the rollup inside the session's transaction: one upsert
     statement, rows in key order."""
     rows = rollup_increments(changes)
     if not rows:
         return
-    table = StreamStat.__table__
-    bulk_insert(
-        session,
-        table,  # type: ignore[arg-type]
-        rows,
-        add_on_conflict=([c.name for c in table.primary_key.columns], ["messages", "segments"]),
-    )
+    bulk_insert(session, _STATS, rows, add_on_conflict=(_KEY, _COUNTS))
 
 
 def _before_commit(session: Session) -> None:
@@ -138,15 +139,12 @@ def rollup_upsert_sql(source: str, moment: str) -> str:
     granularities = ", ".join(f"({seconds})" for seconds in GRANULARITIES)
     epoch = f"extract(epoch FROM CAST(:{moment} AS TIMESTAMP WITH TIME ZONE))"
     return (
-        "INSERT INTO stream_stats "
-        "(stream_id, bucket_seconds, bucket_start, status, messages, segments) "
+        f"INSERT INTO stream_stats ({', '.join((*_KEY, *_COUNTS))}) "
         f"SELECT c.stream_id, g.seconds, to_timestamp(floor({epoch} / g.seconds) * g.seconds), "
         "c.status, count(*), sum(c.segments) "
         f"FROM ({source}) AS c CROSS JOIN (VALUES {granularities}) AS g(seconds) "
         "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
-        "ON CONFLICT (stream_id, bucket_seconds, bucket_start, status) DO UPDATE SET "
-        "messages = stream_stats.messages + excluded.messages, "
-        "segments = stream_stats.segments + excluded.segments"
+        + on_conflict_adding_sql(postgresql.dialect(), _STATS, _KEY, _COUNTS)
     )
 
 
