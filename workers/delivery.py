@@ -207,16 +207,7 @@ class Delivery:
         those of the process's other delivery threads on the same ``queue``
         (``workers.group_commit``): one transaction each for all of them, the provider call
         still in this thread."""
-        started = time.perf_counter()
-        key = uuid.UUID(message_id)
-        result = BatchResult([], [])
-        group = queue if queue in self._claims else ""
-        claimed = self._claims[group].submit([key])[0] if self._folds_claims else None
-        if claimed is None:
-            self._deliver_gated([key], started, None, result)
-        else:
-            record = self._records[group].submit
-            self._send_and_record([claimed], started, None, result, record)
+        result = self.deliver_many([message_id], queue=queue)
         if result.failed:
             raise result.failed[0][1]
 
