@@ -96,8 +96,9 @@ OTP_STREAM = {"name": "OTP benchmark", "type": "otp", "demo": True}
 FIRST_RECIPIENT = 972_525_100_000
 
 
-#: The marketing pool's niceness by default: on one host, roughly the CPU weight deploy/k8s
-#: gives a marketing pod (a small CPU request) next to the OTP pod (guaranteed CPU).
+#: The marketing pool's ``streams worker --nice`` by default, as the Procfile starts it: on one
+#: host, roughly the CPU weight deploy/k8s gives a marketing pod (a small CPU request) next to
+#: the OTP pod (guaranteed CPU).
 MARKETING_NICE = 10
 #: The OTP pool's poll interval as the Procfile and deploy/k8s start it: the app's default
 #: (0 here), since OTP jobs wake the pool through the queue's doorbell. It was 5 ms before.
@@ -166,7 +167,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         "--marketing-nice",
         type=int,
         default=MARKETING_NICE,
-        help="run the marketing pool under `nice -n N`: on one shared host, the CPU weights "
+        help="start the marketing pool with `streams worker --nice N`, as the Procfile does: "
+        "on one shared host, the CPU weights "
         "deploy/k8s gives the pools (the OTP pod's CPU is guaranteed, marketing's is a small "
         f"request); 0 = the pools compete as equals ({MARKETING_NICE})",
     )
@@ -438,13 +440,14 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             log_path=RESULTS / f"{run_id}-otp-workers.log",
         )
     )
-    nice = ["nice", "-n", str(options.marketing_nice)] if options.marketing_nice else []
     marketing_pool = stack.enter_context(
         running_pool(
             "marketing pool",
-            nice
-            + streams_worker_argv(
-                "marketing", options.marketing_processes, options.marketing_threads
+            streams_worker_argv(
+                "marketing",
+                options.marketing_processes,
+                options.marketing_threads,
+                nice=options.marketing_nice,
             ),
             processes=options.marketing_processes,
             redis_url=redis_url,
@@ -520,7 +523,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"Streams OTP latency: {params['rate']:g} OTP/s one at a time for {params['duration']:g} s "
         f"per scenario; OTP pool {params['otp_processes']} × {params['otp_threads']} threads, "
         f"marketing pool {params['marketing_processes']} × {params['marketing_threads']}"
-        + (f" under nice {params['marketing_nice']}" if params["marketing_nice"] else "")
+        + (f" with --nice {params['marketing_nice']}" if params["marketing_nice"] else "")
         + (f"; OTP pool polls every {params['otp_poll_ms']} ms" if params["otp_poll_ms"] else ""),
         "  (nice: the marketing pool gets a smaller CPU share than the OTP pool, as deploy/k8s "
         "gives it: guaranteed CPU for OTP, a small request for marketing; not a plain "

@@ -112,11 +112,13 @@ def running_pool(
 
 
 def streams_worker_argv(
-    queues: str, processes: int, threads: int, metrics_port: int | None = None
+    queues: str, processes: int, threads: int, metrics_port: int | None = None, nice: int = 0
 ) -> list[str]:
     """``streams worker`` for ``queues`` (comma-separated)."""
     argv = [STREAMS, "worker", "--queues", queues, "--processes", str(processes)]
     argv += ["--threads", str(threads)]
+    if nice:
+        argv += ["--nice", str(nice)]
     if metrics_port is not None:
         argv += ["--metrics-port", str(metrics_port)]
     return argv

@@ -42,6 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="idle poll interval (default STREAMS_WORKER_POLL_MS, 50); e.g. 5 for the otp pool",
     )
+    worker.add_argument(
+        "--nice",
+        type=_nice_increment,
+        default=0,
+        metavar="0-19",
+        help="lower this pool's CPU priority by N (also for its session, see "
+        "workers/cpu_priority.py): on a shared host, 10 for a bulk pool such as marketing",
+    )
 
     relay = commands.add_parser("relay", help="the outbox sweep")
     relay.add_argument("--metrics-port", type=int, default=None)
@@ -58,6 +66,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:  # configuration errors: say what to set, no traceback
         print(f"streams: {exc}", file=sys.stderr)
         return 2
+
+
+def _nice_increment(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 19, not {text!r}")
+    return value
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -89,6 +107,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.poll_ms is not None:
             # Through the environment, so every process of the pool reads it.
             os.environ["STREAMS_WORKER_POLL_MS"] = str(args.poll_ms)
+        if args.nice:
+            from workers.cpu_priority import lower_cpu_priority
+
+            lower_cpu_priority(args.nice)
         run_pool(queues, args.processes, args.threads, args.metrics_port)
         return 0
     if args.command == "relay":

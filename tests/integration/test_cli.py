@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 from core.credentials import digest
 from schemas.tables import Account
-from tests.processes import STREAMS, environment
+from tests.processes import STREAMS, environment, running, wait_until
+from workers.cpu_priority import autogroup_nice
 
 
 def run(settings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,3 +56,33 @@ def test_unknown_queue_is_refused(settings):
     result = run(settings, "worker", "--queues", "otp,sms")
     assert result.returncode == 2
     assert "unknown queue(s) sms" in result.stderr
+
+
+def niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def test_worker_nice_lowers_every_process_of_the_pool_and_its_session(settings, tmp_path):
+    log = tmp_path / "worker.log"
+    ours = niceness(os.getpid())
+    lowered = min(ours + 7, 19)
+    args = ["worker", "--queues", "marketing", "--processes", "2", "--threads", "1", "--nice", "7"]
+    with running(args, environment(settings), log) as pool:  # a session of its own
+        assert wait_until(lambda: log.read_text().count("worker_started") == 2, 60), log.read_text()
+        pool_pids = [pool.pid, *children(pool.pid)]
+        assert len(pool_pids) >= 3
+        assert {niceness(pid) for pid in pool_pids} == {lowered}
+        if autogroup_nice() is not None:
+            assert autogroup_nice(Path(f"/proc/{pool.pid}/autogroup")) == lowered
+    assert niceness(os.getpid()) == ours
+
+
+def test_worker_nice_is_refused_out_of_range(settings):
+    result = run(settings, "worker", "--queues", "marketing", "--nice", "-5")
+    assert result.returncode == 2
+    assert "--nice: must be a whole number from 0 to 19" in result.stderr
