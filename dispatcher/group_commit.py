@@ -6,6 +6,10 @@ a committer stores everything that arrived meanwhile in one transaction, per str
 ``store_prepared``, and commits once. A request's 202 still comes only after its own row is
 committed (invariant 1) and enqueued. While one group commits, the next one gathers, so
 groups grow with load and a lone request waits for no timer.
+
+A group's messages go onto their queues one job each, except on the bulk queues
+(``packed_single_send_queues``, marketing by default), where they go as batch jobs, as a
+batch send's do: the group is already formed, so packing it delays no one.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ class GroupCommitter:
         return [results[position] for position in range(len(group))], to_enqueue
 
     def _enqueue(self, to_enqueue: dict[str, list[uuid.UUID]]) -> None:
-        # One job per message: single sends (OTP above all) must not wait in a batch job.
+        # One job per message, so that no single send (OTP above all) waits in a batch job
+        # behind another message's provider call; bulk queues take the group as batch jobs.
+        packed = self._runtime.settings.packed_single_send_queues
         for queue, ids in to_enqueue.items():
-            enqueue_committed(self._runtime, queue, ids, chunk_size=1)
+            enqueue_committed(self._runtime, queue, ids, chunk_size=None if queue in packed else 1)
