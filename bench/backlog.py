@@ -185,12 +185,18 @@ def copy_messages(
                 for message_id in ids:
                     copy.write_row((message_id, MessageStatus.queued.value, now))
         connection.commit()
-        # What autovacuum would do within a minute in production. Without it the planner
-        # knows nothing of the rows just copied (it assumes a few per stream and status) and
-        # plans a claim by id as a scan of the stream's whole backlog: the drain would
-        # measure that planner artefact, growing with the backlog, instead of the pipeline.
-        connection.execute("ANALYZE messages, message_events")
+    analyze_messages(database_url)
     return LoadedBacklog(ids, segments, now, time.perf_counter() - started)
+
+
+def analyze_messages(database_url: str) -> None:
+    """ANALYZE the message tables after a backlog was written: what autovacuum would do
+    within a minute in production. Without it the planner knows nothing of the rows just
+    written (it assumes a few per stream and status) and plans a claim by id as a scan of
+    the stream's whole backlog: a drain would measure that planner artefact, growing with
+    the backlog, instead of the pipeline."""
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("ANALYZE messages, message_events")
 
 
 def job_bytes(

@@ -15,6 +15,12 @@ and reports delivery at once (``STREAMS_SANDBOX_LATENCY_MS=0``,
 transaction as the send, so each message is one delivery job (or a twentieth of one with
 ``--job-size 20``), with no receipt job.
 
+``--preload ingress`` makes each round's backlog through a running ``streams serve``
+instead: N single sends posted ``--concurrency`` at a time (``bench.preload``), so the
+jobs have the shapes the ingress gives them (on a packed queue, ``--stream-type
+marketing``, concurrent single sends become batch jobs). Their jobs are held aside while
+the pool starts and moved back when the clock starts.
+
 **no-op**: the same with ``bench/noop_worker.py`` (same broker and middleware, same process
 and thread counts, same Redis) and N jobs of an actor that returns at once; the clock runs
 until the queue is empty and every job acknowledged.
@@ -34,8 +40,8 @@ if __package__ in (None, ""):
 import argparse
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import psycopg
@@ -43,6 +49,7 @@ import redis
 
 from bench.backlog import (
     BenchStream,
+    analyze_messages,
     check_job_encoding,
     copy_messages,
     create_stream_row,
@@ -51,10 +58,18 @@ from bench.backlog import (
     push_jobs,
 )
 from bench.cpu_usage import process_tree
-from bench.environment import database_activity, scratch_database, scratch_redis
+from bench.environment import (
+    BENCH_STREAM,
+    create_bench_stream,
+    database_activity,
+    scratch_database,
+    scratch_redis,
+    stored_message_counts,
+)
 from bench.ingress_report import machine_info, write_report
 from bench.noop_worker import NOOP_ACTOR, NOOP_QUEUE
 from bench.pools import (
+    STREAMS,
     CpuWatch,
     Pool,
     noop_worker_argv,
@@ -63,6 +78,7 @@ from bench.pools import (
     running_pool,
     streams_worker_argv,
 )
+from bench.preload import held_queue, send_singles
 from bench.profiles import ProfileSummary, format_summary, sampling, summarize_collapsed
 from bench.runs import (
     REPO,
@@ -75,6 +91,7 @@ from bench.runs import (
     progress,
     stop_on_signals,
 )
+from bench.servers import free_port, running_server
 from schemas.enums import StreamType
 
 #: From the issue: the pipeline drains at least this share of the no-op actor's rate.
@@ -85,6 +102,9 @@ TARGET_RATIO = 0.75
 class Options:
     messages: int
     job_size: int
+    preload: str
+    stream_type: StreamType
+    concurrency: int
     processes: int
     threads: int
     rounds: int
@@ -111,6 +131,25 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         help="messages per delivery job: 1 = one job per message (single sends, the relay); "
         "20 = how the ingress enqueues batch sends (STREAMS_ENQUEUE_CHUNK_SIZE) (1)",
     )
+    parser.add_argument(
+        "--preload",
+        choices=("direct", "ingress"),
+        default="direct",
+        help="make the backlog directly (COPY and jobs pushed to Redis, default) or as single "
+        "sends through a running `streams serve`, with the job shapes the ingress gives them",
+    )
+    parser.add_argument(
+        "--stream-type",
+        choices=(StreamType.transactional.value, StreamType.marketing.value),
+        default=StreamType.transactional.value,
+        help="the stream's type, hence its queue (transactional)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=32,
+        help="with --preload ingress: single sends in flight at once (32)",
+    )
     parser.add_argument("--processes", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--threads", type=int, default=8, help="threads per process (8)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (1)")
@@ -127,12 +166,21 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     add_service_options(parser)
     args = parser.parse_args(argv)
-    if min(args.messages, args.job_size, args.processes, args.threads, args.rounds) <= 0:
-        parser.error("--messages, --job-size, --processes, --threads, --rounds must be positive")
+    if min(args.messages, args.job_size, args.concurrency, args.processes, args.threads,
+           args.rounds) <= 0:  # fmt: skip
+        parser.error(
+            "--messages, --job-size, --concurrency, --processes, --threads, --rounds must be "
+            "positive"
+        )
+    if args.preload == "ingress" and args.job_size != 1:
+        parser.error("--job-size is the ingress' choice with --preload ingress")
     runs = 2 * args.rounds + (1 if args.profile else 0)
     return Options(
         messages=args.messages,
         job_size=args.job_size,
+        preload=args.preload,
+        stream_type=StreamType(args.stream_type),
+        concurrency=args.concurrency,
         processes=args.processes,
         threads=args.threads,
         rounds=args.rounds,
@@ -160,6 +208,8 @@ class Drain:
     redis_commands: int
     #: Jobs added to each queue by the drain (follow-up queues no pool here consumes).
     queues_grew: dict[str, int]
+    #: With ``--preload ingress``: the sends' rate and answers (``bench.preload.Preload``).
+    preload: dict[str, Any] | None = None
 
     @property
     def per_second(self) -> float:
@@ -170,13 +220,38 @@ class Drain:
 
 
 @dataclass(frozen=True)
+class IngressTarget:
+    """The running ``streams serve`` of ``--preload ingress`` and the stream's send token."""
+
+    base_url: str
+    token: str
+
+
+@dataclass(frozen=True)
 class Bench:
     options: Options
     database_url: str
     redis_url: str
-    stream: BenchStream
+    #: The stream the direct preload writes to (``--preload direct``).
+    stream: BenchStream | None
+    #: Where single sends go (``--preload ingress``).
+    ingress: IngressTarget | None
     env: dict[str, str]
     run_id: str
+
+    @property
+    def queue(self) -> str:
+        return self.options.stream_type.queue_name
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """A round's messages, stored, with their jobs not yet on the queue: ``push()`` puts
+    them there and returns the seconds it took."""
+
+    jobs: int
+    push: Callable[[], float]
+    preload: dict[str, Any] | None = None
 
 
 def redis_commands(redis_url: str) -> int:
@@ -198,37 +273,77 @@ def delivered_so_far(database_url: str) -> tuple[int, float | None]:
     return (int(row[0]), row[1]) if row else (0, None)
 
 
-def streams_drain(bench: Bench, stack: ExitStack, label: str) -> tuple[Drain, Pool]:
-    """Load N messages, start a pool, push their jobs and time until all are delivered.
-    The pool stays up (in ``stack``) so that a profiler can be attached by the caller."""
-    options = bench.options
+def streams_drain(bench: Bench, stack: ExitStack, label: str) -> Drain:
+    """Load N messages, start a pool, push their jobs and time until all are delivered."""
     done_before, _ = delivered_so_far(bench.database_url)
-    backlog = copy_messages(bench.database_url, bench.stream, options.messages)
-    pool = stack.enter_context(
-        running_pool(
-            "transactional pool",
-            streams_worker_argv(bench.stream.queue, options.processes, options.threads),
-            processes=options.processes,
-            redis_url=bench.redis_url,
-            env=bench.env,
-            log_path=RESULTS / f"{bench.run_id}-{label}.log",
-        )
+    backlog = make_backlog(bench, stack)
+    pool = stack.enter_context(streams_pool(bench, label))
+    return _timed_streams(bench, "streams", pool, backlog, done_before)
+
+
+def streams_pool(bench: Bench, label: str) -> AbstractContextManager[Pool]:
+    options = bench.options
+    return running_pool(
+        f"{bench.queue} pool",
+        streams_worker_argv(bench.queue, options.processes, options.threads),
+        processes=options.processes,
+        redis_url=bench.redis_url,
+        env=bench.env,
+        log_path=RESULTS / f"{bench.run_id}-{label}.log",
     )
-    return _timed(
+
+
+def _timed_streams(
+    bench: Bench, kind: str, pool: Pool, backlog: Backlog, done_before: int
+) -> Drain:
+    drain = _timed(
         bench,
-        "streams",
+        kind,
         pool,
-        push=lambda: push_deliveries(
-            bench.redis_url, bench.stream.queue, backlog.ids, job_size=options.job_size
-        )[1],
-        finished=lambda: _all_delivered(bench.database_url, done_before + options.messages),
-        jobs=_streams_jobs(options),
-    ), pool
+        push=backlog.push,
+        finished=lambda: _all_delivered(bench.database_url, done_before + bench.options.messages),
+        jobs=backlog.jobs,
+    )
+    return replace(drain, preload=backlog.preload)
 
 
-def _streams_jobs(options: Options) -> int:
-    """Delivery jobs: a receipt given at once is recorded with the send, not as a job."""
-    return -(-options.messages // options.job_size)
+def make_backlog(bench: Bench, stack: ExitStack) -> Backlog:
+    """The round's N messages, stored and with their jobs ready to push (held aside in
+    ``stack`` with ``--preload ingress``). A receipt given at once is recorded with the
+    send, so there is one delivery job per message or per chunk, and no receipt job."""
+    options = bench.options
+    if bench.ingress is None:
+        assert bench.stream is not None
+        ids = copy_messages(bench.database_url, bench.stream, options.messages).ids
+        return Backlog(
+            jobs=-(-options.messages // options.job_size),
+            push=lambda: push_deliveries(
+                bench.redis_url, bench.queue, ids, job_size=options.job_size
+            )[1],
+        )
+    stored_before = stored_message_counts(bench.database_url)["stored_in_postgres"]
+    sent = send_singles(
+        bench.ingress.base_url, bench.ingress.token, options.messages, options.concurrency
+    )
+    if sent.refused or sent.accepted != options.messages:
+        raise RuntimeError(f"the ingress accepted {sent.accepted}, refused {sent.refused}")
+    _wait_until_marked_enqueued(bench.database_url, stored_before + options.messages)
+    analyze_messages(bench.database_url)
+    held = stack.enter_context(held_queue(bench.redis_url, bench.queue))
+    progress(
+        f"preload: {sent.accepted} single sends in {sent.seconds:.1f} s "
+        f"({sent.per_second:.0f}/s) became {held.jobs} jobs"
+    )
+    return Backlog(
+        jobs=held.jobs,
+        push=held.release,
+        preload={
+            "accepted": sent.accepted,
+            "seconds": sent.seconds,
+            "accepted_per_second": round(sent.per_second, 1),
+            "concurrency": options.concurrency,
+        },
+    )
 
 
 def _all_delivered(database_url: str, wanted: int) -> float | None:
@@ -347,20 +462,11 @@ def profiled_round(bench: Bench) -> Profiled:
     push to the end. The collapsed stacks of all processes are summarised together."""
     options = bench.options
     with ExitStack() as stack:
-        # Start the pool idle, attach, then time: streams_drain pushes only once the pool is
+        # Start the pool idle, attach, then time: the jobs are pushed only once the pool is
         # ready, so the profilers are attached before the first job arrives.
         done_before, _ = delivered_so_far(bench.database_url)
-        backlog = copy_messages(bench.database_url, bench.stream, options.messages)
-        pool = stack.enter_context(
-            running_pool(
-                "transactional pool",
-                streams_worker_argv(bench.stream.queue, options.processes, options.threads),
-                processes=options.processes,
-                redis_url=bench.redis_url,
-                env=bench.env,
-                log_path=RESULTS / f"{bench.run_id}-profiled-workers.log",
-            )
-        )
+        backlog = make_backlog(bench, stack)
+        pool = stack.enter_context(streams_pool(bench, "profiled-workers"))
         outputs = []
         for pid in worker_processes(pool):
             output = RESULTS / f"{bench.run_id}-profile-{pid}.txt"
@@ -368,16 +474,7 @@ def profiled_round(bench: Bench) -> Profiled:
                 sampling(pid, output, rate=options.profile_rate, gil=options.profile_gil)
             )
             outputs.append(output)
-        drain = _timed(
-            bench,
-            "streams (profiled)",
-            pool,
-            push=lambda: push_deliveries(
-                bench.redis_url, bench.stream.queue, backlog.ids, job_size=options.job_size
-            )[1],
-            finished=lambda: _all_delivered(bench.database_url, done_before + options.messages),
-            jobs=_streams_jobs(options),
-        )
+        drain = _timed_streams(bench, "streams (profiled)", pool, backlog, done_before)
     text = "\n".join(path.read_text() for path in outputs)
     summary = summarize_collapsed(text)
     sampled = summary.samples / (options.profile_rate * drain.seconds * len(outputs))
@@ -388,12 +485,16 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     check_job_encoding()
     database_url = stack.enter_context(scratch_database(options.postgres_url))
     redis_url = stack.enter_context(scratch_redis(options.redis_url))
-    account_id, _ = new_account(database_url, "throughput benchmark")
-    stream = create_stream_row(
-        database_url, account_id, name="throughput benchmark", stream_type=StreamType.transactional
-    )
-    bench = Bench(options, database_url, redis_url, stream,
-                  process_environment(database_url, redis_url), run_id)  # fmt: skip
+    account_id, account_key = new_account(database_url, "throughput benchmark")
+    env = process_environment(database_url, redis_url)
+    stream, ingress = None, None
+    if options.preload == "ingress":
+        ingress = start_ingress(stack, env, account_key, options.stream_type, run_id)
+    else:
+        stream = create_stream_row(
+            database_url, account_id, name="throughput benchmark", stream_type=options.stream_type
+        )
+    bench = Bench(options, database_url, redis_url, stream, ingress, env, run_id)
     runs: dict[str, list[Drain]] = {"streams": [], "no-op": []}
     for round_index in range(options.rounds):
         order = ("streams", "no-op") if round_index % 2 == 0 else ("no-op", "streams")
@@ -401,7 +502,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             label = f"{kind.replace('-', '')}-{round_index + 1}"
             with ExitStack() as round_stack:
                 if kind == "streams":
-                    drain, _ = streams_drain(bench, round_stack, f"{label}-workers")
+                    drain = streams_drain(bench, round_stack, f"{label}-workers")
                 else:
                     drain = noop_drain(bench, round_stack, f"{label}-workers")
             runs[kind].append(drain)
@@ -411,9 +512,8 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     ratio = streams_rate / noop_rate if noop_rate else 0.0
     return {
         "benchmark": "throughput",
-        "parameters": asdict(options),
-        "preload": "direct: COPY into messages and message_events, jobs pushed to Redis "
-        "(bench/backlog.py); the ingress is not involved",
+        "parameters": {**asdict(options), "stream_type": options.stream_type.value},
+        "preload": PRELOADS[options.preload],
         "runs": {kind: [d.as_dict() for d in drains] for kind, drains in runs.items()},
         "summary": {
             "streams_messages_per_second": round(streams_rate, 1),
@@ -435,6 +535,49 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     }
 
 
+def _wait_until_marked_enqueued(database_url: str, stored: int, timeout: float = 10.0) -> None:
+    """Wait until the ingress has marked every stored message enqueued (it writes the marks
+    in the background, every 250 ms). Raises ``RuntimeError`` if the database does not hold
+    ``stored`` messages, or some are still unmarked (then they wait for the relay, which no
+    benchmark runs, and the drain would never end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = stored_message_counts(database_url)
+        if counts["stored_in_postgres"] == stored and not counts["not_marked_enqueued"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"after the preload the database holds {counts}, not {stored}")
+        time.sleep(0.1)
+
+
+PRELOADS = {
+    "direct": "direct: COPY into messages and message_events, jobs pushed to Redis "
+    "(bench/backlog.py); the ingress is not involved",
+    "ingress": "through the ingress: single sends posted to `streams serve`, jobs held aside "
+    "until the clock starts (bench/preload.py)",
+}
+
+
+def start_ingress(
+    stack: ExitStack, env: dict[str, str], account_key: str, stream_type: StreamType, run_id: str
+) -> IngressTarget:
+    """``streams serve`` for the whole run (in ``stack``) and a ready demo stream of
+    ``stream_type`` made through its management API."""
+    port = free_port()
+    server = stack.enter_context(
+        running_server(
+            "streams serve",
+            [STREAMS, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            port=port,
+            log_path=RESULTS / f"{run_id}-ingress.log",
+            env=env,
+            cwd=REPO,
+        )
+    )
+    body = {**BENCH_STREAM, "name": "throughput benchmark", "type": stream_type.value}
+    return IngressTarget(server.base_url, create_bench_stream(server.base_url, account_key, body))
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -446,9 +589,9 @@ def _median(values: list[float]) -> float:
 def format_report(report: dict[str, Any]) -> str:
     params, summary = report["parameters"], report["summary"]
     lines = [
-        f"Streams worker throughput: {params['messages']} messages per run, "
-        f"{params['processes']} processes × {params['threads']} threads, sandbox 0 ms, receipts "
-        f"at once, {params['rounds']} round(s), medians shown",
+        f"Streams worker throughput: {params['messages']} {params['stream_type']} messages "
+        f"per run, {params['processes']} processes × {params['threads']} threads, sandbox 0 ms, "
+        f"receipts at once, {params['rounds']} round(s), medians shown",
         "",
         f"  {'':30s}{'msg/s':>9s}{'drain s':>9s}{'jobs/msg':>9s}{'workers':>9s}{'µs CPU':>8s}"
         f"{'PG':>7s}{'Redis':>7s}{'pg CPU':>8s}{'redis':>7s}{'busy':>6s}",
@@ -467,7 +610,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"  ratio streams / no-op: {summary['ratio']:.3f}   (target ≥ {summary['target_ratio']}: "
         f"{'met' if summary['target_met'] else 'MISSED'})",
-        "  pre-load: direct (COPY + Redis pipeline, bench/backlog.py), not through the ingress.",
+        f"  pre-load: {report['preload']}.",
         "  Redis commands are counted server-wide (other users of the server count too).",
     ]
     if report["profile"]:
