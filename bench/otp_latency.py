@@ -62,10 +62,10 @@ from bench.backlog import (
 from bench.environment import create_bench_stream, scratch_database, scratch_redis
 from bench.ingress_report import machine_info, write_report
 from bench.pools import (
-    STREAMS,
     CpuWatch,
     Pool,
     process_environment,
+    running_ingress,
     running_pool,
     running_relay,
     streams_worker_argv,
@@ -81,7 +81,7 @@ from bench.runs import (
     stop_on_signals,
     wait_for,
 )
-from bench.servers import Server, free_port, running_server
+from bench.servers import Server
 from schemas.enums import StreamType
 from workers.providers.sandbox import LEDGER_PREFIX
 
@@ -415,17 +415,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
         database_url, account_id, name="marketing backlog", stream_type=StreamType.marketing
     )
     env = process_environment(database_url, redis_url)
-    port = free_port()
-    ingress = stack.enter_context(
-        running_server(
-            "streams serve",
-            [STREAMS, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            port=port,
-            log_path=RESULTS / f"{run_id}-ingress.log",
-            env=env,
-            cwd=REPO,
-        )
-    )
+    ingress = stack.enter_context(running_ingress(env, RESULTS / f"{run_id}-ingress.log"))
     token = create_bench_stream(ingress.base_url, account_key, OTP_STREAM)
     otp_env = dict(env)
     if options.otp_poll_ms:

@@ -24,7 +24,14 @@ import httpx
 import redis
 
 from bench.cpu_usage import CpuSnapshot, take_snapshot, tree_cpu_seconds, usage_between
-from bench.servers import ServerFailed, log_tail, running_process
+from bench.servers import (
+    Server,
+    ServerFailed,
+    free_port,
+    log_tail,
+    running_process,
+    running_server,
+)
 from core.broker import NAMESPACE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,6 +135,17 @@ def noop_worker_argv(queue: str, processes: int, threads: int) -> list[str]:
     """The no-op pool of ``bench/noop_worker.py``, shaped like ``streams worker``."""
     return [sys.executable, "-m", "bench.noop_worker", "--queue", queue,
             "--processes", str(processes), "--threads", str(threads)]  # fmt: skip
+
+
+@contextmanager
+def running_ingress(env: Mapping[str, str], log_path: Path) -> Iterator[Server]:
+    """``streams serve`` (one process) on a free local port, healthy, stopped on exit."""
+    port = free_port()
+    argv = [STREAMS, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(
+        "streams serve", argv, port=port, log_path=log_path, env=env, cwd=REPO
+    ) as server:
+        yield server
 
 
 @contextmanager

@@ -69,12 +69,12 @@ from bench.environment import (
 from bench.ingress_report import machine_info, write_report
 from bench.noop_worker import NOOP_ACTOR, NOOP_QUEUE
 from bench.pools import (
-    STREAMS,
     CpuWatch,
     Pool,
     noop_worker_argv,
     process_environment,
     queue_lengths,
+    running_ingress,
     running_pool,
     streams_worker_argv,
 )
@@ -91,7 +91,6 @@ from bench.runs import (
     progress,
     stop_on_signals,
 )
-from bench.servers import free_port, running_server
 from schemas.enums import StreamType
 
 #: From the issue: the pipeline drains at least this share of the no-op actor's rate.
@@ -563,17 +562,7 @@ def start_ingress(
 ) -> IngressTarget:
     """``streams serve`` for the whole run (in ``stack``) and a ready demo stream of
     ``stream_type`` made through its management API."""
-    port = free_port()
-    server = stack.enter_context(
-        running_server(
-            "streams serve",
-            [STREAMS, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            port=port,
-            log_path=RESULTS / f"{run_id}-ingress.log",
-            env=env,
-            cwd=REPO,
-        )
-    )
+    server = stack.enter_context(running_ingress(env, RESULTS / f"{run_id}-ingress.log"))
     body = {**BENCH_STREAM, "name": "throughput benchmark", "type": stream_type.value}
     return IngressTarget(server.base_url, create_bench_stream(server.base_url, account_key, body))
 

@@ -44,27 +44,21 @@ def lowered_in_child(increment: int, *, own_session: bool) -> dict[str, int | No
     return json.loads(result.stdout.splitlines()[-1])  # after the child's own log lines
 
 
-@autogrouping
-def test_a_session_leader_lowers_its_session_too():
+@pytest.mark.parametrize(
+    "own_session",
+    [
+        pytest.param(True, marks=autogrouping, id="a session leader lowers its session too"),
+        pytest.param(False, id="a process sharing its session leaves the session alone"),
+    ],
+)
+def test_the_session_is_lowered_only_by_its_leader(own_session: bool) -> None:
     ours = autogroup_nice()
-    done = lowered_in_child(7, own_session=True)
+    done = lowered_in_child(7, own_session=own_session)
     assert done == {
         "nice": LOWERED,
-        "session_nice": LOWERED,
+        "session_nice": LOWERED if own_session else None,
         "niceness": LOWERED,
-        "autogroup": LOWERED,
-    }
-    assert autogroup_nice() == ours
-
-
-def test_a_process_sharing_its_session_leaves_the_session_alone():
-    ours = autogroup_nice()
-    done = lowered_in_child(7, own_session=False)
-    assert done == {
-        "nice": LOWERED,
-        "session_nice": None,
-        "niceness": LOWERED,
-        "autogroup": ours,
+        "autogroup": LOWERED if own_session else ours,
     }
     assert autogroup_nice() == ours
 
