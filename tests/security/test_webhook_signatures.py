@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import text
 
+from core.clock import utcnow
 from core.signatures import SIGNATURE_HEADER, body_hmac, streams_signature
 from tests.conftest import auth
 from tests.fakes.whatsapp_cloud import signed, text_message, webhook
@@ -58,8 +59,12 @@ def post_inbound(client, stream_id, raw, header):
 def test_sandbox_inbound_outside_the_tolerance_is_refused_and_stores_nothing(
     client, runtime, two_way, skew
 ):
+    # The server's clock is pinned to a whole second: with a running clock, a timestamp
+    # taken as int(time.time()) is up to a second behind, and +301 can land inside.
+    now = utcnow().replace(microsecond=0)
+    runtime.clock = lambda: now
     raw = json.dumps({"from": NUMBER, "to": "Acme", "text": "Hello"}).encode()
-    header = streams_signature(two_way["secret"], raw, int(time.time()) + skew)
+    header = streams_signature(two_way["secret"], raw, int(now.timestamp()) + skew)
 
     refused = post_inbound(client, two_way["id"], raw, header)
 
