@@ -183,6 +183,10 @@ class Settings(BaseSettings):
     packed_single_send_queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["marketing"]
     )
+    #: Provider calls made at once for one batch job once its carrier is slow
+    #: (``workers.provider_calls``): the job's messages go out side by side, not one after
+    #: another. 1 = always one after another.
+    batch_send_concurrency: int = Field(default=8, ge=1, le=256)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: How long an ingress process trusts its cached view of a token (invariant 3: ≤ 1 s).
     auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)

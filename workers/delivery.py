@@ -82,6 +82,7 @@ from workers.claims import (
 )
 from workers.group_commit import GroupCommit
 from workers.opt_out import is_marketing, reject_opted_out
+from workers.provider_calls import Call, CallOutcome, ProviderCalls, make_call
 from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 from workers.queueing import enqueue_delivery, enqueue_receipt
@@ -178,13 +179,17 @@ class Delivery:
         providers: ProviderRegistry,
         admission: Admission,
         sleep: Callable[[float], None] = time.sleep,
+        threads: int = 1,
     ) -> None:
+        """``threads``: how many worker threads call ``deliver_many`` at once (the pool's
+        ``--threads``), so that each batch's provider calls have threads of their own."""
         self.runtime = runtime
         self.providers = providers
         self.admission = admission
         self._sleep = sleep
         self._touch = ActivityTouch()
         self._gated = gated_providers(providers)
+        self._calls = ProviderCalls(runtime.settings.batch_send_concurrency, threads)
         self._folds_claims = runtime.engine.dialect.name in FOLDED_CLAIM_DIALECTS
         # One pair per queue: a process that serves several queues never makes an OTP
         # job wait on a marketing group's transaction (invariant 6).
@@ -431,10 +436,11 @@ class Delivery:
         result: BatchResult,
         record: Callable[[list[_Sent]], object] | None = None,
     ) -> None:
-        """Send the claimed messages one by one and record what was sent (with ``record``,
-        ``_record_sent`` by default): together at the end (one transaction, also when the
-        loop is interrupted), or right after its call for a provider that is not
-        idempotent, so nothing it took is ever offered again.
+        """Send the claimed messages and record what was sent (with ``record``,
+        ``_record_sent`` by default). Calls to an idempotent provider are made side by side
+        (``workers.provider_calls``) and recorded together at the end (one transaction, also
+        when interrupted); a call to a provider that is not idempotent is recorded right
+        after it is made, so nothing it took is ever offered again.
         Claims are given back instead of used when the worker began stopping meanwhile, or
         once the batch has run half the claim lease (so the relay's reclaim of leases never
         races a batch still working through its claims); both are added to ``result``'s
@@ -443,24 +449,33 @@ class Delivery:
         sent: list[_Sent] = []
         unsent: list[Job] = []
         fresh_until = started + self.runtime.settings.claim_lease_seconds / 2
+
+        def go_on() -> bool:
+            stopped = stopping is not None and stopping.is_set()
+            return not stopped and time.perf_counter() <= fresh_until
+
+        def settle(claim: _Claimed, call: CallOutcome) -> _Sent | None:
+            if call.skipped:
+                unsent.append(claim.item.job)
+                return None
+            try:
+                return self._outcome(claim.item, claim.attempt, call)
+            except Exception as error:  # left claimed: reclaimed after the lease
+                result.failed.append((str(claim.item.job.message_id), error))
+                return None
+
+        # Calls to idempotent providers go side by side and are recorded together at the
+        # end; a call to one that is not is recorded before the next is made.
+        together = [claim for claim in claimed if claim.item.provider.idempotent]
+        alone = [claim for claim in claimed if not claim.item.provider.idempotent]
         try:
-            for claim in claimed:
-                job = claim.item.job
-                if (stopping is not None and stopping.is_set()) or (
-                    time.perf_counter() > fresh_until
-                ):
-                    unsent.append(job)
-                    continue
-                try:
-                    outcome = self._send(claim.item, claim.attempt)
-                except Exception as error:  # left claimed: reclaimed after the lease
-                    result.failed.append((str(job.message_id), error))
-                    continue
-                if outcome is None:
-                    continue
-                if claim.item.provider.idempotent:
+            calls = self._calls.run([self._provider_call(c.item) for c in together], go_on)
+            for claim, call in zip(together, calls, strict=True):
+                if (outcome := settle(claim, call)) is not None:
                     sent.append(outcome)
-                else:
+            for claim in alone:
+                call = make_call(self._provider_call(claim.item), go_on)
+                if (outcome := settle(claim, call)) is not None:
                     record([outcome])
         finally:
             record(sent)
@@ -588,44 +603,56 @@ class Delivery:
             session.commit()
         return claimed
 
-    def _send(self, item: _Ready, attempt: int) -> _Sent | None:
-        """The provider call for a claimed message; None when it did not go (expired
-        meanwhile, or the provider refused: that outcome is recorded here)."""
+    def _provider_call(self, item: _Ready) -> Call:
+        """The provider call of a claimed message, to make in any thread; it returns None,
+        and calls no one, when the message's validity has passed meanwhile."""
         job, provider = item.job, item.provider
-        if job.expires_at is not None and self.runtime.clock() >= job.expires_at:
-            log_ = _message_log(job)
-            why = "validity passed before it could be sent"
-            self._end(
-                job,
-                MessageStatus.expired,
-                code="expired",
-                reason=why,
-                detail=why,
-                allowed_from=(MessageStatus.sending,),
-            )
-            log_.info("message_expired", why=why)
-            return None
-        try:
+
+        def call() -> Accepted | None:
+            if job.expires_at is not None and self.runtime.clock() >= job.expires_at:
+                return None
             with metrics.PROVIDER_CALL.labels(provider.name).time():
-                accepted = provider.send(job.outbound())
-        except ProviderError as error:
-            self._provider_failed(job, provider.name, attempt, error, _message_log(job))
+                return provider.send(job.outbound())
+
+        return call
+
+    def _outcome(self, item: _Ready, attempt: int, call: CallOutcome) -> _Sent | None:
+        """What a provider call came to, in the worker's thread: the ``_Sent`` to record, or
+        None when the message did not go (expired meanwhile, or the provider refused: that
+        outcome is recorded here)."""
+        job, provider = item.job, item.provider
+        if call.accepted is not None:
+            return _Sent(job, provider.name, call.accepted)
+        if isinstance(call.error, ProviderError):
+            self._provider_failed(job, provider.name, attempt, call.error, _message_log(job))
             return None
-        except Exception as exc:
+        if call.error is not None:
             log_ = _message_log(job)
             # An adapter broke its contract (it raises only ProviderError). Left to escape,
             # the message would sit in `sending` until the claim lease and then loop through
             # reclaims with no bound on attempts; as a passing error it is retried within
             # policy and then fails with a reason.
-            log_.error("provider_adapter_error", provider=provider.name, error=type(exc).__name__)
+            error = type(call.error).__name__
+            log_.error("provider_adapter_error", provider=provider.name, error=error)
             unexpected = ProviderError(
                 "provider_error",
-                f"The {provider.name} provider failed unexpectedly ({type(exc).__name__}).",
+                f"The {provider.name} provider failed unexpectedly ({error}).",
                 transient=True,
             )
             self._provider_failed(job, provider.name, attempt, unexpected, log_)
             return None
-        return _Sent(job, provider.name, accepted)
+        log_ = _message_log(job)
+        why = "validity passed before it could be sent"
+        self._end(
+            job,
+            MessageStatus.expired,
+            code="expired",
+            reason=why,
+            detail=why,
+            allowed_from=(MessageStatus.sending,),
+        )
+        log_.info("message_expired", why=why)
+        return None
 
     def _record_sent_group(self, sent: list[_Sent]) -> list[None]:
         """``_record_sent`` as a group-commit step."""

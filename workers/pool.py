@@ -60,7 +60,7 @@ class RunningWorker:
 def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> RunningWorker:
     """Declare the actors on the runtime's broker and start consuming ``queues``."""
     admission = RedisAdmission(runtime.redis) if runtime.redis is not None else LocalAdmission()
-    delivery = Delivery(runtime, ProviderRegistry.from_runtime(runtime), admission)
+    delivery = Delivery(runtime, ProviderRegistry.from_runtime(runtime), admission, threads=threads)
     if not any(isinstance(m, WorkerMetrics) for m in runtime.broker.middleware):
         runtime.broker.add_middleware(WorkerMetrics())
     stopping = threading.Event()

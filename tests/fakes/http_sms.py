@@ -33,6 +33,11 @@ class FakeHttpSms:
     failures: FailurePlan = field(default_factory=FailurePlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
     by_reference: dict[str, str] = field(default_factory=dict)
+    #: How long every request takes, as a carrier's own latency.
+    latency_seconds: float = 0.0
+    #: Requests being answered now, and the most there ever were at once.
+    in_flight: int = 0
+    most_in_flight: int = 0
     _lock: Lock = field(default_factory=Lock)
 
     def fail_next(self, times: int, status: int, **kwargs: Any) -> None:
@@ -42,6 +47,18 @@ class FakeHttpSms:
         return [r for r in self.requests if r.get("answered") == 200]
 
     async def send(self, request: Request) -> JSONResponse:
+        with self._lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.latency_seconds:
+                await asyncio.sleep(self.latency_seconds)
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> JSONResponse:
         body = await request.json()
         record = {"body": body, "headers": dict(request.headers)}
         with self._lock:

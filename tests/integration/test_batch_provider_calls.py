@@ -1,0 +1,89 @@
+"""A batch job's provider calls go side by side (``workers.provider_calls``), against the
+fake HTTP SMS API with a carrier's latency and one worker thread, so that only the batch
+itself can overlap its calls."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import auth, message
+from tests.fakes.http_sms import FakeHttpSms
+from tests.fakes.server import serve
+from tests.integration.test_http_provider import provider_settings
+from tests.processes import wait_until
+from workers.pool import start_worker
+
+BATCH = 12
+
+
+@pytest.fixture
+def sms():
+    fake = FakeHttpSms(latency_seconds=0.2)
+    with serve(fake.app()) as base:
+        fake.base_url = base
+        yield fake
+
+
+@pytest.fixture
+def concurrency() -> int:
+    return 4
+
+
+@pytest.fixture
+def settings(settings, sms, concurrency):
+    return settings.model_copy(
+        update={
+            "http_provider": provider_settings(sms.base_url),
+            "default_provider": "http",
+            "batch_send_concurrency": concurrency,
+        }
+    )
+
+
+def statuses(runtime) -> dict[str, int]:
+    with runtime.session_factory() as session:
+        rows = session.execute(text("SELECT status, count(*) FROM messages GROUP BY status"))
+        return {status: count for status, count in rows}
+
+
+def drain_one_batch(client, runtime, make_stream, recipients: list[str], ends: dict) -> None:
+    """Send ``recipients`` as one batch (one job: fewer than ``enqueue_chunk_size``) and let
+    a one-thread worker take it until the statuses are ``ends``."""
+    stream = make_stream()
+    answer = client.post(
+        "/v1/messages",
+        json={"messages": [message(recipient_phone=r) for r in recipients]},
+        headers=auth(stream["token"]),
+    )
+    assert answer.status_code == 202 and answer.json()["accepted"] == len(recipients)
+    worker = start_worker(runtime, ["transactional"], threads=1)
+    try:
+        assert wait_until(lambda: statuses(runtime) == ends, 20), statuses(runtime)
+    finally:
+        worker.stop(timeout=5_000)
+
+
+def numbers(count: int) -> list[str]:
+    return [f"+9725242{65300 + n}" for n in range(count)]
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_batch_jobs_calls_overlap_up_to_the_setting(
+    client, runtime, make_stream, sms, concurrency
+):
+    drain_one_batch(client, runtime, make_stream, numbers(BATCH), {"sent": BATCH})
+    taken = sms.accepted()
+    assert len({r["body"]["reference"] for r in taken}) == len(taken) == BATCH
+    assert sms.most_in_flight == concurrency
+
+
+def test_a_refusal_in_a_batch_fails_that_message_alone(client, runtime, make_stream, sms):
+    sms.fail_next(1, 422, body={"error": {"message": "sender not allowed"}})  # permanent
+    drain_one_batch(client, runtime, make_stream, numbers(BATCH), {"sent": 11, "failed": 1})
+    assert sms.most_in_flight > 1
+    with runtime.session_factory() as session:
+        failed = session.execute(
+            text("SELECT error_code FROM messages WHERE status = 'failed'")
+        ).scalar_one()
+    assert failed == "provider_rejected"

@@ -1,0 +1,126 @@
+"""``workers.provider_calls``: a batch's calls in the worker's thread while the carrier is
+fast, side by side once it is slow; outcomes in order; nothing made once the batch must
+stop; each call in its caller's context."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+
+from workers.provider_calls import INLINE_SECONDS, Call, CallOutcome, ProviderCalls, make_call
+from workers.providers.base import Accepted, ProviderError
+
+REQUEST = contextvars.ContextVar("request", default="none")
+
+
+def accepted(name: str) -> Accepted:
+    return Accepted(provider_message_id=name)
+
+
+def slow_call() -> Accepted:
+    """A call slower than ``INLINE_SECONDS``: the rest of its batch goes side by side."""
+    time.sleep(INLINE_SECONDS * 2)
+    return accepted("slow")
+
+
+def test_a_fast_carriers_calls_stay_in_the_callers_thread() -> None:
+    caller = threading.get_ident()
+    outcomes = ProviderCalls(4).run(
+        [lambda: accepted(str(threading.get_ident())) for _ in range(5)], lambda: True
+    )
+    assert {o.accepted for o in outcomes} == {accepted(str(caller))}
+
+
+def test_after_a_slow_call_the_rest_overlap_and_come_back_in_order() -> None:
+    calls = ProviderCalls(4)
+    second_may_end = threading.Event()
+
+    def waits_for_the_next() -> Accepted:
+        assert second_may_end.wait(5)
+        return accepted("first of the rest")
+
+    def lets_the_previous_end() -> Accepted:
+        second_may_end.set()  # only possible if both run at once
+        return accepted("second of the rest")
+
+    outcomes = calls.run([slow_call, waits_for_the_next, lets_the_previous_end], lambda: True)
+    assert [o.accepted for o in outcomes] == [
+        accepted("slow"),
+        accepted("first of the rest"),
+        accepted("second of the rest"),
+    ]
+    calls.close()
+
+
+def test_errors_are_outcomes_not_raised() -> None:
+    refused = ProviderError("provider_rejected", "no", transient=False)
+
+    def refuse() -> Accepted:
+        raise refused
+
+    def broken() -> Accepted:
+        raise KeyError("adapter bug")
+
+    for calls in ([refuse, broken, lambda: None], [slow_call, refuse, broken, lambda: None]):
+        outcomes = ProviderCalls(2).run(calls, lambda: True)[-3:]
+        assert outcomes[0].error is refused
+        assert isinstance(outcomes[1].error, KeyError)
+        assert outcomes[2] == CallOutcome()  # the call chose not to go
+
+
+def test_nothing_is_called_once_the_batch_must_stop() -> None:
+    made: list[str] = []
+
+    def call() -> Accepted:
+        made.append("call")
+        return slow_call()
+
+    assert make_call(call, lambda: False) == CallOutcome(skipped=True)
+    answers = iter([True, False, False, False])
+    outcomes = ProviderCalls(2).run([call] * 4, lambda: next(answers))
+    assert [o.skipped for o in outcomes] == [False, True, True, True] and made == ["call"]
+
+
+def test_each_call_sees_its_callers_context() -> None:
+    REQUEST.set("batch-7")
+    outcomes = ProviderCalls(3).run(
+        [slow_call, *[lambda: accepted(REQUEST.get()) for _ in range(3)]], lambda: True
+    )
+    assert {o.accepted for o in outcomes[1:]} == {accepted("batch-7")}
+
+
+def test_a_batch_makes_at_most_per_batch_calls_at_once_and_batches_do_not_queue() -> None:
+    calls = ProviderCalls(per_batch=2, batches=2)
+    lock = threading.Lock()
+    now = {"all": 0, "a": 0, "b": 0}
+    most = dict(now)
+    # Two batches × two calls: the barrier is met only if neither batch waits on the other.
+    all_four_in = threading.Barrier(4, timeout=5)
+
+    def call_of(batch: str) -> Call:
+        def call() -> Accepted:
+            with lock:
+                for key in ("all", batch):
+                    now[key] += 1
+                    most[key] = max(most[key], now[key])
+            with contextlib.suppress(threading.BrokenBarrierError):
+                all_four_in.wait()
+            with lock:
+                for key in ("all", batch):
+                    now[key] -= 1
+            return accepted(batch)
+
+        return call
+
+    threads = [
+        threading.Thread(target=calls.run, args=([slow_call, *[call_of(b)] * 4], lambda: True))
+        for b in ("a", "b")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most == {"all": 4, "a": 2, "b": 2}
+    calls.close()
