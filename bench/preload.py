@@ -23,10 +23,8 @@ from dataclasses import dataclass
 import httpx
 import redis
 
+from bench.ingress import SEND_ITEM, SEND_PATH
 from core.broker import NAMESPACE
-
-SEND_PATH = "/v1/messages"
-SEND_BODY = {"recipient_phone": "+972524265292", "message_content": "Benchmark message"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ def send_singles(base_url: str, token: str, count: int, concurrency: int) -> Pre
 
 async def _send_singles(base_url: str, token: str, count: int, concurrency: int) -> Preload:
     url = httpx.URL(base_url)
-    body = json.dumps({"messages": [SEND_BODY]}, separators=(",", ":")).encode()
+    body = json.dumps({"messages": [SEND_ITEM]}, separators=(",", ":")).encode()
     request = (
         f"POST {SEND_PATH} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
         f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"

@@ -90,6 +90,7 @@ from bench.runs import (
     new_run_id,
     progress,
     stop_on_signals,
+    wait_for,
 )
 from schemas.enums import StreamType
 
@@ -534,19 +535,17 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     }
 
 
-def _wait_until_marked_enqueued(database_url: str, stored: int, timeout: float = 10.0) -> None:
-    """Wait until the ingress has marked every stored message enqueued (it writes the marks
-    in the background, every 250 ms). Raises ``RuntimeError`` if the database does not hold
-    ``stored`` messages, or some are still unmarked (then they wait for the relay, which no
-    benchmark runs, and the drain would never end)."""
-    deadline = time.monotonic() + timeout
-    while True:
+def _wait_until_marked_enqueued(database_url: str, stored: int) -> None:
+    """Wait until the database holds ``stored`` messages, all marked enqueued (the ingress
+    writes the marks in the background, every 250 ms). Raises ``RunTimedOut`` otherwise:
+    unmarked messages would wait for the relay, which no benchmark runs, and the drain
+    would never end."""
+
+    def all_marked() -> bool:
         counts = stored_message_counts(database_url)
-        if counts["stored_in_postgres"] == stored and not counts["not_marked_enqueued"]:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"after the preload the database holds {counts}, not {stored}")
-        time.sleep(0.1)
+        return counts["stored_in_postgres"] == stored and not counts["not_marked_enqueued"]
+
+    wait_for(all_marked, 10.0, f"{stored} messages stored and marked enqueued")
 
 
 PRELOADS = {

@@ -88,10 +88,6 @@ class ProviderCalls:
             running.add(future)
         return [future.result() for future in futures]
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
 
 def make_call(call: Call, go_on: Callable[[], bool]) -> CallOutcome:
     """Make ``call`` unless ``go_on()`` is false; what it raised is its outcome."""

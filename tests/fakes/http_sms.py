@@ -21,9 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from core.settings import HttpProviderSettings
 from tests.fakes.failures import Failure, FailurePlan
 
 API_KEY = "fake-sms-key-1234"
+WEBHOOK_SECRET = "http-provider-webhook-secret"
 _E164 = re.compile(r"\+[1-9][0-9]{6,14}")
 
 
@@ -93,3 +95,15 @@ class FakeHttpSms:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/sms", self.send, methods=["POST"])])
+
+
+def provider_settings(base_url: str, **extra: Any) -> HttpProviderSettings:
+    """``workers.providers.http`` configured for a ``FakeHttpSms`` served at ``base_url``."""
+    return HttpProviderSettings(
+        url=f"{base_url}/sms",
+        auth_value=f"Bearer {API_KEY}",
+        timeout_seconds=1,
+        webhook_secret=WEBHOOK_SECRET,
+        _env_file=None,
+        **extra,
+    )

@@ -8,9 +8,8 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import auth, message
-from tests.fakes.http_sms import FakeHttpSms
+from tests.fakes.http_sms import FakeHttpSms, provider_settings
 from tests.fakes.server import serve
-from tests.integration.test_http_provider import provider_settings
 from tests.processes import wait_until
 from workers.pool import start_worker
 

@@ -13,14 +13,12 @@ from sqlalchemy import text
 from core.settings import HttpProviderSettings
 from core.signatures import body_hmac
 from tests.conftest import auth, message
-from tests.fakes.http_sms import API_KEY, FakeHttpSms
+from tests.fakes.http_sms import API_KEY, WEBHOOK_SECRET, FakeHttpSms, provider_settings
 from tests.fakes.server import serve
 from tests.processes import wait_until
 from workers.pool import start_worker
 from workers.providers.base import OutboundMessage, ProviderError
 from workers.providers.http import HttpProvider
-
-WEBHOOK_SECRET = "http-provider-webhook-secret"
 
 
 @pytest.fixture
@@ -29,17 +27,6 @@ def sms():
     with serve(fake.app()) as base:
         fake.base_url = base
         yield fake
-
-
-def provider_settings(base_url: str, **extra) -> HttpProviderSettings:
-    return HttpProviderSettings(
-        url=f"{base_url}/sms",
-        auth_value=f"Bearer {API_KEY}",
-        timeout_seconds=1,
-        webhook_secret=WEBHOOK_SECRET,
-        _env_file=None,
-        **extra,
-    )
 
 
 @pytest.fixture

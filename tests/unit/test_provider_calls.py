@@ -51,7 +51,6 @@ def test_after_a_slow_call_the_rest_overlap_and_come_back_in_order() -> None:
         accepted("first of the rest"),
         accepted("second of the rest"),
     ]
-    calls.close()
 
 
 def test_errors_are_outcomes_not_raised() -> None:
@@ -123,4 +122,3 @@ def test_a_batch_makes_at_most_per_batch_calls_at_once_and_batches_do_not_queue(
     for thread in threads:
         thread.join(10)
     assert most == {"all": 4, "a": 2, "b": 2}
-    calls.close()
