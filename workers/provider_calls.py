@@ -11,11 +11,13 @@ Only the calls move: whatever a call's outcome writes to the database (a retry, 
 an expiry) is done afterwards by the worker's own thread, so a process still needs one
 database connection per worker thread and no more.
 
-Calls are made in the worker's own thread for as long as the carrier answers within
-``INLINE_SECONDS``: a fast carrier gains little from more threads, and handing each call to
-another one costs CPU. The first call that takes longer sends the rest of the batch side by
-side. The bound is wide because on a busy host even a fast call's wall time includes
-waits for the GIL and a core (milliseconds).
+Calls are made in the worker's own thread until the batch's calls have taken
+``INLINE_SECONDS`` together: a fast carrier gains little from more threads, and handing each
+call to another one costs CPU. Then the rest of the batch goes side by side. The budget
+counts the calls together, not one by one, so a carrier that answers each call in 30 ms
+keeps the last message of twenty waiting for the budget and a few rounds of calls, not for
+nineteen calls one after another. The budget is wide because on a busy host even a fast
+call's wall time includes waits for the GIL and a core (milliseconds).
 
 A call is made only if ``go_on()`` still holds when its turn comes (the worker is not
 stopping and the batch's claims are still fresh); otherwise it is reported as skipped and
@@ -45,7 +47,8 @@ class CallOutcome:
 
 Call = Callable[[], Accepted | None]
 
-#: A call answered within this is fast: the batch's next call is made in the same thread.
+#: While a batch's calls have taken less than this together, the next one is made in the
+#: worker's own thread.
 INLINE_SECONDS = 0.05
 
 
@@ -67,8 +70,8 @@ class ProviderCalls:
         """The outcome of each of ``calls``, in order, once all have ended. Each call runs
         with its caller's context variables (the log context, for one)."""
         outcomes: list[CallOutcome] = []
+        started = time.perf_counter()
         for index, call in enumerate(calls):
-            started = time.perf_counter()
             outcomes.append(make_call(call, go_on))
             if self._pool is not None and time.perf_counter() - started > INLINE_SECONDS:
                 return outcomes + self._side_by_side(self._pool, calls[index + 1 :], go_on)

@@ -53,6 +53,23 @@ def test_after_a_slow_call_the_rest_overlap_and_come_back_in_order() -> None:
     ]
 
 
+def test_calls_that_are_each_fast_but_add_up_send_the_rest_side_by_side() -> None:
+    """A carrier at a third of the budget per call: the calls ahead of a message may keep it
+    waiting for the budget, not for nineteen calls."""
+    caller = threading.get_ident()
+
+    def moderate() -> Accepted:
+        time.sleep(INLINE_SECONDS / 3)
+        return accepted(str(threading.get_ident()))
+
+    outcomes = ProviderCalls(8).run([moderate] * 10, lambda: True)
+    threads = [o.accepted.provider_message_id for o in outcomes if o.accepted]
+    assert len(threads) == 10
+    # Three or four calls fill the budget (sleeps may overrun); the rest went elsewhere.
+    assert threads[:3] == [str(caller)] * 3
+    assert str(caller) not in threads[4:]
+
+
 def test_errors_are_outcomes_not_raised() -> None:
     refused = ProviderError("provider_rejected", "no", transient=False)
 
