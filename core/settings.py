@@ -178,10 +178,12 @@ class Settings(BaseSettings):
     #: Queues whose single sends go out packed, like a batch: the single sends stored by one
     #: group commit (``dispatcher.group_commit``) become jobs of up to ``enqueue_chunk_size``
     #: messages instead of one job each. Under load that costs a worker far less per message;
-    #: a lone send is still a job of one. For bulk queues only: on the others every message
-    #: keeps a job of its own, so none waits behind another's provider call.
+    #: a lone send is still a job of one. A packed message may wait for the calls ahead of it
+    #: in its job: at most ``workers.provider_calls.INLINE_SECONDS`` (50 ms) with a fast
+    #: carrier, a few rounds of side-by-side calls with a slow one. OTP, two-way and WhatsApp
+    #: (whose calls go one at a time) keep a job per message.
     packed_single_send_queues: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["marketing"]
+        default_factory=lambda: ["marketing", "transactional"]
     )
     #: Provider calls made at once for one batch job once its carrier is slow
     #: (``workers.provider_calls``): the job's messages go out side by side, not one after

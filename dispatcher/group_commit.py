@@ -7,9 +7,10 @@ a committer stores everything that arrived meanwhile in one transaction, per str
 committed (invariant 1) and enqueued. While one group commits, the next one gathers, so
 groups grow with load and a lone request waits for no timer.
 
-A group's messages go onto their queues one job each, except on the bulk queues
-(``packed_single_send_queues``, marketing by default), where they go as batch jobs, as a
-batch send's do: the group is already formed, so packing it delays no one.
+A group's messages go onto their queues one job each, except on the packed queues
+(``packed_single_send_queues``, marketing and transactional by default), where they go as
+batch jobs, as a batch send's do: the group is already formed, so packing it adds no wait
+at the ingress.
 """
 
 from __future__ import annotations

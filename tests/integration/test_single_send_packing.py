@@ -1,5 +1,6 @@
-"""Single sends that one group commit stores go out as batch jobs on the bulk queues
-(``packed_single_send_queues``) and as one job each everywhere else."""
+"""Single sends that one group commit stores go out as batch jobs on the packed queues
+(``packed_single_send_queues``: marketing and transactional by default) and as one job each
+everywhere else (OTP above all: invariant 6)."""
 
 from __future__ import annotations
 
@@ -46,18 +47,21 @@ def send_together(app, runtime, token: str, count: int) -> set[str]:
     return {r.message_id for r in results}
 
 
-def test_a_marketing_group_goes_out_as_batch_jobs(app, runtime, make_stream, redis_client):
-    stream = make_stream(type="marketing", name="Promotions")
+@pytest.mark.parametrize("stream_type", ["marketing", "transactional"])
+def test_a_group_goes_out_as_batch_jobs_on_the_packed_queues(
+    app, runtime, make_stream, redis_client, stream_type
+):
+    stream = make_stream(type=stream_type, name="Packed")
     ids = send_together(app, runtime, stream["token"], SENDS)
-    jobs = jobs_on(redis_client, StreamType.marketing.queue_name)
+    jobs = jobs_on(redis_client, StreamType(stream_type).queue_name)
     sizes = sorted(len(batch) for _, batch in jobs)
     assert sizes == [5, 20, 20]  # enqueue_chunk_size 20, as a batch send's
-    assert {actor for actor, _ in jobs} == {"deliver_batch_marketing"}
+    assert {actor for actor, _ in jobs} == {f"deliver_batch_{stream_type}"}
     enqueued = Counter(message_id for _, batch in jobs for message_id in batch)
     assert set(enqueued) == ids and set(enqueued.values()) == {1}  # each once, none lost
 
 
-@pytest.mark.parametrize("stream_type", ["transactional", "otp"])
+@pytest.mark.parametrize("stream_type", ["otp", "two_way"])
 def test_other_queues_keep_a_job_per_single_send(
     app, runtime, make_stream, redis_client, stream_type
 ):
