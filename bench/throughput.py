@@ -17,9 +17,10 @@ transaction as the send, so each message is one delivery job (or a twentieth of 
 
 ``--preload ingress`` makes each round's backlog through a running ``streams serve``
 instead: N single sends posted ``--concurrency`` at a time (``bench.preload``), so the
-jobs have the shapes the ingress gives them (on a packed queue, ``--stream-type
-marketing``, concurrent single sends become batch jobs). Their jobs are held aside while
-the pool starts and moved back when the clock starts.
+jobs have the shapes the ingress gives them (on the packed queues, transactional and
+marketing by default, concurrent single sends become batch jobs; with
+``STREAMS_PACKED_SINGLE_SEND_QUEUES=marketing`` transactional ones stay a job each). Their
+jobs are held aside while the pool starts and moved back when the clock starts.
 
 **no-op**: the same with ``bench/noop_worker.py`` (same broker and middleware, same process
 and thread counts, same Redis) and N jobs of an actor that returns at once; the clock runs
