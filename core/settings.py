@@ -179,15 +179,15 @@ class Settings(BaseSettings):
     #: group commit (``dispatcher.group_commit``) become jobs of up to ``enqueue_chunk_size``
     #: messages instead of one job each. Under load that costs a worker far less per message;
     #: a lone send is still a job of one. A packed message may wait for the calls ahead of it
-    #: in its job: at most ``workers.provider_calls.INLINE_SECONDS`` (50 ms) with a fast
-    #: carrier, a few rounds of side-by-side calls with a slow one. OTP, two-way and WhatsApp
-    #: (whose calls go one at a time) keep a job per message.
+    #: in its job: ``workers.provider_calls.INLINE_SECONDS`` (50 ms) plus the call that
+    #: crossed it, then a few rounds of side-by-side calls. OTP, two-way and WhatsApp (whose
+    #: calls go one at a time) keep a job per message.
     packed_single_send_queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["marketing", "transactional"]
     )
-    #: Provider calls made at once for one batch job once its carrier is slow
-    #: (``workers.provider_calls``): the job's messages go out side by side, not one after
-    #: another. 1 = always one after another.
+    #: Provider calls made at once for one batch job once its calls have taken
+    #: ``workers.provider_calls.INLINE_SECONDS`` together: the rest of the job's messages go
+    #: out side by side, not one after another. 1 = always one after another.
     batch_send_concurrency: int = Field(default=8, ge=1, le=256)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: How long an ingress process trusts its cached view of a token (invariant 3: ≤ 1 s).

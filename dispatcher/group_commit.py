@@ -109,7 +109,8 @@ class GroupCommitter:
 
     def _enqueue(self, to_enqueue: dict[str, list[uuid.UUID]]) -> None:
         # One job per message, so that no single send (OTP above all) waits in a batch job
-        # behind another message's provider call; bulk queues take the group as batch jobs.
+        # behind another message's provider call; the packed queues take the group as batch
+        # jobs.
         packed = self._runtime.settings.packed_single_send_queues
         for queue, ids in to_enqueue.items():
             enqueue_committed(self._runtime, queue, ids, chunk_size=None if queue in packed else 1)

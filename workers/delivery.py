@@ -16,16 +16,18 @@
    and may be taken again; the provider recognises the repeated reference. The messages of
    a batch that passed steps 2-4 are claimed with one statement (``workers.claims``); one
    admitted by a rate limit is claimed and sent at once, as the limit's spacing expects.
-6. **send**: the provider call, one message at a time. Transient errors are retried with
-   exponential backoff and jitter up to ``max_send_attempts``, then the message fails and
-   becomes a dead letter; permanent errors fail at once.
+6. **send**: the provider calls (``workers.provider_calls``: in the worker's thread, then
+   side by side once a batch's calls have taken ``INLINE_SECONDS``). Transient errors are
+   retried with exponential backoff and jitter up to ``max_send_attempts``, then the
+   message fails and becomes a dead letter; permanent errors fail at once.
 7. **record**: ``sent`` for every message the provider took, in one transaction, together
    with the delivery receipt when the provider reported it at once (the sandbox with no
    receipt delay); a later receipt comes as a job of its own.
 
-A single-message job (a single send, the relay) shares steps 1 (folded) and 7 with the
-other delivery threads of its process (``workers.group_commit``): one transaction each for
-all the jobs waiting at that moment, while each job's provider call stays in its own thread.
+A single-message job (a lone send, a send to a queue that is not packed, the relay) shares
+steps 1 (folded) and 7 with the other delivery threads of its process
+(``workers.group_commit``): one transaction each for all the jobs waiting at that moment,
+while each job's provider call stays in its own thread.
 
 Steps 2-4 and 6 give each message its own outcome; an error in one of them is that message's
 alone (``BatchResult.failed``). An error of a batch step (load, claim, record: the database
@@ -273,9 +275,11 @@ class Delivery:
                 continue
             if gated is None:
                 continue
-            if self._limits(job, gated.provider) != _NO_LIMITS:
+            limits = self._limits(job, gated.provider)
+            if limits.per_second is not None or limits.provider_per_second is not None:
                 # Admitted just now by a rate limit: claim and send it at once, so the
-                # limit's spacing holds at the provider too.
+                # limit's spacing holds at the provider too. Caps (per day, per recipient)
+                # space nothing: those messages go with the rest of the batch.
                 self._claim_send_record([gated], started, stopping, result)
             else:
                 ready.append(gated)

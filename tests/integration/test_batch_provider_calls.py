@@ -46,10 +46,12 @@ def statuses(runtime) -> dict[str, int]:
         return {status: count for status, count in rows}
 
 
-def drain_one_batch(client, runtime, make_stream, recipients: list[str], ends: dict) -> None:
+def drain_one_batch(
+    client, runtime, make_stream, recipients: list[str], ends: dict, stream_settings=None
+) -> None:
     """Send ``recipients`` as one batch (one job: fewer than ``enqueue_chunk_size``) and let
     a one-thread worker take it until the statuses are ``ends``."""
-    stream = make_stream()
+    stream = make_stream(settings=stream_settings) if stream_settings else make_stream()
     answer = client.post(
         "/v1/messages",
         json={"messages": [message(recipient_phone=r) for r in recipients]},
@@ -75,6 +77,23 @@ def test_a_batch_jobs_calls_overlap_up_to_the_setting(
     taken = sms.accepted()
     assert len({r["body"]["reference"] for r in taken}) == len(taken) == BATCH
     assert sms.most_in_flight == concurrency
+
+
+@pytest.mark.parametrize(
+    ("stream_settings", "most_in_flight"),
+    [
+        # Caps count messages but space nothing: the batch still calls side by side.
+        ({"max_per_day": 1000, "max_per_recipient_per_hour": 5}, 4),
+        # A rate spaces the calls: each admitted message is claimed and sent at once.
+        ({"max_per_second": 1000}, 1),
+    ],
+)
+def test_only_a_rate_limit_makes_a_batch_call_one_at_a_time(
+    client, runtime, make_stream, sms, stream_settings, most_in_flight
+):
+    drain_one_batch(client, runtime, make_stream, numbers(BATCH), {"sent": BATCH}, stream_settings)
+    assert len({r["body"]["reference"] for r in sms.accepted()}) == BATCH
+    assert sms.most_in_flight == most_in_flight
 
 
 def test_a_refusal_in_a_batch_fails_that_message_alone(client, runtime, make_stream, sms):

@@ -61,7 +61,7 @@ def test_a_group_goes_out_as_batch_jobs_on_the_packed_queues(
     assert set(enqueued) == ids and set(enqueued.values()) == {1}  # each once, none lost
 
 
-@pytest.mark.parametrize("stream_type", ["otp", "two_way"])
+@pytest.mark.parametrize("stream_type", ["otp", "two_way", "whatsapp"])
 def test_other_queues_keep_a_job_per_single_send(
     app, runtime, make_stream, redis_client, stream_type
 ):

@@ -1,6 +1,6 @@
-"""``workers.provider_calls``: a batch's calls in the worker's thread while the carrier is
-fast, side by side once it is slow; outcomes in order; nothing made once the batch must
-stop; each call in its caller's context."""
+"""``workers.provider_calls``: a batch's calls in the worker's thread until together they
+have taken ``INLINE_SECONDS``, side by side after that; outcomes in order; nothing made once
+the batch must stop; each call in its caller's context."""
 
 from __future__ import annotations
 
@@ -65,8 +65,8 @@ def test_calls_that_are_each_fast_but_add_up_send_the_rest_side_by_side() -> Non
     outcomes = ProviderCalls(8).run([moderate] * 10, lambda: True)
     threads = [o.accepted.provider_message_id for o in outcomes if o.accepted]
     assert len(threads) == 10
-    # Three or four calls fill the budget (sleeps may overrun); the rest went elsewhere.
-    assert threads[:3] == [str(caller)] * 3
+    # Three or four calls fill the budget (fewer if a sleep overruns); the rest went elsewhere.
+    assert threads[0] == str(caller)
     assert str(caller) not in threads[4:]
 
 
