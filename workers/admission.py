@@ -47,6 +47,11 @@ class Limits:
     per_day: int | None = None  # messages per UTC day, for the stream
     per_recipient_per_hour: int | None = None  # messages per recipient, for the stream
 
+    @property
+    def paces(self) -> bool:
+        """A rate spaces sends in time; caps only count them."""
+        return self.per_second is not None or self.provider_per_second is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:

@@ -275,8 +275,7 @@ class Delivery:
                 continue
             if gated is None:
                 continue
-            limits = self._limits(job, gated.provider)
-            if limits.per_second is not None or limits.provider_per_second is not None:
+            if self._limits(job, gated.provider).paces:
                 # Admitted just now by a rate limit: claim and send it at once, so the
                 # limit's spacing holds at the provider too. Caps (per day, per recipient)
                 # space nothing: those messages go with the rest of the batch.
