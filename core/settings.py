@@ -179,9 +179,9 @@ class Settings(BaseSettings):
     #: group commit (``dispatcher.group_commit``) become jobs of up to ``enqueue_chunk_size``
     #: messages instead of one job each. Under load that costs a worker far less per message;
     #: a lone send is still a job of one. A packed message may wait for the calls ahead of it
-    #: in its job: ``workers.provider_calls.INLINE_SECONDS`` (50 ms) plus the call that
-    #: crossed it, then a few rounds of side-by-side calls. OTP, two-way and WhatsApp (whose
-    #: calls go one at a time) keep a job per message.
+    #: in its job: ``workers.provider_calls.INLINE_SECONDS`` (50 ms, even when a call is
+    #: still running then), then a few rounds of side-by-side calls. OTP, two-way and
+    #: WhatsApp (whose calls go one at a time) keep a job per message.
     packed_single_send_queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["marketing", "transactional"]
     )

@@ -17,10 +17,12 @@
    a batch that passed steps 2-4 are claimed with one statement (``workers.claims``); one
    admitted by a rate limit is claimed and sent at once, as the limit's spacing expects.
 6. **send**: the provider calls (``workers.provider_calls``: in the worker's thread, then
-   side by side once a batch's calls have taken ``INLINE_SECONDS``). Transient errors are
-   retried with exponential backoff and jitter up to ``max_send_attempts``, then the
-   message fails and becomes a dead letter; permanent errors fail at once.
-7. **record**: ``sent`` for every message the provider took, in one transaction, together
+   side by side once a batch's calls have taken ``INLINE_SECONDS``, even while one of them
+   still runs). Transient errors are retried with exponential backoff and jitter up to
+   ``max_send_attempts``, then the message fails and becomes a dead letter; permanent
+   errors fail at once.
+7. **record**: ``sent`` for every message the provider took, in one transaction (calls
+   still running a second after the first one ended are recorded in another), together
    with the delivery receipt when the provider reported it at once (the sandbox with no
    receipt delay); a later receipt comes as a job of its own.
 
@@ -441,9 +443,10 @@ class Delivery:
     ) -> None:
         """Send the claimed messages and record what was sent (with ``record``,
         ``_record_sent`` by default). Calls to an idempotent provider are made side by side
-        (``workers.provider_calls``) and recorded together at the end (one transaction, also
-        when interrupted); a call to a provider that is not idempotent is recorded right
-        after it is made, so nothing it took is ever offered again.
+        (``workers.provider_calls``) and recorded together once they have ended (one
+        transaction, also when interrupted; more only when a call is still running a second
+        after the first ended); a call to a provider that is not idempotent is recorded
+        right after it is made, so nothing it took is ever offered again.
         Claims are given back instead of used when the worker began stopping meanwhile, or
         once the batch has run half the claim lease (so the relay's reclaim of leases never
         races a batch still working through its claims); both are added to ``result``'s
@@ -467,15 +470,18 @@ class Delivery:
                 result.failed.append((str(claim.item.job.message_id), error))
                 return None
 
-        # Calls to idempotent providers go side by side and are recorded together at the
+        # Calls to idempotent providers go side by side and are recorded in waves as they
         # end; a call to one that is not is recorded before the next is made.
         together = [claim for claim in claimed if claim.item.provider.idempotent]
         alone = [claim for claim in claimed if not claim.item.provider.idempotent]
         try:
-            calls = self._calls.run([self._provider_call(c.item) for c in together], go_on)
-            for claim, call in zip(together, calls, strict=True):
-                if (outcome := settle(claim, call)) is not None:
-                    sent.append(outcome)
+            calls = [self._provider_call(claim.item) for claim in together]
+            for wave in self._calls.waves(calls, go_on):
+                for index, call in wave:
+                    if (outcome := settle(together[index], call)) is not None:
+                        sent.append(outcome)
+                wave_sent, sent = sent, []
+                record(wave_sent)
             for claim in alone:
                 call = make_call(self._provider_call(claim.item), go_on)
                 if (outcome := settle(claim, call)) is not None:

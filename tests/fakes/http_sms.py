@@ -37,6 +37,8 @@ class FakeHttpSms:
     by_reference: dict[str, str] = field(default_factory=dict)
     #: How long every request takes, as a carrier's own latency.
     latency_seconds: float = 0.0
+    #: How long requests to these recipients take instead (a carrier stuck on one number).
+    latency_by_recipient: dict[str, float] = field(default_factory=dict)
     #: Requests being answered now, and the most there ever were at once.
     in_flight: int = 0
     most_in_flight: int = 0
@@ -53,15 +55,16 @@ class FakeHttpSms:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            if self.latency_seconds:
-                await asyncio.sleep(self.latency_seconds)
-            return await self._answer(request)
+            body = await request.json()
+            latency = self.latency_by_recipient.get(body.get("to"), self.latency_seconds)
+            if latency:
+                await asyncio.sleep(latency)
+            return await self._answer(request, body)
         finally:
             with self._lock:
                 self.in_flight -= 1
 
-    async def _answer(self, request: Request) -> JSONResponse:
-        body = await request.json()
+    async def _answer(self, request: Request, body: Any) -> JSONResponse:
         record = {"body": body, "headers": dict(request.headers)}
         with self._lock:
             self.requests.append(record)
@@ -97,12 +100,14 @@ class FakeHttpSms:
         return Starlette(routes=[Route("/sms", self.send, methods=["POST"])])
 
 
-def provider_settings(base_url: str, **extra: Any) -> HttpProviderSettings:
+def provider_settings(
+    base_url: str, timeout_seconds: float = 1, **extra: Any
+) -> HttpProviderSettings:
     """``workers.providers.http`` configured for a ``FakeHttpSms`` served at ``base_url``."""
     return HttpProviderSettings(
         url=f"{base_url}/sms",
         auth_value=f"Bearer {API_KEY}",
-        timeout_seconds=1,
+        timeout_seconds=timeout_seconds,
         webhook_secret=WEBHOOK_SECRET,
         _env_file=None,
         **extra,

@@ -4,6 +4,8 @@ itself can overlap its calls."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 from sqlalchemy import text
 
@@ -30,10 +32,15 @@ def concurrency() -> int:
 
 
 @pytest.fixture
-def settings(settings, sms, concurrency):
+def provider_timeout() -> float:
+    return 1
+
+
+@pytest.fixture
+def settings(settings, sms, concurrency, provider_timeout):
     return settings.model_copy(
         update={
-            "http_provider": provider_settings(sms.base_url),
+            "http_provider": provider_settings(sms.base_url, timeout_seconds=provider_timeout),
             "default_provider": "http",
             "batch_send_concurrency": concurrency,
         }
@@ -46,11 +53,10 @@ def statuses(runtime) -> dict[str, int]:
         return {status: count for status, count in rows}
 
 
-def drain_one_batch(
-    client, runtime, make_stream, recipients: list[str], ends: dict, stream_settings=None
-) -> None:
+@contextmanager
+def one_batch(client, runtime, make_stream, recipients: list[str], stream_settings=None):
     """Send ``recipients`` as one batch (one job: fewer than ``enqueue_chunk_size``) and let
-    a one-thread worker take it until the statuses are ``ends``."""
+    a one-thread worker take it while in the block."""
     stream = make_stream(settings=stream_settings) if stream_settings else make_stream()
     answer = client.post(
         "/v1/messages",
@@ -60,9 +66,17 @@ def drain_one_batch(
     assert answer.status_code == 202 and answer.json()["accepted"] == len(recipients)
     worker = start_worker(runtime, ["transactional"], threads=1)
     try:
-        assert wait_until(lambda: statuses(runtime) == ends, 20), statuses(runtime)
+        yield
     finally:
         worker.stop(timeout=5_000)
+
+
+def drain_one_batch(
+    client, runtime, make_stream, recipients: list[str], ends: dict, stream_settings=None
+) -> None:
+    """``one_batch`` until the statuses are ``ends``."""
+    with one_batch(client, runtime, make_stream, recipients, stream_settings):
+        assert wait_until(lambda: statuses(runtime) == ends, 20), statuses(runtime)
 
 
 def numbers(count: int) -> list[str]:
@@ -105,3 +119,31 @@ def test_a_refusal_in_a_batch_fails_that_message_alone(client, runtime, make_str
             text("SELECT error_code FROM messages WHERE status = 'failed'")
         ).scalar_one()
     assert failed == "provider_rejected"
+
+
+@pytest.mark.parametrize("provider_timeout", [5])
+def test_a_call_that_hangs_first_does_not_hold_up_the_others_calls(
+    client, runtime, make_stream, sms
+):
+    """The job's first call, made in the worker's thread, hangs for 3 s: once the 50 ms
+    budget has passed, the other eleven go out side by side all the same."""
+    recipients = numbers(BATCH)
+    sms.latency_by_recipient[recipients[0]] = 3
+    with one_batch(client, runtime, make_stream, recipients):
+        assert wait_until(lambda: len(sms.accepted()) == BATCH - 1, 2.5), len(sms.accepted())
+        assert sms.in_flight == 1 and statuses(runtime) == {"sending": BATCH}
+        assert wait_until(lambda: statuses(runtime) == {"sent": BATCH}, 10), statuses(runtime)
+    assert sms.requests[-1]["body"]["to"] == recipients[0]  # it was the first call
+
+
+@pytest.mark.parametrize("provider_timeout", [5])
+def test_a_call_that_hangs_does_not_hold_up_the_others_records(client, runtime, make_stream, sms):
+    """One call side by side hangs for 3 s: the rest are recorded ``sent`` meanwhile (a
+    wave), and it is recorded when it ends."""
+    recipients = numbers(BATCH)
+    sms.latency_by_recipient[recipients[5]] = 3
+    with one_batch(client, runtime, make_stream, recipients):
+        others = {"sent": BATCH - 1, "sending": 1}
+        assert wait_until(lambda: statuses(runtime) == others, 2.5), statuses(runtime)
+        assert sms.in_flight == 1
+        assert wait_until(lambda: statuses(runtime) == {"sent": BATCH}, 10), statuses(runtime)

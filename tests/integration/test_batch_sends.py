@@ -20,10 +20,11 @@ def test_invariant_2_a_batch_gives_back_claims_older_than_half_the_lease(
     settings, client, make_stream
 ):
     ids = send(client, make_stream(), 3)
-    # Each call takes longer than half the lease: after the first, the others' claims are
-    # too old to use (the relay may reclaim them while the call runs).
+    # Calls one after another, each longer than half the lease: after the first, the
+    # others' claims are too old to use (the relay may reclaim them while the call runs).
     own = settings.model_copy(
         update={
+            "batch_send_concurrency": 1,
             "claim_lease_seconds": 0.4,
             "sandbox": SandboxSettings(latency_ms=300, receipt_delay_seconds=0),
         }

@@ -1,6 +1,7 @@
 """``workers.provider_calls``: a batch's calls in the worker's thread until together they
-have taken ``INLINE_SECONDS``, side by side after that; outcomes in order; nothing made once
-the batch must stop; each call in its caller's context."""
+have taken ``INLINE_SECONDS`` (also while one still runs), side by side after that, never
+more than ``per_batch`` at once; outcomes in order, or in waves as they end; nothing made
+once the batch must stop; each call in its caller's context."""
 
 from __future__ import annotations
 
@@ -139,3 +140,93 @@ def test_a_batch_makes_at_most_per_batch_calls_at_once_and_batches_do_not_queue(
     for thread in threads:
         thread.join(10)
     assert most == {"all": 4, "a": 2, "b": 2}
+
+
+def test_a_call_that_hangs_in_the_callers_thread_holds_up_only_its_own_message() -> None:
+    """The budget passes while the first call still runs: a watchdog sends the rest side by
+    side at once. (Their outcomes come back when the caller's thread is free again.)"""
+    caller = threading.get_ident()
+    others_made = threading.Barrier(4, timeout=5)
+
+    def hangs() -> Accepted:
+        others_made.wait()  # met only if the other three are made meanwhile
+        return accepted(str(threading.get_ident()))
+
+    def fast() -> Accepted:
+        others_made.wait()
+        return accepted(str(threading.get_ident()))
+
+    outcomes = ProviderCalls(4).run([hangs, fast, fast, fast], lambda: True)
+    made_by = [o.accepted.provider_message_id for o in outcomes if o.accepted]
+    assert made_by[0] == str(caller) and str(caller) not in made_by[1:] and len(made_by) == 4
+
+
+def test_outcomes_come_back_in_waves_as_calls_end() -> None:
+    """Calls that end close together are one wave; one still running ``report_after`` after
+    the first outcome of a wave leaves the others to be reported without it."""
+    release = threading.Event()
+
+    def hangs() -> Accepted:
+        assert release.wait(5)
+        return accepted("late")
+
+    together = ProviderCalls(4).waves([slow_call] * 6, lambda: True, report_after=1.0)
+    assert [sorted(index for index, _ in wave) for wave in together] == [list(range(6))]
+
+    waves = ProviderCalls(4).waves([slow_call, slow_call, hangs, slow_call], lambda: True, 0.2)
+    assert sorted(index for index, _ in next(waves)) == [0, 1, 3]
+    release.set()
+    assert [index for wave in waves for index, _ in wave] == [2]
+
+
+def test_the_call_in_the_callers_thread_counts_toward_per_batch() -> None:
+    """Spilled while a call still runs in the caller's thread, the batch has no more than
+    ``per_batch`` calls in flight: the helpers wait for its slot."""
+    lock = threading.Lock()
+    in_flight = {"now": 0, "most": 0}
+    shorts_made = threading.Semaphore(0)
+
+    def counted(body: Call) -> Call:
+        def call() -> Accepted | None:
+            with lock:
+                in_flight["now"] += 1
+                in_flight["most"] = max(in_flight["most"], in_flight["now"])
+            try:
+                return body()
+            finally:
+                with lock:
+                    in_flight["now"] -= 1
+
+        return call
+
+    def hangs() -> Accepted:
+        for _ in range(3):  # the others are made meanwhile, two at once at most
+            assert shorts_made.acquire(timeout=5)
+        return accepted("first")
+
+    def short() -> Accepted:
+        time.sleep(0.02)
+        shorts_made.release()
+        return accepted("short")
+
+    outcomes = ProviderCalls(3).run([counted(hangs), *[counted(short)] * 5], lambda: True)
+    assert [o.accepted for o in outcomes] == [accepted("first"), *[accepted("short")] * 5]
+    assert in_flight["most"] == 3
+
+
+def test_leaving_the_waves_early_stops_the_calls_not_yet_begun() -> None:
+    made: list[int] = []
+
+    def call_number(n: int) -> Call:
+        def call() -> Accepted:
+            made.append(n)
+            time.sleep(INLINE_SECONDS * 1.5 if n == 0 else INLINE_SECONDS)
+            return accepted(str(n))
+
+        return call
+
+    waves = ProviderCalls(2).waves([call_number(n) for n in range(20)], lambda: True, 0.01)
+    first = next(waves)  # the caller's first call ended (the budget passed meanwhile)
+    waves.close()
+    time.sleep(INLINE_SECONDS * 4)
+    assert 0 in {index for index, _ in first} and len(made) < 10
