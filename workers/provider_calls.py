@@ -63,6 +63,9 @@ INLINE_SECONDS = 0.05
 #: Outcomes in hand this long are handed back (a wave) even while other calls still run.
 REPORT_AFTER_SECONDS = 1.0
 
+#: The longest the worker's thread waits without looking up (see ``_Batch._next_ended``).
+_WAIT_SLICE_SECONDS = 0.2
+
 #: One ended call: its index in the batch and its outcome.
 Ended = tuple[int, CallOutcome]
 
@@ -99,7 +102,8 @@ class ProviderCalls:
         """Each call's outcome with its index, in waves: a wave is what has ended by the
         time every call has, or ``report_after`` seconds after the wave's first outcome,
         whichever comes first. Each call runs with its caller's context variables (the log
-        context, for one). Leaving the loop early stops the calls not yet begun."""
+        context, for one). Leaving the loop early stops the calls not yet begun (their
+        claims are left to the lease, as when recording fails)."""
         batch = _Batch(calls, go_on, self._per_batch, time.perf_counter() + INLINE_SECONDS)
         try:
             if self._pool is not None and len(calls) > 1:
@@ -111,14 +115,19 @@ class ProviderCalls:
 
     def _watch(self, batch: _Batch) -> None:
         """Wait until the batch's budget has passed or its inline calls have ended; send
-        what is left side by side, this thread being one of the helpers."""
+        what is left side by side, this thread being one of the helpers. (Until this
+        begins, the worker's thread goes on making the calls itself: a pool busy with other
+        batches' calls makes this one slower, never stuck.)"""
+        batch.watching.set()
         batch.inline_over.wait(max(batch.inline_until - time.perf_counter(), 0))
         helpers = batch.spill()
-        assert self._pool is not None
-        for _ in range(helpers - 1):
-            self._pool.submit(contextvars.copy_context().run, batch.help)
-        if helpers:
-            batch.help()
+        try:
+            assert self._pool is not None
+            for _ in range(helpers - 1):
+                self._pool.submit(contextvars.copy_context().run, batch.help)
+        finally:  # if no other helper could be had, this one makes every call left
+            if helpers:
+                batch.help()
 
 
 class _Batch:
@@ -132,6 +141,7 @@ class _Batch:
         self.go_on = go_on
         self.per_batch = per_batch
         self.inline_until = inline_until
+        self.watching = threading.Event()  # the watchdog has begun
         self.inline_over = threading.Event()
         self._lock = threading.Lock()
         self._next = 0  # the first call no one has taken
@@ -161,12 +171,13 @@ class _Batch:
             self._ended.put((index, outcome))
 
     def run_inline(self, spills: bool) -> None:
-        """Make calls in this (the worker's) thread until the budget has passed or a
-        watchdog has taken the rest (without ``spills``, make them all here)."""
+        """Make calls in this (the worker's) thread until the budget has passed and the
+        watchdog is there to take the rest, or it has taken them (without ``spills``, make
+        them all here)."""
         try:
             while (index := self._take(inline=True)) is not None:
                 self._make(index)
-                if spills and time.perf_counter() > self.inline_until:
+                if spills and time.perf_counter() > self.inline_until and self.watching.is_set():
                     break
         finally:
             self.inline_over.set()
@@ -186,7 +197,7 @@ class _Batch:
     def waves(self, report_after: float) -> Iterator[list[Ended]]:
         left = len(self.calls)
         while left:
-            wave = [self._ended.get()]
+            wave = [self._next_ended()]
             deadline = time.perf_counter() + report_after
             while len(wave) < left:
                 try:
@@ -195,6 +206,16 @@ class _Batch:
                     break
             left -= len(wave)
             yield wave
+
+    def _next_ended(self) -> Ended:
+        """The next outcome, however long it takes. Waited for in short slices: an
+        exception sent to this thread (dramatiq's time limit, its shutdown) is raised only
+        between them."""
+        while True:
+            try:
+                return self._ended.get(timeout=_WAIT_SLICE_SECONDS)
+            except queue.Empty:
+                continue
 
     def close(self) -> None:
         """No call begins after this (the caller stopped listening)."""

@@ -173,7 +173,7 @@ def test_outcomes_come_back_in_waves_as_calls_end() -> None:
     together = ProviderCalls(4).waves([slow_call] * 6, lambda: True, report_after=1.0)
     assert [sorted(index for index, _ in wave) for wave in together] == [list(range(6))]
 
-    waves = ProviderCalls(4).waves([slow_call, slow_call, hangs, slow_call], lambda: True, 0.2)
+    waves = ProviderCalls(4).waves([slow_call, slow_call, hangs, slow_call], lambda: True, 0.5)
     assert sorted(index for index, _ in next(waves)) == [0, 1, 3]
     release.set()
     assert [index for wave in waves for index, _ in wave] == [2]
@@ -185,6 +185,7 @@ def test_the_call_in_the_callers_thread_counts_toward_per_batch() -> None:
     lock = threading.Lock()
     in_flight = {"now": 0, "most": 0}
     shorts_made = threading.Semaphore(0)
+    in_pairs = threading.Barrier(2, timeout=5)  # two helpers' calls at once, surely
 
     def counted(body: Call) -> Call:
         def call() -> Accepted | None:
@@ -200,33 +201,40 @@ def test_the_call_in_the_callers_thread_counts_toward_per_batch() -> None:
         return call
 
     def hangs() -> Accepted:
-        for _ in range(3):  # the others are made meanwhile, two at once at most
+        for _ in range(4):  # the others are made meanwhile
             assert shorts_made.acquire(timeout=5)
         return accepted("first")
 
     def short() -> Accepted:
-        time.sleep(0.02)
+        in_pairs.wait()
+        time.sleep(0.01)  # a third helper, if let through, would overlap these two
         shorts_made.release()
         return accepted("short")
 
-    outcomes = ProviderCalls(3).run([counted(hangs), *[counted(short)] * 5], lambda: True)
-    assert [o.accepted for o in outcomes] == [accepted("first"), *[accepted("short")] * 5]
+    outcomes = ProviderCalls(3).run([counted(hangs), *[counted(short)] * 4], lambda: True)
+    assert [o.accepted for o in outcomes] == [accepted("first"), *[accepted("short")] * 4]
     assert in_flight["most"] == 3
 
 
 def test_leaving_the_waves_early_stops_the_calls_not_yet_begun() -> None:
     made: list[int] = []
+    left = threading.Event()
 
     def call_number(n: int) -> Call:
         def call() -> Accepted:
             made.append(n)
-            time.sleep(INLINE_SECONDS * 1.5 if n == 0 else INLINE_SECONDS)
+            if n == 0:
+                time.sleep(INLINE_SECONDS * 3)  # the watchdog spills meanwhile
+            else:
+                assert left.wait(5)
             return accepted(str(n))
 
         return call
 
     waves = ProviderCalls(2).waves([call_number(n) for n in range(20)], lambda: True, 0.01)
-    first = next(waves)  # the caller's first call ended (the budget passed meanwhile)
+    first = next(waves)  # the caller's call; the two helpers' calls are still running
     waves.close()
-    time.sleep(INLINE_SECONDS * 4)
-    assert 0 in {index for index, _ in first} and len(made) < 10
+    left.set()
+    time.sleep(INLINE_SECONDS * 2)
+    assert [index for index, _ in first] == [0]
+    assert sorted(made) == [0, 1, 2]  # the calls already taken, and no more
