@@ -2,6 +2,7 @@
 messages, with the marketing pool busy draining them, move the latency of OTP sends?
 
     .venv/bin/python bench/otp_latency.py [--rate 20] [--duration 30] [--backlog 1000000]
+                                          [--rounds 1]
 
 One run, two scenarios, each sending one-time codes one at a time at ``--rate`` per second
 for ``--duration`` seconds (``POST /v1/otp/send`` on an OTP demo stream of a real ``streams
@@ -10,6 +11,11 @@ serve``, each to a number of its own; ``--api messages`` posts a ready text to
 
 (a) the marketing queue is empty (the marketing pool runs, idle);
 (b) ``--backlog`` marketing messages are queued and the marketing pool is draining them.
+
+With ``--rounds N`` each scenario runs N times back to back ((a) N times, then (b) N times
+on the same backlog, which must last that long: the report says if it ran dry). The headline
+figures pool the sends of all rounds: a p99 of 600 sends is their sixth slowest, which moves
+a lot from run to run; each round's own figures are reported too.
 
 Processes, as in production: ``streams serve`` (1 worker), ``streams worker --queues otp``
 (its own pool), ``streams worker --queues marketing``, ``streams relay``. The sandbox
@@ -112,6 +118,7 @@ class Options:
     api: str
     backlog: int
     backlog_job_size: int
+    rounds: int
     otp_processes: int
     otp_threads: int
     marketing_processes: int
@@ -149,6 +156,12 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         help="marketing messages per delivery job: 1 = one job each (enqueue_delivery); 20 = "
         "as the ingress enqueues a batch send (1)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs of each scenario, pooled in the headline figures (1)",
+    )
     parser.add_argument("--otp-processes", type=int, default=1, help="OTP pool processes (1)")
     parser.add_argument("--otp-threads", type=int, default=8, help="OTP pool threads (8)")
     parser.add_argument(
@@ -182,14 +195,15 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     add_service_options(parser)
     args = parser.parse_args(argv)
-    if min(args.rate, args.duration, args.otp_processes, args.otp_threads) <= 0:
-        parser.error("--rate, --duration and the OTP pool sizes must be positive")
+    if min(args.rate, args.duration, args.rounds, args.otp_processes, args.otp_threads) <= 0:
+        parser.error("--rate, --duration, --rounds and the OTP pool sizes must be positive")
     sizes = (args.backlog, args.backlog_job_size, args.marketing_processes, args.marketing_threads)
     if min(sizes) <= 0:
         parser.error("--backlog, --backlog-job-size and the marketing pool must be positive")
     return Options(
         **{k: v for k, v in vars(args).items() if k != "max_seconds"},
-        max_seconds=args.max_seconds or 2 * args.duration + 600 + args.backlog / 2_000,
+        max_seconds=args.max_seconds
+        or 2 * args.rounds * args.duration + 600 + args.backlog / 2_000,
     )
 
 
@@ -275,6 +289,27 @@ def send_otps(
             scenario.sends.append(Send(message_id, sent_at, elapsed_ms))
         scenario.ended_at = time.time()
     return scenario
+
+
+def pooled(name: str, rounds: list[Scenario]) -> Scenario:
+    """The rounds of one scenario as one: every send, errors and marketing sends added up,
+    the queue before the first and after the last, CPU averaged over the rounds."""
+    first, last = rounds[0], rounds[-1]
+    cpu = {
+        key: sum(r.cpu_cores.get(key, 0.0) for r in rounds) / len(rounds) for key in first.cpu_cores
+    }
+    queue = {k: v for k, v in first.marketing_queue.items() if k.endswith("_before")}
+    queue |= {k: v for k, v in last.marketing_queue.items() if k.endswith("_after")}
+    queue["marketing_sends"] = sum(r.marketing_queue["marketing_sends"] for r in rounds)
+    return Scenario(
+        name,
+        sends=[send for r in rounds for send in r.sends],
+        errors=sum(r.errors for r in rounds),
+        started_at=first.started_at,
+        ended_at=first.started_at + sum(r.ended_at - r.started_at for r in rounds),
+        cpu_cores=cpu,
+        marketing_queue=queue,
+    )
 
 
 def claimed_count(database_url: str, ids: list[str]) -> int:
@@ -453,8 +488,12 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     if warm_up.errors or not warm_up.sends:
         raise RuntimeError(f"OTP sends fail ({warm_up.errors} errors): see the ingress log")
 
-    progress(f"(a) empty marketing queue: {options.rate:g} OTP/s for {options.duration:g} s")
-    empty = run_scenario("empty", options, processes, token, database_url, recipients)
+    rounds = options.rounds
+    per_round = f"{options.rate:g} OTP/s for {options.duration:g} s"
+    empties = []
+    for n in range(1, rounds + 1):
+        progress(f"(a) empty marketing queue, round {n}/{rounds}: {per_round}")
+        empties.append(run_scenario("empty", options, processes, token, database_url, recipients))
 
     progress(f"writing {options.backlog} marketing messages with COPY")
     backlog = copy_messages(database_url, marketing, options.backlog, with_events=False)
@@ -465,9 +504,26 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     progress(f"  {pushed} jobs in {push_seconds:.1f} s; the marketing pool is draining")
     time.sleep(options.settle)
 
-    progress(f"(b) marketing backlog: {options.rate:g} OTP/s for {options.duration:g} s")
-    loaded = run_scenario("loaded", options, processes, token, database_url, recipients)
+    loads = []
+    for n in range(1, rounds + 1):
+        progress(f"(b) marketing backlog, round {n}/{rounds}: {per_round}")
+        loads.append(run_scenario("loaded", options, processes, token, database_url, recipients))
+    empty, loaded = pooled("empty", empties), pooled("loaded", loads)
 
+    round_p99s = [
+        {
+            name: latencies(database_url, redis_url, s)["accept_to_provider_ms"]["p99"]
+            for name, s in (("empty", e), ("loaded", b))
+        }
+        | {"backlog_ran_dry": b.marketing_queue["jobs_waiting_after"] == 0}
+        for e, b in zip(empties, loads, strict=True)
+    ]
+    for figures in round_p99s:
+        figures["factor"] = (
+            round(figures["loaded"] / figures["empty"], 3)
+            if figures["empty"] and figures["loaded"]
+            else None
+        )
     results = {
         s.name: {
             **latencies(database_url, redis_url, s),
@@ -493,6 +549,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             "RPUSH dramatiq:marketing in a pipeline (bench/backlog.py)",
         },
         "scenarios": results,
+        "rounds": round_p99s,
         "summary": {
             "empty_p99_ms": empty_p99,
             "loaded_p99_ms": loaded_p99,
@@ -502,6 +559,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             "loaded_factor": round(factor, 3) if factor else None,
             "target_loaded_factor": TARGET_LOADED_FACTOR,
             "loaded_factor_met": factor is not None and factor <= TARGET_LOADED_FACTOR,
+            "round_factors": [r["factor"] for r in round_p99s],
         },
     }
 
@@ -547,6 +605,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"(b) {_verdict(summary['loaded_p99_met'])}",
         f"  loaded / empty p99: {summary['loaded_factor']}  (target ≤ "
         f"{summary['target_loaded_factor']}: {_verdict(summary['loaded_factor_met'])})",
+        *_round_lines(report.get("rounds", [])),
         "",
         "  during each scenario: errors; marketing messages sent (per second); jobs on "
         "dramatiq:marketing before → after",
@@ -563,6 +622,21 @@ def format_report(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
         )
     return "\n".join(lines)
+
+
+def _round_lines(rounds: list[dict[str, Any]]) -> list[str]:
+    """Each round's own p99s and ratio, when there were several (the figures above pool
+    them)."""
+    if len(rounds) < 2:
+        return []
+    lines = [f"  {len(rounds)} rounds pooled above; each round's p99 (a) → (b), ratio:"]
+    for n, r in enumerate(rounds, 1):
+        dry = "  (the backlog ran dry)" if r["backlog_ran_dry"] else ""
+        lines.append(
+            f"    round {n}: {_ms(r['empty']).strip()} → {_ms(r['loaded']).strip()} ms, "
+            f"{r['factor']}{dry}"
+        )
+    return lines
 
 
 def _ms(value: float | None) -> str:
