@@ -10,9 +10,9 @@ with more worker threads makes more calls at once, as it did when each thread ma
 Only the calls move: whatever a call's outcome writes to the database (a retry, a failure,
 an expiry) is done by the worker's own thread, so a process still needs one database
 connection per worker thread and no more. The outcomes come back in waves (``waves``): all
-of them at once when the calls end within ``REPORT_AFTER_SECONDS`` of the first outcome, as
-they do with a working carrier; otherwise those in hand by then, so a call that hangs until
-its timeout does not keep the batch's other messages from being recorded as sent. (The one
+of them at once when the calls end within ``REPORT_AFTER_SECONDS`` of each other, as they
+do with a working carrier; otherwise those in hand by then, so a call that hangs until its
+timeout does not keep the batch's other messages from being recorded as sent. (The one
 exception: while a call runs in the worker's own thread, nothing can be recorded.)
 
 Calls are made in the worker's own thread until the batch's calls have taken
@@ -20,11 +20,12 @@ Calls are made in the worker's own thread until the batch's calls have taken
 call to another one costs CPU. Then the rest of the batch goes side by side. The budget
 counts the calls together, not one by one, so a carrier that answers each call in 30 ms
 keeps the last message of twenty waiting for the budget and a few rounds of calls, not for
-nineteen calls one after another. It is also kept while a call is still running: a watchdog
-on the pool sends the rest side by side once the budget has passed, so a first call that
-hangs holds up the others' records, but not their calls. The budget is wide because on a
-busy host even a fast call's wall time includes waits for the GIL and a core
-(milliseconds).
+nineteen calls one after another. It is kept by a watchdog, one thread per process, also
+while a call is still running: a first call that hangs holds up the others' records, but
+not their calls. While batches end within their budget (a fast carrier), the watchdog
+wakes about once per budget, however many batches there are, and costs a batch no more
+than an append to its list. The budget is wide because on a busy host even a fast call's
+wall time includes waits for the GIL and a core (milliseconds).
 
 A call is made only if ``go_on()`` still holds when its turn comes (the worker is not
 stopping and the batch's claims are still fresh); otherwise it is reported as skipped and
@@ -37,11 +38,16 @@ import contextvars
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import structlog
+
 from workers.providers.base import Accepted
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,10 @@ _WAIT_SLICE_SECONDS = 0.2
 #: One ended call: its index in the batch and its outcome.
 Ended = tuple[int, CallOutcome]
 
+#: The outcome of a call cut short by something other than an error (an interrupt): as if
+#: not made, so its claim goes back; the provider recognises the reference if it did go.
+_CUT_SHORT = CallOutcome(skipped=True)
+
 
 class ProviderCalls:
     """Runs the calls of a batch, ``per_batch`` at a time, for up to ``batches`` batches
@@ -76,7 +86,6 @@ class ProviderCalls:
 
     def __init__(self, per_batch: int, batches: int = 1) -> None:
         self._per_batch = per_batch
-        # Per batch: the watchdog, which becomes the first helper, and per_batch - 1 more.
         self._pool = (
             ThreadPoolExecutor(
                 max_workers=per_batch * max(batches, 1), thread_name_prefix="provider-call"
@@ -84,6 +93,7 @@ class ProviderCalls:
             if per_batch > 1
             else None
         )
+        self._watchdog = _Watchdog(self._spill) if per_batch > 1 else None
 
     def run(self, calls: Sequence[Call], go_on: Callable[[], bool]) -> list[CallOutcome]:
         """The outcome of each of ``calls``, in order, once all have ended."""
@@ -100,39 +110,87 @@ class ProviderCalls:
         report_after: float = REPORT_AFTER_SECONDS,
     ) -> Iterator[list[Ended]]:
         """Each call's outcome with its index, in waves: a wave is what has ended by the
-        time every call has, or ``report_after`` seconds after the wave's first outcome,
-        whichever comes first. Each call runs with its caller's context variables (the log
-        context, for one). Leaving the loop early stops the calls not yet begun (their
-        claims are left to the lease, as when recording fails)."""
+        time every call has, or ``report_after`` seconds after the wave began (the first
+        outcome, or the end of the calls in this thread), whichever comes first. Each call
+        runs with its caller's context variables (the log context, for one). Leaving the
+        loop early stops the calls not yet begun (their claims are left to the lease, as
+        when recording fails)."""
         batch = _Batch(calls, go_on, self._per_batch, time.perf_counter() + INLINE_SECONDS)
         try:
-            if self._pool is not None and len(calls) > 1:
-                self._pool.submit(contextvars.copy_context().run, self._watch, batch)
-            batch.run_inline(spills=self._pool is not None)
-            yield from batch.waves(report_after)
+            if self._watchdog is not None and len(calls) > 1:
+                self._watchdog.watch(batch)
+            ended = batch.run_inline(self._add_helpers)
+            yield from batch.waves(ended, report_after)
         finally:
             batch.close()
 
-    def _watch(self, batch: _Batch) -> None:
-        """Wait until the batch's budget has passed or its inline calls have ended; send
-        what is left side by side, this thread being one of the helpers. (Until this
-        begins, the worker's thread goes on making the calls itself: a pool busy with other
-        batches' calls makes this one slower, never stuck.)"""
-        batch.watching.set()
-        batch.inline_over.wait(max(batch.inline_until - time.perf_counter(), 0))
-        helpers = batch.spill()
-        try:
-            assert self._pool is not None
-            for _ in range(helpers - 1):
-                self._pool.submit(contextvars.copy_context().run, batch.help)
-        finally:  # if no other helper could be had, this one makes every call left
-            if helpers:
-                batch.help()
+    def _spill(self, batch: _Batch) -> None:
+        """The watchdog's part: the budget has passed, the rest go side by side."""
+        self._add_helpers(batch, batch.spill())
+
+    def _add_helpers(self, batch: _Batch, count: int) -> None:
+        assert self._pool is not None
+        for _ in range(count):
+            # A context of its own per helper: one context cannot be entered by two threads.
+            self._pool.submit(batch.context.copy().run, batch.help)
+
+
+class _Watchdog:
+    """One thread that spills every batch still making calls in its worker's thread when
+    its budget passes. Batches are watched in the order they began, and all have the same
+    budget, so the first one watched is always the next one due."""
+
+    def __init__(self, spill: Callable[[_Batch], None]) -> None:
+        self._spill = spill
+        self._due: deque[_Batch] = deque()
+        self._changed = threading.Condition()
+        self._idle = False  # the thread waits for a batch to watch, with no time limit
+        self._thread: threading.Thread | None = None  # started with the first batch
+
+    def watch(self, batch: _Batch) -> None:
+        if self._thread is None:
+            self._start()
+        # No lock on this path, taken by every batch of every worker thread: deque appends
+        # are atomic, and the thread is woken only when it waits with nothing to watch. It
+        # says so (``_idle``) before it looks, under the lock, so a batch appended after it
+        # looked finds it idle and wakes it once the lock is free, that is, once it waits.
+        self._due.append(batch)
+        if self._idle:
+            with self._changed:
+                self._changed.notify()
+
+    def _start(self) -> None:
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="provider-call-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._idle = True
+                while not self._due:
+                    self._changed.wait()
+                self._idle = False
+                batch = self._due[0]
+                wait = batch.inline_until - time.perf_counter()
+                if wait > 0 and not batch.inline_over:
+                    self._changed.wait(wait)
+                    continue
+                self._due.popleft()
+            if not batch.inline_over:
+                try:
+                    self._spill(batch)
+                except Exception:  # no pool (the interpreter is exiting): make them here
+                    log.exception("provider_call_spill_failed")
+                    batch.help()
 
 
 class _Batch:
     """One batch's calls: which are taken (each exactly once, by the worker's thread or a
-    helper), how many run at once, and the outcomes as they end."""
+    helper), how many run at once, and the outcomes of the helpers' calls as they end."""
 
     def __init__(
         self, calls: Sequence[Call], go_on: Callable[[], bool], per_batch: int, inline_until: float
@@ -141,71 +199,90 @@ class _Batch:
         self.go_on = go_on
         self.per_batch = per_batch
         self.inline_until = inline_until
-        self.watching = threading.Event()  # the watchdog has begun
-        self.inline_over = threading.Event()
+        self.context = contextvars.copy_context()
+        #: Set by the worker's thread when it has stopped making calls (read by the watchdog).
+        self.inline_over = False
         self._lock = threading.Lock()
         self._next = 0  # the first call no one has taken
+        self._inline_running = False
         self._spilled = False
+        self._helpers = 0
         self._closed = False
-        # The inline call holds one while it runs, so a batch never has more at once.
-        self._slots = threading.BoundedSemaphore(per_batch)
         self._ended: queue.SimpleQueue[Ended] = queue.SimpleQueue()
 
-    def _take(self, inline: bool) -> int | None:
-        with self._lock:
-            if self._closed or self._next >= len(self.calls) or (inline and self._spilled):
-                return None
-            index = self._next
-            self._next += 1
-            return index
-
-    def _make(self, index: int) -> None:
-        # Reported whatever happens, or the batch would wait for it for ever. A call cut
-        # short by something other than an error (an interrupt) counts as not made: its
-        # claim goes back, and the provider recognises the reference if it did go.
-        outcome = CallOutcome(skipped=True)
+    def run_inline(self, add_helpers: Callable[[_Batch, int], None]) -> list[Ended]:
+        """Make calls in this (the worker's) thread until the watchdog has taken the rest.
+        If it took them while a call ran here, the helper that call's slot was kept for
+        is added (``add_helpers``) once it ends."""
+        ended: list[Ended] = []
         try:
-            with self._slots:
-                outcome = make_call(self.calls[index], self.go_on)
+            while True:
+                with self._lock:
+                    self._inline_running = False
+                    if self._spilled or self._closed or self._next >= len(self.calls):
+                        owed = self._helpers_wanted() if self._spilled else 0
+                        break
+                    index = self._next
+                    self._next += 1
+                    self._inline_running = True
+                outcome = _CUT_SHORT
+                try:
+                    outcome = make_call(self.calls[index], self.go_on)
+                finally:
+                    ended.append((index, outcome))
         finally:
-            self._ended.put((index, outcome))
-
-    def run_inline(self, spills: bool) -> None:
-        """Make calls in this (the worker's) thread until the budget has passed and the
-        watchdog is there to take the rest, or it has taken them (without ``spills``, make
-        them all here)."""
-        try:
-            while (index := self._take(inline=True)) is not None:
-                self._make(index)
-                if spills and time.perf_counter() > self.inline_until and self.watching.is_set():
-                    break
-        finally:
-            self.inline_over.set()
+            self.inline_over = True
+        if owed:
+            add_helpers(self, owed)
+        return ended
 
     def spill(self) -> int:
-        """Stop the inline calls; how many helpers the calls left need."""
+        """Stop the inline calls; how many helpers to start."""
         with self._lock:
             self._spilled = True
-            left = 0 if self._closed else len(self.calls) - self._next
-        return min(left, self.per_batch)
+            return self._helpers_wanted()
+
+    def _helpers_wanted(self) -> int:
+        """Helpers still to start so that the batch has ``per_batch`` calls running, the
+        worker thread's included (called with the lock held)."""
+        if self._closed:
+            return 0
+        slots = self.per_batch - int(self._inline_running) - self._helpers
+        wanted = max(0, min(slots, len(self.calls) - self._next))
+        self._helpers += wanted
+        return wanted
 
     def help(self) -> None:
         """Make calls not yet taken until there are none."""
-        while (index := self._take(inline=False)) is not None:
-            self._make(index)
+        while True:
+            with self._lock:
+                if self._closed or self._next >= len(self.calls):
+                    return
+                index = self._next
+                self._next += 1
+            outcome = _CUT_SHORT  # reported whatever happens, or the batch would wait for ever
+            try:
+                outcome = make_call(self.calls[index], self.go_on)
+            finally:
+                self._ended.put((index, outcome))
 
-    def waves(self, report_after: float) -> Iterator[list[Ended]]:
-        left = len(self.calls)
-        while left:
-            wave = [self._next_ended()]
+    def waves(self, ended: list[Ended], report_after: float) -> Iterator[list[Ended]]:
+        """``ended`` (the worker thread's own calls) and the helpers' outcomes, in waves."""
+        left = len(self.calls) - len(ended)
+        wave = ended
+        while wave or left:
+            if not wave:
+                wave = [self._next_ended()]
+                left -= 1
             deadline = time.perf_counter() + report_after
-            while len(wave) < left:
+            while left:
                 try:
                     wave.append(self._ended.get(timeout=max(deadline - time.perf_counter(), 0)))
                 except queue.Empty:
                     break
-            left -= len(wave)
+                left -= 1
             yield wave
+            wave = []
 
     def _next_ended(self) -> Ended:
         """The next outcome, however long it takes. Waited for in short slices: an
@@ -221,7 +298,7 @@ class _Batch:
         """No call begins after this (the caller stopped listening)."""
         with self._lock:
             self._closed = True
-        self.inline_over.set()
+        self.inline_over = True
 
 
 def make_call(call: Call, go_on: Callable[[], bool]) -> CallOutcome:

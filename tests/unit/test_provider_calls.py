@@ -161,6 +161,22 @@ def test_a_call_that_hangs_in_the_callers_thread_holds_up_only_its_own_message()
     assert made_by[0] == str(caller) and str(caller) not in made_by[1:] and len(made_by) == 4
 
 
+def test_the_watchdog_keeps_watching_after_it_went_idle() -> None:
+    """One watchdog serves every batch of a process: after a quiet spell (nothing to
+    watch), a batch whose first call hangs is still spilled."""
+    calls = ProviderCalls(4)
+    assert len(calls.run([lambda: accepted("quick")] * 3, lambda: True)) == 3
+    time.sleep(INLINE_SECONDS * 2)  # the watchdog has dropped that batch and waits, idle
+    others_made = threading.Barrier(3, timeout=5)
+
+    def meets_the_others() -> Accepted:
+        others_made.wait()  # met only if all three run at once
+        return accepted("met")
+
+    outcomes = calls.run([meets_the_others] * 3, lambda: True)
+    assert [o.accepted for o in outcomes] == [accepted("met")] * 3
+
+
 def test_outcomes_come_back_in_waves_as_calls_end() -> None:
     """Calls that end close together are one wave; one still running ``report_after`` after
     the first outcome of a wave leaves the others to be reported without it."""
@@ -231,7 +247,7 @@ def test_leaving_the_waves_early_stops_the_calls_not_yet_begun() -> None:
 
         return call
 
-    waves = ProviderCalls(2).waves([call_number(n) for n in range(20)], lambda: True, 0.01)
+    waves = ProviderCalls(2).waves([call_number(n) for n in range(20)], lambda: True, 0.1)
     first = next(waves)  # the caller's call; the two helpers' calls are still running
     waves.close()
     left.set()
