@@ -272,25 +272,33 @@ class _Batch:
         wave = ended
         while wave or left:
             if not wave:
-                wave = [self._next_ended()]
+                first = self._next_ended(None)
+                assert first is not None
+                wave = [first]
                 left -= 1
             deadline = time.perf_counter() + report_after
-            while left:
-                try:
-                    wave.append(self._ended.get(timeout=max(deadline - time.perf_counter(), 0)))
-                except queue.Empty:
-                    break
+            while left and (more := self._next_ended(deadline)) is not None:
+                wave.append(more)
                 left -= 1
             yield wave
             wave = []
 
-    def _next_ended(self) -> Ended:
-        """The next outcome, however long it takes. Waited for in short slices: an
+    def _next_ended(self, deadline: float | None) -> Ended | None:
+        """The next outcome of a helper's call, or None once ``deadline`` (a
+        ``perf_counter`` time; None: none) has passed. Waited for in short slices: an
         exception sent to this thread (dramatiq's time limit, its shutdown) is raised only
         between them."""
         while True:
+            wait = _WAIT_SLICE_SECONDS
+            if deadline is not None:
+                wait = min(wait, deadline - time.perf_counter())
+                if wait <= 0:
+                    try:
+                        return self._ended.get_nowait()
+                    except queue.Empty:
+                        return None
             try:
-                return self._ended.get(timeout=_WAIT_SLICE_SECONDS)
+                return self._ended.get(timeout=wait)
             except queue.Empty:
                 continue
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import threading
 import time
+
+import pytest
 
 from workers.provider_calls import INLINE_SECONDS, Call, CallOutcome, ProviderCalls, make_call
 from workers.providers.base import Accepted, ProviderError
@@ -254,3 +257,34 @@ def test_leaving_the_waves_early_stops_the_calls_not_yet_begun() -> None:
     time.sleep(INLINE_SECONDS * 2)
     assert [index for index, _ in first] == [0]
     assert sorted(made) == [0, 1, 2]  # the calls already taken, and no more
+
+
+class Interrupted(BaseException):
+    """Like dramatiq's time limit and shutdown: raised in a worker thread from outside."""
+
+
+@pytest.mark.parametrize("after", [0.3, 1.5])  # in the first wave's second; after it
+def test_an_exception_sent_to_the_waiting_thread_is_raised_while_calls_hang(after) -> None:
+    release = threading.Event()
+    raised_at: list[float] = []
+
+    def hangs() -> Accepted:
+        assert release.wait(10)
+        return accepted("late")
+
+    def worker() -> None:
+        try:
+            ProviderCalls(2).run([slow_call, hangs, hangs], lambda: True)
+        except Interrupted:
+            raised_at.append(time.perf_counter())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(after)  # it now waits for the hanging calls' outcomes
+    sent_at = time.perf_counter()
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(Interrupted)
+    )
+    thread.join(3)
+    release.set()
+    assert raised_at and raised_at[0] - sent_at < 0.6
