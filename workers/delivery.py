@@ -46,6 +46,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -444,9 +445,12 @@ class Delivery:
         """Send the claimed messages and record what was sent (with ``record``,
         ``_record_sent`` by default). Calls to an idempotent provider are made side by side
         (``workers.provider_calls``) and recorded together once they have ended (one
-        transaction, also when interrupted; more only when a call is still running a second
-        after the first ended); a call to a provider that is not idempotent is recorded
-        right after it is made, so nothing it took is ever offered again.
+        transaction; more only when a call is still running a second after the first ended;
+        when interrupted, what was settled by then). An interrupt while a wave is being
+        gathered leaves that wave's messages to the claim lease, and the provider recognises
+        their references when they are offered again. A call to a provider that is not
+        idempotent is recorded right after it is made, so nothing it took is ever offered
+        again.
         Claims are given back instead of used when the worker began stopping meanwhile, or
         once the batch has run half the claim lease (so the relay's reclaim of leases never
         races a batch still working through its claims); both are added to ``result``'s
@@ -476,12 +480,14 @@ class Delivery:
         alone = [claim for claim in claimed if not claim.item.provider.idempotent]
         try:
             calls = [self._provider_call(claim.item) for claim in together]
-            for wave in self._calls.waves(calls, go_on):
-                for index, call in wave:
-                    if (outcome := settle(together[index], call)) is not None:
-                        sent.append(outcome)
-                wave_sent, sent = sent, []
-                record(wave_sent)
+            # Closed on the way out, also when recording raises: no call begins after.
+            with closing(self._calls.waves(calls, go_on)) as waves:
+                for wave in waves:
+                    for index, call in wave:
+                        if (outcome := settle(together[index], call)) is not None:
+                            sent.append(outcome)
+                    wave_sent, sent = sent, []
+                    record(wave_sent)
             for claim in alone:
                 call = make_call(self._provider_call(claim.item), go_on)
                 if (outcome := settle(claim, call)) is not None:

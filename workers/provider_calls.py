@@ -22,7 +22,9 @@ counts the calls together, not one by one, so a carrier that answers each call i
 keeps the last message of twenty waiting for the budget and a few rounds of calls, not for
 nineteen calls one after another. It is kept by a watchdog, one thread per process, also
 while a call is still running: a first call that hangs holds up the others' records, but
-not their calls. While batches end within their budget (a fast carrier), the watchdog
+not their calls. Until a helper of the batch has begun, the worker's thread goes on making
+calls itself: a pool busy with other calls (those of a batch left early, still hanging)
+makes a batch slower, never stuck. While batches end within their budget, the watchdog
 wakes about once per budget, however many batches there are, and costs a batch no more
 than an append to its list. The budget is wide because on a busy host even a fast call's
 wall time includes waits for the GIL and a core (milliseconds).
@@ -131,8 +133,13 @@ class ProviderCalls:
     def _add_helpers(self, batch: _Batch, count: int) -> None:
         assert self._pool is not None
         for _ in range(count):
-            # A context of its own per helper: one context cannot be entered by two threads.
-            self._pool.submit(batch.context.copy().run, batch.help)
+            try:
+                # A context of its own per helper: one context cannot be entered by two
+                # threads.
+                self._pool.submit(batch.context.copy().run, batch.help)
+            except RuntimeError:  # the pool is shut down (the interpreter is exiting)
+                log.warning("provider_call_helper_refused")
+                batch.helper_gone()
 
 
 class _Watchdog:
@@ -181,11 +188,7 @@ class _Watchdog:
                     continue
                 self._due.popleft()
             if not batch.inline_over:
-                try:
-                    self._spill(batch)
-                except Exception:  # no pool (the interpreter is exiting): make them here
-                    log.exception("provider_call_spill_failed")
-                    batch.help()
+                self._spill(batch)
 
 
 class _Batch:
@@ -206,20 +209,23 @@ class _Batch:
         self._next = 0  # the first call no one has taken
         self._inline_running = False
         self._spilled = False
-        self._helpers = 0
+        self._helpers = 0  # started on the pool and not ended
+        self._helping = False  # a helper has begun taking calls
         self._closed = False
         self._ended: queue.SimpleQueue[Ended] = queue.SimpleQueue()
 
     def run_inline(self, add_helpers: Callable[[_Batch, int], None]) -> list[Ended]:
-        """Make calls in this (the worker's) thread until the watchdog has taken the rest.
-        If it took them while a call ran here, the helper that call's slot was kept for
-        is added (``add_helpers``) once it ends."""
+        """Make calls in this (the worker's) thread until the watchdog has spilled the
+        batch and one of its helpers has begun: a pool busy with other batches' calls
+        makes a batch slower, never stuck. Then add the helper the spill kept this
+        thread's slot for (``add_helpers``)."""
         ended: list[Ended] = []
         try:
             while True:
                 with self._lock:
                     self._inline_running = False
-                    if self._spilled or self._closed or self._next >= len(self.calls):
+                    done = self._closed or self._next >= len(self.calls)
+                    if done or self._helping:
                         owed = self._helpers_wanted() if self._spilled else 0
                         break
                     index = self._next
@@ -237,34 +243,43 @@ class _Batch:
         return ended
 
     def spill(self) -> int:
-        """Stop the inline calls; how many helpers to start."""
+        """How many helpers to start now that the budget has passed: one slot is kept for
+        this (the worker's) thread, which makes calls until a helper begins."""
         with self._lock:
             self._spilled = True
-            return self._helpers_wanted()
+            return self._helpers_wanted(keep=1)
 
-    def _helpers_wanted(self) -> int:
-        """Helpers still to start so that the batch has ``per_batch`` calls running, the
-        worker thread's included (called with the lock held)."""
+    def _helpers_wanted(self, keep: int = 0) -> int:
+        """Helpers to start so that the batch has up to ``per_batch`` calls running,
+        ``keep`` slots aside (called with the lock held)."""
         if self._closed:
             return 0
-        slots = self.per_batch - int(self._inline_running) - self._helpers
+        slots = self.per_batch - keep - self._helpers
         wanted = max(0, min(slots, len(self.calls) - self._next))
         self._helpers += wanted
         return wanted
 
+    def helper_gone(self) -> None:
+        with self._lock:
+            self._helpers -= 1
+
     def help(self) -> None:
         """Make calls not yet taken until there are none."""
-        while True:
-            with self._lock:
-                if self._closed or self._next >= len(self.calls):
-                    return
-                index = self._next
-                self._next += 1
-            outcome = _CUT_SHORT  # reported whatever happens, or the batch would wait for ever
-            try:
-                outcome = make_call(self.calls[index], self.go_on)
-            finally:
-                self._ended.put((index, outcome))
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or self._next >= len(self.calls):
+                        return
+                    self._helping = True
+                    index = self._next
+                    self._next += 1
+                outcome = _CUT_SHORT  # reported whatever happens, or the batch waits for ever
+                try:
+                    outcome = make_call(self.calls[index], self.go_on)
+                finally:
+                    self._ended.put((index, outcome))
+        finally:
+            self.helper_gone()
 
     def waves(self, ended: list[Ended], report_after: float) -> Iterator[list[Ended]]:
         """``ended`` (the worker thread's own calls) and the helpers' outcomes, in waves."""
