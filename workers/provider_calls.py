@@ -207,7 +207,6 @@ class _Batch:
         self.inline_over = False
         self._lock = threading.Lock()
         self._next = 0  # the first call no one has taken
-        self._inline_running = False
         self._spilled = False
         self._helpers = 0  # started on the pool and not ended
         self._helping = False  # a helper has begun taking calls
@@ -223,14 +222,12 @@ class _Batch:
         try:
             while True:
                 with self._lock:
-                    self._inline_running = False
                     done = self._closed or self._next >= len(self.calls)
                     if done or self._helping:
                         owed = self._helpers_wanted() if self._spilled else 0
                         break
                     index = self._next
                     self._next += 1
-                    self._inline_running = True
                 outcome = _CUT_SHORT
                 try:
                     outcome = make_call(self.calls[index], self.go_on)
@@ -244,7 +241,7 @@ class _Batch:
 
     def spill(self) -> int:
         """How many helpers to start now that the budget has passed: one slot is kept for
-        this (the worker's) thread, which makes calls until a helper begins."""
+        the worker's thread, which makes calls until a helper begins."""
         with self._lock:
             self._spilled = True
             return self._helpers_wanted(keep=1)
