@@ -510,19 +510,18 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
         loads.append(run_scenario("loaded", options, processes, token, database_url, recipients))
     empty, loaded = pooled("empty", empties), pooled("loaded", loads)
 
-    round_p99s = [
-        {
+    round_p99s = []
+    for e, b in zip(empties, loads, strict=True):
+        p99 = {
             name: latencies(database_url, redis_url, s)["accept_to_provider_ms"]["p99"]
             for name, s in (("empty", e), ("loaded", b))
         }
-        | {"backlog_ran_dry": b.marketing_queue["jobs_waiting_after"] == 0}
-        for e, b in zip(empties, loads, strict=True)
-    ]
-    for figures in round_p99s:
-        figures["factor"] = (
-            round(figures["loaded"] / figures["empty"], 3)
-            if figures["empty"] and figures["loaded"]
-            else None
+        round_p99s.append(
+            p99
+            | {
+                "factor": loaded_factor(p99["empty"], p99["loaded"]),
+                "backlog_ran_dry": b.marketing_queue["jobs_waiting_after"] == 0,
+            }
         )
     results = {
         s.name: {
@@ -537,7 +536,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     }
     empty_p99 = results["empty"]["accept_to_provider_ms"]["p99"]
     loaded_p99 = results["loaded"]["accept_to_provider_ms"]["p99"]
-    factor = loaded_p99 / empty_p99 if empty_p99 and loaded_p99 else None
+    factor = loaded_factor(empty_p99, loaded_p99)
     return {
         "benchmark": "otp_latency",
         "parameters": asdict(options),
@@ -556,12 +555,17 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             "target_p99_ms": TARGET_P99_MS,
             "empty_p99_met": empty_p99 is not None and empty_p99 < TARGET_P99_MS,
             "loaded_p99_met": loaded_p99 is not None and loaded_p99 < TARGET_P99_MS,
-            "loaded_factor": round(factor, 3) if factor else None,
+            "loaded_factor": factor,
             "target_loaded_factor": TARGET_LOADED_FACTOR,
             "loaded_factor_met": factor is not None and factor <= TARGET_LOADED_FACTOR,
             "round_factors": [r["factor"] for r in round_p99s],
         },
     }
+
+
+def loaded_factor(empty_p99: float | None, loaded_p99: float | None) -> float | None:
+    """p99 with the backlog over p99 without, to 3 places (None if either is missing)."""
+    return round(loaded_p99 / empty_p99, 3) if empty_p99 and loaded_p99 else None
 
 
 def format_report(report: dict[str, Any]) -> str:

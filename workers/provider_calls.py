@@ -220,24 +220,33 @@ class _Batch:
         thread's slot for (``add_helpers``)."""
         ended: list[Ended] = []
         try:
-            while True:
-                with self._lock:
-                    done = self._closed or self._next >= len(self.calls)
-                    if done or self._helping:
-                        owed = self._helpers_wanted() if self._spilled else 0
-                        break
-                    index = self._next
-                    self._next += 1
-                outcome = _CUT_SHORT
-                try:
-                    outcome = make_call(self.calls[index], self.go_on)
-                finally:
-                    ended.append((index, outcome))
+            while (index := self._take(inline=True)) is not None:
+                self._make(index, ended.append)
         finally:
             self.inline_over = True
+        with self._lock:
+            owed = self._helpers_wanted() if self._spilled else 0
         if owed:
             add_helpers(self, owed)
         return ended
+
+    def _take(self, inline: bool) -> int | None:
+        """The next call no one has taken, or None when there is none (or the batch is
+        closed; or, for the worker's thread, once a helper has begun)."""
+        with self._lock:
+            if self._closed or self._next >= len(self.calls) or (inline and self._helping):
+                return None
+            self._helping = self._helping or not inline
+            index = self._next
+            self._next += 1
+            return index
+
+    def _make(self, index: int, report: Callable[[Ended], object]) -> None:
+        outcome = _CUT_SHORT  # reported whatever happens, or the batch would wait for ever
+        try:
+            outcome = make_call(self.calls[index], self.go_on)
+        finally:
+            report((index, outcome))
 
     def spill(self) -> int:
         """How many helpers to start now that the budget has passed: one slot is kept for
@@ -263,18 +272,8 @@ class _Batch:
     def help(self) -> None:
         """Make calls not yet taken until there are none."""
         try:
-            while True:
-                with self._lock:
-                    if self._closed or self._next >= len(self.calls):
-                        return
-                    self._helping = True
-                    index = self._next
-                    self._next += 1
-                outcome = _CUT_SHORT  # reported whatever happens, or the batch waits for ever
-                try:
-                    outcome = make_call(self.calls[index], self.go_on)
-                finally:
-                    self._ended.put((index, outcome))
+            while (index := self._take(inline=False)) is not None:
+                self._make(index, self._ended.put)
         finally:
             self.helper_gone()
 
