@@ -42,6 +42,7 @@ from core.database import build_engine, build_session_factory
 from core.segments import count_segments
 from core.stream_rules import missing_steps
 from schemas.enums import MessageStatus, StreamType
+from schemas.streams import OTP_DEFAULTS
 from schemas.tables import Stream
 from workers.queueing import delivery_actor_name, delivery_batch_actor_name
 
@@ -85,8 +86,10 @@ def create_stream_row(
     settings: dict[str, object] | None = None,
 ) -> BenchStream:
     """A ready demo stream (sandbox carrier) written through the ORM, with a token like one
-    the management API makes. Raises ``RuntimeError`` if the rules would not call it ready."""
-    settings = dict(settings or {})
+    the management API makes (and, for OTP, its default code settings). Raises
+    ``RuntimeError`` if the rules would not call it ready."""
+    defaults = OTP_DEFAULTS if stream_type is StreamType.otp else {}
+    settings = {**defaults, **(settings or {})}
     missing = missing_steps(stream_type, default_sender=SENDER, demo=True, settings=settings)
     if missing:
         raise RuntimeError(f"a {stream_type.value} bench stream misses {missing}")

@@ -141,9 +141,10 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument(
         "--stream-type",
-        choices=(StreamType.transactional.value, StreamType.marketing.value),
+        choices=(StreamType.transactional.value, StreamType.marketing.value, StreamType.otp.value),
         default=StreamType.transactional.value,
-        help="the stream's type, hence its queue (transactional)",
+        help="the stream's type, hence its queue (transactional); otp only with --preload "
+        "direct, since the ingress preload posts ready texts, not OTP sends",
     )
     parser.add_argument(
         "--concurrency",
@@ -175,6 +176,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         )
     if args.preload == "ingress" and args.job_size != 1:
         parser.error("--job-size is the ingress' choice with --preload ingress")
+    if args.preload == "ingress" and args.stream_type == StreamType.otp.value:
+        parser.error("--stream-type otp needs --preload direct: the preload posts ready texts")
     runs = 2 * args.rounds + (1 if args.profile else 0)
     return Options(
         messages=args.messages,
