@@ -151,7 +151,16 @@ class Relay:
         detail: str,
         reason: str,
     ) -> int:
-        """Move due rows in ``current`` back to ``queued`` and enqueue them."""
+        """Move due rows in ``current`` back to ``queued`` and enqueue them; returns how many
+        were enqueued.
+
+        Two transactions, in the ingress' order: the move is committed before any job exists,
+        so a worker that takes a job at once reads ``queued``. (Enqueued from inside the
+        move's transaction, a job due now could be fetched while the row still read
+        ``scheduled``: the worker dropped it, and the relay then marked the row enqueued,
+        with no job anywhere.) The moved rows are left unmarked with ``not_before`` at their
+        due time, so if the relay dies between the two, the held-message sweep enqueues them.
+        """
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             rows = session.execute(
@@ -161,7 +170,6 @@ class Relay:
                     Message.stream_id,
                     Message.account_id,
                     Message.segments,
-                    (due if due is not None else Message.updated_at).label("due"),
                 )
                 .where(*where)
                 .limit(self.runtime.settings.relay_batch)
@@ -173,7 +181,13 @@ class Relay:
             session.execute(
                 update(Message)
                 .where(Message.id.in_(ids), Message.status == current.value)
-                .values(status=MessageStatus.queued.value, enqueued_at=None, updated_at=now)
+                .values(
+                    status=MessageStatus.queued.value,
+                    enqueued_at=None,
+                    not_before=due,
+                    hold_reason=None,
+                    updated_at=now,
+                )
                 .execution_options(synchronize_session=False)
             )
             record_changes(
@@ -192,13 +206,10 @@ class Relay:
                     for row in rows
                 ],
             )
-            timed = due is not None
-            self._enqueue(
-                session, [_Due(r.id, r.stream_type, r.due if timed else None) for r in rows], now
-            )
             session.commit()
-        metrics.RELAYED.labels(reason).inc(len(ids))
-        return len(ids)
+        return self._enqueue_waiting(
+            (Message.id.in_(ids), Message.enqueued_at.is_(None)), reason=reason
+        )
 
     def _enqueue_waiting(
         self,

@@ -180,3 +180,95 @@ def test_the_lost_sweep_finds_lost_messages_by_index_not_by_walking_the_backlog(
             explain = connection.exec_driver_sql("EXPLAIN " + statement, parameters)
             plan = "\n".join(explain.scalars())
             assert "ix_messages_queued_type_enqueued" in plan, plan
+
+
+def test_invariant_1_a_released_message_taken_at_once_is_delivered(
+    settings, runtime, client, make_stream, monkeypatch
+):
+    """The relay releases a due scheduled message and an idle worker takes its job the
+    moment it is on the queue, before the relay's sweep has ended. The worker must read the
+    release, not ``scheduled`` (it would drop the job, and the relay would then mark the
+    row enqueued with no job anywhere: lost)."""
+    import threading
+    from datetime import UTC, datetime
+
+    import workers.relay as relay_module
+    from tests.deliveries import delivery_with
+    from tests.processes import MovableClock
+
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    stream = make_stream()
+    send_at = clock() + timedelta(seconds=5)
+    message_id = client.post(
+        "/v1/messages",
+        json={"messages": [message(send_at=send_at.isoformat())]},
+        headers=auth(stream["token"]),
+    ).json()["results"][0]["message_id"]
+    worker = delivery_with(runtime, SandboxProvider(settings.sandbox, runtime.redis))
+    takers: list[threading.Thread] = []
+
+    def taken_at_once(broker, queue, job_id, delay_ms=None):
+        taker = threading.Thread(target=worker.deliver, args=(job_id,))
+        takers.append(taker)
+        taker.start()
+        # Give the worker time to read the row before the sweep goes on (on a relay that
+        # still holds the row locked, the worker's claim waits for it instead).
+        taker.join(timeout=1)
+
+    monkeypatch.setattr(relay_module, "enqueue_delivery", taken_at_once)
+    clock.advance(6)  # the relay sweeps after send_at (it was down, say)
+    assert Relay(runtime).sweep().released == 1
+    for taker in takers:
+        taker.join(timeout=10)
+    with runtime.session_factory() as session:
+        assert session.get(Message, uuid.UUID(message_id)).status == "delivered"
+
+
+def test_invariant_1_a_release_the_broker_refused_is_enqueued_by_the_next_sweep(
+    runtime, client, make_stream, monkeypatch
+):
+    """The release is committed before its job is enqueued. When the enqueue fails (Redis
+    down, or the relay dies in between), the row waits unmarked with ``not_before`` at its
+    ``send_at``, and the next sweep enqueues it, with no earlier delivery."""
+    from datetime import UTC, datetime
+
+    import workers.relay as relay_module
+    from tests.processes import MovableClock
+
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    stream = make_stream()
+    send_at = clock() + timedelta(seconds=5)
+    message_id = uuid.UUID(
+        client.post(
+            "/v1/messages",
+            json={"messages": [message(send_at=send_at.isoformat())]},
+            headers=auth(stream["token"]),
+        ).json()["results"][0]["message_id"]
+    )
+    enqueued: list[tuple[str, int | None]] = []
+
+    def broker_down(broker, queue, job_id, delay_ms=None):
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(relay_module, "enqueue_delivery", broker_down)
+    clock.advance(4.5)  # within the look-ahead: released, due in half a second
+    assert Relay(runtime).sweep().released == 0
+    with runtime.session_factory() as session:
+        waiting = session.get(Message, message_id)
+        assert (waiting.status, waiting.enqueued_at) == ("queued", None)
+        assert (
+            waiting.not_before is not None
+            and abs((waiting.not_before - send_at).total_seconds()) < 0.001
+        )
+
+    monkeypatch.setattr(
+        relay_module,
+        "enqueue_delivery",
+        lambda broker, queue, job_id, delay_ms=None: enqueued.append((job_id, delay_ms)),
+    )
+    assert Relay(runtime).sweep().held_released == 1
+    assert enqueued == [(str(message_id), 500)]
+    with runtime.session_factory() as session:
+        assert session.get(Message, message_id).enqueued_at is not None
