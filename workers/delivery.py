@@ -757,11 +757,19 @@ class Delivery:
         self, job: Job, provider: str, attempt: int, error: ProviderError, log_: Any
     ) -> None:
         settings = self.runtime.settings
-        metrics.PROVIDER_ERRORS.labels(
-            provider, "transient" if error.transient else "permanent"
-        ).inc()
+        kind = (
+            "unknown" if error.outcome_unknown else "transient" if error.transient else "permanent"
+        )
+        metrics.PROVIDER_ERRORS.labels(provider, kind).inc()
         if not error.transient:
-            self._fail(job, error.code, error.message, log_, from_status=MessageStatus.sending)
+            self._fail(
+                job,
+                error.code,
+                error.message,
+                log_,
+                from_status=MessageStatus.sending,
+                dead_letter="outcome_unknown" if error.outcome_unknown else None,
+            )
             return
         if attempt >= settings.max_send_attempts:
             self._fail(

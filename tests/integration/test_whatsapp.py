@@ -588,3 +588,51 @@ def test_whatsapp_config_rows_are_sealed(runtime, client, make_stream, account_k
         config = session.scalars(select(WhatsAppConfig)).one()
     assert config.access_token_last4 == ACCESS_TOKEN[-4:]
     assert runtime.secret_box.open(config.app_secret_sealed) == APP_SECRET
+
+
+def test_invariant_2_an_answer_that_comes_too_late_is_never_sent_again(
+    client, runtime, make_stream, account_key, cloud
+):
+    """Meta takes the message but answers after our timeout. The Cloud API has no
+    idempotency key, so a retry would be a second WhatsApp message to the same person: the
+    message fails as outcome unknown and becomes a dead letter, replayable on purpose."""
+    from tests.fakes.failures import Failure
+
+    runtime.settings.whatsapp.timeout_seconds = 0.5
+    stream = whatsapp_stream(make_stream, client, account_key)
+    late = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.LATE"}]}
+    cloud.failures.fail_next(1, Failure(status=200, body=late, delay_seconds=1.5))
+    sent = send(client, stream["token"], message_content="hello")
+    started = start_worker(runtime, ["whatsapp"], threads=2)
+    try:
+        assert wait_until(
+            lambda: message_of(client, account_key, sent["message_id"])["status"] == "failed", 15
+        )
+    finally:
+        started.stop(timeout=5_000)
+    assert wait_until(lambda: all(r["answered"] for r in cloud.requests), 5)
+    assert len(cloud.accepted()) == 1 and len(cloud.requests) == 1
+    error = message_of(client, account_key, sent["message_id"])["error"]
+    assert error["code"] == "whatsapp_outcome_unknown"
+    letters = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"]
+    assert [(item["message_id"], item["reason"]) for item in letters] == [
+        (sent["message_id"], "outcome_unknown")
+    ]
+
+
+def test_a_connection_refused_is_retried(client, runtime, make_stream, account_key):
+    """The request never left: offering it again cannot send it twice."""
+    runtime.settings.whatsapp.api_base_url = "http://127.0.0.1:9"  # nothing listens there
+    runtime.settings.max_send_attempts = 2
+    stream = whatsapp_stream(make_stream, client, account_key)
+    sent = send(client, stream["token"], message_content="hello")
+    started = start_worker(runtime, ["whatsapp"], threads=2)
+    try:
+        assert wait_until(
+            lambda: message_of(client, account_key, sent["message_id"])["status"] == "failed", 15
+        )
+    finally:
+        started.stop(timeout=5_000)
+    found = message_of(client, account_key, sent["message_id"])
+    assert found["error"]["code"] == "whatsapp_unreachable"
+    assert sum("retry in" in (h["detail"] or "") for h in found["history"]) == 1

@@ -161,6 +161,9 @@ def test_meta_error_codes():
     assert outage.transient
     unknown_5xx, _ = classify_error(502, None, None, 60)
     assert unknown_5xx.transient and unknown_5xx.code == "whatsapp_unavailable"
+    # A proxy's 408: the request was not acted on, so it is offered again.
+    proxy_timeout, _ = classify_error(408, None, None, 60)
+    assert proxy_timeout.transient and proxy_timeout.code == "whatsapp_unavailable"
     unknown_4xx, _ = classify(999999)
     assert not unknown_4xx.transient and unknown_4xx.code == "whatsapp_rejected"
 

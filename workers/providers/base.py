@@ -38,19 +38,32 @@ class Accepted:
 
 
 class ProviderError(Exception):
-    """The provider did not take the message.
+    """The provider did not take the message, or we cannot tell whether it did.
 
     ``transient`` errors (timeouts, 5xx, throttling) may succeed later; others never will.
+    ``outcome_unknown``: the request may have reached a provider that is not idempotent (it
+    timed out while waiting for the answer, say), so offering it again could send it twice.
+    Such an error is never transient: the message fails and becomes a dead letter, and only
+    a replay, the operator's decision, offers it again.
     """
 
     def __init__(
-        self, code: str, message: str, *, transient: bool, retry_after: float | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        transient: bool,
+        retry_after: float | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
+        if transient and outcome_unknown:
+            raise ValueError("an error whose outcome is unknown is never retried on its own")
         super().__init__(message)
         self.code = code
         self.message = message
         self.transient = transient
         self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
 
 
 class Provider(Protocol):

@@ -164,7 +164,9 @@ def classify_error(
             ),
             False,
         )
-    if status == 429 or status >= 500:
+    # 408: the server (or a proxy before it) gave up waiting for our request, so it did not
+    # act on it; safe to offer again like throttling and outages.
+    if status in (408, 429) or status >= 500:
         return (
             ProviderError(
                 "whatsapp_unavailable", described, transient=True, retry_after=retry_after
@@ -206,21 +208,24 @@ class WhatsAppCloudProvider:
                 json=cloud_api_body(message),
                 headers={"Authorization": f"Bearer {credentials.access_token}"},
             )
-        except httpx.TimeoutException:
-            raise ProviderError(
-                "whatsapp_timeout", "The WhatsApp Cloud API did not answer in time.", transient=True
-            ) from None
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left: safe to offer again.
             raise ProviderError(
                 "whatsapp_unreachable",
                 f"The WhatsApp Cloud API could not be reached ({type(exc).__name__}).",
                 transient=True,
             ) from None
-        except httpx.HTTPError as exc:  # an answer that cannot be read (bad encoding, …)
+        except httpx.HTTPError as exc:
+            # Sent, or partly sent, and no answer we can read (a read timeout, a dropped
+            # connection, a body that cannot be decoded). Meta may have taken the message,
+            # and the Cloud API has no idempotency key: a retry could send it twice.
             raise ProviderError(
-                "whatsapp_unreadable_answer",
-                f"The WhatsApp Cloud API's answer could not be read ({type(exc).__name__}).",
-                transient=True,
+                "whatsapp_outcome_unknown",
+                f"The WhatsApp Cloud API gave no usable answer ({type(exc).__name__}); it may "
+                "have taken the message, so it is not sent again on its own. Replay its dead "
+                "letter to send it anyway.",
+                transient=False,
+                outcome_unknown=True,
             ) from None
         try:
             answer = response.json()
