@@ -31,7 +31,7 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(display_name),
 ]
-_CLOCK = re.compile(r"([01]\d|2[0-3]):[0-5]\d")
+_CLOCK = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")  # \d would take any Unicode digit
 
 
 class QuietHours(RequestBody):

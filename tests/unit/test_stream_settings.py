@@ -143,6 +143,9 @@ def test_quiet_hours_defaults() -> None:
         " 09:00",
         "１２:００",
         "٠٩:٠٠",
+        "0\u0669:0\u0660",  # non-ASCII digits only where a digit class is: \d took them
+        "1\u0669:5\u0669",
+        "0\uff19:00",
     ],
 )
 @pytest.mark.parametrize("field", ["start", "end"])
@@ -169,6 +172,14 @@ def test_quiet_hours_error_names_the_nested_field() -> None:
         "value_error",
         "Value error, must be a 24-hour time HH:MM",
     )
+
+
+@pytest.mark.parametrize("field", ["start", "end"])
+def test_quiet_hours_with_unicode_digits_name_the_field_of_the_stream(field: str) -> None:
+    """``time.fromisoformat`` in the worker refuses them: a stored one breaks every send."""
+    window = {"start": "09:00", "end": "20:00", field: "0\u0669:0\u0660"}
+    body = {"name": "Promo", "type": "marketing", "settings": {"quiet_hours": window}}
+    assert _error(StreamCreate, **body)[:2] == (("settings", "quiet_hours", field), "value_error")
 
 
 # -- callbacks ---------------------------------------------------------------------------------
