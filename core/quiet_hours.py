@@ -4,15 +4,19 @@ local time. Pure functions; the clock and the zones are passed in.
 The recipient's zone comes from the number (``phonenumbers.timezone``) unless the stream
 sets one. A number that spans several zones (+1 without an area code known, +7, +61) is
 sent only when the window is open in all of them; when no such moment exists (the zones
-are too far apart for the window), the first zone decides, so a message is never held
-forever.
+are too far apart for the window), the first zone decides: the message goes whenever the
+window is open there, so a message is never held forever.
+
+The window opens when the local clock reaches its start: at the first of two readings when
+the clock falls back, and at the jump when spring forward skips the start.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -74,7 +78,10 @@ def next_send_time(now: datetime, window: SendingWindow, zones: Sequence[str]) -
     for opening in openings:
         if _open_everywhere(opening, window, names):
             return opening
-    return min(_openings(now, window, ZoneInfo(names[0])))
+    first = names[:1]
+    if _open_everywhere(now, window, first):
+        return now
+    return min(_openings(now, window, ZoneInfo(first[0])))
 
 
 def _open_everywhere(moment: datetime, window: SendingWindow, zones: Sequence[str]) -> bool:
@@ -82,12 +89,40 @@ def _open_everywhere(moment: datetime, window: SendingWindow, zones: Sequence[st
 
 
 def _openings(now: datetime, window: SendingWindow, zone: ZoneInfo) -> list[datetime]:
-    """The window's next start times after ``now`` in ``zone``, as aware datetimes."""
+    """The moments after ``now`` at which the window opens in ``zone``, one a day at most.
+
+    A day on which the window never opens (it lies wholly inside a spring-forward gap) has
+    none, so the window is open at each moment returned.
+    """
     local_today = now.astimezone(zone).date()
     found = []
     for offset in range(_SEARCH_DAYS):
-        day = local_today + timedelta(days=offset)
-        opening = datetime.combine(day, window.start, tzinfo=zone)
-        if opening > now:
+        opening = _clock_reaches(
+            datetime.combine(local_today + timedelta(days=offset), window.start), zone
+        )
+        if opening > now and window.contains(opening.astimezone(zone).time()):
             found.append(opening.astimezone(now.tzinfo))
     return found
+
+
+def _clock_reaches(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The first instant at which the local clock in ``zone`` shows ``wall`` (naive) or later.
+
+    A time that occurs twice (fall back) gives its first occurrence. A time that never occurs
+    (spring forward) gives the transition, where the clock jumps past it: ``combine`` alone
+    would give the time read with the old offset, as late as the gap is long.
+    """
+    first = wall.replace(tzinfo=zone)  # fold=0: the earlier offset, the first occurrence
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == wall:
+        return first
+    # In the gap the clock is before ``wall`` at the fold=1 reading and past it at fold=0:
+    # the transition lies between, on a whole second.
+    before = math.floor(wall.replace(tzinfo=zone, fold=1).timestamp())
+    after = math.ceil(first.timestamp())
+    while after - before > 1:
+        middle = (before + after) // 2
+        if datetime.fromtimestamp(middle, zone).replace(tzinfo=None) >= wall:
+            after = middle
+        else:
+            before = middle
+    return datetime.fromtimestamp(after, zone)

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -39,6 +39,53 @@ def test_zones_too_far_apart_fall_back_to_the_first():
     short = SendingWindow.parse("09:00", "10:00")
     result = next_send_time(utc(2026, 1, 15, 12, 0), short, zones)
     assert result.astimezone(ZoneInfo("Pacific/Kiritimati")).hour == 9
+
+
+def test_the_first_zone_decides_when_the_zones_never_meet():
+    """Asked again at the moment it gave, or later inside the first zone's window, the answer
+    is that moment: the fallback does not move on to the next day, so it never holds forever."""
+    zones = ("Pacific/Kiritimati", "Pacific/Pago_Pago")
+    short = SendingWindow.parse("09:00", "10:00")
+    first = next_send_time(utc(2026, 1, 15, 12, 0), short, zones)
+    assert next_send_time(first, short, zones) == first
+    later = first + timedelta(minutes=30)
+    assert next_send_time(later, short, zones) == later
+
+
+@pytest.mark.parametrize("number", ["+79161234567", "+18005550100"])
+def test_a_multi_zone_number_is_sent_at_the_moment_it_was_held_until(number):
+    zones = zones_for_number(number)
+    assert len(zones) > 1
+    office = SendingWindow.parse("10:00", "18:00")
+    now = utc(2026, 1, 15, 14, 0)  # closed in the first zone (Almaty 19:00, Adak 04:00)
+    held_until = next_send_time(now, office, zones)
+    assert held_until > now
+    assert next_send_time(held_until, office, zones) == held_until
+
+
+NEW_YORK = ("America/New_York",)
+
+
+def test_a_window_opening_in_the_spring_forward_gap_opens_when_the_clock_passes_it():
+    """2026-03-08: 02:00 EST jumps to 03:00 EDT at 07:00 UTC; a window from 02:30 is open
+    from that instant (``contains(03:00)``), not from 03:30 EDT."""
+    window = SendingWindow.parse("02:30", "20:00")
+    jump = utc(2026, 3, 8, 7, 0)
+    assert next_send_time(utc(2026, 3, 8, 6, 0), window, NEW_YORK) == jump
+    assert next_send_time(utc(2026, 3, 8, 6, 59, 59), window, NEW_YORK) == jump
+    assert next_send_time(jump, window, NEW_YORK) == jump
+
+
+def test_a_window_wholly_inside_the_spring_forward_gap_opens_the_next_day():
+    window = SendingWindow.parse("02:15", "02:45")
+    assert next_send_time(utc(2026, 3, 8, 6, 0), window, NEW_YORK) == utc(2026, 3, 9, 6, 15)
+
+
+def test_a_window_opening_in_the_fall_back_overlap_opens_the_first_time():
+    """2026-11-01: 02:00 EDT falls back to 01:00 EST at 06:00 UTC; 01:30 happens twice, and
+    the window opens at the first, 01:30 EDT (05:30 UTC)."""
+    window = SendingWindow.parse("01:30", "20:00")
+    assert next_send_time(utc(2026, 11, 1, 4, 0), window, NEW_YORK) == utc(2026, 11, 1, 5, 30)
 
 
 def test_window_wrapping_midnight():
