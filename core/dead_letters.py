@@ -50,10 +50,19 @@ class ReplayRefused(Exception):
 def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Message:
     """Put a dead letter's message back to ``queued`` with a fresh retry budget.
 
-    Raises ``ReplayRefused`` when it was replayed already or its message moved on. The
+    The letter is claimed first with a conditional update of ``replayed_at`` (it row-locks
+    the letter until the transaction ends), so of two racing replays, even one acting on a
+    stale read, only one goes on (invariant 2). Raises ``ReplayRefused`` when it was
+    replayed already or its message moved on; the caller then rolls back. Otherwise the
     caller commits, then enqueues the message.
     """
-    if letter.replayed_at is not None:
+    claimed = session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == letter.id, DeadLetter.replayed_at.is_(None))
+        .values(replayed_at=at)
+        .returning(DeadLetter.id)
+    ).first()
+    if claimed is None:
         raise ReplayRefused("already_replayed", "This dead letter was replayed already.")
     change = transition(
         session,
@@ -74,6 +83,5 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
     )
     if change is None:
         raise ReplayRefused("not_failed", "The message is no longer failed; nothing to replay.")
-    session.execute(update(DeadLetter).where(DeadLetter.id == letter.id).values(replayed_at=at))
     message = session.scalars(select(Message).where(Message.id == letter.message_id)).one()
     return message
