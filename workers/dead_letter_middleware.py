@@ -1,6 +1,7 @@
-"""dramatiq middleware: when a delivery actor keeps raising (a bug, the database gone) and
-dramatiq's Retries gives up, the message becomes ``failed`` and a dead letter here too,
-so the account sees it and can replay it. dramatiq's own dead-letter queue keeps a copy."""
+"""dramatiq middleware: when a delivery job keeps raising (a bug, the database gone) and
+dramatiq's Retries gives up, each message of the job that was still waiting becomes
+``failed`` and a dead letter here too, so the account sees it and can replay it.
+dramatiq's own dead-letter queue keeps a copy of the job."""
 
 from __future__ import annotations
 
@@ -15,9 +16,22 @@ from core.dead_letters import record_dead_letter
 from core.message_states import transition
 from core.runtime import Runtime
 from schemas.enums import MessageStatus
-from workers.queueing import delivery_actor_name
+from workers.queueing import delivery_actor_name, delivery_batch_actor_name
 
 log = structlog.get_logger(__name__)
+
+
+def delivery_message_ids(message: dramatiq.broker.MessageProxy) -> list[str]:
+    """The message ids of a delivery job: one for a single-message job, every one of a
+    batch job's list; none for any other actor."""
+    queue = message.queue_name.removesuffix(".DQ")
+    if not message.args:
+        return []
+    if message.actor_name == delivery_actor_name(queue):
+        return [str(message.args[0])]
+    if message.actor_name == delivery_batch_actor_name(queue):
+        return [str(message_id) for message_id in message.args[0]]
+    return []
 
 
 class DeadLetters(Middleware):
@@ -34,9 +48,14 @@ class DeadLetters(Middleware):
     ) -> None:
         if exception is None or not message.failed:
             return
-        if message.actor_name != delivery_actor_name(message.queue_name.removesuffix(".DQ")):
-            return
-        message_id = str(message.args[0]) if message.args else ""
+        for message_id in delivery_message_ids(message):
+            self._fail_as_dead_letter(message_id, exception)
+
+    def _fail_as_dead_letter(self, message_id: str, exception: BaseException) -> None:
+        """Fail the message and keep it as a dead letter if it was still waiting (queued,
+        or claimed by the job that gave up); one already sent or ended is left alone. Each
+        message has its own transaction: one that cannot be recorded does not hold back the
+        others of its batch."""
         try:
             key = uuid.UUID(message_id)
             now = self.runtime.clock()
@@ -62,8 +81,9 @@ class DeadLetters(Middleware):
                         at=now,
                     )
                 session.commit()
-            log.error(
-                "message_dead_lettered", message_id=message_id, error=type(exception).__name__
-            )
+            if moved:
+                log.error(
+                    "message_dead_lettered", message_id=message_id, error=type(exception).__name__
+                )
         except Exception:
             log.exception("dead_letter_record_failed", message_id=message_id)

@@ -1,10 +1,13 @@
-"""Message dead letters: replayed once and only once (invariant 2)."""
+"""Message dead letters: recorded when dramatiq gives up on a delivery job (single or batch),
+and replayed once and only once (invariant 2)."""
 
 from __future__ import annotations
 
 import uuid
 
+import dramatiq
 import pytest
+from dramatiq.broker import MessageProxy
 from sqlalchemy import select
 
 from core.dead_letters import ReplayRefused, record_dead_letter, replay_dead_letter
@@ -12,6 +15,8 @@ from core.message_states import transition
 from schemas.enums import MessageStatus
 from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
+from workers.dead_letter_middleware import DeadLetters
+from workers.queueing import delivery_actor_name, delivery_batch_actor_name
 
 
 def send(client, token: str, *items: dict) -> list[str]:
@@ -25,6 +30,15 @@ def status_of(runtime, message_id: str) -> str:
         found = session.get(Message, uuid.UUID(message_id))
         assert found is not None
         return found.status
+
+
+def letters_of(runtime, message_id: str) -> list[DeadLetter]:
+    with runtime.session_factory() as session:
+        return list(
+            session.scalars(
+                select(DeadLetter).where(DeadLetter.message_id == uuid.UUID(message_id))
+            )
+        )
 
 
 def fail_as_dead_letter(runtime, message_id: str) -> uuid.UUID:
@@ -49,6 +63,17 @@ def fail_as_dead_letter(runtime, message_id: str) -> uuid.UUID:
         assert letter is not None
         session.commit()
         return letter.id
+
+
+def given_up(actor: str, args: tuple) -> MessageProxy:
+    """A delivery job dramatiq's Retries gave up on."""
+    proxy = MessageProxy(
+        dramatiq.Message(
+            queue_name="transactional", actor_name=actor, args=args, kwargs={}, options={}
+        )
+    )
+    proxy.fail()
+    return proxy
 
 
 # --------------------------------------------------------------- replay, once (invariant 2)
@@ -97,3 +122,52 @@ def test_a_stale_concurrent_replay_is_refused_as_already_replayed(
             )
         ).all()
     assert len(requeued) == 1
+
+
+# --------------------------------------------------------------- jobs dramatiq gave up on
+
+
+def test_a_batch_job_dramatiq_gave_up_on_fails_its_waiting_messages_as_dead_letters(
+    runtime, client, make_stream
+):
+    """Invariant 1: each waiting message of a batch job whose retries ran out becomes
+    ``failed`` and a dead letter, as a single-message job's does; one already sent in the
+    batch is left as it is, with no dead letter."""
+    token = make_stream()["token"]
+    waiting = send(client, token, message(), message(recipient_phone="+972524265293"))
+    [sent] = send(client, token, message(recipient_phone="+972524265294"))
+    with runtime.session_factory() as session:
+        for to in (MessageStatus.sending, MessageStatus.sent):
+            assert transition(
+                session,
+                uuid.UUID(sent),
+                to=to,
+                allowed_from=[MessageStatus.queued, MessageStatus.sending],
+                at=runtime.clock(),
+            )
+        session.commit()
+
+    DeadLetters(runtime).after_process_message(
+        runtime.broker,
+        given_up(delivery_batch_actor_name("transactional"), ([*waiting, sent],)),
+        exception=RuntimeError("database down"),
+    )
+
+    assert [status_of(runtime, i) for i in waiting] == ["failed", "failed"]
+    for message_id in waiting:
+        [letter] = letters_of(runtime, message_id)
+        assert (letter.reason, letter.error_message) == ("worker_error", "RuntimeError")
+    assert status_of(runtime, sent) == "sent"
+    assert letters_of(runtime, sent) == []
+
+
+def test_a_single_job_dramatiq_gave_up_on_is_still_a_dead_letter(runtime, client, make_stream):
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+    DeadLetters(runtime).after_process_message(
+        runtime.broker,
+        given_up(delivery_actor_name("transactional"), (message_id,)),
+        exception=RuntimeError("database down"),
+    )
+    assert status_of(runtime, message_id) == "failed"
+    assert [x.reason for x in letters_of(runtime, message_id)] == ["worker_error"]
