@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import event, inspect, select, update
+from sqlalchemy.orm import Session, SessionTransaction
 
+from core import metrics
 from core.message_states import transition
 from schemas.enums import MessageStatus
 from schemas.tables import DeadLetter, Message
@@ -22,7 +23,9 @@ def record_dead_letter(
     error_message: str | None,
     at: datetime,
 ) -> DeadLetter | None:
-    """Keep a failed message as a dead letter (the caller commits)."""
+    """Keep a failed message as a dead letter (the caller commits). It is counted in
+    ``streams_message_dead_letters_total{type,reason}`` when that commit succeeds, never
+    before and never if the transaction is rolled back. None if the message is unknown."""
     message = session.get(Message, message_id)
     if message is None:
         return None
@@ -38,7 +41,37 @@ def record_dead_letter(
         created_at=at,
     )
     session.add(letter)
+    _count_on_commit(session, letter)
     return letter
+
+
+#: ``session.info`` key: the letters (with their labels) this session's transaction added,
+#: not yet counted.
+_UNCOUNTED = "streams.uncounted_dead_letters"
+
+
+def _count_on_commit(session: Session, letter: DeadLetter) -> None:
+    """Count ``letter`` in ``streams_message_dead_letters_total`` when its transaction
+    commits, and not at all if it is rolled back (whole or to a savepoint)."""
+    uncounted = session.info.get(_UNCOUNTED)
+    if uncounted is None:
+        uncounted = session.info[_UNCOUNTED] = []
+        event.listen(session, "after_commit", _count_committed)
+        event.listen(session, "after_transaction_end", _forget_uncommitted)
+    uncounted.append((letter, letter.queue, letter.reason))
+
+
+def _count_committed(session: Session) -> None:
+    uncounted = session.info[_UNCOUNTED]
+    for letter, queue, reason in uncounted:
+        if inspect(letter).persistent:  # a savepoint rollback expunges what it added
+            metrics.MESSAGE_DEAD_LETTERS.labels(queue, reason).inc()
+    uncounted.clear()
+
+
+def _forget_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # the session's own transaction, not a savepoint
+        session.info[_UNCOUNTED].clear()
 
 
 class ReplayRefused(Exception):

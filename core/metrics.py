@@ -92,6 +92,17 @@ RELAYED = Counter(
     "Messages the relay put on a queue, by reason (missed, held, scheduled, reclaimed, lost).",
     ["reason"],
 )
+MESSAGE_DEAD_LETTERS = Counter(
+    "streams_message_dead_letters_total",
+    "Messages kept as dead letters, counted once their row is committed, by stream type and "
+    "reason (retries_exhausted, outcome_unknown, worker_error).",
+    ["type", "reason"],
+)
+DEAD_LETTER_REPLAYS = Counter(
+    "streams_dead_letter_replays_total",
+    "Message dead letters replayed (their message queued again), by stream type.",
+    ["type"],
+)
 
 CALLBACKS = Counter(
     "streams_callbacks_total",

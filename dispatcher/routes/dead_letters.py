@@ -6,10 +6,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
+from core import metrics
 from core.clock import as_utc
 from core.dead_letters import ReplayRefused, replay_dead_letter
 from dispatcher.auth import require_account, runtime_of
@@ -18,6 +20,7 @@ from schemas.errors import ErrorBody
 from schemas.tables import DeadLetter
 from workers.queueing import enqueue_committed
 
+log = structlog.get_logger(__name__)
 router = APIRouter(prefix="/api/v1/dead-letters", tags=["dead letters"])
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 404, 409, 422)}
 Account = Annotated[uuid.UUID, Depends(require_account)]
@@ -111,5 +114,13 @@ def replay(letter_id: str, request: Request, account_id: Account) -> DeadLetterO
         session.refresh(letter)
         view = _view(letter)
         queue, message_id = message.stream_type, message.id
+    metrics.DEAD_LETTER_REPLAYS.labels(queue).inc()
+    log.info(
+        "dead_letter_replayed",
+        dead_letter_id=view.id,
+        message_id=view.message_id,
+        stream_id=view.stream_id,
+        queue=queue,
+    )
     enqueue_committed(runtime, queue, [message_id])
     return view

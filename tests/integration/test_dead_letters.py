@@ -1,22 +1,33 @@
-"""Message dead letters: recorded when dramatiq gives up on a delivery job (single or batch),
-and replayed once and only once (invariant 2)."""
+"""Message dead letters: recorded when retries run out or dramatiq gives up on a delivery
+job (single or batch), replayed once and only once (invariant 2), and seen by monitoring."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import dramatiq
 import pytest
+import yaml
 from dramatiq.broker import MessageProxy
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from core.dead_letters import ReplayRefused, record_dead_letter, replay_dead_letter
 from core.message_states import transition
 from schemas.enums import MessageStatus
 from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
+from tests.deploy.test_deploy_files import check_expression
+from tests.processes import pipeline, wait_until
+from tests.scrape import parse, value
 from workers.dead_letter_middleware import DeadLetters
 from workers.queueing import delivery_actor_name, delivery_batch_actor_name
+
+TIMEOUT = "+972524000002"  # sandbox magic number: a transient timeout every time
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+LETTERS = "streams_message_dead_letters_total"
+REPLAYS = "streams_dead_letter_replays_total"
 
 
 def send(client, token: str, *items: dict) -> list[str]:
@@ -39,6 +50,10 @@ def letters_of(runtime, message_id: str) -> list[DeadLetter]:
                 select(DeadLetter).where(DeadLetter.message_id == uuid.UUID(message_id))
             )
         )
+
+
+def scrape(client):
+    return parse(client.get("/metrics").text)
 
 
 def fail_as_dead_letter(runtime, message_id: str) -> uuid.UUID:
@@ -124,6 +139,18 @@ def test_a_stale_concurrent_replay_is_refused_as_already_replayed(
     assert len(requeued) == 1
 
 
+def test_a_refused_replay_is_not_counted(runtime, client, make_stream, account_key):
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+    letter_id = fail_as_dead_letter(runtime, message_id)
+    before = value(scrape(client), REPLAYS, type="transactional")
+    url = f"/api/v1/dead-letters/{letter_id}/replay"
+    assert client.post(url, headers=auth(account_key)).status_code == 202
+    again = client.post(url, headers=auth(account_key))
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "already_replayed")
+    assert value(scrape(client), REPLAYS, type="transactional") == before + 1
+
+
 # --------------------------------------------------------------- jobs dramatiq gave up on
 
 
@@ -146,6 +173,7 @@ def test_a_batch_job_dramatiq_gave_up_on_fails_its_waiting_messages_as_dead_lett
                 at=runtime.clock(),
             )
         session.commit()
+    before = value(scrape(client), LETTERS, type="transactional", reason="worker_error")
 
     DeadLetters(runtime).after_process_message(
         runtime.broker,
@@ -159,6 +187,8 @@ def test_a_batch_job_dramatiq_gave_up_on_fails_its_waiting_messages_as_dead_lett
         assert (letter.reason, letter.error_message) == ("worker_error", "RuntimeError")
     assert status_of(runtime, sent) == "sent"
     assert letters_of(runtime, sent) == []
+    after = value(scrape(client), LETTERS, type="transactional", reason="worker_error")
+    assert after == before + 2
 
 
 def test_a_single_job_dramatiq_gave_up_on_is_still_a_dead_letter(runtime, client, make_stream):
@@ -171,3 +201,95 @@ def test_a_single_job_dramatiq_gave_up_on_is_still_a_dead_letter(runtime, client
     )
     assert status_of(runtime, message_id) == "failed"
     assert [x.reason for x in letters_of(runtime, message_id)] == ["worker_error"]
+
+
+# --------------------------------------------------------------- monitoring
+
+
+def test_a_retries_exhausted_dead_letter_is_counted(
+    settings, runtime, client, make_stream, account_key
+):
+    runtime.settings = settings.model_copy(
+        update={"max_send_attempts": 2, "retry_backoff_seconds": 0.05}
+    )
+    token = make_stream()["token"]
+    before = value(scrape(client), LETTERS, type="transactional", reason="retries_exhausted")
+    [message_id] = send(client, token, message(recipient_phone=TIMEOUT))
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(lambda: status_of(runtime, message_id) == "failed", timeout=30)
+    assert [x.reason for x in letters_of(runtime, message_id)] == ["retries_exhausted"]
+    assert wait_until(
+        lambda: (
+            value(scrape(client), LETTERS, type="transactional", reason="retries_exhausted")
+            == before + 1
+        ),
+        timeout=5,
+    )
+
+
+def test_a_dead_letter_is_counted_only_once_its_row_is_committed(runtime, client, make_stream):
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+    labels = {"type": "transactional", "reason": "retries_exhausted"}
+    before = value(scrape(client), LETTERS, **labels)
+
+    def record(session) -> None:
+        assert record_dead_letter(
+            session,
+            uuid.UUID(message_id),
+            reason="retries_exhausted",
+            error_message=None,
+            at=runtime.clock(),
+        )
+
+    with runtime.session_factory() as session:  # rolled back: no row, no count
+        record(session)
+        session.flush()
+        session.rollback()
+        session.commit()
+    with runtime.session_factory() as session:  # closed without commit
+        record(session)
+    with runtime.session_factory() as session:  # its savepoint rolled back
+        with session.begin_nested() as savepoint:
+            record(session)
+            session.flush()
+            savepoint.rollback()
+        session.commit()
+    assert letters_of(runtime, message_id) == []
+    assert value(scrape(client), LETTERS, **labels) == before
+
+    with runtime.session_factory() as session:
+        record(session)
+        session.commit()
+    assert len(letters_of(runtime, message_id)) == 1
+    assert value(scrape(client), LETTERS, **labels) == before + 1
+
+
+def test_a_replay_is_counted_and_logged_with_ids_only(runtime, client, make_stream, account_key):
+    stream = make_stream()
+    content = "Your parcel 4411 is on its way"
+    [message_id] = send(client, stream["token"], message(message_content=content))
+    letter_id = fail_as_dead_letter(runtime, message_id)
+    before = value(scrape(client), REPLAYS, type="transactional")
+
+    with capture_logs() as logs:
+        answer = client.post(f"/api/v1/dead-letters/{letter_id}/replay", headers=auth(account_key))
+    assert answer.status_code == 202, answer.text
+
+    [line] = [x for x in logs if x["event"] == "dead_letter_replayed"]
+    assert line["dead_letter_id"] == str(letter_id)
+    assert line["message_id"] == message_id
+    assert line["stream_id"] == stream["id"]
+    assert line["queue"] == "transactional"
+    assert content not in repr(line) and stream["token"] not in repr(line)
+    assert value(scrape(client), REPLAYS, type="transactional") == before + 1
+
+
+def test_an_alert_fires_on_new_message_dead_letters():
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    rule = alerts["StreamsMessageDeadLetters"]
+    assert check_expression(rule["expr"], rule["alert"]) == {LETTERS}
+    assert f"increase({LETTERS}[" in rule["expr"].replace(" ", "")
+    assert rule["labels"]["severity"] == "warning"
+    assert rule["annotations"]["summary"]
