@@ -373,3 +373,36 @@ def test_inbound_text_with_tricks_is_stored_as_sent(client, runtime, make_stream
         client, stream["id"], secret, {"from": "+972524265292", "text": "a\x00b"}
     )
     assert refused.status_code == 422, refused.text
+
+
+def test_true_or_false_for_a_number_is_refused_naming_the_field(
+    client, runtime, make_stream, account_key
+):
+    """pydantic's lax mode reads ``true`` as 1: a validity of one second, a limit of one
+    message a second. Refused instead, naming the field; nothing changes."""
+    stream = make_stream()
+    response = send(
+        client,
+        stream["token"],
+        message(validity_seconds=True),
+        message(validity_seconds=False),
+        message(),
+    )
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "rejected", "queued"]
+    assert results[0]["error"]["field"] == "messages[0].validity_seconds"
+    assert results[1]["error"]["field"] == "messages[1].validity_seconds"
+    assert count(runtime, Message) == 1
+
+    before = client.get(f"/api/v1/streams/{stream['id']}/settings", headers=auth(account_key))
+    for field in ("max_per_second", "max_per_recipient_per_hour", "max_per_day"):
+        for value in (False, True):
+            refused = client.put(
+                f"/api/v1/streams/{stream['id']}/settings",
+                json={field: value},
+                headers=auth(account_key),
+            )
+            assert_error(refused, 422, field=field)
+    after = client.get(f"/api/v1/streams/{stream['id']}/settings", headers=auth(account_key))
+    assert after.json() == before.json()

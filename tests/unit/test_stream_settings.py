@@ -57,7 +57,7 @@ def test_bounds_reject_beyond_the_edges(field: str, low: int, high: int) -> None
 
 @pytest.mark.parametrize(
     ("value", "error_type"),
-    [(5.5, "int_from_float"), ("five", "int_parsing"), ([5], "int_type")],
+    [(5.5, "int_from_float"), ("five", "int_parsing"), (True, "value_error"), ([5], "int_type")],
 )
 def test_code_length_must_be_an_integer(value: Any, error_type: str) -> None:
     loc, kind, _ = _error(StreamSettings, code_length=value)
