@@ -22,10 +22,15 @@ limit plus 20 ms' worth.
 
 Caps (``max_per_day`` messages per UTC day, ``max_per_recipient_per_hour`` over a rolling
 hour) are counted only when a message is admitted, in the same call, and answer "reject".
+Both count messages, not admissions: each keeps the ids it admitted, so a message admitted
+again (a retry after a carrier timeout, a claim taken back after its lease, a job
+delivered twice) is neither counted twice nor refused by its own earlier count. The day's
+set holds one id per message admitted under a cap that day (at most the cap) for 48 hours.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -82,8 +87,9 @@ class Admission(Protocol):
 
 
 def interval_us(per_second: float | None) -> int:
-    """Microseconds per segment; 0 means unlimited."""
-    return int(1_000_000 / per_second) if per_second else 0
+    """Microseconds per segment, rounded up so that a high rate is never exceeded (19 µs
+    for 50,001 a second would allow 52,631); 0 means unlimited."""
+    return math.ceil(1_000_000 / per_second) if per_second else 0
 
 
 _ADMIT_LUA = """
@@ -109,7 +115,11 @@ if wait > 0 then
   return {'wait', string.format('%.0f', wait), string.format('%.0f', back)}
 end
 local per_day, per_recipient = tonumber(ARGV[4]), tonumber(ARGV[5])
-if per_day > 0 and num(KEYS[4]) >= per_day then return {'reject', 'max_per_day', '0'} end
+if per_day > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 0 then
+  -- KEYS[6]: the day's plain counter, as kept before ids were; read until it expires.
+  local admitted = redis.call('SCARD', KEYS[4]) + num(KEYS[6])
+  if admitted >= per_day then return {'reject', 'max_per_day', '0'} end
+end
 if per_recipient > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 3600000000)
   local seen = redis.call('ZSCORE', KEYS[5], ARGV[6])
@@ -119,7 +129,7 @@ if per_recipient > 0 then
   redis.call('ZADD', KEYS[5], now, ARGV[6])
   redis.call('PEXPIRE', KEYS[5], 3600000)
 end
-if per_day > 0 then redis.call('INCR', KEYS[4]); redis.call('EXPIRE', KEYS[4], 172800) end
+if per_day > 0 then redis.call('SADD', KEYS[4], ARGV[6]); redis.call('EXPIRE', KEYS[4], 172800) end
 if si > 0 then store(KEYS[1], math.max(stat, now) + cost * si) end
 if pi > 0 then store(KEYS[3], math.max(ptat, now) + cost * pi) end
 return {'admit', '0', '0'}
@@ -140,8 +150,9 @@ class RedisAdmission:
             f"{p}stream:{request.stream_id}:tat",
             f"{p}stream:{request.stream_id}:waiting",
             f"{p}provider:{request.provider}:tat",
-            f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}",
+            f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}:ids",
             f"{p}stream:{request.stream_id}:recipient:{request.recipient}",
+            f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}",
         ]
         limits = request.limits
         args = [
@@ -172,6 +183,7 @@ class LocalAdmission:
         self._clock_us = clock_us
         self._values: dict[str, float] = {}
         self._windows: dict[str, dict[str, int]] = {}
+        self._days: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
     def admit(self, request: Request) -> Ticket:
@@ -194,8 +206,8 @@ class LocalAdmission:
                     self._values[waiting_key] = slot + cost * si
                     back = max(back, slot - now)
                 return Ticket("wait", wait / 1e6, back / 1e6)
-            day_key = f"d:{request.stream_id}:{request.day.isoformat()}"
-            if limits.per_day and self._values.get(day_key, 0) >= limits.per_day:
+            day = self._days.setdefault(f"d:{request.stream_id}:{request.day.isoformat()}", set())
+            if limits.per_day and request.message_id not in day and len(day) >= limits.per_day:
                 return Ticket("reject", reason="max_per_day")
             if limits.per_recipient_per_hour:
                 window = self._windows.setdefault(f"r:{request.stream_id}:{request.recipient}", {})
@@ -208,7 +220,7 @@ class LocalAdmission:
                     return Ticket("reject", reason="max_per_recipient_per_hour")
                 window[request.message_id] = now
             if limits.per_day:
-                self._values[day_key] = self._values.get(day_key, 0) + 1
+                day.add(request.message_id)
             if si:
                 self._values[stream_key] = max(stat, now) + cost * si
             if pi:

@@ -39,3 +39,37 @@ def test_keys_expire(redis_client):
     keys = redis_client.keys("streams:limits:*")
     assert keys
     assert all(redis_client.ttl(key) > 0 for key in keys), "no limit state lives forever"
+
+
+def test_the_daily_cap_counts_messages_not_admissions(redis_client):
+    """A message admitted again (a retry after a carrier timeout, a claim taken back after
+    its lease, a job delivered twice) counts once against ``max_per_day``."""
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_day=2)
+    assert admission.admit(request("a", limits)).verdict == "admit"
+    assert admission.admit(request("a", limits)).verdict == "admit"  # "a" again
+    assert admission.admit(request("b", limits)).verdict == "admit"
+    assert admission.admit(request("a", limits)).verdict == "admit"  # its retry, at the cap
+    ticket = admission.admit(request("c", limits))
+    assert (ticket.verdict, ticket.reason) == ("reject", "max_per_day")
+
+
+def test_the_daily_count_kept_before_ids_still_counts(redis_client):
+    """The day's plain counter, as kept before the cap counted ids, still counts on the day
+    of an upgrade, so the cap is not granted twice."""
+    redis_client.set("streams:limits:stream:s:day:2026-01-01", 2, ex=172_800)
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_day=3)
+    assert admission.admit(request("a", limits)).verdict == "admit"
+    assert admission.admit(request("b", limits)).reason == "max_per_day"
+
+
+def test_a_high_rate_is_never_exceeded_by_rounding(redis_client):
+    """50,001 a second is 19.99 µs per segment: rounded down to 19 µs it would allow 52,631
+    a second. After one message worth a second's allowance, the bucket is busy for a
+    second, not 0.95 s."""
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_second=50_001)
+    assert admission.admit(request("a", limits, cost=50_001)).verdict == "admit"
+    ticket = admission.admit(request("b", limits))
+    assert ticket.verdict == "wait" and ticket.wait_seconds >= 1.0 - 0.021

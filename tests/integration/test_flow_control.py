@@ -161,6 +161,29 @@ def test_transient_errors_are_retried_then_fail_and_become_a_dead_letter(
     assert letters["items"][0]["reason"] == "retries_exhausted"
 
 
+def test_retries_count_once_against_the_daily_cap(
+    settings, runtime, client, make_stream, account_key
+):
+    """Each retry goes through admission again; with ``max_per_day: 1`` a retried message
+    must not be refused by its own first attempt's count."""
+    runtime.settings = settings.model_copy(
+        update={"max_send_attempts": 3, "retry_backoff_seconds": 0.05}
+    )
+    stream = make_stream(settings={"max_per_day": 1})
+    message_id = send(client, stream["token"], message(recipient_phone=TIMEOUT))[0]["message_id"]
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(
+            lambda: get(client, account_key, message_id)["status"] in ("failed", "rejected"),
+            timeout=30,
+        )
+    body = get(client, account_key, message_id)
+    assert (body["status"], body["error"]["code"], body["attempts"]) == (
+        "failed",
+        "sandbox_timeout",
+        3,
+    )
+
+
 def test_permanent_errors_fail_at_once_without_dead_letter(
     runtime, client, make_stream, account_key
 ):

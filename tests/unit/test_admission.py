@@ -115,6 +115,14 @@ def test_daily_cap_counts_per_day():
     assert admission.admit(tomorrow).verdict == "admit"
 
 
+def test_daily_cap_counts_messages_not_admissions():
+    admission = LocalAdmission(Clock())
+    limits = Limits(per_day=1)
+    assert admission.admit(request(limits=limits, message_id="a")).verdict == "admit"
+    assert admission.admit(request(limits=limits, message_id="a")).verdict == "admit"  # retry
+    assert admission.admit(request(limits=limits, message_id="b")).reason == "max_per_day"
+
+
 def test_no_limits_always_admit():
     admission = LocalAdmission(Clock())
     assert all(admission.admit(request(limits=Limits())).verdict == "admit" for _ in range(100))
