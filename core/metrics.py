@@ -55,7 +55,8 @@ PROVIDER_CALL = Histogram(
 )
 PROVIDER_ERRORS = Counter(
     "streams_provider_errors_total",
-    "Provider calls that failed, by provider and kind (transient or permanent).",
+    "Provider calls that failed, by provider and kind (transient, permanent, or unknown: the "
+    "request left and no usable answer came back from a provider that is not idempotent).",
     ["provider", "kind"],
 )
 WORKER_PROCESSING = Histogram(
