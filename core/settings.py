@@ -43,6 +43,9 @@ class HttpProviderSettings(BaseSettings):
     )
 
     url: str | None = None
+    #: The carrier's throughput, fleet-wide, in segments a second, as agreed with it
+    #: (unset: it declares none, and only the streams' own limits pace the sends).
+    max_per_second: float | None = Field(default=None, gt=0)
     auth_header: str = "Authorization"
     #: The whole header value, e.g. ``Bearer abc``. Never logged.
     auth_value: SecretStr | None = None
@@ -121,6 +124,9 @@ class WhatsAppApiSettings(BaseSettings):
     pair_rate_retry_seconds: float = Field(default=60.0, ge=0)
     #: How long a worker trusts its cached copy of a stream's credentials.
     credentials_cache_seconds: float = Field(default=5.0, ge=0)
+    #: Messages a second per business phone number, across every worker: Meta's default
+    #: throughput for Cloud API numbers (numbers upgraded by Meta take 1,000).
+    max_per_second: float = Field(default=80.0, gt=0, le=10_000)
 
 
 class CallbackSettings(BaseSettings):

@@ -554,7 +554,7 @@ class Delivery:
     @staticmethod
     def _limits(job: Job, provider: Provider) -> Limits:
         return Limits(
-            provider_per_second=getattr(provider, "max_per_second", None),
+            provider_per_second=provider.max_per_second,
             **{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()},
         )
 
@@ -562,7 +562,7 @@ class Delivery:
         settings = self.runtime.settings
         request = Request(
             stream_id=str(job.stream_id),
-            provider=provider.name,
+            provider=provider.rate_scope(job.stream_id),
             recipient=job.recipient,
             message_id=str(job.message_id),
             cost=job.segments,
@@ -979,7 +979,7 @@ def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
             except ProviderError:
                 gated.add((demo, stream_type.value))
                 continue
-            if getattr(provider, "max_per_second", None) is not None:
+            if provider.max_per_second is not None:
                 gated.add((demo, stream_type.value))
     return frozenset(gated)
 

@@ -78,6 +78,7 @@ class FakeWhatsAppCloud:
             "body": body,
             "authorization": request.headers.get("authorization"),
             "answered": None,
+            "at": time.monotonic(),
         }
         with self._lock:
             self.requests.append(record)

@@ -636,3 +636,48 @@ def test_a_connection_refused_is_retried(client, runtime, make_stream, account_k
     found = message_of(client, account_key, sent["message_id"])
     assert found["error"]["code"] == "whatsapp_unreachable"
     assert sum("retry in" in (h["detail"] or "") for h in found["history"]) == 1
+
+
+def test_each_business_number_is_sent_at_its_own_throughput(
+    client, runtime, make_stream, account_key, cloud
+):
+    """Meta's throughput is per business phone number (80 a second by default). The
+    adapter declares it, and admission paces each number across the workers; two numbers
+    do not share one budget."""
+    from tests.two_way import APP_SECRET, VERIFY_TOKEN
+
+    runtime.settings.whatsapp.max_per_second = 4
+    other_number = "109876543210987"
+    cloud.tokens[other_number] = ACCESS_TOKEN
+    first = whatsapp_stream(make_stream, client, account_key)
+    second = make_stream(name="WhatsApp 2", type="whatsapp", default_sender=None)
+    saved = client.put(
+        f"/api/v1/streams/{second['id']}/whatsapp",
+        json={
+            "business_account_id": "102290129340398",
+            "phone_number_id": other_number,
+            "access_token": ACCESS_TOKEN,
+            "app_secret": APP_SECRET,
+            "verify_token": VERIFY_TOKEN,
+        },
+        headers=auth(account_key),
+    )
+    assert saved.status_code == 200, saved.text
+    for stream in (first, second):
+        for n in range(6):
+            send(client, stream["token"], message_content=f"hello {n}")
+    from tests.processes import pipeline
+
+    with pipeline(runtime, ["whatsapp"], threads=4):  # the relay brings parked ones back
+        assert wait_until(lambda: len(cloud.accepted()) == 12, 15)
+    times = {
+        number: sorted(r["at"] for r in cloud.accepted() if r["phone_number_id"] == number)
+        for number in (PHONE_NUMBER_ID, other_number)
+    }
+    for number, at in times.items():
+        # Six messages at four a second: five intervals of 0.25 s, each allowed 20 ms early.
+        assert at[-1] - at[0] >= 5 * (0.25 - 0.02) - 0.01, (number, at)
+    ours, theirs = times.values()
+    assert theirs[0] < ours[-1] and ours[0] < theirs[-1], "the two numbers go side by side"
+    # One shared budget would need eleven intervals for the twelve.
+    assert max(ours[-1], theirs[-1]) - min(ours[0], theirs[0]) < 11 * (0.25 - 0.02)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -72,6 +73,15 @@ class Provider(Protocol):
     #: idempotency key). Where it does not, a message it took must never be offered again,
     #: so the worker records each send at once instead of with its batch.
     idempotent: bool
+    #: The carrier's throughput in segments a second, enforced across every worker by
+    #: admission (None: it declares none).
+    max_per_second: float | None
+
+    def rate_scope(self, stream_id: uuid.UUID) -> str:
+        """What ``max_per_second`` is counted over for a stream's messages: the provider as
+        a whole, or the carrier account the stream sends from (a WhatsApp business phone
+        number has a throughput of its own)."""
+        ...
 
     def send(self, message: OutboundMessage) -> Accepted:
         """Hand one message to the carrier. Raises ``ProviderError``."""

@@ -10,6 +10,8 @@ message id fails the message rather than retrying it: it may well have gone out.
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import structlog
 
@@ -32,6 +34,11 @@ class HttpProvider:
         self._settings = settings
         self._url = settings.url
         self._client = client or provider_client(settings.timeout_seconds)
+        #: The carrier's throughput as configured (the contract with the carrier says it).
+        self.max_per_second = settings.max_per_second
+
+    def rate_scope(self, stream_id: uuid.UUID) -> str:
+        return self.name
 
     def send(self, message: OutboundMessage) -> Accepted:
         body = request_body(

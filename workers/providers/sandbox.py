@@ -75,6 +75,9 @@ class SandboxProvider:
         self._lock = Lock()
         self._record_script: Script | None = None
 
+    def rate_scope(self, stream_id: uuid.UUID) -> str:
+        return self.name
+
     def send(self, message: OutboundMessage) -> Accepted:
         if self._settings.latency_ms:
             time.sleep(self._settings.latency_ms / 1000)

@@ -15,6 +15,7 @@ number) fails it for good.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -190,6 +191,17 @@ class WhatsAppCloudProvider:
         self._credentials = credentials
         self._base = f"{settings.api_base_url.rstrip('/')}/{settings.api_version.strip('/')}"
         self._client = client or provider_client(settings.timeout_seconds)
+        #: Meta's throughput for each business phone number (80 messages a second by
+        #: default; a number upgraded to 1,000 is configured so).
+        self.max_per_second = settings.max_per_second
+
+    def rate_scope(self, stream_id: uuid.UUID) -> str:
+        """Each business phone number has its own throughput; streams that share a number
+        share it."""
+        credentials = self._credentials.credentials(str(stream_id))
+        if credentials is None:
+            return self.name  # the send fails as not configured
+        return f"{self.name}:{credentials.phone_number_id}"
 
     def send(self, message: OutboundMessage) -> Accepted:
         credentials = (
