@@ -47,15 +47,21 @@ def post_signed_inbound(
 
 
 def whatsapp_stream(
-    make_stream: Any, client: TestClient, key: str, **fields: Any
+    make_stream: Any,
+    client: TestClient,
+    key: str,
+    phone_number_id: str = PHONE_NUMBER_ID,
+    **fields: Any,
 ) -> dict[str, Any]:
     """A WhatsApp stream with its Cloud API set-up saved (so it is ready)."""
-    stream = make_stream(name="WhatsApp", type="whatsapp", default_sender=None, **fields)
+    stream = make_stream(
+        **{"name": "WhatsApp", "type": "whatsapp", "default_sender": None, **fields}
+    )
     response = client.put(
         f"/api/v1/streams/{stream['id']}/whatsapp",
         json={
             "business_account_id": "102290129340398",
-            "phone_number_id": PHONE_NUMBER_ID,
+            "phone_number_id": phone_number_id,
             "access_token": ACCESS_TOKEN,
             "app_secret": APP_SECRET,
             "verify_token": VERIFY_TOKEN,

@@ -644,25 +644,13 @@ def test_each_business_number_is_sent_at_its_own_throughput(
     """Meta's throughput is per business phone number (80 a second by default). The
     adapter declares it, and admission paces each number across the workers; two numbers
     do not share one budget."""
-    from tests.two_way import APP_SECRET, VERIFY_TOKEN
-
     runtime.settings.whatsapp.max_per_second = 4
     other_number = "109876543210987"
     cloud.tokens[other_number] = ACCESS_TOKEN
     first = whatsapp_stream(make_stream, client, account_key)
-    second = make_stream(name="WhatsApp 2", type="whatsapp", default_sender=None)
-    saved = client.put(
-        f"/api/v1/streams/{second['id']}/whatsapp",
-        json={
-            "business_account_id": "102290129340398",
-            "phone_number_id": other_number,
-            "access_token": ACCESS_TOKEN,
-            "app_secret": APP_SECRET,
-            "verify_token": VERIFY_TOKEN,
-        },
-        headers=auth(account_key),
+    second = whatsapp_stream(
+        make_stream, client, account_key, phone_number_id=other_number, name="WhatsApp 2"
     )
-    assert saved.status_code == 200, saved.text
     for stream in (first, second):
         for n in range(6):
             send(client, stream["token"], message_content=f"hello {n}")
