@@ -140,7 +140,8 @@ def prepare_item(
         sender = normalize_sender(sender_text)
     except ValueError as exc:
         _raise("invalid_sender", f"{prefix}.sender: {exc}", f"{prefix}.sender")
-    send_at = item.send_at
+    # The validity counts from the time asked for, even one already past (then sent now).
+    send_at = valid_from = item.send_at
     if send_at is not None:
         if send_at.tzinfo is None:
             _raise(
@@ -165,7 +166,7 @@ def prepare_item(
         encoding=count.encoding,
         send_at=send_at,
         expires_at=(
-            (send_at or now) + timedelta(seconds=item.validity_seconds)
+            (valid_from or now) + timedelta(seconds=item.validity_seconds)
             if item.validity_seconds
             else None
         ),

@@ -332,6 +332,24 @@ def test_quiet_hours_follow_the_recipients_time_zone(runtime, client, make_strea
     )  # 09:00 in Israel
 
 
+def test_a_validity_counts_from_a_send_at_already_past(runtime, client, make_stream, account_key):
+    """A send_at an hour ago is sent now, but its validity runs from that send_at: with 60 s
+    of validity the message expires instead of going out an hour late."""
+    stream = make_stream()
+    send_at = runtime.clock().replace(microsecond=0) - timedelta(hours=1)
+    result = send(
+        client, stream["token"], message(send_at=send_at.isoformat(), validity_seconds=60)
+    )[0]
+    assert result["status"] == "queued"
+    found = get(client, account_key, result["message_id"])
+    assert datetime.fromisoformat(found["expires_at"]) == send_at + timedelta(seconds=60)
+    with pipeline(runtime, ["transactional"], relay=False):
+        assert wait_until(
+            lambda: get(client, account_key, result["message_id"])["status"] == "expired",
+            timeout=15,
+        )
+
+
 def test_message_past_its_validity_expires_instead_of_going_out_late(
     runtime, client, make_stream, account_key
 ):
