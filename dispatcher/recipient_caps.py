@@ -4,8 +4,11 @@ A sliding window (a log of send times per key), not fixed clock-hour buckets, so
 2N can straddle an hour boundary. Two backends behind one small interface:
 
 * ``RedisRecipientCap``: the window is a sorted set, checked and added to in one Lua script,
-  so the cap holds across every ingress process.
-* ``MemoryRecipientCap``: one process only, for ``streams dev`` (no Redis).
+  so the cap holds across every ingress process. The script stamps and trims the window on
+  Redis's own clock (``TIME``), never the calling host's: ingress hosts' clocks differ, and a
+  host running ahead would otherwise trim the others' sends out of the hour.
+* ``MemoryRecipientCap``: one process only, for ``streams dev`` (no Redis); its one clock is
+  the caller's ``now``.
 
 A reservation can be released when the send it was made for does not happen (a resend
 refused by the cooldown), so refused sends do not use up the cap.
@@ -50,7 +53,9 @@ def seconds_until_free(
 
 class RecipientCap(Protocol):
     def reserve(self, key: str, limit: int, now: datetime) -> CapDecision:
-        """Count one send for ``key`` if fewer than ``limit`` were counted in the window."""
+        """Count one send for ``key`` if fewer than ``limit`` were counted in the hour before
+        now. ``now`` is the caller's clock; a backend shared by several hosts decides on a
+        clock of its own instead (one clock for all of them) and ignores it."""
         ...
 
     def release(self, key: str, member: str) -> None:
@@ -59,41 +64,44 @@ class RecipientCap(Protocol):
 
 
 _RESERVE = """
-local key, now, window, limit, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]),
-    tonumber(ARGV[3]), ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local key, window, limit, member = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
 if count >= limit then
   local times = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   local scores = {}
   for i = 2, #times, 2 do scores[#scores + 1] = times[i] end
-  return {0, scores}
+  return {0, scores, string.format('%.6f', now)}
 end
 redis.call('ZADD', key, now, member)
 redis.call('PEXPIRE', key, math.ceil(window * 1000))
-return {1, {}}
+return {1, {}, string.format('%.6f', now)}
 """
 
 
 class RedisRecipientCap:
-    """Shared by every ingress process through Redis. Times come from the caller's clock."""
+    """Shared by every ingress process through Redis, on Redis's clock: the window's send
+    times (epoch seconds, the scores), its trimming and the retry-after all come from one
+    ``TIME`` inside the script, so hosts whose clocks differ still agree."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._script = client.register_script(_RESERVE)
 
     def reserve(self, key: str, limit: int, now: datetime) -> CapDecision:
+        """As ``RecipientCap.reserve``; ``now`` is not used (see the class)."""
         member = uuid.uuid4().hex
-        moment = now.timestamp()
         window = WINDOW.total_seconds()
-        allowed, scores = self._script(
-            keys=[KEY_PREFIX + key], args=[repr(moment), repr(window), limit, member]
+        allowed, scores, moment = self._script(
+            keys=[KEY_PREFIX + key], args=[repr(window), limit, member]
         )
         if allowed:
             return CapDecision(True, member=member)
         times = sorted(float(s) for s in scores)
         return CapDecision(
-            False, retry_after_seconds=seconds_until_free(times, limit, moment, window)
+            False, retry_after_seconds=seconds_until_free(times, limit, float(moment), window)
         )
 
     def release(self, key: str, member: str) -> None:
