@@ -79,11 +79,15 @@ _LOAD = (
     .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
 )
 
+#: A queued message, or one whose claim outlived the lease (its worker died, or its record
+#: failed) and that has attempts left: one whose budget is spent is the relay's to fail
+#: (``workers.relay``), never offered again.
 _CLAIMABLE = or_(
     MESSAGES.c.status == MessageStatus.queued.value,
     and_(
         MESSAGES.c.status == MessageStatus.sending.value,
         MESSAGES.c.claimed_at < bindparam("cutoff"),
+        MESSAGES.c.attempts < bindparam("max_attempts"),
     ),
 )
 _CLAIMED_VALUES = {
@@ -113,15 +117,20 @@ def load_messages(session: Session, ids: Sequence[uuid.UUID]) -> list[Row]:  # t
 
 
 def claim_for_sending(
-    session: Session, ids: Sequence[uuid.UUID], now: datetime, lease_seconds: float
+    session: Session,
+    ids: Sequence[uuid.UUID],
+    now: datetime,
+    lease_seconds: float,
+    max_attempts: int,
 ) -> dict[uuid.UUID, int]:
     """Claim the messages of ``ids`` that are queued, or whose claim is older than
-    ``lease_seconds``. Returns each claimed message's attempt number; the caller records the
-    changes and commits."""
+    ``lease_seconds`` with fewer than ``max_attempts`` attempts made. Returns each claimed
+    message's attempt number; the caller records the changes and commits."""
     if not ids:
         return {}
     cutoff = now - timedelta(seconds=lease_seconds)
-    rows = session.execute(_CLAIM, {"ids": list(ids), "now": now, "cutoff": cutoff})
+    parameters = {"ids": list(ids), "now": now, "cutoff": cutoff, "max_attempts": max_attempts}
+    rows = session.execute(_CLAIM, parameters)
     return {row.id: row.attempts for row in rows}
 
 
@@ -219,6 +228,7 @@ def claim_ungated(
     now: datetime,
     lease_seconds: float,
     gated_providers: frozenset[tuple[bool, str]],
+    max_attempts: int,
 ) -> list[Row]:  # type: ignore[type-arg]
     """Load and claim, in one statement, the messages of ``ids`` that no gate can stop: the
     load folded into the claim. That is a message whose stream is live (not deleted, not
@@ -237,4 +247,5 @@ def claim_ungated(
         return []
     cutoff = now - timedelta(seconds=lease_seconds)
     statement = _ungated_claim(gated_providers)
-    return list(session.execute(statement, {"ids": list(ids), "now": now, "cutoff": cutoff}))
+    parameters = {"ids": list(ids), "now": now, "cutoff": cutoff, "max_attempts": max_attempts}
+    return list(session.execute(statement, parameters))

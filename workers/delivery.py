@@ -315,7 +315,7 @@ class Delivery:
         """The ``Job`` of a loaded message that may go on, or None when it may not (it was
         skipped, failed, parked or rejected in ``session``)."""
         log_ = log.bind(message_id=str(row.id))
-        if not self._waiting(row.status, row.claimed_at, now):
+        if not self._waiting(row.status, row.claimed_at, row.attempts, now):
             log_.debug("delivery_skipped", status=row.status)
             return None
         if row.stream_deleted_at is not None:
@@ -389,8 +389,14 @@ class Delivery:
         one transaction instead of a load and a claim."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
+            settings = self.runtime.settings
             rows = claim_ungated(
-                session, keys, now, self.runtime.settings.claim_lease_seconds, self._gated
+                session,
+                keys,
+                now,
+                settings.claim_lease_seconds,
+                self._gated,
+                settings.max_send_attempts,
             )
             claimed: dict[uuid.UUID, _Claimed] = {}
             for row in rows:
@@ -521,14 +527,20 @@ class Delivery:
             session.commit()
         return released
 
-    def _waiting(self, status: str, claimed_at: datetime | None, now: datetime) -> bool:
+    def _waiting(
+        self, status: str, claimed_at: datetime | None, attempts: int, now: datetime
+    ) -> bool:
+        """Queued, or claimed longer ago than the lease with attempts left (the claim's own
+        rule, ``workers.claims``)."""
         if status == MessageStatus.queued.value:
             return True
-        lease = timedelta(seconds=self.runtime.settings.claim_lease_seconds)
+        settings = self.runtime.settings
+        lease = timedelta(seconds=settings.claim_lease_seconds)
         return (
             status == MessageStatus.sending.value
             and claimed_at is not None
             and as_utc(claimed_at) < now - lease
+            and attempts < settings.max_send_attempts
         )
 
     def _passes_gates(self, job: Job, provider: Provider, log_: Any) -> bool:
@@ -606,6 +618,7 @@ class Delivery:
                 [job.message_id for job in jobs],
                 now,
                 self.runtime.settings.claim_lease_seconds,
+                self.runtime.settings.max_send_attempts,
             )
             record_changes(
                 session,

@@ -6,6 +6,9 @@ Each sweep:
 * releases held messages (rate limit, quiet hours, retry back-off) whose ``not_before``
   falls within the look-ahead;
 * takes back messages claimed longer than ``claim_lease_seconds`` ago (their worker died);
+  one whose claims have used up ``max_send_attempts`` fails instead, as a dead letter (the
+  carrier may have taken it: a message whose record keeps failing is never offered
+  forever);
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
   died between commit and enqueue), once the ingress' own grace period has passed;
 * enqueues again queued messages the broker lost: marked enqueued over
@@ -37,7 +40,8 @@ from sqlalchemy.orm import Session
 from core import metrics
 from core.broker import NAMESPACE, QUEUES
 from core.clock import as_utc
-from core.message_states import record_changes
+from core.dead_letters import record_dead_letter
+from core.message_states import record_changes, transition
 from core.queue_depth import empty_queues
 from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
@@ -57,11 +61,17 @@ class SweepReport:
     reclaimed: int = 0
     relayed: int = 0
     lost_requeued: int = 0
+    claims_spent: int = 0
 
     @property
     def total(self) -> int:
         return (
-            self.released + self.held_released + self.reclaimed + self.relayed + self.lost_requeued
+            self.released
+            + self.held_released
+            + self.reclaimed
+            + self.relayed
+            + self.lost_requeued
+            + self.claims_spent
         )
 
 
@@ -84,7 +94,9 @@ class Relay:
         settings = self.runtime.settings
         horizon = now + timedelta(seconds=settings.relay_lookahead_seconds)
         lease_cutoff = now - timedelta(seconds=settings.claim_lease_seconds)
+        claims_spent = self._fail_spent_claims(lease_cutoff)
         report = SweepReport(
+            claims_spent=claims_spent,
             released=self._back_to_queued(
                 MessageStatus.scheduled,
                 (Message.status == MessageStatus.scheduled.value, Message.send_at <= horizon),
@@ -94,7 +106,11 @@ class Relay:
             ),
             reclaimed=self._back_to_queued(
                 MessageStatus.sending,
-                (Message.status == MessageStatus.sending.value, Message.claimed_at < lease_cutoff),
+                (
+                    Message.status == MessageStatus.sending.value,
+                    Message.claimed_at < lease_cutoff,
+                    Message.attempts < settings.max_send_attempts,
+                ),
                 due=None,
                 detail="reclaimed: claim lease expired",
                 reason="reclaimed",
@@ -125,6 +141,7 @@ class Relay:
                 released=report.released,
                 held_released=report.held_released,
                 reclaimed=report.reclaimed,
+                claims_spent=report.claims_spent,
                 relayed=report.relayed,
                 lost_requeued=report.lost_requeued,
             )
@@ -141,6 +158,47 @@ class Relay:
                 log.warning("relay_sweep_failed", error=type(exc).__name__, detail=str(exc)[:200])
             stop.wait(self.runtime.settings.relay_interval_seconds)
         log.info("relay_stopped")
+
+    def _fail_spent_claims(self, lease_cutoff: datetime) -> int:
+        """Fail, as dead letters, the messages whose claim outlived the lease and whose
+        claims have used up ``max_send_attempts``: each claim was an attempt whose outcome
+        was never recorded (the worker died in it, or its record failed), so the carrier may
+        have taken the message. A replay is the operator's decision."""
+        now = self.runtime.clock()
+        budget = self.runtime.settings.max_send_attempts
+        with self.runtime.session_factory() as session:
+            rows = session.execute(
+                select(Message.id, Message.attempts)
+                .where(
+                    Message.status == MessageStatus.sending.value,
+                    Message.claimed_at < lease_cutoff,
+                    Message.attempts >= budget,
+                )
+                .limit(self.runtime.settings.relay_batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                reason = (
+                    f"Claimed {row.attempts} times and never recorded (the worker died or its "
+                    "record failed each time); the carrier may have taken it."
+                )
+                moved = transition(
+                    session,
+                    row.id,
+                    to=MessageStatus.failed,
+                    allowed_from=[MessageStatus.sending],
+                    at=now,
+                    detail="claim lease expired, attempts used up",
+                    values={"error_code": "claim_lease_expired", "error_message": reason},
+                )
+                if moved is not None:
+                    record_dead_letter(
+                        session, row.id, reason="outcome_unknown", error_message=reason, at=now
+                    )
+            session.commit()
+        if rows:
+            log.warning("relay_failed_spent_claims", count=len(rows))
+        return len(rows)
 
     def _back_to_queued(
         self,

@@ -34,7 +34,7 @@ def send_one(client, stream, **fields) -> uuid.UUID:
 
 def claim(runtime, message_id, *, now=None, gated=NO_GATED_PROVIDERS) -> list:
     with runtime.session_factory() as session:
-        rows = claim_ungated(session, [message_id], now or runtime.clock(), 60, gated)
+        rows = claim_ungated(session, [message_id], now or runtime.clock(), 60, gated, 5)
         session.commit()
     return rows
 
@@ -135,3 +135,60 @@ def test_a_sealed_text_of_another_key_fails_alone_in_the_full_pipeline(runtime, 
     assert [(message_id, type(error)) for message_id, error in result.failed] == [(bad, ValueError)]
     assert status_and_attempts(runtime, uuid.UUID(good)) == ("delivered", 1)
     assert status_and_attempts(runtime, uuid.UUID(bad)) == ("queued", 0)
+
+
+def test_a_message_whose_record_keeps_failing_fails_when_its_attempts_are_used_up(
+    settings, runtime, client, make_stream
+):
+    """The carrier takes the message but answers with an id PostgreSQL cannot store: the
+    record fails and the message stays ``sending`` until its claim lease runs out. Each
+    claim is an attempt, so once ``max_send_attempts`` are used up it is neither claimed
+    again (by a redelivered job) nor taken back by the relay: it fails as a dead letter,
+    its outcome unknown. It is not offered forever."""
+    import contextlib
+    import dataclasses
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from schemas.tables import DeadLetter
+    from tests.deliveries import delivery_with
+    from workers.providers.base import Accepted, OutboundMessage
+    from workers.relay import Relay
+
+    class PoisonIds(SandboxProvider):
+        calls = 0
+
+        def send(self, message: OutboundMessage) -> Accepted:
+            PoisonIds.calls += 1
+            return dataclasses.replace(super().send(message), provider_message_id="bad\x00id")
+
+    runtime.settings = settings.model_copy(update={"max_send_attempts": 3})
+    message_id = send_one(client, make_stream())
+    delivery = delivery_with(runtime, PoisonIds(runtime.settings.sandbox, runtime.redis))
+    lease = runtime.settings.claim_lease_seconds
+
+    def lease_runs_out() -> None:
+        with runtime.session_factory() as session:
+            session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.status == "sending")
+                .values(claimed_at=runtime.clock() - timedelta(seconds=lease + 1))
+            )
+            session.commit()
+
+    reports = []
+    for _ in range(5):  # a delivery job, the lease runs out, a redelivery, the relay sweeps
+        for _job in range(2):
+            with contextlib.suppress(Exception):  # the record failed: what the lease is for
+                delivery.deliver(str(message_id), "transactional")
+            lease_runs_out()
+        reports.append(Relay(runtime).sweep())
+    assert PoisonIds.calls == 3
+    assert status_and_attempts(runtime, message_id) == ("failed", 3)
+    assert sum(report.claims_spent for report in reports) == 1
+    with runtime.session_factory() as session:
+        found = session.get(Message, message_id)
+        letter = session.scalar(select(DeadLetter).where(DeadLetter.message_id == message_id))
+    assert found.error_code == "claim_lease_expired"
+    assert letter is not None and letter.reason == "outcome_unknown"
