@@ -15,6 +15,18 @@ parked until ``come_back_after``, a place on a second schedule that spaces parke
 at the stream's rate, so a backlog returns a few at a time instead of all at once; each
 still has to conform when it returns. Only parked messages take a place on that schedule.
 
+A place is a promise that its message comes back then and uses the bucket, so the schedule
+keeps only promises that can still be kept, and errs early when unsure: a message that
+returns too early is parked again, one that returns too late is held up for nothing.
+* A message that would come back after its ``expires_at`` takes no place (the caller
+  expires it).
+* When a message finds every bucket it is held to idle for longer than ``TOLERANCE_US``,
+  the places promised for that time went unused (their messages expired, were cancelled,
+  rejected or deleted), and the schedule is dropped: later messages are parked from the
+  stream's TAT again.
+* The schedule remembers the interval it was counted in; under a new limit, what is
+  parked ahead is counted again at the new interval.
+
 ``TOLERANCE_US`` lets a message go up to 20 ms before its exact turn. Without it, every
 admission's own latency (a sleep overshooting, a Redis round trip) would be lost from the
 stream's rate; with it, the long-run rate is exact and any one second holds at most the
@@ -35,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Literal, Protocol
 
 import redis
@@ -80,6 +92,8 @@ class Request:
     day: date
     #: How long the caller would still wait in its thread; a longer wait parks the message.
     inline_budget: float = 0.0
+    #: When the caller will expire the message: it takes no place on the schedule after it.
+    expires_at: datetime | None = None
 
 
 class Admission(Protocol):
@@ -96,10 +110,10 @@ _ADMIT_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local si, pi, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tolerance, budget = tonumber(ARGV[7]), tonumber(ARGV[8])
+local tolerance, budget, expiry = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local function num(key) return tonumber(redis.call('GET', key) or '0') end
-local function store(key, value)
-  local ttl = math.floor((value - now) / 1000) + 60000
+local function store(key, value, lasts_until)
+  local ttl = math.floor(((lasts_until or value) - now) / 1000) + 60000
   redis.call('SET', key, string.format('%.0f', value), 'PX', ttl)
 end
 local stat, ptat, wait = 0, 0, 0
@@ -108,12 +122,23 @@ if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now - tolerance
 if wait > 0 then
   local back = wait
   if si > 0 and wait > budget then
-    local slot = math.max(num(KEYS[2]), stat, now)
-    store(KEYS[2], slot + cost * si)
+    -- KEYS[7]: the interval the schedule was counted in; what is parked ahead is counted
+    -- again at the new one.
+    local base, ahead, counted_in = math.max(stat, now), num(KEYS[2]), num(KEYS[7])
+    if ahead > base and counted_in > 0 and counted_in ~= si then
+      ahead = base + math.floor((ahead - base) * si / counted_in)
+    end
+    local slot = math.max(ahead, base)
+    if expiry == 0 or slot < expiry then
+      store(KEYS[2], slot + cost * si)
+      store(KEYS[7], si, slot + cost * si)
+    end
     back = math.max(back, slot - now)
   end
   return {'wait', string.format('%.0f', wait), string.format('%.0f', back)}
 end
+-- Nothing held this message back: idle past its turn, the places promised went unused.
+if si > 0 and math.max(stat, ptat) < now - tolerance then redis.call('DEL', KEYS[2], KEYS[7]) end
 local per_day, per_recipient = tonumber(ARGV[4]), tonumber(ARGV[5])
 if per_day > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 0 then
   -- KEYS[6]: the day's plain counter, as kept before ids were; read until it expires.
@@ -136,6 +161,11 @@ return {'admit', '0', '0'}
 """
 
 
+def _epoch_us(at: datetime | None) -> int:
+    """Microseconds since the epoch, on the clock Redis's TIME keeps; 0 for none."""
+    return int(at.timestamp() * 1_000_000) if at is not None else 0
+
+
 class RedisAdmission:
     """The fleet-wide admission, one Lua call per decision."""
 
@@ -153,6 +183,7 @@ class RedisAdmission:
             f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}:ids",
             f"{p}stream:{request.stream_id}:recipient:{request.recipient}",
             f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}",
+            f"{p}stream:{request.stream_id}:waiting:interval",
         ]
         limits = request.limits
         args = [
@@ -164,6 +195,7 @@ class RedisAdmission:
             request.message_id,
             TOLERANCE_US,
             int(request.inline_budget * 1_000_000),
+            _epoch_us(request.expires_at),
         ]
         verdict, first, second = (
             part.decode() if isinstance(part, bytes) else str(part)
@@ -193,7 +225,7 @@ class LocalAdmission:
             si, pi = interval_us(limits.per_second), interval_us(limits.provider_per_second)
             cost = max(request.cost, 1)
             stream_key, provider_key = f"s:{request.stream_id}", f"p:{request.provider}"
-            waiting_key = f"w:{request.stream_id}"
+            waiting_key, counted_in_key = f"w:{request.stream_id}", f"wi:{request.stream_id}"
             stat = self._values.get(stream_key, 0) if si else 0
             ptat = self._values.get(provider_key, 0) if pi else 0
             wait = max(
@@ -202,10 +234,16 @@ class LocalAdmission:
             if wait > 0:
                 back = wait
                 if si and wait > request.inline_budget * 1_000_000:
-                    slot = max(self._values.get(waiting_key, 0), stat, now)
-                    self._values[waiting_key] = slot + cost * si
+                    slot = self._parking_slot(waiting_key, counted_in_key, max(stat, now), si)
+                    expiry = _epoch_us(request.expires_at)
+                    if not expiry or slot < expiry:
+                        self._values[waiting_key] = slot + cost * si
+                        self._values[counted_in_key] = si
                     back = max(back, slot - now)
                 return Ticket("wait", wait / 1e6, back / 1e6)
+            if si and max(stat, ptat) < now - TOLERANCE_US:
+                self._values.pop(waiting_key, None)
+                self._values.pop(counted_in_key, None)
             day = self._days.setdefault(f"d:{request.stream_id}:{request.day.isoformat()}", set())
             if limits.per_day and request.message_id not in day and len(day) >= limits.per_day:
                 return Ticket("reject", reason="max_per_day")
@@ -226,3 +264,10 @@ class LocalAdmission:
             if pi:
                 self._values[provider_key] = max(ptat, now) + cost * pi
             return Ticket("admit")
+
+    def _parking_slot(self, waiting_key: str, counted_in_key: str, base: float, si: int) -> float:
+        """The next place on the schedule, what is parked ahead counted at interval ``si``."""
+        ahead, counted_in = self._values.get(waiting_key, 0), self._values.get(counted_in_key, 0)
+        if ahead > base and counted_in and counted_in != si:
+            ahead = base + math.floor((ahead - base) * si / counted_in)
+        return max(ahead, base)

@@ -580,6 +580,7 @@ class Delivery:
             cost=job.segments,
             limits=self._limits(job, provider),
             day=self.runtime.clock().date(),
+            expires_at=job.expires_at,
         )
         if request.limits == _NO_LIMITS:
             return True  # nothing to count: spare the Redis round trip on every message

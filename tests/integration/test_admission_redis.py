@@ -1,7 +1,9 @@
 """The Lua admission in Redis gives the same answers as the rules' in-process version, and
 its state is shared by every client (the fleet)."""
 
-from datetime import date
+import dataclasses
+import time
+from datetime import UTC, date, datetime, timedelta
 
 import redis as redis_lib
 
@@ -73,3 +75,50 @@ def test_a_high_rate_is_never_exceeded_by_rounding(redis_client):
     assert admission.admit(request("a", limits, cost=50_001)).verdict == "admit"
     ticket = admission.admit(request("b", limits))
     assert ticket.verdict == "wait" and ticket.wait_seconds >= 1.0 - 0.021
+
+
+def test_an_idle_bucket_gives_back_the_slots_of_messages_that_never_came(redis_client):
+    """Parked messages that expire, are cancelled, rejected or deleted never come back; once
+    the bucket stands idle at their turn, later messages are not parked behind them."""
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_second=10)
+    assert admission.admit(request("first", limits)).verdict == "admit"
+    for n in range(50):
+        assert admission.admit(request(f"gone-{n}", limits)).verdict == "wait"
+    time.sleep(0.15)
+    assert admission.admit(request("fresh-1", limits)).verdict == "admit"
+    ticket = admission.admit(request("fresh-2", limits))
+    assert ticket.verdict == "wait"
+    assert ticket.come_back_after <= 0.1
+
+
+def test_no_slot_is_reserved_past_the_messages_expiry(redis_client):
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_second=10)
+    assert admission.admit(request("first", limits)).verdict == "admit"
+    soon = datetime.now(UTC) + timedelta(seconds=0.05)
+    for n in range(20):
+        doomed = dataclasses.replace(request(f"doomed-{n}", limits), expires_at=soon)
+        assert admission.admit(doomed).come_back_after <= 0.1
+    assert admission.admit(request("next", limits)).come_back_after <= 0.1
+
+
+def test_a_new_limit_rescales_the_schedule(redis_client):
+    admission = RedisAdmission(redis_client)
+    slow, fast = Limits(per_second=1), Limits(per_second=1000)
+    assert admission.admit(request("first", slow)).verdict == "admit"
+    for n in range(30):
+        assert admission.admit(request(f"slow-{n}", slow)).verdict == "wait"
+    ticket = admission.admit(request("after-raise", fast))
+    assert ticket.verdict == "wait"
+    assert 1.0 < ticket.come_back_after <= 1.031  # the bucket's second, then 30 ms
+
+
+def test_the_parking_schedule_expires(redis_client):
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_second=5)
+    admission.admit(request("a", limits))
+    assert admission.admit(request("b", limits)).verdict == "wait"
+    keys = redis_client.keys("streams:limits:stream:s:waiting*")
+    assert len(keys) == 2, keys  # the schedule and the interval it is counted in
+    assert all(redis_client.ttl(key) > 0 for key in keys)

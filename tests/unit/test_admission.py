@@ -2,7 +2,8 @@
 implementation runs the same rules in Lua; tests/integration/test_admission_redis.py holds
 both to the same answers."""
 
-from datetime import date
+import dataclasses
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -150,3 +151,81 @@ def test_the_long_run_rate_is_exact_despite_late_admissions():
             sent += 1
         clock.us += 1_000
     assert sent == pytest.approx(100, abs=3)  # 10 s at 10/s
+
+
+# ------------------------------------------------------------------ the parking schedule
+
+
+def at(clock: Clock, seconds: float) -> datetime:
+    """The wall-clock time ``seconds`` after the injected clock's now."""
+    return datetime.fromtimestamp(clock.us / 1e6 + seconds, UTC)
+
+
+def test_an_idle_bucket_gives_back_the_slots_of_messages_that_never_came():
+    """Regression: a parked message that then expired, was cancelled, rejected or deleted
+    kept its slot, and later messages were parked behind the empty slots."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    assert admission.admit(request(message_id="first")).verdict == "admit"
+    for n in range(100):  # parked, and never come back
+        assert admission.admit(request(message_id=f"gone-{n}")).verdict == "wait"
+    clock.us += 150_000  # the bucket has stood idle past its first promised slot
+    assert admission.admit(request(message_id="fresh-1")).verdict == "admit"
+    parked = admission.admit(request(message_id="fresh-2"))
+    assert parked.verdict == "wait"
+    assert parked.come_back_after == pytest.approx(0.1)
+
+
+def test_a_backlog_that_comes_back_keeps_its_schedule():
+    """The schedule is dropped only on evidence: a bucket used at its turn keeps it."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    admission.admit(request())
+    backs = [admission.admit(request()).come_back_after for _ in range(3)]
+    assert backs == pytest.approx([0.1, 0.2, 0.3])
+    clock.us += 100_000  # the first parked message, back at its slot
+    assert admission.admit(request()).verdict == "admit"
+    assert admission.admit(request()).come_back_after == pytest.approx(0.3)
+
+
+def test_a_bucket_held_by_the_provider_is_not_idle():
+    """The stream's own bucket standing idle is no evidence while the provider's limit
+    kept the messages back."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    limits = Limits(per_second=10, provider_per_second=2)
+    assert admission.admit(request(limits=limits)).verdict == "admit"
+    backs = [admission.admit(request(limits=limits)).come_back_after for _ in range(10)]
+    assert backs[-1] == pytest.approx(1.0)
+    clock.us += 500_000  # the provider's turn; the stream's TAT passed 0.4 s ago
+    assert admission.admit(request(limits=limits)).verdict == "admit"
+    assert admission.admit(request(limits=limits)).come_back_after == pytest.approx(0.6)
+
+
+def test_no_slot_is_reserved_past_the_messages_expiry():
+    """A message that would come back after it expires is expired by the caller and never
+    comes back: it takes no slot."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    admission.admit(request())
+    doomed = dataclasses.replace(request(message_id="doomed"), expires_at=at(clock, 0.05))
+    assert admission.admit(doomed).come_back_after == pytest.approx(0.1)
+    assert admission.admit(request(message_id="next")).come_back_after == pytest.approx(0.1)
+    in_time = dataclasses.replace(request(message_id="in-time"), expires_at=at(clock, 5))
+    assert admission.admit(in_time).come_back_after == pytest.approx(0.2)
+
+
+def test_a_new_limit_rescales_the_schedule():
+    """Regression: parked at 1/s, the schedule ran 30 s ahead, and after the limit was
+    raised to 1000/s a throttled message was still parked behind it."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    slow, fast = Limits(per_second=1), Limits(per_second=1000)
+    admission.admit(request(limits=slow))
+    for _ in range(30):
+        assert admission.admit(request(limits=slow)).verdict == "wait"
+    # The bucket still holds the 1/s message's second; the 30 parked take 30 ms at 1000/s.
+    backs = [admission.admit(request(limits=fast)).come_back_after for _ in range(2)]
+    assert backs == pytest.approx([1.030, 1.031])
+    # Lowered again, what is parked takes longer, and the schedule says so.
+    assert admission.admit(request(limits=slow)).come_back_after == pytest.approx(33.0)
