@@ -116,6 +116,8 @@ def cancel_message(
             values={"not_before": None, "hold_reason": None},
         )
         if change is None:
+            # A worker may have claimed it since it was read: name the status it has now.
+            session.refresh(message)
             raise ApiError(
                 409,
                 "not_cancelable",

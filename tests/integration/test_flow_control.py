@@ -7,11 +7,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.clock import as_utc
 from core.runtime import build_runtime
-from schemas.tables import MessageEvent
+from schemas.enums import MessageStatus
+from schemas.tables import Message, MessageEvent
 from tests.conftest import auth, message
 from tests.processes import MovableClock, pipeline, wait_until, worker_pool
 from workers.relay import Relay
@@ -279,6 +280,34 @@ def test_cancel_a_scheduled_message(runtime, client, make_stream, account_key, o
     runtime.clock = lambda: datetime.now(UTC) + timedelta(seconds=5)
     assert Relay(runtime).sweep().released == 0
     assert get(client, account_key, message_id)["status"] == "canceled"
+
+
+def test_a_refused_cancel_names_the_status_the_message_has_now(
+    runtime, client, make_stream, account_key, monkeypatch
+):
+    """A worker claims the message between the cancel's read and its update: the 409 must
+    say it is sending, not repeat the queued it was read as."""
+    from dispatcher.routes import messages as routes
+
+    stream = make_stream()
+    future = (runtime.clock() + timedelta(hours=1)).isoformat()
+    message_id = send(client, stream["token"], message(send_at=future))[0]["message_id"]
+    real_transition = routes.transition
+
+    def claimed_first(session, key, **kwargs):
+        with runtime.session_factory() as worker:
+            worker.execute(
+                update(Message).where(Message.id == key).values(status=MessageStatus.sending)
+            )
+            worker.commit()
+        return real_transition(session, key, **kwargs)
+
+    monkeypatch.setattr(routes, "transition", claimed_first)
+    refused = client.post(f"/api/v1/messages/{message_id}/cancel", headers=auth(account_key))
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "not_cancelable"
+    assert refused.json()["error"]["message"].startswith("The message is sending;")
+    assert get(client, account_key, message_id)["status"] == "sending", "the cancel changed nothing"
 
 
 # --------------------------------------------------------------- quiet hours and expiry
