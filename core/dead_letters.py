@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from core import metrics
 from core.message_states import transition
 from schemas.enums import MessageStatus
-from schemas.tables import DeadLetter, Message
+from schemas.tables import DeadLetter, Message, ProviderReceipt
 
 
 def record_dead_letter(
@@ -86,7 +86,8 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
     The letter is claimed first with a conditional update of ``replayed_at`` (it row-locks
     the letter until the transaction ends), so of two racing replays, even one acting on a
     stale read, only one goes on (invariant 2). Raises ``ReplayRefused`` when it was
-    replayed already or its message moved on; the caller then rolls back. Otherwise the
+    replayed already, its message moved on, or the carrier has reported on the message since
+    (it took it: the outcome was only unknown to us); the caller then rolls back. Otherwise the
     caller commits, then enqueues the message.
     """
     claimed = session.execute(
@@ -97,6 +98,21 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
     ).first()
     if claimed is None:
         raise ReplayRefused("already_replayed", "This dead letter was replayed already.")
+    reported = session.scalar(
+        select(ProviderReceipt.status)
+        .where(ProviderReceipt.message_id == letter.message_id)
+        .order_by(ProviderReceipt.id.desc())
+        .limit(1)
+    )
+    if reported is not None:
+        # The outcome was unknown when it failed (the answer never came back), and the
+        # carrier has since reported on it: it took the message, and a replay would send
+        # it a second time.
+        raise ReplayRefused(
+            "carrier_reported",
+            f"The carrier has reported this message {reported} since it failed; "
+            "a replay would send it twice.",
+        )
     change = transition(
         session,
         letter.message_id,

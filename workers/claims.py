@@ -2,9 +2,11 @@
 
 A batch job costs one statement to load its messages (with their streams) and one
 conditional UPDATE to claim those that passed their gates: ``queued → sending`` (or a
-``sending`` whose claim is older than the lease: its worker died). Only the rows the UPDATE
-moved are sent, so a redelivered job, or two workers racing on one message, never send it
-twice (invariant 2). Both are Core statements built once.
+``sending`` whose claim is older than the lease: its worker died, and its provider would
+recognise the send if it took it already). Only the rows the UPDATE moved are sent, so a
+redelivered job, or two workers racing on one message, never send it twice (invariant 2).
+Nor does a redelivered job send a message early that waits out a retry's back-off. Both are
+Core statements built once.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Row,
     Table,
     and_,
@@ -29,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core.message_states import EVENTS, MESSAGES
+from core.provider_choice import NOT_IDEMPOTENT_TYPES
 from core.stats_rollup import rollup_upsert_sql
 from core.suppressions import is_suppressed_clause
 from schemas.enums import MessageStatus, StreamStatus, StreamType
@@ -71,6 +76,8 @@ _JOB_COLUMNS = (
 _LOAD = (
     select(
         *_JOB_COLUMNS,
+        MESSAGES.c.hold_reason,
+        MESSAGES.c.not_before,
         STREAMS.c.status.label("stream_status"),
         STREAMS.c.deleted_at.label("stream_deleted_at"),
         is_suppressed_clause(MESSAGES.c.account_id, MESSAGES.c.recipient).label("suppressed"),
@@ -79,16 +86,53 @@ _LOAD = (
     .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
 )
 
-#: A queued message, or one whose claim outlived the lease (its worker died, or its record
-#: failed) and that has attempts left: one whose budget is spent is the relay's to fail
-#: (``workers.relay``), never offered again.
-_CLAIMABLE = or_(
-    MESSAGES.c.status == MessageStatus.queued.value,
-    and_(
+#: How early a message waiting out a retry's back-off may still be claimed: a retry job's
+#: broker delay is counted in whole milliseconds from its worker's clock, and the claiming
+#: worker's clock may differ a little; a job that comes sooner is another one (redelivered).
+RETRY_EARLY_SLACK = timedelta(seconds=1)
+
+
+def stale_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
+    """A claim that outlived its lease (its worker died, or its record failed) and may be
+    taken again: it has attempts left, and its provider recognises a send offered twice
+    (``core.provider_choice.NOT_IDEMPOTENT_TYPES``). ``cutoff`` and ``max_attempts`` are
+    values or bind parameters."""
+    return and_(
         MESSAGES.c.status == MessageStatus.sending.value,
-        MESSAGES.c.claimed_at < bindparam("cutoff"),
-        MESSAGES.c.attempts < bindparam("max_attempts"),
+        MESSAGES.c.claimed_at < cutoff,
+        MESSAGES.c.attempts < max_attempts,
+        MESSAGES.c.stream_type.not_in(sorted(NOT_IDEMPOTENT_TYPES)),
+    )
+
+
+def spent_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
+    """A claim that outlived its lease and is never taken again: its claims used up
+    ``max_attempts``, or its provider would not recognise a send offered twice. The carrier
+    may have taken it, so the relay fails it as a dead letter (``workers.relay``)."""
+    return and_(
+        MESSAGES.c.status == MessageStatus.sending.value,
+        MESSAGES.c.claimed_at < cutoff,
+        or_(
+            MESSAGES.c.attempts >= max_attempts,
+            MESSAGES.c.stream_type.in_(sorted(NOT_IDEMPOTENT_TYPES)),
+        ),
+    )
+
+
+#: A queued message, unless it waits out a retry's back-off (a provider's Retry-After) that
+#: has more than ``RETRY_EARLY_SLACK`` to run: only its own delayed job, or the relay, may
+#: take it then, not a job redelivered early. Or a stale claim that may be taken again.
+_CLAIMABLE = or_(
+    and_(
+        MESSAGES.c.status == MessageStatus.queued.value,
+        or_(
+            MESSAGES.c.hold_reason.is_(None),
+            MESSAGES.c.hold_reason != "retry",
+            MESSAGES.c.not_before.is_(None),
+            MESSAGES.c.not_before <= bindparam("retry_due"),
+        ),
     ),
+    stale_claim(bindparam("cutoff"), bindparam("max_attempts")),
 )
 _CLAIMED_VALUES = {
     "status": MessageStatus.sending.value,
@@ -108,7 +152,8 @@ _CLAIM = (
 
 
 def load_messages(session: Session, ids: Sequence[uuid.UUID]) -> list[Row]:  # type: ignore[type-arg]
-    """The messages of ``ids`` that exist, with their stream's ``stream_status``,
+    """The messages of ``ids`` that exist (with their ``hold_reason`` and ``not_before``),
+    with their stream's ``stream_status``,
     ``stream_deleted_at``, ``demo`` and ``settings`` and whether the recipient is on the
     account's suppression list (``suppressed``)."""
     if not ids:
@@ -123,15 +168,27 @@ def claim_for_sending(
     lease_seconds: float,
     max_attempts: int,
 ) -> dict[uuid.UUID, int]:
-    """Claim the messages of ``ids`` that are queued, or whose claim is older than
-    ``lease_seconds`` with fewer than ``max_attempts`` attempts made. Returns each claimed
-    message's attempt number; the caller records the changes and commits."""
+    """Claim the messages of ``ids`` that are queued (and not waiting out a retry's
+    back-off), or whose claim is older than ``lease_seconds`` and may be taken again
+    (``stale_claim``). Returns each claimed message's attempt number; the caller records the
+    changes and commits."""
     if not ids:
         return {}
-    cutoff = now - timedelta(seconds=lease_seconds)
-    parameters = {"ids": list(ids), "now": now, "cutoff": cutoff, "max_attempts": max_attempts}
+    parameters = _claim_parameters(ids, now, lease_seconds, max_attempts)
     rows = session.execute(_CLAIM, parameters)
     return {row.id: row.attempts for row in rows}
+
+
+def _claim_parameters(
+    ids: Sequence[uuid.UUID], now: datetime, lease_seconds: float, max_attempts: int
+) -> dict[str, Any]:
+    return {
+        "ids": list(ids),
+        "now": now,
+        "retry_due": now + RETRY_EARLY_SLACK,
+        "cutoff": now - timedelta(seconds=lease_seconds),
+        "max_attempts": max_attempts,
+    }
 
 
 _RELEASE = (
@@ -245,7 +302,6 @@ def claim_ungated(
     """
     if not ids:
         return []
-    cutoff = now - timedelta(seconds=lease_seconds)
     statement = _ungated_claim(gated_providers)
-    parameters = {"ids": list(ids), "now": now, "cutoff": cutoff, "max_attempts": max_attempts}
+    parameters = _claim_parameters(ids, now, lease_seconds, max_attempts)
     return list(session.execute(statement, parameters))

@@ -69,6 +69,7 @@ from core.message_states import (
     record_changes,
     transition,
 )
+from core.provider_choice import NOT_IDEMPOTENT_TYPES
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
@@ -79,6 +80,7 @@ from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
     LIMIT_SETTINGS,
     PAUSED_STREAM_STATUSES,
+    RETRY_EARLY_SLACK,
     STREAMS,
     claim_for_sending,
     claim_ungated,
@@ -315,8 +317,21 @@ class Delivery:
         """The ``Job`` of a loaded message that may go on, or None when it may not (it was
         skipped, failed, parked or rejected in ``session``)."""
         log_ = log.bind(message_id=str(row.id))
-        if not self._waiting(row.status, row.claimed_at, row.attempts, now):
+        if not self._waiting(row.status, row.stream_type, row.claimed_at, row.attempts, now):
             log_.debug("delivery_skipped", status=row.status)
+            return None
+        if (
+            row.status == MessageStatus.queued.value
+            and row.hold_reason == "retry"
+            and row.not_before is not None
+            and as_utc(row.not_before) > now + RETRY_EARLY_SLACK
+        ):
+            # Another job for a message waiting out its back-off (a redelivery): it must not
+            # go early. It is handed to the relay for its time, in case this is the retry's
+            # own job come early (the clocks of two hosts differ); a second job then is
+            # harmless, since only one claim can take it.
+            self._hold(session, row.id, now, until=as_utc(row.not_before), reason="retry")
+            log_.info("delivery_retry_not_due", not_before=as_utc(row.not_before).isoformat())
             return None
         if row.stream_deleted_at is not None:
             transition(
@@ -528,10 +543,16 @@ class Delivery:
         return released
 
     def _waiting(
-        self, status: str, claimed_at: datetime | None, attempts: int, now: datetime
+        self,
+        status: str,
+        stream_type: str,
+        claimed_at: datetime | None,
+        attempts: int,
+        now: datetime,
     ) -> bool:
-        """Queued, or claimed longer ago than the lease with attempts left (the claim's own
-        rule, ``workers.claims``)."""
+        """Queued, or claimed longer ago than the lease, with attempts left, by a provider
+        that recognises a send offered twice (the claim's own rule,
+        ``workers.claims.stale_claim``)."""
         if status == MessageStatus.queued.value:
             return True
         settings = self.runtime.settings
@@ -541,6 +562,7 @@ class Delivery:
             and claimed_at is not None
             and as_utc(claimed_at) < now - lease
             and attempts < settings.max_send_attempts
+            and stream_type not in NOT_IDEMPOTENT_TYPES
         )
 
     def _passes_gates(self, job: Job, provider: Provider, log_: Any) -> bool:
@@ -1015,5 +1037,7 @@ def _message_log(job: Job) -> Any:
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with "equal jitter": between half and all of
     min(cap, base × 2^(attempt-1)), so retries spread out but never come back at once."""
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+    # The exponent is bounded first: 2 ** 1100 is an int no float can hold, and any
+    # exponent past 64 is past every cap anyway.
+    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
     return ceiling / 2 + random.uniform(0, ceiling / 2)

@@ -6,9 +6,10 @@ Each sweep:
 * releases held messages (rate limit, quiet hours, retry back-off) whose ``not_before``
   falls within the look-ahead;
 * takes back messages claimed longer than ``claim_lease_seconds`` ago (their worker died);
-  one whose claims have used up ``max_send_attempts`` fails instead, as a dead letter (the
-  carrier may have taken it: a message whose record keeps failing is never offered
-  forever);
+  one whose claims have used up ``max_send_attempts``, or whose provider has no idempotency
+  key (WhatsApp), fails instead, as a dead letter (the carrier may have taken it: a message
+  whose record keeps failing is never offered forever, and a WhatsApp message is never
+  offered twice on its own);
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
   died between commit and enqueue), once the ingress' own grace period has passed;
 * enqueues again queued messages the broker lost: marked enqueued over
@@ -34,7 +35,7 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import ColumnElement, or_, select, text, update
+from sqlalchemy import ColumnElement, case, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -47,6 +48,7 @@ from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
+from workers.claims import spent_claim, stale_claim
 from workers.queueing import enqueue_delivery
 
 log = structlog.get_logger(__name__)
@@ -106,11 +108,7 @@ class Relay:
             ),
             reclaimed=self._back_to_queued(
                 MessageStatus.sending,
-                (
-                    Message.status == MessageStatus.sending.value,
-                    Message.claimed_at < lease_cutoff,
-                    Message.attempts < settings.max_send_attempts,
-                ),
+                (stale_claim(lease_cutoff, settings.max_send_attempts),),
                 due=None,
                 detail="reclaimed: claim lease expired",
                 reason="reclaimed",
@@ -160,35 +158,42 @@ class Relay:
         log.info("relay_stopped")
 
     def _fail_spent_claims(self, lease_cutoff: datetime) -> int:
-        """Fail, as dead letters, the messages whose claim outlived the lease and whose
-        claims have used up ``max_send_attempts``: each claim was an attempt whose outcome
-        was never recorded (the worker died in it, or its record failed), so the carrier may
-        have taken the message. A replay is the operator's decision."""
+        """Fail, as dead letters, the messages whose claim outlived the lease and is never
+        taken again (``workers.claims.spent_claim``): their claims used up
+        ``max_send_attempts``, or their provider has no idempotency key (WhatsApp). Each
+        claim was an attempt whose outcome was never recorded (the worker died in it, or its
+        record failed), so the carrier may have taken the message. A replay is the
+        operator's decision."""
         now = self.runtime.clock()
         budget = self.runtime.settings.max_send_attempts
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, Message.attempts)
-                .where(
-                    Message.status == MessageStatus.sending.value,
-                    Message.claimed_at < lease_cutoff,
-                    Message.attempts >= budget,
-                )
+                select(Message.id, Message.attempts, Message.stream_type)
+                .where(spent_claim(lease_cutoff, budget))
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                reason = (
-                    f"Claimed {row.attempts} times and never recorded (the worker died or its "
-                    "record failed each time); the carrier may have taken it."
-                )
+                if row.attempts >= budget:
+                    reason = (
+                        f"Claimed {row.attempts} times and never recorded (the worker died or "
+                        "its record failed each time); the carrier may have taken it."
+                    )
+                    detail = "claim lease expired, attempts used up"
+                else:
+                    reason = (
+                        "Claimed and never recorded (the worker died or its record failed); "
+                        "the carrier may have taken it, and it would not recognise the "
+                        "message if it were offered again."
+                    )
+                    detail = "claim lease expired, not offered again"
                 moved = transition(
                     session,
                     row.id,
                     to=MessageStatus.failed,
                     allowed_from=[MessageStatus.sending],
                     at=now,
-                    detail="claim lease expired, attempts used up",
+                    detail=detail,
                     values={"error_code": "claim_lease_expired", "error_message": reason},
                 )
                 if moved is not None:
@@ -363,10 +368,18 @@ class Relay:
                 "relay_enqueue_failed", error=type(exc).__name__, pending=len(rows) - len(done)
             )
         if done:
+            # A retry keeps its back-off on the row: the claim then refuses any other job
+            # for it that comes early (``workers.claims``). Other holds are checked again
+            # by their gates and need nothing kept.
+            retry = Message.hold_reason == "retry"
             session.execute(
                 update(Message)
                 .where(Message.id.in_(done))
-                .values(enqueued_at=now, not_before=None, hold_reason=None)
+                .values(
+                    enqueued_at=now,
+                    not_before=case((retry, Message.not_before), else_=None),
+                    hold_reason=case((retry, Message.hold_reason), else_=None),
+                )
                 .execution_options(synchronize_session=False)
             )
         return done

@@ -14,7 +14,10 @@ from core.runtime import build_runtime
 from schemas.enums import MessageStatus
 from schemas.tables import Message, MessageEvent
 from tests.conftest import auth, message
+from tests.deliveries import delivery_with
 from tests.processes import MovableClock, pipeline, wait_until, worker_pool
+from workers.providers.base import ProviderError
+from workers.providers.sandbox import SandboxProvider
 from workers.relay import Relay
 
 TIMEOUT = "+972524000002"  # sandbox magic numbers (workers/providers/sandbox.py)
@@ -183,6 +186,62 @@ def test_retries_count_once_against_the_daily_cap(
         "sandbox_timeout",
         3,
     )
+
+
+class _ThrottlesOnce(SandboxProvider):
+    """Answers its first call with a 429 asking for an hour, then sends."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def send(self, message):
+        self.calls += 1
+        if self.calls == 1:
+            raise ProviderError("provider_throttled", "HTTP 429", transient=True, retry_after=3600)
+        return super().send(message)
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_per_second": 100}], ids=["ungated", "gated"])
+def test_a_job_that_comes_early_waits_out_the_retry_after(
+    runtime, client, make_stream, account_key, limits
+):
+    """The carrier asks for an hour (429, Retry-After). Another job for the message that
+    comes before then (a redelivery) must not send it: the message stays waiting, handed to
+    the relay for its time, and goes out once the hour has passed."""
+    carrier = _ThrottlesOnce(runtime.settings.sandbox, runtime.redis)
+    delivery = delivery_with(runtime, carrier)
+    stream = make_stream(settings=limits)
+    message_id = send(client, stream["token"], message())[0]["message_id"]
+
+    def row():
+        with runtime.session_factory() as session:
+            return session.get(Message, uuid.UUID(message_id))
+
+    delivery.deliver(message_id, "transactional")
+    held = row()
+    assert (held.status, held.attempts, held.hold_reason) == ("queued", 1, "retry")
+    due = as_utc(held.not_before)
+    assert due > runtime.clock() + timedelta(minutes=59)
+
+    delivery.deliver(message_id, "transactional")  # redelivered, an hour early
+    early = row()
+    assert carrier.calls == 1, "sent again before the carrier's Retry-After"
+    assert (early.status, early.attempts, early.hold_reason) == ("queued", 1, "retry")
+    assert as_utc(early.not_before) == due and early.enqueued_at is None, "the relay's now"
+    assert Relay(runtime).sweep().held_released == 0, "not before its time"
+
+    with runtime.session_factory() as session:  # the hour passes
+        session.execute(
+            update(Message)
+            .where(Message.id == uuid.UUID(message_id))
+            .values(not_before=runtime.clock() - timedelta(seconds=1))
+        )
+        session.commit()
+    assert Relay(runtime).sweep().held_released == 1
+    delivery.deliver(message_id, "transactional")
+    assert carrier.calls == 2
+    assert get(client, account_key, message_id)["status"] == "delivered"
 
 
 def test_permanent_errors_fail_at_once_without_dead_letter(

@@ -5,9 +5,11 @@ statuses, inbound messages) and the invalid-token error state."""
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DataError
 
 from core.settings import WhatsAppApiSettings
 from schemas.tables import Message, WhatsAppConfig
@@ -30,7 +32,11 @@ from tests.two_way import (
     add_template,
     whatsapp_stream,
 )
+from workers.admission import RedisAdmission
+from workers.delivery import Delivery
 from workers.pool import start_worker
+from workers.providers.registry import ProviderRegistry
+from workers.relay import Relay
 
 
 @pytest.fixture
@@ -618,6 +624,101 @@ def test_invariant_2_an_answer_that_comes_too_late_is_never_sent_again(
     assert [(item["message_id"], item["reason"]) for item in letters] == [
         (sent["message_id"], "outcome_unknown")
     ]
+
+
+def _offered(cloud, message_id) -> int:
+    """How many times the fake Cloud API took the message (it echoes our id back)."""
+    return sum(
+        (request["body"] or {}).get("biz_opaque_callback_data") == str(message_id)
+        for request in cloud.accepted()
+    )
+
+
+def _lease_runs_out(runtime, message_id) -> None:
+    lease = runtime.settings.claim_lease_seconds
+    with runtime.session_factory() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(claimed_at=runtime.clock() - timedelta(seconds=lease + 1))
+        )
+        session.commit()
+
+
+def test_invariant_2_a_claim_that_outlived_its_lease_is_never_offered_to_meta_again(
+    client, runtime, make_stream, account_key, cloud
+):
+    """Meta takes the message and its record fails (or the worker dies between the call and
+    the record): the message stays ``sending``. After the lease, neither the relay nor a
+    redelivered job may offer it again, since Meta would take it twice: it fails as an
+    unknown outcome, a dead letter whose replay is the operator's choice."""
+    from tests.fakes.failures import Failure
+
+    stream = whatsapp_stream(make_stream, client, account_key)
+    message_id = uuid.UUID(send(client, stream["token"], message_content="hello")["message_id"])
+    delivery = Delivery(
+        runtime, ProviderRegistry.from_runtime(runtime), RedisAdmission(runtime.redis)
+    )
+    # An id PostgreSQL refuses (a NUL byte): Meta took the message, its record fails.
+    took = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.TAKEN\u0000"}]}
+    cloud.failures.fail_next(1, Failure(status=200, body=took))
+    with pytest.raises(DataError):
+        delivery.deliver(str(message_id), "whatsapp")
+    assert _offered(cloud, message_id) == 1
+    _lease_runs_out(runtime, message_id)
+
+    delivery.deliver(str(message_id), "whatsapp")  # the job, redelivered
+    assert _offered(cloud, message_id) == 1, "a redelivered job offered it again"
+    report = Relay(runtime).sweep()
+    assert (report.reclaimed, report.claims_spent) == (0, 1)
+    delivery.deliver(str(message_id), "whatsapp")
+    assert _offered(cloud, message_id) == 1, "offered again after the relay's sweep"
+    found = message_of(client, account_key, message_id)
+    assert (found["status"], found["error"]["code"]) == ("failed", "claim_lease_expired")
+    letters = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"]
+    assert [(item["message_id"], item["reason"]) for item in letters] == [
+        (str(message_id), "outcome_unknown")
+    ]
+
+
+def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
+    client, runtime, make_stream, account_key, cloud
+):
+    """Meta answers after our timeout (the message fails as an unknown outcome), then its
+    status webhook reports the message delivered: it took it. A replay would send it again,
+    so it is refused, and the letter stays as it was."""
+    from tests.fakes.failures import Failure
+
+    runtime.settings.whatsapp.timeout_seconds = 0.5
+    stream = whatsapp_stream(make_stream, client, account_key)
+    message_id = uuid.UUID(send(client, stream["token"], message_content="hello")["message_id"])
+    late = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.LATE"}]}
+    cloud.failures.fail_next(1, Failure(status=200, body=late, delay_seconds=1.5))
+    delivery = Delivery(
+        runtime, ProviderRegistry.from_runtime(runtime), RedisAdmission(runtime.redis)
+    )
+    delivery.deliver(str(message_id), "whatsapp")
+    assert message_of(client, account_key, message_id)["status"] == "failed"
+    raw, headers = signed(
+        webhook(
+            PHONE_NUMBER_ID,
+            statuses=[status("wamid.LATE", "delivered", reference=str(message_id))],
+        ),
+        APP_SECRET,
+    )
+    answer = client.post(f"/webhooks/{stream['id']}/whatsapp", content=raw, headers=headers)
+    assert answer.status_code == 200, answer.text
+
+    letter = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"][0]
+    replay = client.post(f"/api/v1/dead-letters/{letter['id']}/replay", headers=auth(account_key))
+    assert replay.status_code == 409, replay.text
+    assert replay.json()["error"]["code"] == "carrier_reported"
+    assert "delivered" in replay.json()["error"]["message"]
+    after = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"][0]
+    assert after["replayed_at"] is None, "a refused replay changes nothing"
+    assert message_of(client, account_key, message_id)["status"] == "failed"
+    assert wait_until(lambda: all(r["answered"] for r in cloud.requests), 5)
+    assert _offered(cloud, message_id) == 1
 
 
 def test_a_connection_refused_is_retried(client, runtime, make_stream, account_key):

@@ -239,3 +239,22 @@ def test_provider_choice():
     assert provider_for("whatsapp", demo=False, default_provider="http") == "whatsapp_cloud"
     assert provider_for("whatsapp", demo=True, default_provider="http") == "sandbox"
     assert provider_for("marketing", demo=False, default_provider="http") == "http"
+
+
+def test_the_types_whose_claims_are_never_retaken_are_those_of_a_provider_without_idempotency():
+    """``NOT_IDEMPOTENT_TYPES`` (a stale claim of theirs fails rather than being offered
+    again) names exactly the stream types whose live provider declares no idempotency."""
+    from core.provider_choice import HTTP, NOT_IDEMPOTENT_TYPES, SANDBOX, WHATSAPP_CLOUD
+    from schemas.enums import StreamType
+    from workers.providers.http import HttpProvider
+    from workers.providers.sandbox import SandboxProvider
+    from workers.providers.whatsapp_cloud import WhatsAppCloudProvider
+
+    adapters = {SANDBOX: SandboxProvider, HTTP: HttpProvider, WHATSAPP_CLOUD: WhatsAppCloudProvider}
+    for default in (SANDBOX, HTTP):
+        unsafe = {
+            kind.value
+            for kind in StreamType
+            if not adapters[provider_for(kind, demo=False, default_provider=default)].idempotent
+        }
+        assert unsafe == NOT_IDEMPOTENT_TYPES
