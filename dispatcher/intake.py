@@ -54,6 +54,10 @@ log = structlog.get_logger(__name__)
 
 DEMO_SENDER = "Streams"
 MAX_SCHEDULE_AHEAD = timedelta(days=90)
+#: A send_at in the past means "now", and its validity counts from it. One further back
+#: than this is a mistake, not an outage's backlog (and one before year 1 in UTC, which an
+#: offset can make of 0001-01-01, is a time no database column or Python datetime holds).
+MAX_SEND_AT_PAST = timedelta(days=90)
 
 
 @dataclass(slots=True)
@@ -152,6 +156,10 @@ def prepare_item(
         if send_at - now > MAX_SCHEDULE_AHEAD:
             _raise(
                 "invalid_field", f"{prefix}.send_at is more than 90 days ahead", f"{prefix}.send_at"
+            )
+        if now - send_at > MAX_SEND_AT_PAST:
+            _raise(
+                "invalid_field", f"{prefix}.send_at is more than 90 days past", f"{prefix}.send_at"
             )
         if send_at <= now:
             send_at = None

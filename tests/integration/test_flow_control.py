@@ -438,6 +438,35 @@ def test_a_validity_counts_from_a_send_at_already_past(runtime, client, make_str
         )
 
 
+@pytest.mark.parametrize(
+    ("send_at", "says"),
+    [
+        ("2026-12-06T10:00:00", "must include a time zone offset"),
+        ("+91 days", "more than 90 days ahead"),
+        ("-91 days", "more than 90 days past"),
+        # Before year 1 in UTC: no column or datetime holds it (it made the row unreadable).
+        ("0001-01-01T00:00:00+14:00", "more than 90 days past"),
+    ],
+)
+def test_a_send_at_out_of_bounds_is_refused_alone(runtime, client, make_stream, send_at, says):
+    if send_at.endswith(" days"):
+        send_at = (runtime.clock() + timedelta(days=int(send_at.split()[0]))).isoformat()
+    stream = make_stream()
+    bad, good = send(
+        client,
+        stream["token"],
+        message(send_at=send_at, validity_seconds=60),
+        message(internal_id="fine"),
+    )
+    assert bad["status"] == "rejected" and "message_id" not in bad
+    assert bad["error"]["field"] == "messages[0].send_at"
+    assert says in bad["error"]["message"]
+    assert good["status"] == "queued"
+    with runtime.session_factory() as session:
+        stored = session.scalars(select(Message.id).where(Message.stream_id == stream["id"]))
+        assert [str(key) for key in stored] == [good["message_id"]], "nothing else stored"
+
+
 def test_message_past_its_validity_expires_instead_of_going_out_late(
     runtime, client, make_stream, account_key
 ):
