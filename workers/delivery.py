@@ -823,6 +823,24 @@ class Delivery:
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)
         now = self.runtime.clock()
+        if job.expires_at is not None and now + timedelta(seconds=delay) >= job.expires_at:
+            # The retry would come too late: the message expires now, as one that a limit
+            # or quiet hours would hold past its validity does, rather than waiting as
+            # queued for a send that can no longer happen.
+            why = (
+                f"attempt {attempt} failed ({error.code}: {error.message}); "
+                f"a retry in {delay:.1f}s would come after it expires"
+            )
+            self._end(
+                job,
+                MessageStatus.expired,
+                code="expired",
+                reason=why,
+                allowed_from=(MessageStatus.sending,),
+                detail=f"attempt {attempt} failed ({error.code}); no time left to retry",
+            )
+            log_.info("message_expired", why=why)
+            return
         with self.runtime.session_factory() as session:
             transition(
                 session,

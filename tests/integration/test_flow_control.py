@@ -483,6 +483,25 @@ def test_message_past_its_validity_expires_instead_of_going_out_late(
     assert get(client, account_key, message_id)["error"]["code"] == "expired"
 
 
+def test_a_retry_that_would_come_after_the_validity_expires_the_message_now(
+    settings, runtime, client, make_stream, account_key
+):
+    """The carrier times out and the back-off (60 s) runs past the validity (10 s): the
+    message expires at once, naming the failed attempt, instead of waiting as queued."""
+    runtime.settings = settings.model_copy(
+        update={"retry_backoff_seconds": 60, "retry_backoff_max_seconds": 60}
+    )
+    stream = make_stream()
+    item = message(recipient_phone=TIMEOUT, validity_seconds=10)
+    message_id = send(client, stream["token"], item)[0]["message_id"]
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    delivery.deliver(message_id, "transactional")
+    found = get(client, account_key, message_id)
+    assert (found["status"], found["error"]["code"], found["attempts"]) == ("expired", "expired", 1)
+    assert "sandbox_timeout" in found["error"]["message"]
+    assert client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["total"] == 0
+
+
 def test_message_that_cannot_be_sent_in_time_expires_now(runtime, client, make_stream, account_key):
     stream = make_stream(settings={"max_per_second": 1})
     ids = [
