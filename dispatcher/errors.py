@@ -121,6 +121,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(422, "invalid_json", "The body is not valid JSON.")
         if first.get("type") == "model_attributes_type":
+            # Not an object where one is wanted: the body itself, or a field inside it.
+            if location := field_path(first.get("loc", ())):
+                return error_response(
+                    422, "invalid_field", f"{location}: must be a JSON object", location
+                )
             return error_response(422, "invalid_field", "The body must be a JSON object.")
         location, message = describe_validation_error(first)
         return error_response(422, "invalid_field", message, location or None)

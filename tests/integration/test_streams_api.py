@@ -715,6 +715,8 @@ def test_settings_put_without_callback_turns_two_way_into_draft(client, account_
         ("otp", {"code_length": 2}, "code_length"),
         ("transactional", {"max_per_second": 0}, "max_per_second"),
         ("marketing", {"quiet_hours": {"start": "25:00", "end": "20:00"}}, "quiet_hours.start"),
+        ("marketing", {"quiet_hours": "09:00-20:00"}, "quiet_hours"),
+        ("marketing", {"quiet_hours": []}, "quiet_hours"),
         ("transactional", {"callback_url": "https://hooks.example.com"}, "callback_url"),
         ("marketing", {"colour": "blue"}, "colour"),
     ],
@@ -732,6 +734,24 @@ def test_settings_put_validates_like_create(
 
     assert error["field"] in (key, f"settings.{key}")
     assert client.get(url, headers=auth(account_key)).json() == before
+
+
+def test_a_body_that_is_not_an_object_and_a_field_that_is_not_are_told_apart(
+    client, account_key, make_stream
+):
+    stream = make_stream(type="marketing")
+    patched = client.patch(
+        f"{STREAMS}/{stream['id']}",
+        json={"settings": {"quiet_hours": "09:00-20:00"}},
+        headers=auth(account_key),
+    )
+    error = error_of(patched, 422)
+    assert (error["field"], error["message"]) == (
+        "settings.quiet_hours",
+        "settings.quiet_hours: must be a JSON object",
+    )
+    put = client.put(f"{STREAMS}/{stream['id']}/settings", json=[1], headers=auth(account_key))
+    assert error_of(put, 422)["message"] == "The body must be a JSON object."
 
 
 # ---------------------------------------------------------------- test send, request-api
