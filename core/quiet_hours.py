@@ -3,12 +3,16 @@ local time. Pure functions; the clock and the zones are passed in.
 
 The recipient's zone comes from the number (``phonenumbers.timezone``) unless the stream
 sets one. A number that spans several zones (+1 without an area code known, +7, +61) is
-sent only when the window is open in all of them; when no such moment exists (the zones
-are too far apart for the window), the first zone decides: the message goes whenever the
-window is open there, so a message is never held forever.
+sent only when the window is open in all of them; when no such moment comes within a day
+(the zones are too far apart for the window), the first zone decides: the message goes
+whenever the window is open there, so a message is never held forever, nor for days
+because a clock change some days off opens a common moment then.
 
-The window opens when the local clock reaches its start: at the first of two readings when
-the clock falls back, and at the jump when spring forward skips the start.
+The window opens when the local clock first reaches its start and closes when it first
+reaches its end: at the first of two readings when the clock falls back, and at the jump
+when spring forward skips the time. Open or closed is decided on those moments, so a
+repeated hour does not reopen a window that closed in its first reading, nor close one
+that opened there, and every opening returned is a moment the window is open.
 """
 
 from __future__ import annotations
@@ -64,6 +68,14 @@ def _known_zone(name: str) -> bool:
     return True
 
 
+#: How far ahead a moment open in all of a number's zones is looked for: a day, and the hour a
+#: clock change can add to it. A common moment further off than that is not a daily one.
+_COMMON_HORIZON = timedelta(hours=25)
+#: A window lasts at most a day: when the zone's offset has not changed in this long, the
+#: local clock ran evenly since the window last opened or closed, and its reading decides.
+_EVEN_CLOCK = timedelta(hours=26)
+
+
 def next_send_time(now: datetime, window: SendingWindow, zones: Sequence[str]) -> datetime:
     """``now`` if the window is open for the recipient, else the UTC moment it opens.
 
@@ -73,19 +85,44 @@ def next_send_time(now: datetime, window: SendingWindow, zones: Sequence[str]) -
     if _open_everywhere(now, window, names):
         return now
     openings = sorted(
-        opening for name in names for opening in _openings(now, window, ZoneInfo(name))
+        opening
+        for name in names
+        for opening in _openings(now, window, ZoneInfo(name))
+        if opening <= now + _COMMON_HORIZON
     )
     for opening in openings:
         if _open_everywhere(opening, window, names):
             return opening
-    first = names[:1]
-    if _open_everywhere(now, window, first):
+    first = ZoneInfo(names[0])
+    if is_open(now, window, first):
         return now
-    return min(_openings(now, window, ZoneInfo(first[0])))
+    return min(_openings(now, window, first))
 
 
 def _open_everywhere(moment: datetime, window: SendingWindow, zones: Sequence[str]) -> bool:
-    return all(window.contains(moment.astimezone(ZoneInfo(z)).time()) for z in zones)
+    return all(is_open(moment, window, ZoneInfo(name)) for name in zones)
+
+
+def is_open(moment: datetime, window: SendingWindow, zone: ZoneInfo) -> bool:
+    """Whether the window is open in ``zone`` at ``moment``: it opened (the clock reached
+    its start) since it last closed (the clock reached its end)."""
+    if window.start == window.end:
+        return True
+    local = moment.astimezone(zone)
+    if (moment - _EVEN_CLOCK).astimezone(zone).utcoffset() == local.utcoffset():
+        return window.contains(local.time())
+    # A clock change in the last day: the wall-clock reading may repeat or skip. Find the
+    # last opening and the last closing at or before ``moment`` instead.
+    days = [local.date() + timedelta(days=offset) for offset in (-2, -1, 0, 1)]
+
+    def last(at: time) -> datetime:
+        return max(
+            reached
+            for day in days
+            if (reached := _clock_reaches(datetime.combine(day, at), zone)) <= moment
+        )
+
+    return last(window.start) > last(window.end)
 
 
 def _openings(now: datetime, window: SendingWindow, zone: ZoneInfo) -> list[datetime]:
@@ -100,7 +137,7 @@ def _openings(now: datetime, window: SendingWindow, zone: ZoneInfo) -> list[date
         opening = _clock_reaches(
             datetime.combine(local_today + timedelta(days=offset), window.start), zone
         )
-        if opening > now and window.contains(opening.astimezone(zone).time()):
+        if opening > now and is_open(opening, window, zone):
             found.append(opening.astimezone(now.tzinfo))
     return found
 

@@ -88,6 +88,61 @@ def test_a_window_opening_in_the_fall_back_overlap_opens_the_first_time():
     assert next_send_time(utc(2026, 11, 1, 4, 0), window, NEW_YORK) == utc(2026, 11, 1, 5, 30)
 
 
+def test_a_window_that_opened_in_the_first_reading_of_the_repeated_hour_stays_open():
+    """01:30-09:00: it opens at 01:30 EDT (05:30 UTC). At 01:10 EST (06:10 UTC), the second
+    reading of 01:10, it has been open for 40 minutes: the message goes now, not tomorrow."""
+    window = SendingWindow.parse("01:30", "09:00")
+    assert next_send_time(utc(2026, 11, 1, 5, 10), window, NEW_YORK) == utc(2026, 11, 1, 5, 30)
+    assert next_send_time(utc(2026, 11, 1, 6, 10), window, NEW_YORK) == utc(2026, 11, 1, 6, 10)
+
+
+def test_a_window_that_closed_in_the_first_reading_of_the_repeated_hour_stays_closed():
+    """20:00-01:30: it closes at 01:30 EDT (05:30 UTC). At 01:10 EST (06:10 UTC) it is
+    closed, and opens again at 20:00 EST."""
+    window = SendingWindow.parse("20:00", "01:30")
+    assert next_send_time(utc(2026, 11, 1, 5, 10), window, NEW_YORK) == utc(2026, 11, 1, 5, 10)
+    assert next_send_time(utc(2026, 11, 1, 6, 10), window, NEW_YORK) == utc(2026, 11, 2, 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("window", "days"),
+    [
+        (SendingWindow.parse("09:00", "20:00"), (utc(2026, 3, 7), utc(2026, 10, 31))),
+        (SendingWindow.parse("01:30", "09:00"), (utc(2026, 3, 7), utc(2026, 10, 31))),
+        (SendingWindow.parse("20:00", "02:30"), (utc(2026, 3, 7), utc(2026, 10, 31))),
+    ],
+    ids=["daytime", "opens-in-the-changes", "closes-in-the-changes"],
+)
+def test_around_clock_changes_a_message_waits_exactly_until_the_window_opens(window, days):
+    """Every half hour over three days around each of New York's clock changes: the moment
+    returned is one at which the window is open, and it was closed every five minutes before
+    it (a message is held no longer than needed, and never sent in quiet hours)."""
+    from core.quiet_hours import is_open
+
+    zone = ZoneInfo(NEW_YORK[0])
+    for first in days:
+        for step in range(3 * 48):
+            now = first + timedelta(minutes=30 * step)
+            sent = next_send_time(now, window, NEW_YORK)
+            assert is_open(sent, window, zone), (now, sent)
+            assert sent == now or not is_open(now, window, zone)
+            probe = now + timedelta(minutes=5)
+            while probe < sent:
+                assert not is_open(probe, window, zone), (now, sent, probe)
+                probe += timedelta(minutes=5)
+
+
+def test_a_number_of_many_zones_is_not_held_for_a_common_moment_days_away():
+    """+1 with no known area code spans 42 zones, from Pago Pago to Saipan: no moment has
+    09:00-20:00 open in all of them, so the first zone (Adak) decides. Two days before the
+    US clocks fall back a common half hour appears then; that must not hold the message
+    for two days while Adak's window is open."""
+    zones = zones_for_number("+18005550199")
+    assert len(zones) > 40 and zones[0] == "America/Adak"
+    for now in (utc(2026, 10, 28, 18, 2), utc(2026, 10, 30, 18, 2)):
+        assert next_send_time(now, DAYTIME, zones) == now
+
+
 def test_window_wrapping_midnight():
     night = SendingWindow.parse("22:00", "06:00")
     assert night.contains(datetime(2026, 1, 1, 23, 0).time())
