@@ -1,5 +1,5 @@
 """dramatiq middleware: when a delivery job keeps raising (a bug, the database gone) and
-dramatiq's Retries gives up, each message of the job that was still waiting becomes
+dramatiq's Retries gives up, each message of the job that was still queued becomes
 ``failed`` and a dead letter here too, so the account sees it and can replay it.
 dramatiq's own dead-letter queue keeps a copy of the job."""
 
@@ -52,8 +52,12 @@ class DeadLetters(Middleware):
             self._fail_as_dead_letter(message_id, exception)
 
     def _fail_as_dead_letter(self, message_id: str, exception: BaseException) -> None:
-        """Fail the message and keep it as a dead letter if it was still waiting (queued,
-        or claimed by the job that gave up); one already sent or ended is left alone. Each
+        """Fail the message and keep it as a dead letter if it was still queued; one sent,
+        ended or being sent is left alone. A ``sending`` message is another worker's live
+        claim, or one whose outcome is unknown (the job raised after its call): the claim
+        lease decides it (``workers.relay``), retaking it where the provider recognises a
+        repeat and failing it as ``outcome_unknown`` where not. Failing it here could
+        dead-letter a message the carrier took, and its replay would send it twice. Each
         message has its own transaction: one that cannot be recorded does not hold back the
         others of its batch."""
         try:
@@ -64,7 +68,7 @@ class DeadLetters(Middleware):
                     session,
                     key,
                     to=MessageStatus.failed,
-                    allowed_from=[MessageStatus.queued, MessageStatus.sending],
+                    allowed_from=[MessageStatus.queued],
                     at=now,
                     detail="worker kept failing",
                     values={

@@ -191,6 +191,33 @@ def test_a_batch_job_dramatiq_gave_up_on_fails_its_waiting_messages_as_dead_lett
     assert after == before + 2
 
 
+def test_a_message_being_sent_is_left_to_its_claim_when_dramatiq_gives_up(
+    runtime, client, make_stream
+):
+    """Invariant 2: a job dramatiq gave up on may name a message another worker holds a
+    live claim on, or one whose call went out before the job raised. Failing it as a dead
+    letter would offer a replay of a message the carrier may have taken: it stays
+    ``sending`` for the claim lease to decide."""
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+    with runtime.session_factory() as session:
+        assert transition(
+            session,
+            uuid.UUID(message_id),
+            to=MessageStatus.sending,
+            allowed_from=[MessageStatus.queued],
+            at=runtime.clock(),
+        )
+        session.commit()
+    DeadLetters(runtime).after_process_message(
+        runtime.broker,
+        given_up(delivery_actor_name("transactional"), (message_id,)),
+        exception=RuntimeError("database down"),
+    )
+    assert status_of(runtime, message_id) == "sending"
+    assert letters_of(runtime, message_id) == []
+
+
 def test_a_single_job_dramatiq_gave_up_on_is_still_a_dead_letter(runtime, client, make_stream):
     token = make_stream()["token"]
     [message_id] = send(client, token, message())
