@@ -56,6 +56,24 @@ def scrape(client):
     return parse(client.get("/metrics").text)
 
 
+def move(runtime, message_id: str, *steps: MessageStatus, **values) -> None:
+    """Move a message through ``steps`` (each from the one before, the first from queued)
+    in one committed transaction."""
+    with runtime.session_factory() as session:
+        came_from = MessageStatus.queued
+        for to in steps:
+            assert transition(
+                session,
+                uuid.UUID(message_id),
+                to=to,
+                allowed_from=[came_from],
+                at=runtime.clock(),
+                values=values or None,
+            )
+            came_from = to
+        session.commit()
+
+
 def fail_as_dead_letter(runtime, message_id: str) -> uuid.UUID:
     """Put a queued message where exhausted retries leave it: failed, with a dead letter."""
     now = runtime.clock()
@@ -110,16 +128,7 @@ def test_a_stale_concurrent_replay_is_refused_as_already_replayed(
         assert stale.replayed_at is None
         first = client.post(f"/api/v1/dead-letters/{letter_id}/replay", headers=auth(account_key))
         assert first.status_code == 202, first.text
-        with runtime.session_factory() as session:
-            assert transition(
-                session,
-                uuid.UUID(message_id),
-                to=MessageStatus.failed,
-                allowed_from=[MessageStatus.queued],
-                at=runtime.clock(),
-                values={"error_code": "provider_rejected"},
-            )
-            session.commit()
+        move(runtime, message_id, MessageStatus.failed, error_code="provider_rejected")
 
         with pytest.raises(ReplayRefused) as refused:
             replay_dead_letter(slow, stale, runtime.clock())
@@ -163,16 +172,7 @@ def test_a_batch_job_dramatiq_gave_up_on_fails_its_waiting_messages_as_dead_lett
     token = make_stream()["token"]
     waiting = send(client, token, message(), message(recipient_phone="+972524265293"))
     [sent] = send(client, token, message(recipient_phone="+972524265294"))
-    with runtime.session_factory() as session:
-        for to in (MessageStatus.sending, MessageStatus.sent):
-            assert transition(
-                session,
-                uuid.UUID(sent),
-                to=to,
-                allowed_from=[MessageStatus.queued, MessageStatus.sending],
-                at=runtime.clock(),
-            )
-        session.commit()
+    move(runtime, sent, MessageStatus.sending, MessageStatus.sent)
     before = value(scrape(client), LETTERS, type="transactional", reason="worker_error")
 
     DeadLetters(runtime).after_process_message(
@@ -200,15 +200,7 @@ def test_a_message_being_sent_is_left_to_its_claim_when_dramatiq_gives_up(
     ``sending`` for the claim lease to decide."""
     token = make_stream()["token"]
     [message_id] = send(client, token, message())
-    with runtime.session_factory() as session:
-        assert transition(
-            session,
-            uuid.UUID(message_id),
-            to=MessageStatus.sending,
-            allowed_from=[MessageStatus.queued],
-            at=runtime.clock(),
-        )
-        session.commit()
+    move(runtime, message_id, MessageStatus.sending)
     DeadLetters(runtime).after_process_message(
         runtime.broker,
         given_up(delivery_actor_name("transactional"), (message_id,)),
