@@ -48,15 +48,22 @@ def transition(
     at: datetime,
     detail: str | None = None,
     values: dict[str, Any] | None = None,
+    claim: int | None = None,
 ) -> StatusChange | None:
-    """Move a message to ``to`` if its status is one of ``allowed_from``.
+    """Move a message to ``to`` if its status is one of ``allowed_from`` (and, with
+    ``claim``, the attempt number of the caller's claim, if the message is still on that
+    attempt: a claim another worker has taken since counted one more).
 
     Returns the change, or None (changing nothing) when another process moved it first.
     The caller commits.
     """
+    conditions = [MESSAGES.c.id == message_id]
+    conditions.append(MESSAGES.c.status.in_([s.value for s in allowed_from]))
+    if claim is not None:
+        conditions.append(MESSAGES.c.attempts == claim)
     statement = (
         update(MESSAGES)
-        .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_([s.value for s in allowed_from]))
+        .where(*conditions)
         .values(status=to.value, updated_at=at, **(values or {}))
         .returning(*_CHANGE_COLUMNS)
     )
@@ -104,6 +111,9 @@ class Move:
     values: Mapping[str, Any] = field(default_factory=dict)
     #: Passed on to the changes (``StatusChange.follow_up``).
     follow_up: bool = True
+    #: The attempt number of the caller's claim: the row moves only while it is still on
+    #: that attempt (no other worker has claimed it since). None: any.
+    claim: int | None = None
 
 
 def move_many(
@@ -136,6 +146,7 @@ def move_many(
         params: dict[str, Any] = {
             "at": at,
             "ids": [m.message_id for m in moves],
+            "claims": [m.claim for m in moves],
             "statuses": [m.steps[-1][0].value for m in moves],
             **{f"c_{name}": [m.values.get(name) for m in moves] for name in columns},
             "h_ids": [step[0] for step in steps],
@@ -151,7 +162,11 @@ def move_many(
         for move in moves:
             row = session.execute(
                 update(MESSAGES)
-                .where(MESSAGES.c.id == move.message_id, MESSAGES.c.status.in_(allowed))
+                .where(
+                    MESSAGES.c.id == move.message_id,
+                    MESSAGES.c.status.in_(allowed),
+                    *([MESSAGES.c.attempts == move.claim] if move.claim is not None else []),
+                )
                 .values(
                     status=move.steps[-1][0].value,
                     updated_at=at,
@@ -192,9 +207,13 @@ def _move_many_statement(dialect: Dialect, columns: tuple[str, ...], allowed: tu
     def column_array(name: str, column: str) -> str:
         return array(name, MESSAGES.c[column].type)
 
-    arrays = [column_array("ids", "id"), column_array("statuses", "status")]
+    arrays = [
+        column_array("ids", "id"),
+        column_array("claims", "attempts"),
+        column_array("statuses", "status"),
+    ]
     arrays += [column_array(f"c_{name}", name) for name in columns]
-    names = ["id", "status", *(f"c_{name}" for name in columns)]
+    names = ["id", "claim", "status", *(f"c_{name}" for name in columns)]
     sets = ["status = v.status", "updated_at = :at"]
     sets += [f"{name} = coalesce(v.c_{name}, m.{name})" for name in columns]
     allowed_list = ", ".join(f"'{status}'" for status in allowed)
@@ -212,6 +231,7 @@ def _move_many_statement(dialect: Dialect, columns: tuple[str, ...], allowed: tu
         f"WITH moved AS (UPDATE messages AS m SET {', '.join(sets)} "
         f"FROM unnest({', '.join(arrays)}) AS v({', '.join(names)}) "
         f"WHERE m.id = v.id AND m.status IN ({allowed_list}) "
+        "AND (v.claim IS NULL OR m.attempts = v.claim) "
         "RETURNING m.id, m.stream_id, m.account_id, m.stream_type, m.segments), "
         "steps AS (SELECT h.id, h.status, h.detail, h.n "
         f"FROM unnest({', '.join(history)}) WITH ORDINALITY AS h(id, status, detail, n) "

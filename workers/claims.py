@@ -12,7 +12,7 @@ Core statements built once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
@@ -28,6 +28,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.orm import Session
@@ -194,7 +195,7 @@ def _claim_parameters(
 _RELEASE = (
     update(MESSAGES)
     .where(
-        MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+        tuple_(MESSAGES.c.id, MESSAGES.c.attempts).in_(bindparam("claims", expanding=True)),
         MESSAGES.c.status == MessageStatus.sending.value,
     )
     .values(
@@ -207,13 +208,18 @@ _RELEASE = (
 )
 
 
-def release_claims(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> set[uuid.UUID]:
+def release_claims(
+    session: Session, claims: Mapping[uuid.UUID, int], now: datetime
+) -> set[uuid.UUID]:
     """Give back claims not used (``sending → queued``, the attempt not counted): the
-    worker is stopping before it sent them. Returns the ids released; the caller records
-    the changes and commits."""
-    if not ids:
+    worker is stopping before it sent them. ``claims`` maps each id to the attempt number of
+    the caller's claim; a message claimed again since (by the relay's reclaim and another
+    worker, while this one stalled past the lease) is someone else's and is left alone.
+    Returns the ids released; the caller records the changes and commits."""
+    if not claims:
         return set()
-    return {row.id for row in session.execute(_RELEASE, {"ids": list(ids), "now": now})}
+    parameters = {"claims": list(claims.items()), "now": now}
+    return {row.id for row in session.execute(_RELEASE, parameters)}
 
 
 @cache

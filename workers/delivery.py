@@ -177,6 +177,8 @@ class _Sent:
     job: Job
     provider: str
     accepted: Accepted
+    #: The attempt number of the claim it was sent on: recorded only while still on it.
+    attempt: int
 
 
 class Delivery:
@@ -478,7 +480,7 @@ class Delivery:
         ``handed_back``, and the messages whose send step raised to its ``failed``."""
         record = record or self._record_sent
         sent: list[_Sent] = []
-        unsent: list[Job] = []
+        unsent: list[_Claimed] = []
         fresh_until = started + self.runtime.settings.claim_lease_seconds / 2
 
         def go_on() -> bool:
@@ -487,7 +489,7 @@ class Delivery:
 
         def settle(claim: _Claimed, call: CallOutcome) -> _Sent | None:
             if call.skipped:
-                unsent.append(claim.item.job)
+                unsent.append(claim)
                 return None
             try:
                 return self._outcome(claim.item, claim.attempt, call)
@@ -523,20 +525,25 @@ class Delivery:
             for _ in range(count):
                 observed.observe(elapsed)
 
-    def _release(self, jobs: list[Job]) -> set[uuid.UUID]:
-        """Give back the claims of ``jobs`` not used (the worker is stopping, or the batch
-        ran too long to use them safely); returns the released."""
-        if not jobs:
+    def _release(self, claims: list[_Claimed]) -> set[uuid.UUID]:
+        """Give back the ``claims`` not used (the worker is stopping, or the batch ran too
+        long to use them safely), each only while still on its attempt; returns the
+        released."""
+        if not claims:
             return set()
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
-            released = release_claims(session, [job.message_id for job in jobs], now)
+            released = release_claims(
+                session, {claim.item.job.message_id: claim.attempt for claim in claims}, now
+            )
             record_changes(
                 session,
                 [
-                    self._change(job, MessageStatus.queued, now, detail="claim given back")
-                    for job in jobs
-                    if job.message_id in released
+                    self._change(
+                        claim.item.job, MessageStatus.queued, now, detail="claim given back"
+                    )
+                    for claim in claims
+                    if claim.item.job.message_id in released
                 ],
             )
             session.commit()
@@ -673,7 +680,7 @@ class Delivery:
         outcome is recorded here)."""
         job, provider = item.job, item.provider
         if call.accepted is not None:
-            return _Sent(job, provider.name, call.accepted)
+            return _Sent(job, provider.name, call.accepted, attempt)
         if isinstance(call.error, ProviderError):
             self._provider_failed(job, provider.name, attempt, call.error, _message_log(job))
             return None
@@ -701,6 +708,7 @@ class Delivery:
             reason=why,
             detail=why,
             allowed_from=(MessageStatus.sending,),
+            claim=attempt,
         )
         log_.info("message_expired", why=why)
         return None
@@ -739,6 +747,7 @@ class Delivery:
                     follow_up=follows_up(
                         job.stream_type.value, job.settings, job.callback_url, item.provider
                     ),
+                    claim=item.attempt,
                 )
             )
         with self.runtime.session_factory() as session:
@@ -805,6 +814,7 @@ class Delivery:
                 log_,
                 from_status=MessageStatus.sending,
                 dead_letter="outcome_unknown" if error.outcome_unknown else None,
+                claim=attempt,
             )
             return
         if attempt >= settings.max_send_attempts:
@@ -815,6 +825,7 @@ class Delivery:
                 log_,
                 from_status=MessageStatus.sending,
                 dead_letter="retries_exhausted",
+                claim=attempt,
             )
             return
         delay = backoff_seconds(
@@ -838,11 +849,12 @@ class Delivery:
                 reason=why,
                 allowed_from=(MessageStatus.sending,),
                 detail=f"attempt {attempt} failed ({error.code}); no time left to retry",
+                claim=attempt,
             )
             log_.info("message_expired", why=why)
             return
         with self.runtime.session_factory() as session:
-            transition(
+            moved = transition(
                 session,
                 job.message_id,
                 to=MessageStatus.queued,
@@ -850,7 +862,11 @@ class Delivery:
                 at=now,
                 detail=f"attempt {attempt} failed ({error.code}); retry in {delay:.1f}s",
                 values={"error_code": error.code, "error_message": error.message},
+                claim=attempt,
             )
+            if moved is None:  # another worker claimed it since: its outcome, not ours
+                log_.warning("failed_but_claim_lost", error_code=error.code)
+                return
             self._hold(
                 session, job.message_id, now, until=now + timedelta(seconds=delay), reason="retry"
             )
@@ -900,9 +916,11 @@ class Delivery:
         allowed_from: tuple[MessageStatus, ...] = _WAITING,
         detail: str | None = None,
         dead_letter: str | None = None,
+        claim: int | None = None,
     ) -> None:
         """Move the message to a final ``status`` with its error, in one transaction (and
-        keep it as a dead letter when asked)."""
+        keep it as a dead letter when asked). ``claim``: the attempt of the caller's claim,
+        for a move out of ``sending`` (``core.message_states.transition``)."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             moved = transition(
@@ -913,6 +931,7 @@ class Delivery:
                 at=now,
                 detail=detail or code,
                 values={"error_code": code, "error_message": reason},
+                claim=claim,
             )
             if moved and dead_letter:
                 record_dead_letter(
@@ -929,6 +948,7 @@ class Delivery:
         *,
         from_status: MessageStatus = MessageStatus.queued,
         dead_letter: str | None = None,
+        claim: int | None = None,
     ) -> None:
         self._end(
             job,
@@ -937,6 +957,7 @@ class Delivery:
             reason=reason,
             allowed_from=(from_status,),
             dead_letter=dead_letter,
+            claim=claim,
         )
         log_.warning("message_failed", error_code=code, dead_letter=bool(dead_letter))
 

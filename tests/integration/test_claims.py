@@ -3,6 +3,8 @@ no gate can stop, and leaves every other one, unchanged, to the full pipeline.""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import timedelta
 
@@ -12,8 +14,9 @@ from sqlalchemy import select, update
 from core.credentials import SecretBox
 from core.settings import SandboxSettings
 from core.suppressions import suppress
-from schemas.tables import Message
+from schemas.tables import Message, MessageEvent
 from tests.conftest import auth, message
+from tests.deliveries import delivery_with
 from tests.otp_codes import OTHER_PHONE, PHONE, send_code
 from workers.admission import RedisAdmission
 from workers.claims import LIMIT_SETTINGS, claim_ungated
@@ -192,3 +195,73 @@ def test_a_message_whose_record_keeps_failing_fails_when_its_attempts_are_used_u
         letter = session.scalar(select(DeadLetter).where(DeadLetter.message_id == message_id))
     assert found.error_code == "claim_lease_expired"
     assert letter is not None and letter.reason == "outcome_unknown"
+
+
+class _TakesThenWaits(SandboxProvider):
+    """The sandbox; once the carrier has taken a message, waits for ``go`` before answering
+    (the worker's call still in flight)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.taken, self.go = threading.Event(), threading.Event()
+
+    def send(self, message):
+        accepted = super().send(message)
+        self.taken.set()
+        assert self.go.wait(30)
+        return accepted
+
+
+def test_a_worker_that_stalled_past_its_lease_leaves_the_new_claim_alone(
+    runtime, client, make_stream
+):
+    """Invariant 2. Worker A claims and stalls (SIGSTOP, a long GC pause) past the claim lease;
+    the relay takes the claim back and worker B claims it again and sends. When A resumes,
+    its claim is no longer the message's: it must neither give B's claim back nor record
+    anything over it, and B's send is the one recorded."""
+    from workers.relay import Relay
+
+    lease = 1.0
+    runtime.settings = runtime.settings.model_copy(update={"claim_lease_seconds": lease})
+    message_id = send_one(client, make_stream())
+    runtime.redis.flushdb()  # the ingress' job: this test makes the deliveries itself
+
+    worker_a = Delivery(
+        runtime, ProviderRegistry.from_runtime(runtime), RedisAdmission(runtime.redis)
+    )
+    claimed, resumed = threading.Event(), threading.Event()
+    send_and_record = worker_a._send_and_record
+
+    def stalled(*args, **kwargs):
+        claimed.set()
+        assert resumed.wait(30)
+        return send_and_record(*args, **kwargs)
+
+    worker_a._send_and_record = stalled
+    a = threading.Thread(target=worker_a.deliver_many, args=([str(message_id)],))
+    a.start()
+    assert claimed.wait(10)
+    time.sleep(lease + 0.2)
+    assert Relay(runtime).sweep().reclaimed == 1
+
+    carrier = _TakesThenWaits(runtime.settings.sandbox, runtime.redis)
+    worker_b = delivery_with(runtime, carrier)
+    b = threading.Thread(target=worker_b.deliver_many, args=([str(message_id)],))
+    b.start()
+    assert carrier.taken.wait(10)
+    held_by_b = status_and_attempts(runtime, message_id)
+    assert held_by_b == ("sending", 2)
+
+    resumed.set()  # A goes on: half its lease has passed, so it gives its claim back
+    a.join(10)
+    assert status_and_attempts(runtime, message_id) == held_by_b, "A touched B's claim"
+    carrier.go.set()
+    b.join(10)
+    assert status_and_attempts(runtime, message_id) == ("delivered", 2)
+    with runtime.session_factory() as session:
+        history = session.scalars(
+            select(MessageEvent.status)
+            .where(MessageEvent.message_id == message_id)
+            .order_by(MessageEvent.id)
+        ).all()
+    assert history == ["queued", "sending", "queued", "sending", "sent", "delivered"]
