@@ -79,6 +79,14 @@ def record_receipt(
         else {"provider": receipt.provider, "provider_message_id": receipt.provider_message_id}
     )
     if receipt.status == "sent":
+        if message.status == MessageStatus.failed.value:
+            # The carrier took a message we failed as an unknown outcome (its answer never
+            # came back). Nothing moves, but the proof is kept: a replay would send it
+            # twice (``core.dead_letters``). Only on a failed message: on one still to be
+            # sent, a stored "sent" would stand in for the whole-message receipt.
+            provider_id = receipt.provider_message_id or str(message.id)
+            _store(session, receipt, message.id, provider_id, now)
+            return None
         return transition(
             session,
             message.id,

@@ -681,12 +681,13 @@ def test_invariant_2_a_claim_that_outlived_its_lease_is_never_offered_to_meta_ag
     ]
 
 
+@pytest.mark.parametrize("reported", ["sent", "delivered"])
 def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
-    client, runtime, make_stream, account_key, cloud
+    client, runtime, make_stream, account_key, cloud, reported
 ):
     """Meta answers after our timeout (the message fails as an unknown outcome), then its
-    status webhook reports the message delivered: it took it. A replay would send it again,
-    so it is refused, and the letter stays as it was."""
+    status webhook reports the message sent or delivered: it took it. A replay would send it
+    again, so it is refused, and the letter stays as it was."""
     from tests.fakes.failures import Failure
 
     runtime.settings.whatsapp.timeout_seconds = 0.5
@@ -702,7 +703,7 @@ def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
     raw, headers = signed(
         webhook(
             PHONE_NUMBER_ID,
-            statuses=[status("wamid.LATE", "delivered", reference=str(message_id))],
+            statuses=[status("wamid.LATE", reported, reference=str(message_id))],
         ),
         APP_SECRET,
     )
@@ -713,7 +714,7 @@ def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
     replay = client.post(f"/api/v1/dead-letters/{letter['id']}/replay", headers=auth(account_key))
     assert replay.status_code == 409, replay.text
     assert replay.json()["error"]["code"] == "carrier_reported"
-    assert "delivered" in replay.json()["error"]["message"]
+    assert reported in replay.json()["error"]["message"]
     after = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"][0]
     assert after["replayed_at"] is None, "a refused replay changes nothing"
     assert message_of(client, account_key, message_id)["status"] == "failed"
