@@ -113,13 +113,15 @@ def is_open(moment: datetime, window: SendingWindow, zone: ZoneInfo) -> bool:
         return window.contains(local.time())
     # A clock change in the last day: the wall-clock reading may repeat or skip. Find the
     # last opening and the last closing at or before ``moment`` instead.
+    # Start and end both skipped by one jump are reached at the same moment: the clock
+    # passed the earlier reading first, so the later wall time is the one in force.
     days = [local.date() + timedelta(days=offset) for offset in (-2, -1, 0, 1)]
 
-    def last(at: time) -> datetime:
+    def last(at: time) -> tuple[datetime, datetime]:
         return max(
-            reached
+            (reached, wall)
             for day in days
-            if (reached := _clock_reaches(datetime.combine(day, at), zone)) <= moment
+            if (reached := _clock_reaches(wall := datetime.combine(day, at), zone)) <= moment
         )
 
     return last(window.start) > last(window.end)

@@ -132,6 +132,23 @@ def test_around_clock_changes_a_message_waits_exactly_until_the_window_opens(win
                 probe += timedelta(minutes=5)
 
 
+def test_a_window_whose_end_and_start_one_jump_skips_is_open_after_it():
+    """02:45-02:15 (open all day but half an hour): on 8 March the jump from 02:00 to 03:00
+    passes its end and then its start at the same moment, so it is open from then on."""
+    window = SendingWindow.parse("02:45", "02:15")
+    noon = utc(2026, 3, 8, 16, 0)
+    assert next_send_time(noon, window, NEW_YORK) == noon
+
+
+def test_a_skipped_day_still_has_an_opening():
+    """Apia skipped 30 December 2011 (UTC-10 to UTC+14): a window opening at midnight opens
+    at the jump, and is found."""
+    window = SendingWindow.parse("00:00", "08:00")
+    now = utc(2011, 12, 29, 20, 0)
+    opens = next_send_time(now, window, ("Pacific/Apia",))
+    assert now <= opens <= now + timedelta(days=1)
+
+
 def test_a_number_of_many_zones_is_not_held_for_a_common_moment_days_away():
     """+1 with no known area code spans 42 zones, from Pago Pago to Saipan: no moment has
     09:00-20:00 open in all of them, so the first zone (Adak) decides. Two days before the
