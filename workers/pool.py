@@ -77,6 +77,13 @@ def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> Runni
     )
     worker.start()
     log.info("worker_started", queues=list(queues), threads=threads, pid=os.getpid())
+    if (longest := runtime.settings.lease_shorter_than_calls()) is not None:
+        log.warning(
+            "claim_lease_too_short",
+            claim_lease_s=runtime.settings.claim_lease_seconds,
+            provider_timeout_s=longest,
+            advice="set STREAMS_CLAIM_LEASE_SECONDS above twice the longest provider timeout",
+        )
     return RunningWorker(worker, stopping)
 
 

@@ -1,0 +1,23 @@
+"""Process settings (``core.settings.Settings``) that check each other."""
+
+from __future__ import annotations
+
+from core.settings import HttpProviderSettings, Settings, WhatsAppApiSettings
+
+
+def settings(lease: float, http: float = 10.0, whatsapp: float = 10.0) -> Settings:
+    return Settings(
+        claim_lease_seconds=lease,
+        http_provider=HttpProviderSettings(timeout_seconds=http, _env_file=None),
+        whatsapp=WhatsAppApiSettings(timeout_seconds=whatsapp, _env_file=None),
+        _env_file=None,
+    )
+
+
+def test_a_claim_lease_of_at_most_twice_the_longest_provider_timeout_is_flagged():
+    """A batch uses its claims for half the lease and a call may take its whole timeout:
+    a shorter lease lets the relay take a claim back while its call still runs."""
+    assert settings(300).lease_shorter_than_calls() is None
+    assert settings(60, whatsapp=30).lease_shorter_than_calls() == 30
+    assert settings(41, http=20).lease_shorter_than_calls() is None
+    assert settings(40, http=20).lease_shorter_than_calls() == 20
