@@ -57,8 +57,10 @@ def transition(
     Returns the change, or None (changing nothing) when another process moved it first.
     The caller commits.
     """
-    conditions = [MESSAGES.c.id == message_id]
-    conditions.append(MESSAGES.c.status.in_([s.value for s in allowed_from]))
+    conditions = [
+        MESSAGES.c.id == message_id,
+        MESSAGES.c.status.in_([s.value for s in allowed_from]),
+    ]
     if claim is not None:
         conditions.append(MESSAGES.c.attempts == claim)
     statement = (

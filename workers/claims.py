@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from core.clock import as_utc
 from core.message_states import EVENTS, MESSAGES
 from core.provider_choice import NOT_IDEMPOTENT_TYPES
 from core.stats_rollup import rollup_upsert_sql
@@ -87,6 +88,8 @@ _LOAD = (
     .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
 )
 
+#: ``hold_reason`` of a message waiting out a retry's back-off (or a carrier's Retry-After).
+RETRY_HOLD = "retry"
 #: How early a message waiting out a retry's back-off may still be claimed: a retry job's
 #: broker delay is counted in whole milliseconds from its worker's clock, and the claiming
 #: worker's clock may differ a little; a job that comes sooner is another one (redelivered).
@@ -103,6 +106,32 @@ def stale_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
         MESSAGES.c.claimed_at < cutoff,
         MESSAGES.c.attempts < max_attempts,
         MESSAGES.c.stream_type.not_in(sorted(NOT_IDEMPOTENT_TYPES)),
+    )
+
+
+def may_retake(
+    stream_type: str,
+    claimed_at: datetime | None,
+    attempts: int,
+    cutoff: datetime,
+    max_attempts: int,
+) -> bool:
+    """``stale_claim`` for a loaded row (``cutoff``: the moment the lease began)."""
+    return (
+        claimed_at is not None
+        and as_utc(claimed_at) < cutoff
+        and attempts < max_attempts
+        and stream_type not in NOT_IDEMPOTENT_TYPES
+    )
+
+
+def retry_not_due(hold_reason: str | None, not_before: datetime | None, now: datetime) -> bool:
+    """A queued row the claim refuses (``_CLAIMABLE``): its retry's back-off has more than
+    ``RETRY_EARLY_SLACK`` to run."""
+    return (
+        hold_reason == RETRY_HOLD
+        and not_before is not None
+        and as_utc(not_before) > now + RETRY_EARLY_SLACK
     )
 
 
@@ -128,7 +157,7 @@ _CLAIMABLE = or_(
         MESSAGES.c.status == MessageStatus.queued.value,
         or_(
             MESSAGES.c.hold_reason.is_(None),
-            MESSAGES.c.hold_reason != "retry",
+            MESSAGES.c.hold_reason != RETRY_HOLD,
             MESSAGES.c.not_before.is_(None),
             MESSAGES.c.not_before <= bindparam("retry_due"),
         ),

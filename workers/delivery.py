@@ -69,7 +69,6 @@ from core.message_states import (
     record_changes,
     transition,
 )
-from core.provider_choice import NOT_IDEMPOTENT_TYPES
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
@@ -80,12 +79,14 @@ from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
     LIMIT_SETTINGS,
     PAUSED_STREAM_STATUSES,
-    RETRY_EARLY_SLACK,
+    RETRY_HOLD,
     STREAMS,
     claim_for_sending,
     claim_ungated,
     load_messages,
+    may_retake,
     release_claims,
+    retry_not_due,
 )
 from workers.group_commit import GroupCommit
 from workers.opt_out import is_marketing, reject_opted_out
@@ -322,18 +323,16 @@ class Delivery:
         if not self._waiting(row.status, row.stream_type, row.claimed_at, row.attempts, now):
             log_.debug("delivery_skipped", status=row.status)
             return None
-        if (
-            row.status == MessageStatus.queued.value
-            and row.hold_reason == "retry"
-            and row.not_before is not None
-            and as_utc(row.not_before) > now + RETRY_EARLY_SLACK
+        if row.status == MessageStatus.queued.value and retry_not_due(
+            row.hold_reason, row.not_before, now
         ):
             # Another job for a message waiting out its back-off (a redelivery): it must not
             # go early. It is handed to the relay for its time, in case this is the retry's
             # own job come early (the clocks of two hosts differ); a second job then is
             # harmless, since only one claim can take it.
-            self._hold(session, row.id, now, until=as_utc(row.not_before), reason="retry")
-            log_.info("delivery_retry_not_due", not_before=as_utc(row.not_before).isoformat())
+            due = as_utc(row.not_before)
+            self._hold(session, row.id, now, until=due, reason=RETRY_HOLD)
+            log_.info("delivery_retry_not_due", not_before=due.isoformat())
             return None
         if row.stream_deleted_at is not None:
             transition(
@@ -557,19 +556,14 @@ class Delivery:
         attempts: int,
         now: datetime,
     ) -> bool:
-        """Queued, or claimed longer ago than the lease, with attempts left, by a provider
-        that recognises a send offered twice (the claim's own rule,
+        """Queued, or a stale claim that may be taken again (the claim's own rule,
         ``workers.claims.stale_claim``)."""
         if status == MessageStatus.queued.value:
             return True
         settings = self.runtime.settings
-        lease = timedelta(seconds=settings.claim_lease_seconds)
-        return (
-            status == MessageStatus.sending.value
-            and claimed_at is not None
-            and as_utc(claimed_at) < now - lease
-            and attempts < settings.max_send_attempts
-            and stream_type not in NOT_IDEMPOTENT_TYPES
+        cutoff = now - timedelta(seconds=settings.claim_lease_seconds)
+        return status == MessageStatus.sending.value and may_retake(
+            stream_type, claimed_at, attempts, cutoff, settings.max_send_attempts
         )
 
     def _passes_gates(self, job: Job, provider: Provider, log_: Any) -> bool:
@@ -868,7 +862,11 @@ class Delivery:
                 log_.warning("failed_but_claim_lost", error_code=error.code)
                 return
             self._hold(
-                session, job.message_id, now, until=now + timedelta(seconds=delay), reason="retry"
+                session,
+                job.message_id,
+                now,
+                until=now + timedelta(seconds=delay),
+                reason=RETRY_HOLD,
             )
             session.commit()
         log_.info(
@@ -899,7 +897,7 @@ class Delivery:
                 .where(
                     MESSAGES.c.id == job.message_id,
                     MESSAGES.c.status == MessageStatus.queued.value,
-                    MESSAGES.c.hold_reason == "retry",
+                    MESSAGES.c.hold_reason == RETRY_HOLD,
                     MESSAGES.c.enqueued_at.is_(None),
                 )
                 .values(enqueued_at=self.runtime.clock())

@@ -48,7 +48,7 @@ from core.runtime import Runtime
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
-from workers.claims import spent_claim, stale_claim
+from workers.claims import RETRY_HOLD, spent_claim, stale_claim
 from workers.queueing import enqueue_delivery
 
 log = structlog.get_logger(__name__)
@@ -168,7 +168,7 @@ class Relay:
         budget = self.runtime.settings.max_send_attempts
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, Message.attempts, Message.stream_type)
+                select(Message.id, Message.attempts)
                 .where(spent_claim(lease_cutoff, budget))
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(skip_locked=True)
@@ -371,7 +371,7 @@ class Relay:
             # A retry keeps its back-off on the row: the claim then refuses any other job
             # for it that comes early (``workers.claims``). Other holds are checked again
             # by their gates and need nothing kept.
-            retry = Message.hold_reason == "retry"
+            retry = Message.hold_reason == RETRY_HOLD
             session.execute(
                 update(Message)
                 .where(Message.id.in_(done))

@@ -265,3 +265,42 @@ def test_a_worker_that_stalled_past_its_lease_leaves_the_new_claim_alone(
             .order_by(MessageEvent.id)
         ).all()
     assert history == ["queued", "sending", "queued", "sending", "sent", "delivered"]
+
+
+def test_an_outcome_is_recorded_only_on_the_claim_it_was_sent_on(runtime, client, make_stream):
+    """Invariant 2, at the mechanism: a claim taken since (the message's attempts moved on)
+    is someone else's, so neither the record of a send (``move_many``) nor a retry or
+    failure (``transition``) made with the old claim's attempt changes the message."""
+    from core.message_states import Move, move_many, transition
+    from schemas.enums import MessageStatus
+
+    message_id = send_one(client, make_stream())
+    with runtime.session_factory() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == message_id)
+            .values(status="sending", attempts=2, claimed_at=runtime.clock())
+        )
+        session.commit()
+    sent = ((MessageStatus.sent, None),)
+    for claim, moved in ((1, False), (2, True)):
+        with runtime.session_factory() as session:
+            failed = transition(
+                session,
+                message_id,
+                to=MessageStatus.failed,
+                allowed_from=[MessageStatus.sending],
+                at=runtime.clock(),
+                claim=claim,
+            )
+            session.rollback()
+            recorded = move_many(
+                session,
+                [Move(message_id, sent, claim=claim)],
+                allowed_from=[MessageStatus.sending],
+                at=runtime.clock(),
+            )
+            session.commit()
+        assert (failed is not None, bool(recorded)) == (moved, moved)
+        expected = ("sent", 2) if moved else ("sending", 2)
+        assert status_and_attempts(runtime, message_id) == expected
