@@ -131,6 +131,9 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
         },
     )
     if change is None:
-        raise ReplayRefused("not_failed", "The message is no longer failed; nothing to replay.")
+        status = session.scalar(select(Message.status).where(Message.id == letter.message_id))
+        raise ReplayRefused(
+            "not_failed", f"The message is {status} now, no longer failed; nothing to replay."
+        )
     message = session.scalars(select(Message).where(Message.id == letter.message_id)).one()
     return message

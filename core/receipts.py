@@ -5,6 +5,12 @@ Receipts arrive in any order and more than once, sometimes before the worker has
 ``delivered`` / ``undelivered`` only from ``sending`` or ``sent``. A ``delivered`` message never
 goes back to ``sent``, and a repeated receipt changes nothing.
 
+The one way back: a ``failed`` message the carrier reports on. We fail a message whose outcome
+we could not learn (the provider's answer never came back, or the worker lost its claim after
+the call), and a receipt proves the carrier took it after all. The receipt is the truth, so
+the message moves on to ``sent``, ``delivered`` or ``undelivered`` as it would have, its
+error is cleared, and the stats take it out of the failures of the minute it failed in.
+
 A message of several parts (segments) gets one final status: ``delivered`` once every part is
 reported delivered, ``undelivered`` (naming how many parts arrived) once every part is
 reported and one of them was not. A receipt naming a provider id that no message carries yet
@@ -25,13 +31,17 @@ from sqlalchemy.orm import Session
 
 from core.database import insert_ignoring_duplicates
 from core.message_states import transition
+from core.stats_rollup import Retraction, retract_from_rollup
 from schemas.enums import MessageStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, ProviderReceipt
 
 ReceiptStatus = Literal["sent", "delivered", "undelivered"]
 RECEIPT_STATUSES: frozenset[str] = frozenset({"sent", "delivered", "undelivered"})
-_FINAL_FROM = (MessageStatus.sending, MessageStatus.sent)
+_FINAL_FROM = (MessageStatus.sending, MessageStatus.sent, MessageStatus.failed)
+_SENT_FROM = (MessageStatus.sending, MessageStatus.failed)
+#: What a receipt for a failed message clears, on top of what it sets.
+_NO_ERROR = {"error_code": None, "error_message": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,23 +89,8 @@ def record_receipt(
         else {"provider": receipt.provider, "provider_message_id": receipt.provider_message_id}
     )
     if receipt.status == "sent":
-        if message.status == MessageStatus.failed.value:
-            # The carrier took a message we failed as an unknown outcome (its answer never
-            # came back). Nothing moves, but the proof is kept: a replay would send it
-            # twice (``core.dead_letters``). Only on a failed message: on one still to be
-            # sent, a stored "sent" would stand in for the whole-message receipt.
-            provider_id = receipt.provider_message_id or str(message.id)
-            _store(session, receipt, message.id, provider_id, now)
-            return None
-        return transition(
-            session,
-            message.id,
-            to=MessageStatus.sent,
-            allowed_from=[MessageStatus.sending],
-            at=now,
-            detail="provider receipt",
-            values=known_ids or None,
-        )
+        # Never stored: a stored "sent" would stand in for the whole-message receipt.
+        return _move(session, message, MessageStatus.sent, now, "provider receipt", known_ids)
     provider_id = receipt.provider_message_id or message.provider_message_id or str(message.id)
     _store(session, receipt, message.id, provider_id, now)
     return _evaluate(session, message, now, known_ids)
@@ -206,12 +201,38 @@ def _evaluate(
             if not whole
             else "The carrier could not deliver it."
         ) + (f" Provider code: {error_code}." if error_code else "")
-    return transition(
+    return _move(session, message, status, now, detail, values)
+
+
+def _move(
+    session: Session,
+    message: Message,
+    to: MessageStatus,
+    now: datetime,
+    detail: str,
+    values: Mapping[str, object],
+) -> StatusChange | None:
+    """Move ``message`` (as loaded, locked) to ``to`` on a receipt. From ``failed`` (see the
+    module's docstring), the error is cleared unless ``values`` sets one, the history says
+    why it moved on, and the failure is taken out of the stats."""
+    failed = message.status == MessageStatus.failed.value
+    if failed:
+        values = {**_NO_ERROR, **values}
+        detail = f"{detail}: the carrier took it after all (it had failed: {message.error_code})"
+    change = transition(
         session,
         message.id,
-        to=status,
-        allowed_from=_FINAL_FROM,
+        to=to,
+        allowed_from=_SENT_FROM if to is MessageStatus.sent else _FINAL_FROM,
         at=now,
         detail=detail,
-        values=values or None,
+        values=dict(values) or None,
     )
+    if change is not None and failed:
+        # Counted in the minute it failed: its ``updated_at`` then, since nothing moves a
+        # failed message but a replay or a receipt.
+        failure = Retraction(
+            message.stream_id, MessageStatus.failed, message.updated_at, message.segments
+        )
+        retract_from_rollup(session, failure)
+    return change

@@ -56,6 +56,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 RollupKey = tuple[uuid.UUID, int, datetime, str]
 
+#: Session key: the retractions (``Retraction``) to write with the session's next commit.
+RETRACTIONS_KEY = "streams.rollup_retractions"
+
 
 # ---------------------------------------------------------------- writing
 
@@ -66,9 +69,28 @@ def bucket_start(moment: datetime, seconds: int) -> datetime:
     return _EPOCH + timedelta(seconds=elapsed - elapsed % seconds)
 
 
-def rollup_increments(changes: Iterable[StatusChange]) -> list[dict[str, Any]]:
-    """The rows to add for ``changes``: one per (stream, granularity, bucket, status), in key
-    order. Pure.
+@dataclass(frozen=True, slots=True)
+class Retraction:
+    """A count to take back: the message that entered ``status`` at ``at`` is no longer
+    counted there (a failure the carrier has since contradicted, ``core.receipts``)."""
+
+    stream_id: uuid.UUID
+    status: MessageStatus
+    at: datetime
+    segments: int
+
+
+def retract_from_rollup(session: Session, retraction: Retraction) -> None:
+    """Take ``retraction`` out of the rollup when the session commits, with its changes (one
+    upsert, rows in key order, so it cannot deadlock with another transaction's rollup)."""
+    session.info.setdefault(RETRACTIONS_KEY, []).append(retraction)
+
+
+def rollup_increments(
+    changes: Iterable[StatusChange], retractions: Iterable[Retraction] = ()
+) -> list[dict[str, Any]]:
+    """The rows to add for ``changes`` (and subtract for ``retractions``): one per (stream,
+    granularity, bucket, status), in key order. Pure.
 
     The changes of one transaction mostly share their stream and their moment, so they are
     counted per (stream, moment, status) first and each group is spread over its buckets
@@ -82,6 +104,10 @@ def rollup_increments(changes: Iterable[StatusChange]) -> list[dict[str, Any]]:
             group = groups[(change.stream_id, change.at, ACCEPTED)]
             group[0] += 1
             group[1] += change.segments
+    for retraction in retractions:
+        group = groups[(retraction.stream_id, retraction.at, retraction.status.value)]
+        group[0] -= 1
+        group[1] -= retraction.segments
     totals: dict[RollupKey, list[int]] = defaultdict(lambda: [0, 0])
     for (stream_id, moment, status), (messages, segments) in groups.items():
         for seconds in GRANULARITIES:
@@ -111,10 +137,12 @@ _KEY = tuple(column.name for column in _STATS.primary_key.columns)
 _COUNTS = ("messages", "segments")
 
 
-def add_to_rollup(session: Session, changes: Sequence[StatusChange]) -> None:
-    """Add ``changes`` to the rollup inside the session's transaction: one upsert
-    statement, rows in key order."""
-    rows = rollup_increments(changes)
+def add_to_rollup(
+    session: Session, changes: Sequence[StatusChange], retractions: Sequence[Retraction] = ()
+) -> None:
+    """Add ``changes`` to the rollup (and take ``retractions`` out of it) inside the
+    session's transaction: one upsert statement, rows in key order."""
+    rows = rollup_increments(changes, retractions)
     if not rows:
         return
     bulk_insert(session, _STATS, rows, add_on_conflict=(_KEY, _COUNTS))
@@ -122,8 +150,14 @@ def add_to_rollup(session: Session, changes: Sequence[StatusChange]) -> None:
 
 def _before_commit(session: Session) -> None:
     changes = session.info.get(PENDING_KEY)
-    if changes:
-        add_to_rollup(session, [change for change in changes if not change.in_rollup])
+    retractions = session.info.pop(RETRACTIONS_KEY, None) or ()
+    if changes or retractions:
+        counted = [change for change in changes or () if not change.in_rollup]
+        add_to_rollup(session, counted, retractions)
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(RETRACTIONS_KEY, None)
 
 
 def rollup_upsert_sql(source: str, moment: str) -> str:
@@ -151,6 +185,7 @@ def rollup_upsert_sql(source: str, moment: str) -> str:
 def install_stats_rollup(session_factory: SessionFactory) -> None:
     """Make every commit of this factory's sessions add its status changes to the rollup."""
     event.listen(session_factory, "before_commit", _before_commit)
+    event.listen(session_factory, "after_rollback", _after_rollback)
 
 
 # ---------------------------------------------------------------- reading

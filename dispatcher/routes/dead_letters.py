@@ -17,7 +17,7 @@ from core.dead_letters import ReplayRefused, replay_dead_letter
 from dispatcher.auth import require_account, runtime_of
 from dispatcher.errors import ApiError, not_found
 from schemas.errors import ErrorBody
-from schemas.tables import DeadLetter
+from schemas.tables import DeadLetter, Message
 from workers.queueing import enqueue_committed
 
 log = structlog.get_logger(__name__)
@@ -36,6 +36,9 @@ class DeadLetterOut(BaseModel):
     attempts: int
     created_at: datetime
     replayed_at: datetime | None
+    #: The message's status now (None once the message is gone): a letter whose message
+    #: moved on, because the carrier reported on it after all, needs no replay.
+    message_status: str | None
 
 
 class DeadLetterPage(BaseModel):
@@ -45,7 +48,7 @@ class DeadLetterPage(BaseModel):
     per_page: int
 
 
-def _view(letter: DeadLetter) -> DeadLetterOut:
+def _view(letter: DeadLetter, message_status: str | None) -> DeadLetterOut:
     return DeadLetterOut(
         id=str(letter.id),
         message_id=str(letter.message_id),
@@ -56,6 +59,7 @@ def _view(letter: DeadLetter) -> DeadLetterOut:
         attempts=letter.attempts,
         created_at=as_utc(letter.created_at),
         replayed_at=as_utc(letter.replayed_at) if letter.replayed_at else None,
+        message_status=message_status,
     )
 
 
@@ -78,15 +82,19 @@ def list_dead_letters(
         )
     with runtime_of(request).session_factory() as session:
         total = session.scalar(select(func.count()).select_from(DeadLetter).where(*conditions))
-        letters = session.scalars(
-            select(DeadLetter)
+        rows = session.execute(
+            select(DeadLetter, Message.status)
+            .outerjoin(Message, Message.id == DeadLetter.message_id)
             .where(*conditions)
             .order_by(DeadLetter.created_at.desc(), DeadLetter.id)
             .offset((page - 1) * per_page)
             .limit(per_page)
         ).all()
         return DeadLetterPage(
-            items=[_view(x) for x in letters], total=total or 0, page=page, per_page=per_page
+            items=[_view(letter, status) for letter, status in rows],
+            total=total or 0,
+            page=page,
+            per_page=per_page,
         )
 
 
@@ -112,7 +120,7 @@ def replay(letter_id: str, request: Request, account_id: Account) -> DeadLetterO
             raise ApiError(409, refused.code, str(refused)) from None
         session.commit()
         session.refresh(letter)
-        view = _view(letter)
+        view = _view(letter, message.status)
         queue, message_id = message.stream_type, message.id
     metrics.DEAD_LETTER_REPLAYS.labels(queue).inc()
     log.info(

@@ -294,6 +294,7 @@ def test_a_replay_is_counted_and_logged_with_ids_only(runtime, client, make_stre
     with capture_logs() as logs:
         answer = client.post(f"/api/v1/dead-letters/{letter_id}/replay", headers=auth(account_key))
     assert answer.status_code == 202, answer.text
+    assert answer.json()["message_status"] == "queued"
 
     [line] = [x for x in logs if x["event"] == "dead_letter_replayed"]
     assert line["dead_letter_id"] == str(letter_id)

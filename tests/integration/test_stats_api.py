@@ -17,9 +17,11 @@ from core.stats_rollup import (
     DAY,
     HOUR,
     MINUTE,
+    Retraction,
     add_to_rollup,
     bucket_start,
     read_stats,
+    retract_from_rollup,
     rollup_increments,
 )
 from schemas.enums import FINAL_MESSAGE_STATUSES, MessageStatus
@@ -427,3 +429,31 @@ def test_stats_work_on_sqlite(tmp_path):
         totals = read_stats(session, stream_id, now - timedelta(days=2), now + timedelta(minutes=1))
     engine.dispose()
     assert totals.counts == {"queued": 2, "accepted": 2}
+
+
+def test_a_retraction_is_written_only_by_the_commit_of_its_own_transaction(runtime, make_stream):
+    """A retraction waits for its transaction's commit, and goes with a rollback: a
+    receipt whose transaction failed takes nothing out of the stats, now or later."""
+    key = uuid.UUID(make_stream()["id"])
+    at = runtime.clock()
+
+    def failed_rows() -> list[tuple[int, int]]:
+        with runtime.session_factory() as session:
+            return sorted(
+                session.execute(
+                    select(StreamStat.messages, StreamStat.segments).where(
+                        StreamStat.stream_id == key, StreamStat.status == "failed"
+                    )
+                ).all()
+            )
+
+    with runtime.session_factory() as session:
+        session.execute(select(1))  # in a transaction, as a receipt's look-up is
+        retract_from_rollup(session, Retraction(key, MessageStatus.failed, at, 2))
+        session.rollback()
+        session.commit()
+        assert failed_rows() == []
+        retract_from_rollup(session, Retraction(key, MessageStatus.failed, at, 2))
+        assert failed_rows() == [], "written with the commit, not before"
+        session.commit()
+    assert failed_rows() == [(-1, -2)] * 3

@@ -12,7 +12,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DataError
 
 from core.settings import WhatsAppApiSettings
-from schemas.tables import Message, WhatsAppConfig
+from schemas.tables import Message, StreamStat, WhatsAppConfig
 from tests.conftest import auth
 from tests.fakes.server import serve
 from tests.fakes.whatsapp_cloud import (
@@ -681,17 +681,11 @@ def test_invariant_2_a_claim_that_outlived_its_lease_is_never_offered_to_meta_ag
     ]
 
 
-@pytest.mark.parametrize("reported", ["sent", "delivered"])
-def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
-    client, runtime, make_stream, account_key, cloud, reported
-):
-    """Meta answers after our timeout (the message fails as an unknown outcome), then its
-    status webhook reports the message sent or delivered: it took it. A replay would send it
-    again, so it is refused, and the letter stays as it was."""
+def _failed_as_unknown(client, runtime, stream, account_key, cloud) -> uuid.UUID:
+    """A message Meta took, answering after our timeout: failed as an unknown outcome."""
     from tests.fakes.failures import Failure
 
     runtime.settings.whatsapp.timeout_seconds = 0.5
-    stream = whatsapp_stream(make_stream, client, account_key)
     message_id = uuid.UUID(send(client, stream["token"], message_content="hello")["message_id"])
     late = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.LATE"}]}
     cloud.failures.fail_next(1, Failure(status=200, body=late, delay_seconds=1.5))
@@ -699,27 +693,87 @@ def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
         runtime, ProviderRegistry.from_runtime(runtime), RedisAdmission(runtime.redis)
     )
     delivery.deliver(str(message_id), "whatsapp")
-    assert message_of(client, account_key, message_id)["status"] == "failed"
-    raw, headers = signed(
-        webhook(
-            PHONE_NUMBER_ID,
-            statuses=[status("wamid.LATE", reported, reference=str(message_id))],
-        ),
-        APP_SECRET,
-    )
-    answer = client.post(f"/webhooks/{stream['id']}/whatsapp", content=raw, headers=headers)
-    assert answer.status_code == 200, answer.text
+    found = message_of(client, account_key, message_id)
+    assert (found["status"], found["error"]["code"]) == ("failed", "whatsapp_outcome_unknown")
+    return message_id
+
+
+def _meta_reports(client, stream, message_id, *reported: str) -> None:
+    for one in reported:
+        raw, headers = signed(
+            webhook(
+                PHONE_NUMBER_ID, statuses=[status("wamid.LATE", one, reference=str(message_id))]
+            ),
+            APP_SECRET,
+        )
+        answer = client.post(f"/webhooks/{stream['id']}/whatsapp", content=raw, headers=headers)
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize(
+    ("reported", "refusal"), [("sent", "not_failed"), ("delivered", "carrier_reported")]
+)
+def test_a_dead_letter_meta_has_reported_on_is_not_replayed(
+    client, runtime, make_stream, account_key, cloud, reported, refusal
+):
+    """Meta answers after our timeout (the message fails as an unknown outcome), then its
+    status webhook reports the message sent or delivered: it took it. The message moves on
+    to what Meta reported, and a replay, which would send it again, is refused."""
+    stream = whatsapp_stream(make_stream, client, account_key)
+    message_id = _failed_as_unknown(client, runtime, stream, account_key, cloud)
+    _meta_reports(client, stream, message_id, reported)
+    found = message_of(client, account_key, message_id)
+    assert (found["status"], found["error"]) == (reported, None)
 
     letter = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"][0]
     replay = client.post(f"/api/v1/dead-letters/{letter['id']}/replay", headers=auth(account_key))
     assert replay.status_code == 409, replay.text
-    assert replay.json()["error"]["code"] == "carrier_reported"
+    assert replay.json()["error"]["code"] == refusal
     assert reported in replay.json()["error"]["message"]
     after = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"][0]
     assert after["replayed_at"] is None, "a refused replay changes nothing"
-    assert message_of(client, account_key, message_id)["status"] == "failed"
+    assert after["message_status"] == reported, "the list says the letter needs no replay"
+    assert message_of(client, account_key, message_id)["status"] == reported
     assert wait_until(lambda: all(r["answered"] for r in cloud.requests), 5)
     assert _offered(cloud, message_id) == 1
+
+
+def test_a_failure_meta_then_reports_delivered_leaves_the_stats_failures(
+    client, runtime, make_stream, account_key, cloud
+):
+    """The carrier is the truth: a message failed as an unknown outcome that Meta reports
+    sent, then delivered, ends delivered, with Meta's id, and the stream's stats count it
+    delivered and no longer failed (in the minute it failed, at every granularity)."""
+    stream = whatsapp_stream(make_stream, client, account_key)
+    message_id = _failed_as_unknown(client, runtime, stream, account_key, cloud)
+    window = {
+        "from": (runtime.clock() - timedelta(days=2)).isoformat(),
+        "to": (runtime.clock() + timedelta(days=2)).isoformat(),
+    }
+    path = f"/api/v1/streams/{stream['id']}/stats"
+    before = client.get(path, params=window, headers=auth(account_key)).json()
+    assert (before["counts"]["failed"], before["delivery_rate"]) == (1, 0.0)
+
+    _meta_reports(client, stream, message_id, "sent", "delivered", "delivered")
+    found = message_of(client, account_key, message_id)
+    assert (found["status"], found["error"]) == ("delivered", None)
+    assert [change["status"] for change in found["history"]][-3:] == [
+        "failed",
+        "sent",
+        "delivered",
+    ]
+    with runtime.session_factory() as session:
+        assert session.get(Message, message_id).provider_message_id == "wamid.LATE"
+        failed_rows = session.execute(
+            select(StreamStat.bucket_seconds, StreamStat.messages, StreamStat.segments).where(
+                StreamStat.stream_id == uuid.UUID(stream["id"]), StreamStat.status == "failed"
+            )
+        ).all()
+    assert sorted(failed_rows) == [(60, 0, 0), (3600, 0, 0), (86400, 0, 0)]
+    after = client.get(path, params=window, headers=auth(account_key)).json()
+    assert after["counts"]["failed"] == 0
+    assert (after["counts"]["sent"], after["counts"]["delivered"]) == (1, 1)
+    assert after["delivery_rate"] == 1.0
 
 
 def test_a_connection_refused_is_retried(client, runtime, make_stream, account_key):

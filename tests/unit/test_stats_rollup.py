@@ -10,6 +10,7 @@ from core.stats_rollup import (
     DAY,
     HOUR,
     MINUTE,
+    Retraction,
     bucket_start,
     covering_pieces,
     rollup_increments,
@@ -85,6 +86,32 @@ def test_increments_come_in_one_total_order_so_concurrent_writers_cannot_deadloc
     ]
     assert keys == sorted(keys)
     assert forward == backward
+
+
+def test_a_retraction_is_taken_from_the_buckets_of_its_own_moment_in_key_order():
+    """A failure the carrier contradicts hours later: the failure leaves the buckets it was
+    counted in, and its rows sort with the new change's, so one upsert writes both in the
+    order every writer uses."""
+    failed_at = datetime(2026, 5, 1, 10, 15, 30, tzinfo=UTC)
+    now = failed_at + timedelta(hours=3)
+    rows = rollup_increments(
+        [change(STREAM_A, MessageStatus.delivered, now, segments=2)],
+        [Retraction(STREAM_A, MessageStatus.failed, failed_at, 2)],
+    )
+    by_key = {(r["bucket_seconds"], r["bucket_start"], r["status"]): r for r in rows}
+    day = datetime(2026, 5, 1, tzinfo=UTC)
+    assert {key: (r["messages"], r["segments"]) for key, r in by_key.items()} == {
+        (MINUTE, datetime(2026, 5, 1, 10, 15, tzinfo=UTC), "failed"): (-1, -2),
+        (HOUR, datetime(2026, 5, 1, 10, tzinfo=UTC), "failed"): (-1, -2),
+        (DAY, day, "failed"): (-1, -2),
+        (MINUTE, datetime(2026, 5, 1, 13, 15, tzinfo=UTC), "delivered"): (1, 2),
+        (HOUR, datetime(2026, 5, 1, 13, tzinfo=UTC), "delivered"): (1, 2),
+        (DAY, day, "delivered"): (1, 2),
+    }
+    keys = [
+        (str(r["stream_id"]), r["bucket_seconds"], r["bucket_start"], r["status"]) for r in rows
+    ]
+    assert keys == sorted(keys)
 
 
 def test_series_resolution_keeps_a_few_hundred_points_at_most():
