@@ -121,6 +121,26 @@ def resolve_waiting_receipts(
     return _evaluate(session, message, now, {})
 
 
+def move_failed_on(
+    session: Session,
+    message_id: uuid.UUID,
+    to: MessageStatus,
+    now: datetime,
+    values: Mapping[str, object],
+) -> StatusChange | None:
+    """A receipt naming our own message id (the sandbox's, which needs no storing) for a
+    message that is ``failed``: moved on as ``record_receipt`` moves one (see the module's
+    docstring). None when the message is not failed. The caller commits."""
+    message = session.scalars(
+        select(Message)
+        .where(Message.id == message_id, Message.status == MessageStatus.failed.value)
+        .with_for_update()
+    ).first()
+    if message is None:
+        return None
+    return _move(session, message, to, now, "provider receipt", values)
+
+
 def _find_message(
     session: Session, receipt: ReceiptIn, stream_id: uuid.UUID | None
 ) -> Message | None:

@@ -70,6 +70,7 @@ from core.message_states import (
     transition,
 )
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
+from core.receipts import move_failed_on
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
 from schemas.enums import MessageStatus, StreamType
@@ -1016,20 +1017,24 @@ class Delivery:
     # ------------------------------------------------------------------ receipts
 
     def apply_receipt(self, message_id: str, status: str) -> None:
-        """Record a delivery receipt. Only a ``sent`` message moves; a late or repeated
-        receipt changes nothing."""
+        """Record a delivery receipt. A ``sent`` message moves, and a ``failed`` one, which
+        the carrier took after all (``core.receipts``); a late or repeated receipt changes
+        nothing."""
         outcome = MessageStatus(status)
         if outcome not in (MessageStatus.delivered, MessageStatus.undelivered):
             raise ValueError(f"not a receipt status: {status}")
+        key = uuid.UUID(message_id)
+        values = _UNDELIVERED if outcome is MessageStatus.undelivered else {}
+        now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             moved = transition(
                 session,
-                uuid.UUID(message_id),
+                key,
                 to=outcome,
                 allowed_from=[MessageStatus.sent],
-                at=self.runtime.clock(),
-                values=_UNDELIVERED if outcome is MessageStatus.undelivered else None,
-            )
+                at=now,
+                values=values or None,
+            ) or move_failed_on(session, key, outcome, now, values)
             session.commit()
         if moved:
             log.info("message_receipt", message_id=message_id, status=outcome.value)

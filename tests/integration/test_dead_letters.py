@@ -15,13 +15,16 @@ from structlog.testing import capture_logs
 
 from core.dead_letters import ReplayRefused, record_dead_letter, replay_dead_letter
 from core.message_states import transition
+from core.settings import SandboxSettings
 from schemas.enums import MessageStatus
 from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
+from tests.deliveries import delivery_with
 from tests.deploy.test_deploy_files import check_expression
 from tests.processes import pipeline, wait_until
 from tests.scrape import parse, value
 from workers.dead_letter_middleware import DeadLetters
+from workers.providers.sandbox import SandboxProvider
 from workers.queueing import delivery_actor_name, delivery_batch_actor_name
 
 TIMEOUT = "+972524000002"  # sandbox magic number: a transient timeout every time
@@ -158,6 +161,42 @@ def test_a_refused_replay_is_not_counted(runtime, client, make_stream, account_k
     again = client.post(url, headers=auth(account_key))
     assert (again.status_code, again.json()["error"]["code"]) == (409, "already_replayed")
     assert value(scrape(client), REPLAYS, type="transactional") == before + 1
+
+
+@pytest.mark.parametrize("reported", ["delivered", "undelivered"])
+def test_a_sandbox_receipt_for_a_failed_message_moves_it_on(
+    runtime, client, make_stream, account_key, reported
+):
+    """The sandbox took a message we then failed (its record kept failing until the claim
+    ran out): its receipt moves the message on as a real carrier's does (``core.receipts``),
+    and the letter shows it needs no replay. A repeated receipt changes nothing."""
+    token = make_stream(demo=True)["token"]
+    [message_id] = send(client, token, message())
+    letter_id = fail_as_dead_letter(runtime, message_id)
+    delivery = delivery_with(runtime, SandboxProvider(SandboxSettings(), runtime.redis))
+
+    delivery.apply_receipt(message_id, reported)
+    delivery.apply_receipt(message_id, "delivered")
+    with runtime.session_factory() as session:
+        found = session.get(Message, uuid.UUID(message_id))
+        assert found is not None
+        assert (found.status, found.error_code) == (
+            reported,
+            "undelivered" if reported == "undelivered" else None,
+        )
+        history = session.scalars(
+            select(MessageEvent.detail)
+            .where(MessageEvent.message_id == found.id)
+            .order_by(MessageEvent.id.desc())
+            .limit(1)
+        ).all()
+    assert history == [
+        "provider receipt: the carrier took it after all (it had failed: provider_unavailable)"
+    ]
+    [letter] = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"]
+    assert letter["message_status"] == reported
+    replay = client.post(f"/api/v1/dead-letters/{letter_id}/replay", headers=auth(account_key))
+    assert (replay.status_code, replay.json()["error"]["code"]) == (409, "not_failed")
 
 
 # --------------------------------------------------------------- jobs dramatiq gave up on
