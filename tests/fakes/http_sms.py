@@ -5,7 +5,10 @@ with 400 ``{"error": {"code", "message"}}`` and a wrong key with 401, and can be
 the next N requests (500/503, 429 with ``Retry-After``, or a delay past the client timeout).
 A scripted status 200 with a delay is a late success: the message is taken, but the answer
 may come after the client gave up. Like a real provider with idempotency keys, a repeated
-reference gets the first answer (``by_reference`` holds one id per message it took)."""
+reference gets the first answer (``by_reference`` holds one id per message it took). With
+``conflict_while_in_progress``, as the Idempotency-Key draft
+(draft-ietf-httpapi-idempotency-key-header) says a server does, a request whose
+``Idempotency-Key`` is still being answered for an earlier one gets 409 instead."""
 
 from __future__ import annotations
 
@@ -42,6 +45,10 @@ class FakeHttpSms:
     #: Requests being answered now, and the most there ever were at once.
     in_flight: int = 0
     most_in_flight: int = 0
+    #: Answer 409 to a request whose ``Idempotency-Key`` an earlier one still holds.
+    conflict_while_in_progress: bool = False
+    #: The ``Idempotency-Key`` of each request being answered now.
+    keys_in_flight: set[str] = field(default_factory=set)
     _lock: Lock = field(default_factory=Lock)
 
     def fail_next(self, times: int, status: int, **kwargs: Any) -> None:
@@ -51,11 +58,25 @@ class FakeHttpSms:
         return [r for r in self.requests if r.get("answered") == 200]
 
     async def send(self, request: Request) -> JSONResponse:
+        key = request.headers.get("idempotency-key")
+        body = await request.json()
         with self._lock:
+            if self.conflict_while_in_progress and key in self.keys_in_flight:
+                record = {"body": body, "headers": dict(request.headers), "answered": 409}
+                self.requests.append(record)
+                return JSONResponse(
+                    {
+                        "title": "A request is outstanding for this Idempotency-Key",
+                        "detail": "A request with the same Idempotency-Key is being processed.",
+                    },
+                    status_code=409,
+                    media_type="application/problem+json",
+                )
+            if key is not None:
+                self.keys_in_flight.add(key)
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            body = await request.json()
             latency = self.latency_by_recipient.get(body.get("to"), self.latency_seconds)
             if latency:
                 await asyncio.sleep(latency)
@@ -63,6 +84,7 @@ class FakeHttpSms:
         finally:
             with self._lock:
                 self.in_flight -= 1
+                self.keys_in_flight.discard(key or "")
 
     async def _answer(self, request: Request, body: Any) -> JSONResponse:
         record = {"body": body, "headers": dict(request.headers)}

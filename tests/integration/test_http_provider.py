@@ -80,6 +80,7 @@ def test_adapter_maps_fields_authenticates_and_reads_the_id(sms):
         (503, {"headers": {"Retry-After": "7"}}, "provider_unavailable", True, 7.0),
         (429, {"headers": {"Retry-After": "3"}}, "provider_throttled", True, 3.0),
         (408, {}, "provider_unavailable", True, None),
+        (409, {"headers": {"Retry-After": "2"}}, "provider_request_in_progress", True, 2.0),
         (200, {"delay_seconds": 1.5}, "provider_timeout", True, None),
         (
             422,
@@ -192,6 +193,38 @@ def _sent_message(client, runtime, stream, content, provider_id):
         )
         session.commit()
     return message_id
+
+
+def test_a_retry_the_provider_is_still_processing_is_retried_until_it_answers(
+    client, runtime, settings, make_stream, account_key, sms
+):
+    """Our first request times out on our side while the provider is still taking the
+    message; our retry, with the same Idempotency-Key, then gets 409 (the Idempotency-Key
+    draft: the earlier request is outstanding, "no correction is required"). A 409 is not a
+    refusal: the retry is retried, and once the first request is done the provider answers
+    with its id. The message is sent, taken once. (Treated as a refusal, it failed, though
+    the provider had it.)"""
+    runtime.settings = settings.model_copy(update={"retry_backoff_seconds": 0.5})
+    sms.conflict_while_in_progress = True
+    stream = make_stream()
+    sms.fail_next(1, 200, delay_seconds=3.0)  # taken, but answered after our 1 s timeout
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    worker = start_worker(runtime, ["transactional"], threads=2)
+    try:
+
+        def shown():
+            return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+        assert wait_until(lambda: shown()["status"] in ("sent", "failed"), 20), shown()
+    finally:
+        worker.stop(timeout=5_000)
+    answers = [request["answered"] for request in sms.requests]
+    assert 409 in answers, answers
+    assert shown()["status"] == "sent", shown()
+    assert len(sms.by_reference) == 1, "the provider took it once"
+    assert shown()["provider_message_id"] == next(iter(sms.by_reference.values()))
 
 
 def test_multipart_is_delivered_only_when_every_part_is(client, runtime, make_stream, account_key):

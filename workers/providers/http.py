@@ -1,10 +1,14 @@
 """``http``: a generic HTTP SMS API. One JSON POST per message, to a configured URL, with a
 configured auth header and field mapping (``HttpProviderSettings``).
 
-Errors: timeouts, connection failures, 408, 429 (with ``Retry-After``) and 5xx may pass and
-are retried; 401/403 and other 4xx (an invalid number, a refused sender) never will. Our message
-id goes with every request (mapped ``reference`` field and ``Idempotency-Key``), so a provider
-that honours it turns a send repeated after a crash into the first one. A 2xx answer without a
+Errors: timeouts, connection failures, 408, 409, 429 (with ``Retry-After``) and 5xx may pass
+and are retried; 401/403 and other 4xx (an invalid number, a refused sender) never will. Our
+message id goes with every request (mapped ``reference`` field and ``Idempotency-Key``), so a
+provider that honours it turns a send repeated after a crash into the first one. Such a
+provider answers 409 to a request whose key it is still processing for an earlier one (the
+Idempotency-Key draft, draft-ietf-httpapi-idempotency-key-header: "no correction is
+required"): our earlier attempt, which timed out on our side, may be going through, so the
+409 is retried, and the retry gets that attempt's answer. A 2xx answer without a
 message id fails the message rather than retrying it: it may well have gone out.
 """
 
@@ -95,6 +99,14 @@ class HttpProvider:
             raise ProviderError(
                 "provider_throttled",
                 f"The HTTP provider is throttling: {words}",
+                transient=True,
+                retry_after=retry_after,
+            )
+        if status == 409:
+            raise ProviderError(
+                "provider_request_in_progress",
+                "The HTTP provider is still processing an earlier request for this message "
+                f"(HTTP 409): {words}",
                 transient=True,
                 retry_after=retry_after,
             )
