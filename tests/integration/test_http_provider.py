@@ -142,23 +142,30 @@ def dlr(client, document, secret=WEBHOOK_SECRET):
     )
 
 
+def _send_until(client, runtime, stream, account_key, settled, timeout: float = 15):
+    """Send one message to ``stream`` and run a worker until ``settled(message)`` holds for
+    the message as the API shows it; returns a function that shows it."""
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+
+    def shown():
+        return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+    worker = start_worker(runtime, ["transactional"], threads=2)
+    try:
+        assert wait_until(lambda: settled(shown()), timeout), shown()
+    finally:
+        worker.stop(timeout=5_000)
+    return shown
+
+
 def test_sends_retry_transient_errors_then_receipts_deliver(
     client, runtime, make_stream, account_key, sms
 ):
     stream = make_stream()
     sms.fail_next(2, 503)
-    message_id = client.post(
-        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
-    ).json()["results"][0]["message_id"]
-    worker = start_worker(runtime, ["transactional"], threads=2)
-    try:
-
-        def shown():
-            return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
-
-        assert wait_until(lambda: shown()["status"] == "sent", 15)
-    finally:
-        worker.stop(timeout=5_000)
+    shown = _send_until(client, runtime, stream, account_key, lambda m: m["status"] == "sent")
     provider_id = shown()["provider_message_id"]
     assert shown()["provider"] == "http" and provider_id.startswith("sms-")
     assert len(sms.accepted()) == 1
@@ -208,18 +215,9 @@ def test_a_retry_the_provider_is_still_processing_is_retried_until_it_answers(
     sms.conflict_while_in_progress = True
     stream = make_stream()
     sms.fail_next(1, 200, delay_seconds=3.0)  # taken, but answered after our 1 s timeout
-    message_id = client.post(
-        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
-    ).json()["results"][0]["message_id"]
-    worker = start_worker(runtime, ["transactional"], threads=2)
-    try:
-
-        def shown():
-            return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
-
-        assert wait_until(lambda: shown()["status"] in ("sent", "failed"), 20), shown()
-    finally:
-        worker.stop(timeout=5_000)
+    shown = _send_until(
+        client, runtime, stream, account_key, lambda m: m["status"] in ("sent", "failed"), 20
+    )
     answers = [request["answered"] for request in sms.requests]
     assert 409 in answers, answers
     assert shown()["status"] == "sent", shown()
