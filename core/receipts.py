@@ -102,7 +102,10 @@ def resolve_waiting_receipts(
     """Attach receipts that arrived before the message's provider id was recorded, and apply
     them. The caller commits."""
     message = session.scalars(
-        select(Message).where(Message.id == message_id).with_for_update()
+        select(Message)
+        .where(Message.id == message_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).first()
     if message is None or not message.provider or not message.provider_message_id:
         return None
@@ -135,6 +138,7 @@ def move_failed_on(
         select(Message)
         .where(Message.id == message_id, Message.status == MessageStatus.failed.value)
         .with_for_update()
+        .execution_options(populate_existing=True)
     ).first()
     if message is None:
         return None
@@ -158,7 +162,12 @@ def _find_message(
     if stream_id is not None:
         conditions.append(Message.stream_id == stream_id)
     # Locked, so parts reported at the same moment are counted one after the other.
-    return session.scalars(select(Message).where(*conditions).with_for_update()).first()
+    return session.scalars(
+        select(Message)
+        .where(*conditions)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).first()
 
 
 def _store(
@@ -236,6 +245,8 @@ def _move(
     module's docstring), the error is cleared unless ``values`` sets one, the history says
     why it moved on, and the failure is taken out of the stats."""
     failed = message.status == MessageStatus.failed.value
+    # Read now: the move below is a Core UPDATE, which does not touch ``message``.
+    failed_at = message.updated_at
     if failed:
         values = {**_NO_ERROR, **values}
         detail = f"{detail}: the carrier took it after all (it had failed: {message.error_code})"
@@ -251,8 +262,6 @@ def _move(
     if change is not None and failed:
         # Counted in the minute it failed: its ``updated_at`` then, since nothing moves a
         # failed message but a replay or a receipt.
-        failure = Retraction(
-            message.stream_id, MessageStatus.failed, message.updated_at, message.segments
-        )
+        failure = Retraction(message.stream_id, MessageStatus.failed, failed_at, message.segments)
         retract_from_rollup(session, failure)
     return change

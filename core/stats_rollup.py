@@ -3,7 +3,10 @@
 Where it is written, and why there: a session's status changes are added to the rollup by a
 ``before_commit`` hook, in the same transaction as the changes themselves. The rollup can
 therefore never drift from the messages: a crash, a rollback or a failed commit loses both or
-neither (an after-commit listener would lose counts whenever a process died in between).
+neither (an after-commit listener would lose counts whenever a process died in between). It
+counts the history, with one correction: a failure the carrier contradicts later is taken
+out again (``Retraction``, ``core.receipts``), so a message counts as failed only while the
+failure stands.
 
 The cost is a row lock on the bucket being incremented. It is kept short and deadlock-free:
 the increments of a transaction are summed first (one row per stream, bucket and status, so

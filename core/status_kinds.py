@@ -1,7 +1,9 @@
 """What a status change counts as: a message coming in, going out, or going wrong. Pure.
 
 The stats rollup, the realtime feed and the metrics share these definitions, so the Info tab,
-the Realtime page and Prometheus never disagree about what "accepted" or "error" means.
+the Realtime page and Prometheus never disagree about what "accepted" or "error" means. (What
+they count can differ once: a failure the carrier later contradicts is taken out of the
+rollup, ``core.receipts``, while the feed and the counters keep it as it happened.)
 """
 
 from __future__ import annotations
