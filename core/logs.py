@@ -91,5 +91,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access", "dramatiq.worker.WorkerThread"):
+    # httpx and httpcore log every request's full URL at INFO (DEBUG): a customer's callback
+    # URL or a provider's may carry a credential in its query (invariant 8).
+    for noisy in ("uvicorn.access", "dramatiq.worker.WorkerThread", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

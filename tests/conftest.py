@@ -7,6 +7,7 @@ on it) and ``STREAMS_TEST_REDIS_URL``.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+import structlog
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -143,6 +145,14 @@ def other_account_key(runtime: Runtime) -> str:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """For a test that calls ``core.logs.configure_logging``: put the logging back after."""
+    yield
+    structlog.reset_defaults()
+    logging.getLogger().handlers[:] = []
 
 
 @pytest.fixture

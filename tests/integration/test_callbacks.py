@@ -11,6 +11,7 @@ from urllib.parse import parse_qs
 import pytest
 from sqlalchemy import select
 
+from core.logs import configure_logging
 from core.settings import CallbackSettings
 from core.signatures import SIGNATURE_HEADER, verify_streams_signature
 from schemas.tables import CallbackDelivery
@@ -19,6 +20,7 @@ from tests.fakes.customer import FakeCustomer
 from tests.fakes.server import serve
 from tests.processes import wait_until
 from tests.two_way import post_signed_inbound, signing_secret
+from workers.callbacks import CallbackSender
 from workers.pool import start_worker
 
 
@@ -94,6 +96,29 @@ def test_inbound_callback_is_retried_until_the_customer_answers(
     assert payload["inbound_id"] == accepted.json()["inbound_id"]
     [row] = deliveries(runtime)
     assert row.state == "delivered" and row.attempts == 4 and row.last_status_code == 200
+
+
+def test_invariant_8_a_callback_urls_credentials_never_reach_a_log_line(
+    restore_logging, client, runtime, make_stream, account_key, customer, capfd
+):
+    """Customers often authenticate their webhook receiver with a token in the URL. httpx
+    logs each request's full URL at INFO, which the production logging passed on."""
+    configure_logging("DEBUG", "json")  # here, so it writes to this phase's captured stderr
+    token = "cust-hook-token-7f3a9c2e51d04b6a"
+    stream = make_stream(
+        name="Support",
+        type="two_way",
+        settings={"callback_url": f"{customer.base_url}/hooks?token={token}"},
+    )
+    secret = signing_secret(client, account_key, stream["id"])
+    post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
+    [row] = deliveries(runtime)
+    CallbackSender(runtime).deliver(str(row.id))
+    assert len(customer.received) == 1
+    assert customer.received[0]["query"] == f"token={token}"
+    logged = capfd.readouterr().err
+    assert '"event"' in logged, "the log is captured"
+    assert token not in logged
 
 
 def test_status_changes_reach_the_callback_with_get_and_signed_query(

@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import structlog
 
 from core.logs import configure_logging
 from tests.conftest import auth, message
 from tests.processes import wait_until
 from workers.pool import start_worker
-
-
-@pytest.fixture
-def restore_logging():
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
 
 
 def test_invariant_8_secrets_never_reach_logs(

@@ -4,11 +4,8 @@ until the carrier has it, inside the sealed text). The carrier still gets the re
 
 from __future__ import annotations
 
-import logging
 import uuid
 
-import pytest
-import structlog
 from sqlalchemy import select
 
 from core.logs import configure_logging
@@ -22,13 +19,6 @@ from workers.pool import start_worker
 from workers.providers.base import Accepted, OutboundMessage
 from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
-
-
-@pytest.fixture
-def restore_logging():
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
 
 
 def status_of(client, key: str, message_id: str) -> str:

@@ -4,10 +4,7 @@ body, even when the provider refuses them."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
-import structlog
 
 from core.logs import configure_logging
 from core.settings import WhatsAppApiSettings
@@ -36,13 +33,6 @@ def settings(settings, cloud):
             )
         }
     )
-
-
-@pytest.fixture
-def restore_logging():
-    yield
-    structlog.reset_defaults()
-    logging.getLogger().handlers[:] = []
 
 
 def test_invariant_8_provider_credentials_never_reach_logs(
