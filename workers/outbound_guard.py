@@ -12,6 +12,7 @@ networks only.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
@@ -25,9 +26,40 @@ class ForbiddenAddress(httpcore.ConnectError):
     """The host resolves to an address callbacks may not reach."""
 
 
+#: IPv6 prefixes that stand for an IPv4 address in their last 32 bits: NAT64's well-known
+#: prefix (RFC 6052: on an IPv6-only network with NAT64, ``64:ff9b::a9fe:a9fe`` reaches
+#: 169.254.169.254) and the deprecated IPv4-compatible form (``::a.b.c.d``).
+_IPV4_IN_LAST_32_BITS = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("::/96"),
+)
+#: Prefixes Python counts as global that are not public: NAT64's local-use prefix (RFC 8215,
+#: translated to whatever the operator chose) and the deprecated site-local range.
+_NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
+
+
 def forbidden(address: IPAddress) -> bool:
-    """Loopback, private, link-local, multicast, reserved or otherwise not public. Pure."""
+    """Loopback, private, link-local, multicast, reserved or otherwise not public, also when
+    written as an IPv6 address that carries an IPv4 one (NAT64, 6to4, Teredo,
+    IPv4-compatible). Pure."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _NOT_PUBLIC):
+            return True
+        inner = _carried_ipv4(address)
+        if inner is not None and forbidden(inner):
+            return True
     return not address.is_global or address.is_multicast
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64, IPv4-compatible, 6to4 or Teredo address leads to."""
+    if any(address in network for network in _IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:

@@ -220,6 +220,17 @@ def test_cloud_api_body():
         ("fc00::1", True),
         ("8.8.8.8", False),
         ("2001:4860:4860::8888", False),
+        # Internal IPv4 addresses written as IPv6 ones that carry them.
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 of 169.254.169.254 (cloud metadata)
+        ("64:ff9b::10.0.0.5", True),  # NAT64 of a private address
+        ("64:ff9b::7f00:1", True),  # NAT64 of 127.0.0.1
+        ("64:ff9b:1::8.8.8.8", True),  # NAT64's local-use prefix: the operator's mapping
+        ("2002:a00:5::1", True),  # 6to4 of 10.0.0.5
+        ("::7f00:1", True),  # IPv4-compatible 127.0.0.1
+        ("::a9fe:a9fe", True),  # IPv4-compatible 169.254.169.254
+        ("fec0::1", True),  # deprecated site-local
+        ("64:ff9b::8.8.8.8", False),  # NAT64 of a public address
+        ("2002:808:808::1", False),  # 6to4 of a public address
     ],
 )
 def test_callback_addresses(address, refused):
@@ -229,6 +240,7 @@ def test_callback_addresses(address, refused):
 def test_callback_url_refusals():
     assert refusal("http://127.0.0.1:8080/x", allow_private=False)
     assert refusal("http://[::ffff:127.0.0.1]/x", allow_private=False)
+    assert refusal("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", allow_private=False)
     assert refusal("http://localhost/x", allow_private=False)
     assert refusal("ftp://example.com/x", allow_private=False)
     assert refusal("http://127.0.0.1:8080/x", allow_private=True) is None
