@@ -136,9 +136,11 @@ class StreamSettings(RequestBody):
             if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", key):
                 raise ValueError(f"header name {key!r} is not a valid HTTP header name")
             if len(header_value) > 1024 or any(
-                (ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in header_value
+                not (" " <= c <= "~" or c == "\t") for c in header_value
             ):
-                raise ValueError(f"header {key!r} has an invalid value")
+                raise ValueError(
+                    f"header {key!r} has an invalid value (printable ASCII, at most 1024)"
+                )
         return value
 
 

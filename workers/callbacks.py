@@ -124,8 +124,13 @@ class CallbackSender:
             self._settle(delivery, DEAD, refused, None, now)
             log_.warning("callback_refused_address", reason=refused)
             return
-        secret = self.runtime.secret_box.open(stream.webhook_secret_sealed or "")
-        status_code, error = self._call(target, delivery.payload, secret)
+        try:
+            secret = self.runtime.secret_box.open(stream.webhook_secret_sealed or "")
+        except ValueError:  # none stored, or sealed with a key this process does not have
+            status_code, error = None, "the stream's webhook secret cannot be read"
+            log_.error("callback_secret_unreadable")
+        else:
+            status_code, error = self._call(target, delivery.payload, secret)
         if error is None:
             self._settle(delivery, DELIVERED, None, status_code, self.runtime.clock())
             log_.info("callback_delivered", status_code=status_code, attempt=delivery.attempts + 1)
@@ -170,6 +175,11 @@ class CallbackSender:
             return None, "timed out"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {str(exc)[:200]}"
+        except Exception as exc:  # a request that cannot be made (a header httpx cannot
+            # encode, say) is a failed attempt like any other: retried, then a dead letter,
+            # never an exception that leaves the row pending with no attempt counted
+            log.warning("callback_attempt_error", error=type(exc).__name__)
+            return None, f"the request could not be made ({type(exc).__name__})"
         finally:
             metrics.CALLBACK_DURATION.observe(time.perf_counter() - started)
         if 200 <= response.status_code < 300:

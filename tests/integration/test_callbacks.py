@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from urllib.parse import parse_qs
 
 import pytest
@@ -14,7 +15,7 @@ from sqlalchemy import select
 from core.logs import configure_logging
 from core.settings import CallbackSettings
 from core.signatures import SIGNATURE_HEADER, verify_streams_signature
-from schemas.tables import CallbackDelivery
+from schemas.tables import CallbackDelivery, Stream
 from tests.conftest import auth, message
 from tests.fakes.customer import FakeCustomer
 from tests.fakes.server import serve
@@ -119,6 +120,46 @@ def test_invariant_8_a_callback_urls_credentials_never_reach_a_log_line(
     logged = capfd.readouterr().err
     assert '"event"' in logged, "the log is captured"
     assert token not in logged
+
+
+@pytest.mark.parametrize(
+    ("breakage", "error"),
+    [
+        ("non_ascii_header", "the request could not be made (UnicodeEncodeError)"),
+        ("no_secret", "the stream's webhook secret cannot be read"),
+    ],
+)
+def test_a_callback_whose_request_cannot_be_made_is_retried_then_dead(
+    client, runtime, settings, make_stream, account_key, customer, breakage, error
+):
+    """A header value stored before the API refused non-ASCII ones (httpx cannot encode
+    it), or a webhook secret that cannot be opened (none stored, or sealed under a rotated
+    STREAMS_SECRET_KEY). Each attempt raised, so none was counted: the row stayed pending,
+    swept up again for ever, and never became a dead letter. It is a failed attempt now."""
+    windowed = callback_settings(retry_window_seconds=0.5)
+    runtime.settings = settings.model_copy(update={"callbacks": windowed})
+    stream = two_way_stream(make_stream, customer)
+    secret = signing_secret(client, account_key, stream["id"])
+    post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
+    [row] = deliveries(runtime)
+    with runtime.session_factory() as session:
+        found = session.get(Stream, uuid.UUID(stream["id"]))
+        assert found is not None
+        if breakage == "non_ascii_header":
+            found.settings = {**found.settings, "callback_headers": {"X-Customer": "Müller"}}
+        else:
+            found.webhook_secret_sealed = None
+        session.commit()
+    sender = CallbackSender(runtime)
+
+    sender.deliver(str(row.id))
+    [row] = deliveries(runtime)
+    assert (row.state, row.attempts, row.last_error) == ("pending", 1, error)
+    time.sleep(0.6)  # the retry window has passed
+    sender.deliver(str(row.id))
+    [row] = deliveries(runtime)
+    assert (row.state, row.attempts, row.last_error) == ("dead", 2, error)
+    assert customer.received == []
 
 
 def test_status_changes_reach_the_callback_with_get_and_signed_query(

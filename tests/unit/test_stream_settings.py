@@ -200,12 +200,25 @@ def test_callback_headers_accepted() -> None:
     assert StreamSettings(callback_headers=headers).callback_headers == headers
 
 
-@pytest.mark.parametrize("value", ["a\rb", "a\nb", "a\r\nX-Injected: 1", "\r\n", "x" * 1025])
-def test_callback_header_value_rejects_cr_lf_and_overlong(value: str) -> None:
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a\rb",
+        "a\nb",
+        "a\r\nX-Injected: 1",
+        "\r\n",
+        "x" * 1025,
+        # Not ASCII: httpx cannot send it, so every attempt raised and none was counted.
+        "Müller",
+        "a\u2028b",
+        "\u00a0",
+    ],
+)
+def test_callback_header_value_rejects_cr_lf_non_ascii_and_overlong(value: str) -> None:
     assert _error(StreamSettings, callback_headers={"X-Custom": value}) == (
         ("callback_headers",),
         "value_error",
-        "Value error, header 'X-Custom' has an invalid value",
+        "Value error, header 'X-Custom' has an invalid value (printable ASCII, at most 1024)",
     )
 
 
