@@ -9,17 +9,20 @@ drop a repeat: delivery is at least once.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
+from core.database import insert_ignoring_duplicates
 from schemas.tables import CallbackDelivery, InboundMessage, Message
 
 STATUS_EVENT = "message.status"
 INBOUND_EVENT = "message.inbound"
+#: The namespace of ``status_event_id``'s name-based UUIDs (fixed: changing it would give
+#: changes already called back new ids).
+_STATUS_EVENTS = uuid.UUID("5f0c3a52-7d55-4f1e-9a43-2b6f1c0e8d17")
 PENDING, DELIVERED, DEAD, CANCELED = "pending", "delivered", "dead", "canceled"
 
 
@@ -62,13 +65,24 @@ def inbound_payload(event_id: uuid.UUID, inbound: InboundMessage) -> dict[str, A
     }
 
 
-def add_callbacks(session: Session, rows: list[dict[str, Any]], now: datetime) -> None:
-    """Insert pending callbacks. Each row gives ``id``, ``account_id``, ``stream_id``,
-    ``event``, ``payload`` and ``url`` (a message's own URL, or None for the stream's)."""
+def status_event_id(message_id: uuid.UUID, status: str, at: datetime) -> uuid.UUID:
+    """The ``event_id`` (and callback row id) of a status change: the same change always
+    gets the same one, so a follow-up job delivered twice (queues deliver at least once)
+    writes its callbacks once, and a customer can drop a repeat by ``event_id``."""
+    moment = as_utc(at).astimezone(UTC).isoformat()
+    return uuid.uuid5(_STATUS_EVENTS, f"{message_id}/{status}/{moment}")
+
+
+def add_callbacks(session: Session, rows: list[dict[str, Any]], now: datetime) -> list[uuid.UUID]:
+    """Insert pending callbacks; returns the ids inserted. Each row gives ``id``,
+    ``account_id``, ``stream_id``, ``event``, ``payload`` and ``url`` (a message's own URL,
+    or None for the stream's). A row whose ``id`` is already there is left as it is."""
     if not rows:
-        return
-    session.execute(
-        insert(CallbackDelivery),
+        return []
+    inserted = session.scalars(
+        insert_ignoring_duplicates(session, CallbackDelivery, ["id"]).returning(
+            CallbackDelivery.id
+        ),
         [
             {
                 **row,
@@ -81,3 +95,4 @@ def add_callbacks(session: Session, rows: list[dict[str, Any]], now: datetime) -
             for row in rows
         ],
     )
+    return list(inserted)

@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
-from core.callback_events import STATUS_EVENT, add_callbacks, status_payload
+from core.callback_events import STATUS_EVENT, add_callbacks, status_event_id, status_payload
 from core.provider_choice import HTTP, WHATSAPP_CLOUD
 from core.receipts import resolve_waiting_receipts
 from core.runtime import Runtime
@@ -88,7 +88,7 @@ class StatusFollowUp:
                     continue
                 if not wants_callbacks(stream.type, stream.settings, message.callback_url):
                     continue
-                event_id = uuid.uuid4()
+                event_id = status_event_id(message_id, status, at)
                 callbacks.append(
                     {
                         "id": event_id,
@@ -99,8 +99,7 @@ class StatusFollowUp:
                         "payload": status_payload(event_id, message, status, at, detail),
                     }
                 )
-                created.append(event_id)
-            add_callbacks(session, callbacks, now)
+            created = add_callbacks(session, callbacks, now)
             session.commit()
         for event_id in created:
             try:

@@ -23,6 +23,7 @@ from tests.processes import wait_until
 from tests.two_way import post_signed_inbound, signing_secret
 from workers.callbacks import CallbackSender
 from workers.pool import start_worker
+from workers.status_followup import StatusFollowUp
 
 
 @pytest.fixture
@@ -192,6 +193,29 @@ def test_status_changes_reach_the_callback_with_get_and_signed_query(
         fields = parse_qs(request["query"])
         assert fields["message_id"] == [message_id] and fields["internal_id"] == ["ask-1"]
         assert fields["event"] == ["message.status"]
+
+
+def test_a_follow_up_job_delivered_twice_makes_one_callback(
+    client, runtime, make_stream, account_key, customer
+):
+    """Queues deliver at least once: a follow-up job redelivered after its commit (its
+    worker died before the ack) wrote a second callback for the same change, with a new
+    ``event_id``, so the customer could not tell it was a repeat. A change's callback is now
+    named after the change, and written and sent once."""
+    stream = two_way_stream(make_stream, customer)
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    job = [[message_id, "sent", "2026-12-06T20:00:00.123456+00:00", None]]
+    follow_up = StatusFollowUp(runtime)
+    follow_up.follow(job)
+    follow_up.follow(job)  # the same job again
+    follow_up.follow([[message_id, "sent", "2026-12-06T22:00:00.123456+02:00", None]])
+    [row] = deliveries(runtime)
+    assert row.payload["event_id"] == str(row.id)
+    later = [[message_id, "delivered", "2026-12-06T20:00:01+00:00", None]]
+    follow_up.follow(later)
+    assert len(deliveries(runtime)) == 2, "another change is another callback"
 
 
 def test_a_messages_own_callback_url_gets_a_signed_post(
