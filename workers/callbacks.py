@@ -5,8 +5,12 @@ Each callback is a ``callback_deliveries`` row. ``deliver`` makes one attempt: i
 body (``X-Streams-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``, keyed by the
 stream's webhook secret), calls the customer with short timeouts, and records the outcome:
 ``delivered`` on a 2xx, else a retry at ``now + backoff`` (full jitter) or, once the window
-is spent, ``dead``. These run on the ``callbacks`` queue with a pool of their own, so a slow
-or dead customer endpoint never holds up sending.
+is spent, ``dead``. An attempt is claimed before the call (its row's next attempt is pushed
+past the longest the attempt may take, on the condition the row is as it was read), so two
+jobs for one callback (a redelivery, the sweep's re-enqueue) never both call the customer,
+and the whole attempt is held to ``connect_timeout_seconds + timeout_seconds``
+(``workers.outbound_guard.attempt_deadline``). These run on the ``callbacks`` queue with a
+pool of their own, so a slow or dead customer endpoint never holds up sending.
 
 A stream-level callback follows the stream's *current* set-up (URL, method, headers) at each
 attempt, so fixing a broken URL also fixes the retries and the replays. A message's own
@@ -37,7 +41,7 @@ from core.clock import as_utc
 from core.runtime import Runtime
 from core.signatures import SIGNATURE_HEADER, streams_signature
 from schemas.tables import CallbackDelivery, Stream
-from workers.outbound_guard import guarded_client, refusal
+from workers.outbound_guard import attempt_deadline, guarded_client, refusal
 from workers.queueing import enqueue_callback
 
 log = structlog.get_logger(__name__)
@@ -46,6 +50,8 @@ USER_AGENT = "Streams-Callbacks/1"
 #: Headers a stream's custom headers may not replace.
 _RESERVED_HEADERS = frozenset({SIGNATURE_HEADER.lower(), "content-type", "host", "content-length"})
 _MAX_ERROR = 300
+#: An attempt's claim outlasts its deadline by this much (a busy process, the record).
+_CLAIM_MARGIN_SECONDS = 30.0
 
 
 def callback_backoff(attempt: int, base: float, cap: float) -> float:
@@ -90,6 +96,8 @@ class CallbackSender:
             timeout=settings.timeout_seconds,
             allow_private=settings.allow_private_addresses,
         )
+        #: The longest one attempt may take, connecting included.
+        self._attempt_seconds = settings.connect_timeout_seconds + settings.timeout_seconds
 
     def deliver(self, delivery_id: str) -> None:
         """One attempt at a pending callback; a no-op for one already settled, or whose
@@ -124,6 +132,8 @@ class CallbackSender:
             self._settle(delivery, DEAD, refused, None, now)
             log_.warning("callback_refused_address", reason=refused)
             return
+        if not self._claim(delivery, now):
+            return  # another job for this callback is making its attempt
         try:
             secret = self.runtime.secret_box.open(stream.webhook_secret_sealed or "")
         except ValueError:  # none stored, or sealed with a key this process does not have
@@ -136,6 +146,36 @@ class CallbackSender:
             log_.info("callback_delivered", status_code=status_code, attempt=delivery.attempts + 1)
             return
         self._failed(delivery, error, status_code, log_)
+
+    def _claim(self, delivery: CallbackDelivery, now: datetime) -> bool:
+        """Take this attempt: push the row's next attempt past the longest the attempt may
+        take, on the condition it is still as read. Of two jobs that read it, one wins; the
+        sweep leaves the row alone until the claim has run out (a worker died mid-call)."""
+        until = now + timedelta(seconds=self._attempt_seconds + _CLAIM_MARGIN_SECONDS)
+        return self._update_pending(
+            delivery,
+            {"next_attempt_at": until},
+            CallbackDelivery.next_attempt_at == delivery.next_attempt_at,
+        )
+
+    def _update_pending(
+        self, delivery: CallbackDelivery, values: dict[str, Any], *also: Any
+    ) -> bool:
+        """Set ``values`` on ``delivery``'s row if it is still pending on the attempt it was
+        read at (and ``also`` holds); commits. Whether it did."""
+        with self.runtime.session_factory() as session:
+            moved = session.execute(
+                update(CallbackDelivery)
+                .where(
+                    CallbackDelivery.id == delivery.id,
+                    CallbackDelivery.state == PENDING,
+                    CallbackDelivery.attempts == delivery.attempts,
+                    *also,
+                )
+                .values(**values)
+            ).rowcount
+            session.commit()
+        return bool(moved)
 
     def _target(self, delivery: CallbackDelivery, stream: Stream) -> Target | None:
         if delivery.url:
@@ -161,6 +201,7 @@ class CallbackSender:
         }
         headers["User-Agent"] = USER_AGENT
         started = time.perf_counter()
+        deadline = attempt_deadline.set(time.monotonic() + self._attempt_seconds)
         try:
             if target.method == "GET":
                 url = httpx.URL(target.url).copy_merge_params(query_parameters(payload))
@@ -181,6 +222,7 @@ class CallbackSender:
             log.warning("callback_attempt_error", error=type(exc).__name__)
             return None, f"the request could not be made ({type(exc).__name__})"
         finally:
+            attempt_deadline.reset(deadline)
             metrics.CALLBACK_DURATION.observe(time.perf_counter() - started)
         if 200 <= response.status_code < 300:
             return response.status_code, None
@@ -202,22 +244,15 @@ class CallbackSender:
             log_.warning("callback_dead", attempts=attempt, error=error)
             return
         next_at = now + timedelta(seconds=delay)
-        with self.runtime.session_factory() as session:
-            moved = session.execute(
-                update(CallbackDelivery)
-                .where(
-                    CallbackDelivery.id == delivery.id,
-                    CallbackDelivery.state == PENDING,
-                    CallbackDelivery.attempts == delivery.attempts,
-                )
-                .values(
-                    attempts=attempt,
-                    last_error=error[:_MAX_ERROR],
-                    last_status_code=status_code,
-                    next_attempt_at=next_at,
-                )
-            ).rowcount
-            session.commit()
+        moved = self._update_pending(
+            delivery,
+            {
+                "attempts": attempt,
+                "last_error": error[:_MAX_ERROR],
+                "last_status_code": status_code,
+                "next_attempt_at": next_at,
+            },
+        )
         if not moved:
             return  # another attempt ran at the same time and recorded its own outcome
         metrics.CALLBACKS.labels(delivery.event, "retry").inc()

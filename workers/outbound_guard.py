@@ -8,12 +8,18 @@ network backend), so a DNS answer that changes between the check and the connect
 (rebinding) cannot slip through. ``allow_private`` (setting
 ``STREAMS_CALLBACK_ALLOW_PRIVATE_ADDRESSES``) turns the check off, for tests and closed
 networks only.
+
+The same backend holds an attempt to its total deadline (``attempt_deadline``): httpx's
+timeouts limit each read, so a customer dripping its answer a byte at a time could hold a
+worker thread for as long as it liked.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import time
+from contextvars import ContextVar
 from typing import Any
 
 import httpcore
@@ -97,6 +103,46 @@ def refusal(url: str, *, allow_private: bool) -> str | None:
     return None
 
 
+#: When the current attempt must be over (a ``time.monotonic()`` value), or None: no limit.
+attempt_deadline: ContextVar[float | None] = ContextVar("attempt_deadline", default=None)
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """``timeout`` cut to what is left of the attempt; raises ``expired`` when nothing is."""
+    deadline = attempt_deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt ran past its deadline")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads and writes stop at the attempt's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
 class GuardedBackend(httpcore.NetworkBackend):
     """Resolves, refuses non-public addresses, and connects to the address it checked."""
 
@@ -111,6 +157,17 @@ class GuardedBackend(httpcore.NetworkBackend):
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._connect(host, port, timeout, local_address, socket_options))
+
+    def _connect(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,
+        local_address: str | None,
+        socket_options: Any,
     ) -> httpcore.NetworkStream:
         if self._allow_private:
             return self._inner.connect_tcp(host, port, timeout, local_address, socket_options)

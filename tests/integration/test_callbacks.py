@@ -5,22 +5,25 @@ slow customer that never slows sending."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from datetime import timedelta
 from urllib.parse import parse_qs
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.logs import configure_logging
 from core.settings import CallbackSettings
 from core.signatures import SIGNATURE_HEADER, verify_streams_signature
 from schemas.tables import CallbackDelivery, Stream
 from tests.conftest import auth, message
-from tests.fakes.customer import FakeCustomer
+from tests.fakes.customer import FakeCustomer, dripping_customer
 from tests.fakes.server import serve
 from tests.processes import wait_until
 from tests.two_way import post_signed_inbound, signing_secret
+from workers.callback_sweep import CallbackSweep
 from workers.callbacks import CallbackSender
 from workers.pool import start_worker
 from workers.status_followup import StatusFollowUp
@@ -216,6 +219,91 @@ def test_a_follow_up_job_delivered_twice_makes_one_callback(
     later = [[message_id, "delivered", "2026-12-06T20:00:01+00:00", None]]
     follow_up.follow(later)
     assert len(deliveries(runtime)) == 2, "another change is another callback"
+
+
+def test_two_jobs_for_one_callback_call_the_customer_once(
+    client, runtime, make_stream, account_key, customer
+):
+    """A redelivered job, or the sweep's re-enqueue of a row whose attempt is slow, runs
+    beside the first job: both read the row pending and due. The attempt is claimed before
+    the call, so only one calls the customer."""
+    stream = two_way_stream(make_stream, customer)
+    secret = signing_secret(client, account_key, stream["id"])
+    post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
+    [row] = deliveries(runtime)
+    customer.fail_next(1, status=200, delay_seconds=0.5)  # answers 200, slowly
+    sender = CallbackSender(runtime)
+    jobs = [threading.Thread(target=sender.deliver, args=(str(row.id),)) for _ in range(2)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(10)
+    [row] = deliveries(runtime)
+    assert (row.state, row.attempts) == ("delivered", 1)
+    assert customer.attempts == 1, "the customer was called once"
+
+
+def test_an_attempt_is_held_to_its_deadline_however_the_customer_drips(
+    client, runtime, make_stream, account_key
+):
+    """httpx's timeouts limit each read: a customer sending one header line every 0.3 s,
+    for ever, held a worker thread for as long as it liked (dramatiq's ten-minute limit),
+    and the row never counted the attempt. The attempt now ends at connect + read timeout
+    (2 s here) as a timed-out attempt."""
+    with dripping_customer() as base:
+        stream = make_stream(
+            name="Support", type="two_way", settings={"callback_url": f"{base}/hook"}
+        )
+        secret = signing_secret(client, account_key, stream["id"])
+        post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
+        [row] = deliveries(runtime)
+        attempt = threading.Thread(target=CallbackSender(runtime).deliver, args=(str(row.id),))
+        attempt.start()
+        attempt.join(15)
+        assert not attempt.is_alive(), "the attempt was still running after 15 s"
+    [row] = deliveries(runtime)
+    assert (row.state, row.attempts, row.last_error) == ("pending", 1, "timed out")
+
+
+def test_the_sweep_sends_a_callback_whose_attempt_died_once_its_claim_runs_out(
+    client, runtime, settings, make_stream, account_key, customer
+):
+    """A worker died mid-attempt: the row stays pending, claimed until its claim runs out,
+    and no job is left for it. The sweep leaves it alone while the claim holds, then
+    enqueues it, and the customer gets it."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+    stream = two_way_stream(make_stream, customer)
+    secret = signing_secret(client, account_key, stream["id"])
+    post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
+    [row] = deliveries(runtime)
+    runtime.broker.flush_all()  # the job is gone, as with a worker killed mid-attempt
+    claimed_until = runtime.clock() + timedelta(seconds=30)
+    with runtime.session_factory() as session:
+        session.execute(
+            update(CallbackDelivery)
+            .where(CallbackDelivery.id == row.id)
+            .values(next_attempt_at=claimed_until)
+        )
+        session.commit()
+    sweep = CallbackSweep(runtime)
+    assert sweep.sweep() == 0, "a claim still running is left alone"
+    with runtime.session_factory() as session:  # the claim ran out a grace period ago
+        session.execute(
+            update(CallbackDelivery)
+            .where(CallbackDelivery.id == row.id)
+            .values(next_attempt_at=runtime.clock() - timedelta(seconds=2))
+        )
+        session.commit()
+    assert sweep.sweep() == 1
+    worker = start_worker(runtime, ["callbacks"], threads=2)
+    try:
+        assert wait_until(lambda: len(customer.received) == 1, 15)
+    finally:
+        worker.stop(timeout=5_000)
+    [row] = deliveries(runtime)
+    assert (row.state, row.attempts) == ("delivered", 1)
 
 
 def test_a_messages_own_callback_url_gets_a_signed_post(
