@@ -1,7 +1,11 @@
 """The callbacks' outbox sweep (run by ``streams relay``): a pending callback whose attempt
 is long overdue lost its queue message (Redis was down at enqueue time, or the message was
 dropped), so it is enqueued again. Rows are locked with ``SKIP LOCKED`` so several relays
-share the work; a repeat enqueue is harmless (the attempt checks the row first)."""
+share the work; a repeat enqueue is harmless (the attempt checks the row first). Status
+changes whose follow-up job could not be enqueued after their commit
+(``waiting_followups``) are enqueued the same way, and their rows deleted; the job is
+idempotent, so one enqueued twice (a relay dying between the enqueue and the delete)
+writes no second callback."""
 
 from __future__ import annotations
 
@@ -9,12 +13,12 @@ import threading
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from core.callback_events import PENDING
 from core.runtime import Runtime
-from schemas.tables import CallbackDelivery
-from workers.queueing import enqueue_callback
+from schemas.tables import CallbackDelivery, WaitingFollowUp
+from workers.queueing import enqueue_callback, enqueue_status_followup
 
 log = structlog.get_logger(__name__)
 
@@ -25,7 +29,9 @@ class CallbackSweep:
         self.batch = batch
 
     def sweep(self) -> int:
-        """Enqueue overdue pending callbacks; returns how many."""
+        """Enqueue overdue pending callbacks and waiting follow-ups; returns how many
+        callbacks."""
+        self._sweep_followups()
         now = self.runtime.clock()
         grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
         with self.runtime.session_factory() as session:
@@ -60,6 +66,29 @@ class CallbackSweep:
             session.commit()
         if done:
             log.info("callback_sweep", enqueued=len(done))
+        return len(done)
+
+    def _sweep_followups(self) -> int:
+        """Enqueue the follow-up jobs that could not be enqueued after their commit."""
+        with self.runtime.session_factory() as session:
+            waiting = session.scalars(
+                select(WaitingFollowUp)
+                .order_by(WaitingFollowUp.id)
+                .limit(self.batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            done = []
+            try:
+                for row in waiting:
+                    enqueue_status_followup(self.runtime.broker, row.changes)
+                    done.append(row.id)
+            except Exception as exc:
+                log.warning("followup_sweep_enqueue_failed", error=type(exc).__name__)
+            if done:
+                session.execute(delete(WaitingFollowUp).where(WaitingFollowUp.id.in_(done)))
+            session.commit()
+        if done:
+            log.info("followup_sweep", enqueued=len(done))
         return len(done)
 
     def run(self, stop: threading.Event, interval_seconds: float = 10.0) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import structlog
@@ -18,6 +18,7 @@ import structlog
 from core import metrics
 from core.broker import CALLBACK_QUEUE
 from schemas.events import StatusChange
+from schemas.tables import WaitingFollowUp
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
@@ -141,14 +142,31 @@ def enqueue_callback(
     )
 
 
-def status_followup_listener(
-    broker: dramatiq.Broker,
-) -> Callable[[Sequence[StatusChange]], None]:
+def enqueue_status_followup(broker: dramatiq.Broker, changes: Sequence[Sequence[Any]]) -> None:
+    """Put one follow-up job for ``changes`` (``[message_id, status, at, detail]`` items) on
+    the callbacks queue."""
+    broker.enqueue(
+        dramatiq.Message(
+            queue_name=CALLBACK_QUEUE,
+            actor_name=STATUS_FOLLOWUP_ACTOR,
+            args=(changes,),
+            kwargs={},
+            options={},
+        )
+    )
+
+
+def status_followup_listener(runtime: Runtime) -> Callable[[Sequence[StatusChange]], None]:
     """A ``StatusFeed`` listener: each committed batch of notable changes becomes one job on
     the callbacks queue (customer callbacks, early receipts). Changes whose maker knew that
     nothing follows them (``StatusChange.follow_up``) are left out, so streams without
     callbacks cost no job per message. Only a Redis enqueue happens in
-    the committing thread, so sending never waits on a customer."""
+    the committing thread, so sending never waits on a customer.
+
+    When that enqueue fails (Redis unreachable), the changes are written to
+    ``waiting_followups`` instead, and the callback sweep enqueues them later
+    (``workers.callback_sweep``): the changes are committed, so their callbacks must not be
+    lost with the job. The job is idempotent (``core.callback_events.status_event_id``)."""
 
     def status_followups(changes: Sequence[StatusChange]) -> None:
         notable = [
@@ -159,21 +177,24 @@ def status_followup_listener(
         if not notable:
             return
         try:
-            broker.enqueue(
-                dramatiq.Message(
-                    queue_name=CALLBACK_QUEUE,
-                    actor_name=STATUS_FOLLOWUP_ACTOR,
-                    args=(notable,),
-                    kwargs={},
-                    options={},
-                )
-            )
+            enqueue_status_followup(runtime.broker, notable)
         except Exception as exc:  # the broker's connection errors vary by client version
             log.warning(
                 "status_followup_enqueue_failed", count=len(notable), error=type(exc).__name__
             )
+            _keep_for_the_sweep(runtime, notable)
 
     return status_followups
+
+
+def _keep_for_the_sweep(runtime: Runtime, changes: Sequence[Sequence[Any]]) -> None:
+    try:
+        with runtime.session_factory() as session:
+            kept = WaitingFollowUp(changes=[list(c) for c in changes], created_at=runtime.clock())
+            session.add(kept)
+            session.commit()
+    except Exception as exc:  # the database too: nothing more can be done here
+        log.error("status_followup_lost", count=len(changes), error=type(exc).__name__)
 
 
 _SUBSCRIBED_FEEDS: weakref.WeakSet[object] = weakref.WeakSet()
@@ -185,4 +206,4 @@ def subscribe_status_followups(runtime: Runtime) -> None:
     if runtime.status_feed in _SUBSCRIBED_FEEDS:
         return
     _SUBSCRIBED_FEEDS.add(runtime.status_feed)
-    runtime.status_feed.subscribe(status_followup_listener(runtime.broker))
+    runtime.status_feed.subscribe(status_followup_listener(runtime))

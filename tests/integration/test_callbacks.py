@@ -12,20 +12,24 @@ from datetime import timedelta
 from urllib.parse import parse_qs
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from core.logs import configure_logging
+from core.message_states import transition
+from core.runtime import build_runtime
 from core.settings import CallbackSettings
 from core.signatures import SIGNATURE_HEADER, verify_streams_signature
-from schemas.tables import CallbackDelivery, Stream
+from schemas.enums import MessageStatus
+from schemas.tables import CallbackDelivery, Stream, WaitingFollowUp
 from tests.conftest import auth, message
 from tests.fakes.customer import FakeCustomer, dripping_customer
 from tests.fakes.server import serve
-from tests.processes import wait_until
+from tests.processes import private_redis_server, wait_until
 from tests.two_way import post_signed_inbound, signing_secret
 from workers.callback_sweep import CallbackSweep
 from workers.callbacks import CallbackSender
 from workers.pool import start_worker
+from workers.queueing import subscribe_status_followups
 from workers.status_followup import StatusFollowUp
 
 
@@ -304,6 +308,53 @@ def test_the_sweep_sends_a_callback_whose_attempt_died_once_its_claim_runs_out(
         worker.stop(timeout=5_000)
     [row] = deliveries(runtime)
     assert (row.state, row.attempts) == ("delivered", 1)
+
+
+def test_status_callbacks_outlive_a_redis_outage_at_their_commit(
+    client, settings, make_stream, account_key, customer
+):
+    """A status change's callbacks are written by a follow-up job enqueued after its
+    commit. With Redis down at that moment the job was dropped, and with it the callbacks:
+    no row anywhere for the sweep to find. The changes now wait in the database, and the
+    sweep enqueues them once Redis is back."""
+    stream = two_way_stream(make_stream, customer)
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    with private_redis_server() as server:
+        own = build_runtime(settings.model_copy(update={"redis_url": server.url}))
+        try:
+            subscribe_status_followups(own)
+            server.halt()
+            with own.session_factory() as session:  # the worker records the send
+                for to, came_from in (
+                    (MessageStatus.sending, MessageStatus.queued),
+                    (MessageStatus.sent, MessageStatus.sending),
+                ):
+                    assert transition(
+                        session,
+                        uuid.UUID(message_id),
+                        to=to,
+                        allowed_from=[came_from],
+                        at=own.clock(),
+                    )
+                session.commit()
+            with own.session_factory() as session:
+                assert session.scalar(select(func.count()).select_from(WaitingFollowUp)) == 1
+
+            server.start()  # back, and empty
+            assert CallbackSweep(own).sweep() == 0
+            worker = start_worker(own, ["callbacks"], threads=2)
+            try:
+                assert wait_until(lambda: len(customer.received) == 1, 15)
+            finally:
+                worker.stop(timeout=5_000)
+            with own.session_factory() as session:
+                assert session.scalar(select(func.count()).select_from(WaitingFollowUp)) == 0
+        finally:
+            own.close()
+    payload = json.loads(customer.received[0]["body"])
+    assert (payload["message_id"], payload["status"]) == (message_id, "sent")
 
 
 def test_a_messages_own_callback_url_gets_a_signed_post(
