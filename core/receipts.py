@@ -38,8 +38,9 @@ from schemas.tables import Message, ProviderReceipt
 
 ReceiptStatus = Literal["sent", "delivered", "undelivered"]
 RECEIPT_STATUSES: frozenset[str] = frozenset({"sent", "delivered", "undelivered"})
-_FINAL_FROM = (MessageStatus.sending, MessageStatus.sent, MessageStatus.failed)
-_SENT_FROM = (MessageStatus.sending, MessageStatus.failed)
+#: What a receipt moves a message on from (``failed`` apart: ``_move``).
+_FINAL_FROM = (MessageStatus.sending, MessageStatus.sent)
+_SENT_FROM = (MessageStatus.sending,)
 #: What a receipt for a failed message clears, on top of what it sets.
 _NO_ERROR = {"error_code": None, "error_message": None}
 
@@ -243,14 +244,30 @@ def _move(
 ) -> StatusChange | None:
     """Move ``message`` (as loaded, locked) to ``to`` on a receipt. From ``failed`` (see the
     module's docstring), the error is cleared unless ``values`` sets one, the history says
-    why it moved on, and the failure is taken out of the stats."""
-    failed = message.status == MessageStatus.failed.value
-    # Read now: the move below is a Core UPDATE, which does not touch ``message``.
-    failed_at = message.updated_at
-    if failed:
-        values = {**_NO_ERROR, **values}
-        detail = f"{detail}: the carrier took it after all (it had failed: {message.error_code})"
-    change = transition(
+    why it moved on, and the failure is taken out of the stats, only if this very update
+    took it out of ``failed``: where the row lock is not taken (SQLite), a receipt beside
+    this one may have moved it since it was read."""
+    if message.status == MessageStatus.failed.value:
+        # Read now: the move below is a Core UPDATE, which does not touch ``message``.
+        failed_at, error_code = message.updated_at, message.error_code
+        change = transition(
+            session,
+            message.id,
+            to=to,
+            allowed_from=[MessageStatus.failed],
+            at=now,
+            detail=f"{detail}: the carrier took it after all (it had failed: {error_code})",
+            values={**_NO_ERROR, **values},
+        )
+        if change is not None:
+            # Counted in the minute it failed: its ``updated_at`` then, since nothing moves
+            # a failed message but a replay or a receipt.
+            failure = Retraction(
+                message.stream_id, MessageStatus.failed, failed_at, message.segments
+            )
+            retract_from_rollup(session, failure)
+            return change
+    return transition(
         session,
         message.id,
         to=to,
@@ -259,9 +276,3 @@ def _move(
         detail=detail,
         values=dict(values) or None,
     )
-    if change is not None and failed:
-        # Counted in the minute it failed: its ``updated_at`` then, since nothing moves a
-        # failed message but a replay or a receipt.
-        failure = Retraction(message.stream_id, MessageStatus.failed, failed_at, message.segments)
-        retract_from_rollup(session, failure)
-    return change

@@ -32,6 +32,9 @@ Name = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(display_name),
 ]
+#: An HTTP header value as h11 (httpx) sends it: visible ASCII, with spaces and tabs only
+#: between visible characters; or empty.
+_HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?")
 _CLOCK = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")  # \d would take any Unicode digit
 
 
@@ -135,11 +138,10 @@ class StreamSettings(RequestBody):
         for key, header_value in value.items():
             if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", key):
                 raise ValueError(f"header name {key!r} is not a valid HTTP header name")
-            if len(header_value) > 1024 or any(
-                not (" " <= c <= "~" or c == "\t") for c in header_value
-            ):
+            if len(header_value) > 1024 or not _HEADER_VALUE.fullmatch(header_value):
                 raise ValueError(
-                    f"header {key!r} has an invalid value (printable ASCII, at most 1024)"
+                    f"header {key!r} has an invalid value (printable ASCII, at most 1024, "
+                    "no space or tab at either end)"
                 )
         return value
 

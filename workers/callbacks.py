@@ -52,6 +52,8 @@ _RESERVED_HEADERS = frozenset({SIGNATURE_HEADER.lower(), "content-type", "host",
 _MAX_ERROR = 300
 #: An attempt's claim outlasts its deadline by this much (a busy process, the record).
 _CLAIM_MARGIN_SECONDS = 30.0
+#: A job may run this much before its row's next attempt is due (clocks of two hosts).
+_DUE_SLACK = timedelta(seconds=1)
 
 
 def callback_backoff(attempt: int, base: float, cap: float) -> float:
@@ -116,7 +118,7 @@ class CallbackSender:
         delivery, stream = row
         if delivery.state != PENDING:
             return
-        if as_utc(delivery.next_attempt_at) > now + timedelta(seconds=1):
+        if as_utc(delivery.next_attempt_at) > now + _DUE_SLACK:
             return
         log_ = log.bind(delivery_id=delivery_id, stream_id=str(stream.id), event=delivery.event)
         if stream.deleted_at is not None:
@@ -149,13 +151,16 @@ class CallbackSender:
 
     def _claim(self, delivery: CallbackDelivery, now: datetime) -> bool:
         """Take this attempt: push the row's next attempt past the longest the attempt may
-        take, on the condition it is still as read. Of two jobs that read it, one wins; the
-        sweep leaves the row alone until the claim has run out (a worker died mid-call)."""
+        take, on the condition it is still due (and on the attempt read). Of two jobs that
+        read it, the first to claim wins and the other finds it no longer due; the sweep
+        leaves the row alone until the claim has run out (a worker died mid-call), then
+        makes it due again. (Not "unchanged since read": the sweep makes a row due after
+        it enqueues its job, and a worker that read the row before would lose to that.)"""
         until = now + timedelta(seconds=self._attempt_seconds + _CLAIM_MARGIN_SECONDS)
         return self._update_pending(
             delivery,
             {"next_attempt_at": until},
-            CallbackDelivery.next_attempt_at == delivery.next_attempt_at,
+            CallbackDelivery.next_attempt_at <= now + _DUE_SLACK,
         )
 
     def _update_pending(
@@ -214,6 +219,8 @@ class CallbackSender:
                 response = self._client.post(target.url, content=body, headers=headers)
         except httpx.TimeoutException:
             return None, "timed out"
+        except httpx.LocalProtocolError as exc:  # its text quotes our header values
+            return None, f"the request could not be made ({type(exc).__name__})"
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {str(exc)[:200]}"
         except Exception as exc:  # a request that cannot be made (a header httpx cannot

@@ -46,26 +46,15 @@ _NOT_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("f
 
 def forbidden(address: IPAddress) -> bool:
     """Loopback, private, link-local, multicast, reserved or otherwise not public, also when
-    written as an IPv6 address that carries an IPv4 one (NAT64, 6to4, Teredo,
-    IPv4-compatible). Pure."""
+    written as an IPv6 address that carries an IPv4 one (NAT64, IPv4-compatible). 6to4
+    (2002::/16, deprecated by RFC 7526) is refused whatever it carries: Python 3.11's patch
+    releases disagree on whether it is global. Teredo is not global in any. Pure."""
     if isinstance(address, ipaddress.IPv6Address):
-        if any(address in network for network in _NOT_PUBLIC):
+        if address.sixtofour is not None or any(address in net for net in _NOT_PUBLIC):
             return True
-        inner = _carried_ipv4(address)
-        if inner is not None and forbidden(inner):
-            return True
+        if any(address in network for network in _IPV4_IN_LAST_32_BITS):
+            return forbidden(ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF))
     return not address.is_global or address.is_multicast
-
-
-def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a NAT64, IPv4-compatible, 6to4 or Teredo address leads to."""
-    if any(address in network for network in _IPV4_IN_LAST_32_BITS):
-        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
-    if address.sixtofour is not None:
-        return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
-    return None
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
