@@ -44,7 +44,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
@@ -477,7 +477,10 @@ class Delivery:
         Claims are given back instead of used when the worker began stopping meanwhile, or
         once the batch has run half the claim lease (so the relay's reclaim of leases never
         races a batch still working through its claims); both are added to ``result``'s
-        ``handed_back``, and the messages whose send step raised to its ``failed``."""
+        ``handed_back``, and the messages whose send step raised to its ``failed``. When
+        recording raises (or the worker is interrupted), the claims of the calls never made
+        are given back before it propagates, so the job's retry sends them instead of the
+        lease's end; those of calls made are left to the lease."""
         record = record or self._record_sent
         sent: list[_Sent] = []
         unsent: list[_Claimed] = []
@@ -500,23 +503,29 @@ class Delivery:
         # Calls to idempotent providers go side by side and are recorded in waves as they
         # end; a call to one that is not is recorded before the next is made.
         together = [claim for claim in claimed if claim.item.provider.idempotent]
-        alone = [claim for claim in claimed if not claim.item.provider.idempotent]
+        alone = deque(claim for claim in claimed if not claim.item.provider.idempotent)
+        untaken: list[int] = []  # indices into ``together`` of calls never begun
         try:
-            calls = [self._provider_call(claim.item) for claim in together]
-            # Closed on the way out, also when recording raises: no call begins after.
-            with closing(self._calls.waves(calls, go_on)) as waves:
-                for wave in waves:
-                    for index, call in wave:
-                        if (outcome := settle(together[index], call)) is not None:
-                            sent.append(outcome)
-                    wave_sent, sent = sent, []
-                    record(wave_sent)
-            for claim in alone:
-                call = make_call(self._provider_call(claim.item), go_on)
-                if (outcome := settle(claim, call)) is not None:
-                    record([outcome])
-        finally:
-            record(sent)
+            try:
+                calls = [self._provider_call(claim.item) for claim in together]
+                # Closed on the way out, also when recording raises: no call begins after.
+                with closing(self._calls.waves(calls, go_on, untaken=untaken)) as waves:
+                    for wave in waves:
+                        for index, call in wave:
+                            if (outcome := settle(together[index], call)) is not None:
+                                sent.append(outcome)
+                        wave_sent, sent = sent, []
+                        record(wave_sent)
+                while alone:
+                    claim = alone.popleft()
+                    call = make_call(self._provider_call(claim.item), go_on)
+                    if (outcome := settle(claim, call)) is not None:
+                        record([outcome])
+            finally:
+                record(sent)
+        except BaseException:
+            self._give_back_after_error([*unsent, *(together[i] for i in untaken), *alone])
+            raise
         result.handed_back.extend(str(key) for key in self._release(unsent))
         elapsed = time.perf_counter() - started
         per_queue = Counter(claim.item.job.stream_type.value for claim in claimed)
@@ -524,6 +533,17 @@ class Delivery:
             observed = metrics.WORKER_PROCESSING.labels(queue)
             for _ in range(count):
                 observed.observe(elapsed)
+
+    def _give_back_after_error(self, never_made: list[_Claimed]) -> None:
+        """Give back the claims of calls never made, while an error propagates: best
+        effort, since the database may be what failed (the lease then decides)."""
+        try:
+            released = self._release(never_made)
+        except Exception as error:
+            log.warning("claims_not_given_back", count=len(never_made), error=type(error).__name__)
+            return
+        if released:
+            log.info("claims_given_back_after_error", count=len(released))
 
     def _release(self, claims: list[_Claimed]) -> set[uuid.UUID]:
         """Give back the ``claims`` not used (the worker is stopping, or the batch ran too

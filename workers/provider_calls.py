@@ -110,13 +110,14 @@ class ProviderCalls:
         calls: Sequence[Call],
         go_on: Callable[[], bool],
         report_after: float = REPORT_AFTER_SECONDS,
+        untaken: list[int] | None = None,
     ) -> Iterator[list[Ended]]:
         """Each call's outcome with its index, in waves: a wave is what has ended by the
         time every call has, or ``report_after`` seconds after the wave began (the first
         outcome, or the end of the calls in this thread), whichever comes first. Each call
         runs with its caller's context variables (the log context, for one). Leaving the
-        loop early stops the calls not yet begun (their claims are left to the lease, as
-        when recording fails)."""
+        loop early stops the calls not yet begun; their indices are then added to
+        ``untaken``, so that the caller can give their claims back."""
         batch = _Batch(calls, go_on, self._per_batch, time.perf_counter() + INLINE_SECONDS)
         try:
             if self._watchdog is not None and len(calls) > 1:
@@ -124,7 +125,9 @@ class ProviderCalls:
             ended = batch.run_inline(self._add_helpers)
             yield from batch.waves(ended, report_after)
         finally:
-            batch.close()
+            never = batch.close()
+            if untaken is not None:
+                untaken.extend(never)
 
     def _spill(self, batch: _Batch) -> None:
         """The watchdog's part: the budget has passed, the rest go side by side."""
@@ -313,11 +316,14 @@ class _Batch:
             except queue.Empty:
                 continue
 
-    def close(self) -> None:
-        """No call begins after this (the caller stopped listening)."""
+    def close(self) -> range:
+        """No call begins after this (the caller stopped listening). Returns the indices of
+        the calls that never began."""
         with self._lock:
             self._closed = True
+            never = range(self._next, len(self.calls))
         self.inline_over = True
+        return never
 
 
 def make_call(call: Call, go_on: Callable[[], bool]) -> CallOutcome:

@@ -4,10 +4,10 @@
 with 400 ``{"error": {"code", "message"}}`` and a wrong key with 401, and can be told to fail
 the next N requests (500/503, 429 with ``Retry-After``, or a delay past the client timeout).
 A scripted status 200 with a delay is a late success: the message is taken, but the answer
-may come after the client gave up. Like a real provider with idempotency keys, a repeated
-reference gets the first answer (``by_reference`` holds one id per message it took). With
-``conflict_while_in_progress``, as the Idempotency-Key draft
-(draft-ietf-httpapi-idempotency-key-header) says a server does, a request whose
+may come after the client gave up; one with a body answers that body. Like a real provider
+with idempotency keys, a repeated reference gets the first answer (``by_reference`` holds
+one id per message it took). With ``conflict_while_in_progress``, as the Idempotency-Key
+draft (draft-ietf-httpapi-idempotency-key-header) says a server does, a request whose
 ``Idempotency-Key`` is still being answered for an earlier one gets 409 instead."""
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ class FakeHttpSms:
         failure = self.failures.take()
         if failure is not None and failure.delay_seconds:
             await asyncio.sleep(failure.delay_seconds)
+        if failure is not None and failure.status == 200 and failure.body is not None:
+            record["answered"] = 200  # taken, with the scripted answer
+            return JSONResponse(failure.body)
         if failure is not None and failure.status != 200:
             record["answered"] = failure.status
             return JSONResponse(

@@ -8,12 +8,16 @@ from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from tests.conftest import auth, message
 from tests.fakes.http_sms import FakeHttpSms, provider_settings
 from tests.fakes.server import serve
 from tests.processes import wait_until
+from workers.admission import RedisAdmission
+from workers.delivery import Delivery
 from workers.pool import start_worker
+from workers.providers.registry import ProviderRegistry
 
 BATCH = 12
 
@@ -45,6 +49,13 @@ def settings(settings, sms, concurrency, provider_timeout):
             "batch_send_concurrency": concurrency,
         }
     )
+
+
+def status_of(runtime, message_id: str) -> str:
+    with runtime.session_factory() as session:
+        return session.execute(
+            text("SELECT status FROM messages WHERE id = :id"), {"id": message_id}
+        ).scalar_one()
 
 
 def statuses(runtime) -> dict[str, int]:
@@ -148,3 +159,42 @@ def test_a_call_that_hangs_does_not_hold_up_the_others_records(client, runtime, 
         assert wait_until(lambda: statuses(runtime) == others, 2.5), statuses(runtime)
         assert wait_until(lambda: sms.in_flight == 1, 1), sms.in_flight
         assert wait_until(lambda: statuses(runtime) == {"sent": BATCH}, 10), statuses(runtime)
+
+
+def test_a_batch_whose_record_fails_gives_back_the_claims_of_calls_never_made(
+    client, runtime, settings, make_stream, sms
+):
+    """The first wave's record fails (the carrier's id holds a NUL, which PostgreSQL
+    refuses) while calls of the batch are still to be made. Those calls are not made, and
+    their claims go back at once, so the job's retry sends them; they used to wait out the
+    claim lease (300 s by default). The calls made stay claimed for the lease to decide,
+    since the carrier has them."""
+    runtime.settings = settings.model_copy(update={"batch_send_concurrency": 2})
+    sms.latency_seconds = 0.5
+    stream = make_stream()
+    ids = [
+        r["message_id"]
+        for r in client.post(
+            "/v1/messages",
+            json={"messages": [message() for _ in range(BATCH)]},
+            headers=auth(stream["token"]),
+        ).json()["results"]
+    ]
+    sms.fail_next(1, 200, body={"message_id": "sms-TAKEN\u0000", "status": "accepted"})
+    delivery = Delivery(
+        runtime, ProviderRegistry.from_runtime(runtime), RedisAdmission(runtime.redis)
+    )
+    with pytest.raises(DataError):
+        delivery.deliver_many(ids, queue="transactional")
+    assert wait_until(lambda: sms.in_flight == 0, 10)  # the calls in flight have ended
+    offered = {request["body"]["reference"] for request in sms.requests}
+    never_offered = [i for i in ids if i not in offered]
+    assert never_offered, "the batch still had calls to make when its record failed"
+    assert {i: status_of(runtime, i) for i in never_offered} == dict.fromkeys(
+        never_offered, "queued"
+    )
+    assert {status_of(runtime, i) for i in offered} == {"sending"}, "left to the lease"
+
+    result = delivery.deliver_many(never_offered, queue="transactional")  # the job's retry
+    assert result.failed == [] and result.handed_back == []
+    assert {status_of(runtime, i) for i in never_offered} <= {"sent", "delivered"}
