@@ -19,6 +19,7 @@ Codes appear in no log line, no error body and no response (invariant 8).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from functools import cache
 from typing import NoReturn
 
 import structlog
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -50,13 +51,17 @@ from schemas.otp import (
     OtpVerifyResponse,
     VerifyFailure,
 )
-from schemas.tables import OtpCode, Stream
+from schemas.tables import Message, OtpCode, Stream
 from workers.queueing import enqueue_committed
 
 log = structlog.get_logger(__name__)
 
 #: A verification that keeps losing races re-reads at most this many times.
 _VERIFY_ROUNDS = 5
+
+
+class _Repeated(Exception):
+    """The send's ``internal_id`` was taken by a concurrent send of the same stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +126,21 @@ class OneTimeCodes:
     def send(self, access: StreamAccess, body: OtpSendRequest) -> OtpSendResponse:
         """Send a code to ``body.recipient_phone``. Raises ``ApiError``: 422 for a bad body
         (naming the field), 429 ``resend_cooldown`` / ``recipient_limit`` with
-        ``Retry-After``, 409 when the stream's own settings cannot make a message."""
+        ``Retry-After``, 409 when the stream's own settings cannot make a message. A send
+        whose ``internal_id`` names an earlier one returns that one, also when it raced
+        that one and met its cooldown or its place under the cap."""
+        if body.internal_id is None:
+            return self._send(access, body)
+        if first := self._first(access, body.internal_id):
+            return first  # a repeat: no second code, no cooldown, nothing counted
+        try:
+            return self._send(access, body)
+        except ApiError as refused:
+            if refused.status == 429 and (first := self._first(access, body.internal_id)):
+                return first  # it lost the race to the send it repeats
+            raise
+
+    def _send(self, access: StreamAccess, body: OtpSendRequest) -> OtpSendResponse:
         rules = OtpRules.from_settings(access.settings)
         recipient = _recipient(body.recipient_phone)
         try:
@@ -143,7 +162,7 @@ class OneTimeCodes:
         count = count_segments(composed.text)
         item = PreparedItem(
             index=0,
-            internal_id=None,
+            internal_id=body.internal_id,
             sender=sender,
             recipient=recipient,
             body=composed.masked_text,
@@ -163,6 +182,12 @@ class OneTimeCodes:
         # plain read (no lock is held while the cap is asked); the code's upsert re-checks
         # the cooldown against the latest committed row.
         with self.runtime.session_factory() as session:
+            if body.internal_id is not None:
+                # Sends repeating one internal_id take turns from here: a later one finds
+                # the first committed, and neither its cooldown nor its cap refuses it.
+                _lock_internal_id(session, access.stream_id, body.internal_id)
+                if first := self._first(access, body.internal_id, session):
+                    return first
             waiting = self._cooldown(session, access, recipient, rules, now)
             if waiting:
                 self._refuse_cooldown(access, waiting)
@@ -171,6 +196,12 @@ class OneTimeCodes:
                 waiting = self._persist(
                     session, access, item, message_id, composed.code, rules, now
                 )
+            except _Repeated:  # a concurrent send with this internal_id was first
+                self._release(cap_key, member)
+                first = self._first(access, body.internal_id or "")
+                if first is None:
+                    raise
+                return first
             except Exception:
                 self._release(cap_key, member)
                 raise
@@ -187,7 +218,38 @@ class OneTimeCodes:
             code_mode=rules.code_mode,
             segments=count.segments,
         )
-        return OtpSendResponse(message_id=str(message_id), expires_at=expires_at)
+        return OtpSendResponse(
+            message_id=str(message_id), expires_at=expires_at, internal_id=body.internal_id
+        )
+
+    def _first(
+        self, access: StreamAccess, internal_id: str, session: Session | None = None
+    ) -> OtpSendResponse | None:
+        """The stream's earlier send with ``internal_id``, as a duplicate, or None. Answers
+        409 when that id names a message that is no code (sent through ``/v1/messages``)."""
+        query = select(Message.id, Message.expires_at).where(
+            Message.stream_id == access.stream_id, Message.internal_id == internal_id
+        )
+        if session is not None:
+            row = session.execute(query).first()
+        else:
+            with self.runtime.session_factory() as own:
+                row = own.execute(query).first()
+        if row is None:
+            return None
+        if row.expires_at is None:
+            raise ApiError(
+                409,
+                "internal_id_taken",
+                "This internal_id names a message of this stream that is not a code.",
+                field="internal_id",
+            )
+        return OtpSendResponse(
+            message_id=str(row.id),
+            expires_at=as_utc(row.expires_at),
+            internal_id=internal_id,
+            duplicate=True,
+        )
 
     def _persist(
         self,
@@ -203,7 +265,9 @@ class OneTimeCodes:
         Returns 0, or — when a concurrent send won the cooldown and nothing was stored — the
         seconds to wait."""
         expires_at = now + timedelta(seconds=rules.ttl_seconds)
-        insert_messages(session, access, [item], {0: message_id}, now)
+        if message_id not in insert_messages(session, access, [item], {0: message_id}, now):
+            session.rollback()
+            raise _Repeated
         if not self._store_code(
             session, access, item.recipient, message_id, code, rules, now, expires_at
         ):
@@ -385,6 +449,18 @@ class OneTimeCodes:
         if left is None:
             return None
         return OtpVerifyResponse(valid=False, attempts_left=left, reason="wrong_code")
+
+
+def _lock_internal_id(session: Session, stream_id: uuid.UUID, internal_id: str) -> None:
+    """Hold a transaction-scoped lock on (stream, ``internal_id``) on PostgreSQL. (SQLite
+    runs one writer at a time; there a racing repeat meets the first send's cooldown, and
+    ``OneTimeCodes.send`` looks again.)"""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    name = hashlib.blake2b(f"otp-internal-id/{stream_id}/{internal_id}".encode(), digest_size=8)
+    session.execute(
+        select(func.pg_advisory_xact_lock(int.from_bytes(name.digest(), "big", signed=True)))
+    )
 
 
 def _recipient(phone: str) -> str:

@@ -23,11 +23,18 @@ class OtpSendRequest(RequestBody):
     code: str | None = Field(default=None, min_length=1, max_length=32)
     message_content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_LENGTH)
     variables: dict[str, Any] | None = None
+    #: The caller's own id for this send, unique per stream as on ``/v1/messages``: a send
+    #: repeated with it (a client retry after a timeout) returns the first one and sends
+    #: no second code.
+    internal_id: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class OtpSendResponse(BaseModel):
     message_id: str
     expires_at: datetime
+    internal_id: str | None = None
+    #: True when ``internal_id`` named an earlier send: nothing was sent this time.
+    duplicate: bool | None = None
 
 
 class OtpVerifyRequest(RequestBody):

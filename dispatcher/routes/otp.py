@@ -37,10 +37,18 @@ def _codes(request: Request) -> OneTimeCodes:
     return request.app.state.one_time_codes  # type: ignore[no-any-return]
 
 
-@router.post("/send", status_code=202, response_model=OtpSendResponse, responses=_ERRORS)
+@router.post(
+    "/send",
+    status_code=202,
+    response_model=OtpSendResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+)
 def send_code(body: OtpSendRequest, request: Request, access: OtpStream) -> OtpSendResponse:
     """Send a one-time code. It supersedes the number's previous code on this stream; a
-    resend inside the cooldown, or past the per-number cap, answers 429 with Retry-After."""
+    resend inside the cooldown, or past the per-number cap, answers 429 with Retry-After. A
+    send repeating an earlier one's ``internal_id`` returns that one (``duplicate: true``)
+    and sends nothing."""
     return _codes(request).send(access, body)
 
 

@@ -178,6 +178,51 @@ def test_resend_inside_the_cooldown_is_429_with_retry_after(client, runtime, otp
     assert verify(client, stream, code).json()["reason"] == "wrong_code", "superseded"
 
 
+def test_a_send_repeated_with_its_internal_id_returns_the_first_and_sends_nothing(
+    client, runtime, otp_stream, clock
+):
+    """A client that timed out waiting for the answer sends again. With the same
+    ``internal_id`` it gets the first send back (``duplicate``), not a 429 that leaves it
+    guessing, and not a second code that would void the first one the user may be typing.
+    Nothing is counted against the cooldown or the per-number cap again."""
+    stream = otp_stream(resend_cooldown_seconds=30, codes_per_recipient_per_hour=1)
+    first = send_code(client, stream, internal_id="login-7")
+    assert first.status_code == 202, first.text
+    assert first.json()["internal_id"] == "login-7" and "duplicate" not in first.json()
+    code = code_of(runtime, first.json()["message_id"])
+    before = (counts(runtime), code_row(runtime), runtime.redis.llen("dramatiq:otp"))
+
+    clock.advance(5)
+    again = send_code(client, stream, internal_id="login-7")
+
+    assert again.status_code == 202, again.text
+    assert again.json() == {**first.json(), "duplicate": True}
+    assert (counts(runtime), code_row(runtime), runtime.redis.llen("dramatiq:otp")) == before
+    assert verify(client, stream, code).json()["valid"] is True, "the first code still holds"
+    other = send_code(client, stream, internal_id="login-8")  # a new id is a new send:
+    assert error_of(other, 429)["code"] == "recipient_limit", "counted against the cap"
+
+
+def test_an_otp_internal_id_taken_by_a_message_that_is_no_code_is_409(client, runtime, otp_stream):
+    stream = otp_stream()
+    sent = client.post(
+        "/v1/messages",
+        json={
+            "messages": [
+                {"internal_id": "m-1", "recipient_phone": PHONE, "message_content": "Welcome"}
+            ]
+        },
+        headers=auth(stream["token"]),
+    )
+    assert sent.status_code == 202, sent.text
+    before = counts(runtime)
+
+    error = error_of(send_code(client, stream, internal_id="m-1"), 409)
+
+    assert (error["code"], error["field"]) == ("internal_id_taken", "internal_id")
+    assert counts(runtime) == before
+
+
 def test_cooldown_is_per_number(client, runtime, otp_stream, clock):
     stream = otp_stream()
     assert send_code(client, stream).status_code == 202
@@ -300,6 +345,8 @@ def test_alphanumeric_client_codes_verify_in_any_case(client, runtime, otp_strea
         ({}, {"recipient_phone": "+1555"}, "invalid_phone", "recipient_phone"),
         ({}, {"surprise": 1}, "invalid_field", "surprise"),
         ({}, {"code": ""}, "invalid_field", "code"),
+        ({}, {"internal_id": ""}, "invalid_field", "internal_id"),
+        ({}, {"internal_id": "x" * 129}, "invalid_field", "internal_id"),
     ],
 )
 def test_bad_sends_name_the_field_and_change_nothing(

@@ -113,3 +113,23 @@ def test_concurrent_sends_to_one_number_store_one_code(client, runtime, otp_stre
     assert runtime.redis.llen("dramatiq:otp") == 1
     winner = next(r for r in responses if r.status_code == 202).json()["message_id"]
     assert verify(client, stream, code_of(runtime, winner)).json()["valid"] is True
+
+
+def test_concurrent_sends_with_one_internal_id_all_get_the_one_send(
+    client, runtime, otp_stream, clock
+):
+    """A client's retries racing each other (the same ``internal_id``): all answer 202 with
+    the one message that went out; the racers that lost count nothing against the cap."""
+    stream = otp_stream(resend_cooldown_seconds=30, codes_per_recipient_per_hour=5)
+    access = find_stream_access(runtime, stream["token"], clock())
+
+    responses = together(THREADS, lambda _: send_code(client, stream, internal_id="login-1"))
+
+    assert Counter(r.status_code for r in responses) == {202: THREADS}, [r.text for r in responses]
+    assert len({r.json()["message_id"] for r in responses}) == 1
+    assert [r.json().get("duplicate") for r in responses].count(None) == 1
+    assert runtime.redis.zcard(f"{KEY_PREFIX}account:{access.account_id}:{PHONE}") == 1
+    with runtime.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 1
+        assert session.scalar(select(func.count()).select_from(OtpCode)) == 1
+    assert runtime.redis.llen("dramatiq:otp") == 1
