@@ -21,7 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -127,20 +131,9 @@ class OneTimeCodes:
         """Send a code to ``body.recipient_phone``. Raises ``ApiError``: 422 for a bad body
         (naming the field), 429 ``resend_cooldown`` / ``recipient_limit`` with
         ``Retry-After``, 409 when the stream's own settings cannot make a message. A send
-        whose ``internal_id`` names an earlier one returns that one, also when it raced
-        that one and met its cooldown or its place under the cap."""
-        if body.internal_id is None:
-            return self._send(access, body)
-        if first := self._first(access, body.internal_id):
-            return first  # a repeat: no second code, no cooldown, nothing counted
-        try:
-            return self._send(access, body)
-        except ApiError as refused:
-            if refused.status == 429 and (first := self._first(access, body.internal_id)):
-                return first  # it lost the race to the send it repeats
-            raise
-
-    def _send(self, access: StreamAccess, body: OtpSendRequest) -> OtpSendResponse:
+        whose ``internal_id`` names an earlier message of the stream returns that one
+        (``duplicate``), once its body has passed the same checks as any send's; repeats
+        that race take turns (``_internal_id_turn``), so each finds the first committed."""
         rules = OtpRules.from_settings(access.settings)
         recipient = _recipient(body.recipient_phone)
         try:
@@ -181,13 +174,16 @@ class OneTimeCodes:
         # a connection checkout and two more round trips (BEGIN, ROLLBACK). The check is a
         # plain read (no lock is held while the cap is asked); the code's upsert re-checks
         # the cooldown against the latest committed row.
-        with self.runtime.session_factory() as session:
-            if body.internal_id is not None:
-                # Sends repeating one internal_id take turns from here: a later one finds
-                # the first committed, and neither its cooldown nor its cap refuses it.
-                _lock_internal_id(session, access.stream_id, body.internal_id)
-                if first := self._first(access, body.internal_id, session):
-                    return first
+        with (
+            self.runtime.session_factory() as session,
+            _internal_id_turn(session, access.stream_id, body.internal_id),
+        ):
+            # Sends repeating one internal_id take turns from here: a later one finds the
+            # first committed, and neither its cooldown nor its cap refuses it.
+            if body.internal_id is not None and (
+                first := self._first(access, body.internal_id, session)
+            ):
+                return first  # a repeat: no second code, no cooldown, nothing counted
             waiting = self._cooldown(session, access, recipient, rules, now)
             if waiting:
                 self._refuse_cooldown(access, waiting)
@@ -451,16 +447,33 @@ class OneTimeCodes:
         return OtpVerifyResponse(valid=False, attempts_left=left, reason="wrong_code")
 
 
-def _lock_internal_id(session: Session, stream_id: uuid.UUID, internal_id: str) -> None:
-    """Hold a transaction-scoped lock on (stream, ``internal_id``) on PostgreSQL. (SQLite
-    runs one writer at a time; there a racing repeat meets the first send's cooldown, and
-    ``OneTimeCodes.send`` looks again.)"""
-    if session.get_bind().dialect.name != "postgresql":
+#: Per-process locks for ``_internal_id_turn`` where the database has no advisory locks.
+_LOCAL_TURNS: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+_LOCAL_TURNS_GUARD = threading.Lock()
+
+
+@contextmanager
+def _internal_id_turn(
+    session: Session, stream_id: uuid.UUID, internal_id: str | None
+) -> Iterator[None]:
+    """Sends of one stream with one ``internal_id`` one at a time, until the send's
+    transaction ends: a transaction-scoped advisory lock on PostgreSQL (every process),
+    a lock of this process elsewhere (SQLite: ``streams dev`` is one process)."""
+    if internal_id is None:
+        yield
         return
-    name = hashlib.blake2b(f"otp-internal-id/{stream_id}/{internal_id}".encode(), digest_size=8)
-    session.execute(
-        select(func.pg_advisory_xact_lock(int.from_bytes(name.digest(), "big", signed=True)))
-    )
+    name = f"otp-internal-id/{stream_id}/{internal_id}"
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+        session.execute(select(func.pg_advisory_xact_lock(key - (1 << 63))))
+        yield
+        return
+    with _LOCAL_TURNS_GUARD:
+        turn = _LOCAL_TURNS.get(name)
+        if turn is None:
+            turn = _LOCAL_TURNS[name] = threading.Lock()
+    with turn:
+        yield
 
 
 def _recipient(phone: str) -> str:

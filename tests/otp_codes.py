@@ -3,8 +3,10 @@ message carries (from its sealed text, as only the sending step may)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,3 +79,15 @@ def code_of(runtime, message_id: str) -> str:
     text, masked = sent_text(runtime, message_id)
     assert len(text) == len(masked)
     return "".join(real for real, shown in zip(text, masked, strict=True) if shown == "*")
+
+
+def together(calls: int, action):  # type: ignore[no-untyped-def]
+    """Run ``action(i)`` on ``calls`` threads released at the same moment."""
+    barrier = threading.Barrier(calls)
+
+    def run(index: int):  # type: ignore[no-untyped-def]
+        barrier.wait()
+        return action(index)
+
+    with ThreadPoolExecutor(max_workers=calls) as pool:
+        return list(pool.map(run, range(calls)))

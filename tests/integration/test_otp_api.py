@@ -5,6 +5,7 @@ nothing (invariant 7)."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from core.otp_codes import UNAMBIGUOUS_ALPHANUMERIC
 from schemas.tables import Message, OtpCode
 from tests.conftest import auth
-from tests.otp_codes import OTHER_PHONE, PHONE, code_of, send_code, sent_text, verify
+from tests.otp_codes import OTHER_PHONE, PHONE, code_of, send_code, sent_text, together, verify
 
 STREAMS = "/api/v1/streams"
 
@@ -201,6 +202,27 @@ def test_a_send_repeated_with_its_internal_id_returns_the_first_and_sends_nothin
     assert verify(client, stream, code).json()["valid"] is True, "the first code still holds"
     other = send_code(client, stream, internal_id="login-8")  # a new id is a new send:
     assert error_of(other, 429)["code"] == "recipient_limit", "counted against the cap"
+
+
+@pytest.mark.parametrize(
+    ("rules", "fields", "field"),
+    [
+        ({"code_mode": "customer_code", "code_length": 6}, {}, "code"),
+        ({}, {"recipient_phone": "not a phone"}, "recipient_phone"),
+    ],
+)
+def test_a_repeat_with_a_bad_body_is_refused_like_any_send(
+    client, runtime, otp_stream, rules, fields, field
+):
+    """A repeat is checked like any send before its internal_id is looked up, as on
+    /v1/messages: a bad body gets the 422 naming its field, not the first send back."""
+    stream = otp_stream(**rules)
+    good = {"code": "482913"} if "code_mode" in rules else {}
+    assert send_code(client, stream, internal_id="login-1", **good).status_code == 202
+
+    again = send_code(client, stream, internal_id="login-1", **fields)
+
+    assert error_of(again, 422)["field"] == field
 
 
 def test_an_otp_internal_id_taken_by_a_message_that_is_no_code_is_409(client, runtime, otp_stream):
@@ -569,6 +591,27 @@ def test_the_otp_lifecycle_on_sqlite_without_redis(tmp_path):
             runtime.clock = lambda: start + timedelta(seconds=61)
             assert verify(dev, stream, code).json()["reason"] == "expired"
             assert send_code(dev, stream).json()["error"]["code"] == "recipient_limit"
+
+            # Racing repeats of one internal_id take turns here too (a lock of the process),
+            # so none meets the first's place under a cap of one.
+            one = dev.post(
+                STREAMS,
+                json={
+                    "name": "One",
+                    "type": "otp",
+                    "demo": True,
+                    "settings": {"codes_per_recipient_per_hour": 1},
+                },
+                headers=auth(key),
+            ).json()
+            one["token"] = dev.get(f"{STREAMS}/{one['id']}/token", headers=auth(key)).json()[
+                "token"
+            ]
+            racers = together(
+                8, lambda _: send_code(dev, one, phone=OTHER_PHONE, internal_id="r-1")
+            )
+            assert Counter(r.status_code for r in racers) == {202: 8}, [r.text for r in racers]
+            assert len({r.json()["message_id"] for r in racers}) == 1
     finally:
         runtime.close()
 

@@ -4,9 +4,7 @@ code. Threads release together at a barrier so the transactions really overlap."
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
@@ -14,21 +12,9 @@ from dispatcher.auth import find_stream_access
 from dispatcher.recipient_caps import KEY_PREFIX
 from schemas.otp import OtpSendRequest, OtpVerifyRequest
 from schemas.tables import Message, OtpCode
-from tests.otp_codes import PHONE, code_of, send_code, verify
+from tests.otp_codes import PHONE, code_of, send_code, together, verify
 
 THREADS = 8
-
-
-def together(calls: int, action):  # type: ignore[no-untyped-def]
-    """Run ``action(i)`` on ``calls`` threads released at the same moment."""
-    barrier = threading.Barrier(calls)
-
-    def run(index: int):  # type: ignore[no-untyped-def]
-        barrier.wait()
-        return action(index)
-
-    with ThreadPoolExecutor(max_workers=calls) as pool:
-        return list(pool.map(run, range(calls)))
 
 
 def test_concurrent_right_verifications_exactly_one_wins(app, runtime, otp_stream, clock):
