@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -102,12 +102,7 @@ def resolve_waiting_receipts(
 ) -> StatusChange | None:
     """Attach receipts that arrived before the message's provider id was recorded, and apply
     them. The caller commits."""
-    message = session.scalars(
-        select(Message)
-        .where(Message.id == message_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
+    message = _locked_message(session, Message.id == message_id)
     if message is None or not message.provider or not message.provider_message_id:
         return None
     attached = session.execute(
@@ -135,12 +130,9 @@ def move_failed_on(
     """A receipt naming our own message id (the sandbox's, which needs no storing) for a
     message that is ``failed``: moved on as ``record_receipt`` moves one (see the module's
     docstring). None when the message is not failed. The caller commits."""
-    message = session.scalars(
-        select(Message)
-        .where(Message.id == message_id, Message.status == MessageStatus.failed.value)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).first()
+    message = _locked_message(
+        session, Message.id == message_id, Message.status == MessageStatus.failed.value
+    )
     if message is None:
         return None
     return _move(session, message, to, now, "provider receipt", values)
@@ -163,6 +155,13 @@ def _find_message(
     if stream_id is not None:
         conditions.append(Message.stream_id == stream_id)
     # Locked, so parts reported at the same moment are counted one after the other.
+    return _locked_message(session, *conditions)
+
+
+def _locked_message(session: Session, *conditions: Any) -> Message | None:
+    """The message matching ``conditions``, row-locked and read afresh: one webhook's
+    receipts are applied in one session, and a locking SELECT does not refresh an object
+    the session already holds."""
     return session.scalars(
         select(Message)
         .where(*conditions)

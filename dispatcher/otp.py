@@ -194,8 +194,9 @@ class OneTimeCodes:
                 )
             except _Repeated:  # a concurrent send with this internal_id was first
                 self._release(cap_key, member)
-                first = self._first(access, body.internal_id or "")
-                if first is None:
+                if body.internal_id is None or not (
+                    first := self._first(access, body.internal_id, session)
+                ):
                     raise
                 return first
             except Exception:
@@ -219,18 +220,15 @@ class OneTimeCodes:
         )
 
     def _first(
-        self, access: StreamAccess, internal_id: str, session: Session | None = None
+        self, access: StreamAccess, internal_id: str, session: Session
     ) -> OtpSendResponse | None:
         """The stream's earlier send with ``internal_id``, as a duplicate, or None. Answers
         409 when that id names a message that is no code (sent through ``/v1/messages``)."""
-        query = select(Message.id, Message.expires_at).where(
-            Message.stream_id == access.stream_id, Message.internal_id == internal_id
-        )
-        if session is not None:
-            row = session.execute(query).first()
-        else:
-            with self.runtime.session_factory() as own:
-                row = own.execute(query).first()
+        row = session.execute(
+            select(Message.id, Message.expires_at).where(
+                Message.stream_id == access.stream_id, Message.internal_id == internal_id
+            )
+        ).first()
         if row is None:
             return None
         if row.expires_at is None:

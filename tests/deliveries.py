@@ -1,5 +1,6 @@
 """Helpers for tests that drive ``workers.delivery.Delivery`` directly: a batch of messages
-sent through the API, a delivery bound to a given carrier, and the messages' states."""
+sent through the API, a delivery bound to a given carrier, the messages' states, and a
+message moved through statuses as a worker would move it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import uuid
 
 from sqlalchemy import select
 
+from core.message_states import transition
+from schemas.enums import MessageStatus
 from schemas.tables import Message
 from tests.conftest import auth, message
 from workers.admission import RedisAdmission
@@ -41,3 +44,21 @@ def states(runtime, ids: list[str]) -> dict[str, tuple[str, int]]:  # type: igno
             )
         ).all()
     return {str(row.id): (row.status, row.attempts) for row in rows}
+
+
+def move(runtime, message_id: str, *steps: MessageStatus, **values) -> None:  # type: ignore[no-untyped-def]
+    """Move a message through ``steps`` (each from the one before, the first from queued)
+    in one committed transaction."""
+    with runtime.session_factory() as session:
+        came_from = MessageStatus.queued
+        for to in steps:
+            assert transition(
+                session,
+                uuid.UUID(message_id),
+                to=to,
+                allowed_from=[came_from],
+                at=runtime.clock(),
+                values=values or None,
+            )
+            came_from = to
+        session.commit()

@@ -6,8 +6,8 @@ body (``X-Streams-Signature: t=<unix>,v1=<hex HMAC-SHA256 of "t.body">``, keyed 
 stream's webhook secret), calls the customer with short timeouts, and records the outcome:
 ``delivered`` on a 2xx, else a retry at ``now + backoff`` (full jitter) or, once the window
 is spent, ``dead``. An attempt is claimed before the call (its row's next attempt is pushed
-past the longest the attempt may take, on the condition the row is as it was read), so two
-jobs for one callback (a redelivery, the sweep's re-enqueue) never both call the customer,
+past the longest the attempt may take, on the condition it is still due), so two jobs for
+one callback (a redelivery, the sweep's re-enqueue) never both call the customer,
 and the whole attempt is held to ``connect_timeout_seconds + timeout_seconds``
 (``workers.outbound_guard.attempt_deadline``). These run on the ``callbacks`` queue with a
 pool of their own, so a slow or dead customer endpoint never holds up sending.

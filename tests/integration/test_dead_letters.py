@@ -19,7 +19,7 @@ from core.settings import SandboxSettings
 from schemas.enums import MessageStatus
 from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
-from tests.deliveries import delivery_with
+from tests.deliveries import delivery_with, move
 from tests.deploy.test_deploy_files import check_expression
 from tests.processes import pipeline, wait_until
 from tests.scrape import parse, value
@@ -57,24 +57,6 @@ def letters_of(runtime, message_id: str) -> list[DeadLetter]:
 
 def scrape(client):
     return parse(client.get("/metrics").text)
-
-
-def move(runtime, message_id: str, *steps: MessageStatus, **values) -> None:
-    """Move a message through ``steps`` (each from the one before, the first from queued)
-    in one committed transaction."""
-    with runtime.session_factory() as session:
-        came_from = MessageStatus.queued
-        for to in steps:
-            assert transition(
-                session,
-                uuid.UUID(message_id),
-                to=to,
-                allowed_from=[came_from],
-                at=runtime.clock(),
-                values=values or None,
-            )
-            came_from = to
-        session.commit()
 
 
 def fail_as_dead_letter(runtime, message_id: str) -> uuid.UUID:

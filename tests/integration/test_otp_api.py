@@ -225,6 +225,24 @@ def test_a_repeat_with_a_bad_body_is_refused_like_any_send(
     assert error_of(again, 422)["field"] == field
 
 
+def test_invariant_4_an_otp_internal_id_names_a_send_of_its_own_stream_only(
+    client, runtime, otp_stream, other_account_key
+):
+    """Another account's stream (or another stream of the same account) with the same
+    internal_id makes its own send: a repeat is looked up by stream, never across them."""
+    mine = otp_stream()
+    first = send_code(client, mine, internal_id="login-1").json()
+    sibling = otp_stream(name="Other codes")
+    theirs = otp_stream(key=other_account_key, name="Their codes")
+
+    for stream in (sibling, theirs):
+        answer = send_code(client, stream, internal_id="login-1")
+        assert answer.status_code == 202, answer.text
+        assert "duplicate" not in answer.json()
+        assert answer.json()["message_id"] != first["message_id"]
+    assert counts(runtime)[0] == 3
+
+
 def test_an_otp_internal_id_taken_by_a_message_that_is_no_code_is_409(client, runtime, otp_stream):
     stream = otp_stream()
     sent = client.post(
