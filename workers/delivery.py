@@ -6,11 +6,10 @@
    the messages no gate can stop (a live stream without limits or quiet hours, no
    suppression, no expiry due; ``workers.claims.claim_ungated``) are loaded and claimed in
    one statement and go straight to step 6: the load folded into the claim.
-2. **expiry**: past ``expires_at`` the message is ``expired``, never sent late.
-3. **quiet hours**: marketing waits, in the database, for the recipient's window.
-4. **admission**: the stream's and the provider's rate limits and caps, fleet-wide
-   (``workers.admission``). A throttled message waits briefly in its thread or is parked
-   until its turn; it is never failed for it and spends no retry (invariant 5).
+2-4. **the gates** (``workers.gates``): **expiry** (past ``expires_at`` the message is
+   ``expired``, never sent late), **quiet hours** (marketing waits, in the database, for
+   the recipient's window) and **admission** (the stream's and the provider's rate limits
+   and caps, fleet-wide; a throttled message waits and spends no retry: invariant 5).
 5. **claim**: ``queued → sending`` with a conditional update, so a redelivered message is
    never sent twice (invariant 2). A claim older than the lease belonged to a dead worker
    and may be taken again; the provider recognises the repeated reference. The messages of
@@ -18,9 +17,9 @@
    admitted by a rate limit is claimed and sent at once, as the limit's spacing expects.
 6. **send**: the provider calls (``workers.provider_calls``: in the worker's thread, then
    side by side once a batch's calls have taken ``INLINE_SECONDS``, even while one of them
-   still runs). Transient errors are retried with exponential backoff and jitter up to
-   ``max_send_attempts``, then the message fails and becomes a dead letter; permanent
-   errors fail at once.
+   still runs). A refusal is settled by ``workers.retries``: transient errors are retried
+   with exponential backoff and jitter up to ``max_send_attempts``, then the message fails
+   and becomes a dead letter; permanent errors fail at once.
 7. **record**: ``sent`` for every message the provider took, in one transaction (calls
    still running a second after the first one ended are recorded in another), together
    with the delivery receipt when the provider reported it at once (the sandbox with no
@@ -31,7 +30,8 @@ steps 1 (folded) and 7 with the other delivery threads of its process
 (``workers.group_commit``): one transaction each for all the jobs waiting at that moment,
 while each job's provider call stays in its own thread.
 
-Steps 2-4 and 6 give each message its own outcome; an error in one of them is that message's
+The gates and the retries end a message, or park it, through ``workers.outcomes``. Steps 2-4
+and 6 give each message its own outcome; an error in one of them is that message's
 alone (``BatchResult.failed``). An error of a batch step (load, claim, record: the database
 is down) is raised; every message is then delivered again, and a redelivery skips what has
 already gone out.
@@ -39,8 +39,6 @@ already gone out.
 
 from __future__ import annotations
 
-import dataclasses
-import random
 import threading
 import time
 import uuid
@@ -60,25 +58,20 @@ from core import metrics
 from core.activity import ActivityTouch
 from core.broker import QUEUES
 from core.clock import as_utc
-from core.dead_letters import record_dead_letter
 from core.message_states import (
-    MESSAGES,
     Move,
     move_many,
     queue_changes,
     record_changes,
     transition,
 )
-from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.receipts import move_failed_on
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
 from schemas.enums import MessageStatus, StreamType
-from schemas.events import StatusChange
-from workers.admission import Admission, Limits, Request
+from workers.admission import Admission
 from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
-    LIMIT_SETTINGS,
     PAUSED_STREAM_STATUSES,
     RETRY_HOLD,
     STREAMS,
@@ -89,62 +82,29 @@ from workers.claims import (
     release_claims,
     retry_not_due,
 )
+from workers.gates import Gates, gated_providers
 from workers.group_commit import GroupCommit
+from workers.jobs import Job, message_log
 from workers.opt_out import is_marketing, reject_opted_out
+from workers.outcomes import WAITING, Outcomes, hold
 from workers.provider_calls import Call, CallOutcome, ProviderCalls, make_call
-from workers.providers.base import Accepted, OutboundMessage, Provider, ProviderError
+from workers.providers.base import Accepted, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
-from workers.queueing import enqueue_delivery, enqueue_receipt
+from workers.queueing import enqueue_receipt
+from workers.retries import Retries
 from workers.status_followup import follows_up
 
 log = structlog.get_logger(__name__)
 
-_WAITING = (MessageStatus.queued,)
 #: The queues whose single-message jobs share transactions among themselves ("": a caller
 #: that names none).
 _GROUPS = ("", *QUEUES)
-_NO_LIMITS = Limits()
 _UNDELIVERED = {
     "error_code": "undelivered",
     "error_message": "The carrier could not deliver it.",
 }
 #: The columns recording ``sent`` (and an immediate receipt) may set.
 _SENT_COLUMNS = ("provider", "provider_message_id", "error_code", "error_message")
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    """What the pipeline knows about one waiting message."""
-
-    message_id: uuid.UUID
-    stream_id: uuid.UUID
-    account_id: uuid.UUID
-    stream_type: StreamType
-    sender: str | None
-    recipient: str
-    body: str
-    segments: int
-    encoding: str
-    attempts: int
-    expires_at: datetime | None
-    demo: bool
-    settings: dict[str, Any]
-    #: WhatsApp template or media (``messages.content``); None for text.
-    content: dict[str, Any] | None = None
-    #: The message's own callback address, if it has one.
-    callback_url: str | None = None
-
-    def outbound(self) -> OutboundMessage:
-        return OutboundMessage(
-            reference=str(self.message_id),
-            sender=self.sender,
-            recipient=self.recipient,
-            body=self.body,
-            segments=self.segments,
-            encoding=self.encoding,
-            stream_id=str(self.stream_id),
-            content=self.content,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +156,9 @@ class Delivery:
         ``--threads``), so that each batch's provider calls have threads of their own."""
         self.runtime = runtime
         self.providers = providers
-        self.admission = admission
-        self._sleep = sleep
+        self._outcomes = Outcomes(runtime)
+        self._gates = Gates(runtime, admission, self._outcomes, sleep)
+        self._retries = Retries(runtime, self._outcomes)
         self._touch = ActivityTouch()
         self._gated = gated_providers(providers)
         self._calls = ProviderCalls(runtime.settings.batch_send_concurrency, threads)
@@ -276,7 +237,7 @@ class Delivery:
         result.failed.extend(failed)
         ready: list[_Ready] = []
         for job in jobs:
-            log_ = _message_log(job)
+            log_ = message_log(job)
             try:
                 gated = self._through_gates(job, log_)
             except Exception as error:  # this message's own failure; the others go on
@@ -284,7 +245,7 @@ class Delivery:
                 continue
             if gated is None:
                 continue
-            if self._limits(job, gated.provider).paces:
+            if Gates.limits(job, gated.provider).paces:
                 # Admitted just now by a rate limit: claim and send it at once, so the
                 # limit's spacing holds at the provider too. Caps (per day, per recipient)
                 # space nothing: those messages go with the rest of the batch.
@@ -332,7 +293,7 @@ class Delivery:
             # own job come early (the clocks of two hosts differ); a second job then is
             # harmless, since only one claim can take it.
             due = as_utc(row.not_before)
-            self._hold(session, row.id, now, until=due, reason=RETRY_HOLD)
+            hold(session, row.id, now, until=due, reason=RETRY_HOLD)
             log_.info("delivery_retry_not_due", not_before=due.isoformat())
             return None
         if row.stream_deleted_at is not None:
@@ -340,7 +301,7 @@ class Delivery:
                 session,
                 row.id,
                 to=MessageStatus.failed,
-                allowed_from=_WAITING,
+                allowed_from=WAITING,
                 at=now,
                 detail="stream deleted",
                 values={
@@ -350,7 +311,7 @@ class Delivery:
             )
             return None
         if row.stream_status in PAUSED_STREAM_STATUSES:
-            self._hold(session, row.id, now, until=None, reason="stream_paused")
+            hold(session, row.id, now, until=None, reason="stream_paused")
             log_.info("delivery_parked", stream_status=row.stream_status)
             return None
         if (
@@ -388,9 +349,9 @@ class Delivery:
         try:
             provider = self.providers.for_stream(demo=job.demo, stream_type=job.stream_type.value)
         except ProviderError as error:
-            self._fail(job, error.code, error.message, log_)
+            self._outcomes.fail(job, error.code, error.message, log_)
             return None
-        if not self._passes_gates(job, provider, log_):
+        if not self._gates.passes(job, provider, log_):
             return None
         return _Ready(job, provider)
 
@@ -431,7 +392,7 @@ class Delivery:
             queue_changes(
                 session,
                 [
-                    self._change(c.item.job, MessageStatus.sending, now, in_rollup=True)
+                    c.item.job.change(MessageStatus.sending, now, in_rollup=True)
                     for c in claimed.values()
                 ],
             )
@@ -559,9 +520,7 @@ class Delivery:
             record_changes(
                 session,
                 [
-                    self._change(
-                        claim.item.job, MessageStatus.queued, now, detail="claim given back"
-                    )
+                    claim.item.job.change(MessageStatus.queued, now, detail="claim given back")
                     for claim in claims
                     if claim.item.job.message_id in released
                 ],
@@ -587,72 +546,6 @@ class Delivery:
             stream_type, claimed_at, attempts, cutoff, settings.max_send_attempts
         )
 
-    def _passes_gates(self, job: Job, provider: Provider, log_: Any) -> bool:
-        """Expiry, quiet hours and admission. False when the message was held, expired or
-        rejected instead."""
-        now = self.runtime.clock()
-        if job.expires_at is not None and now >= job.expires_at:
-            self._expire(job, "validity passed before it could be sent", log_)
-            return False
-        window = job.settings.get("quiet_hours")
-        if job.stream_type is StreamType.marketing and window:
-            opens = next_send_time(
-                now,
-                SendingWindow.parse(window["start"], window["end"]),
-                (window["timezone"],)
-                if window.get("timezone")
-                else zones_for_number(job.recipient),
-            )
-            if opens > now:
-                return self._wait_until(job, opens, "quiet_hours", log_)
-        return self._admit(job, provider, log_)
-
-    @staticmethod
-    def _limits(job: Job, provider: Provider) -> Limits:
-        return Limits(
-            provider_per_second=provider.max_per_second,
-            **{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()},
-        )
-
-    def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
-        settings = self.runtime.settings
-        request = Request(
-            stream_id=str(job.stream_id),
-            provider=provider.rate_scope(job.stream_id),
-            recipient=job.recipient,
-            message_id=str(job.message_id),
-            cost=job.segments,
-            limits=self._limits(job, provider),
-            day=self.runtime.clock().date(),
-            expires_at=job.expires_at,
-        )
-        if request.limits == _NO_LIMITS:
-            return True  # nothing to count: spare the Redis round trip on every message
-        waited = 0.0
-        budget = settings.throttle_inline_wait_seconds
-        while True:
-            ticket = self.admission.admit(
-                dataclasses.replace(request, inline_budget=max(budget - waited, 0.0))
-            )
-            if ticket.verdict == "admit":
-                if waited:
-                    metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(waited)
-                return True
-            if ticket.verdict == "reject":
-                self._reject(job, ticket.reason or "limit", log_)
-                return False
-            metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
-            if waited + ticket.wait_seconds > settings.throttle_inline_wait_seconds:
-                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(
-                    waited + ticket.come_back_after
-                )
-                back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
-                return self._wait_until(job, back, "rate_limited", log_)
-            # A little jitter, so threads waiting for the same turn do not all ask at once.
-            pause = ticket.wait_seconds + random.uniform(0, 0.002)
-            self._sleep(pause)
-            waited += pause
-
     def _claim(self, jobs: list[Job]) -> dict[uuid.UUID, int]:
         """``queued → sending`` (or a stale ``sending``) for all of ``jobs`` in one
         transaction; returns the attempt number of each claimed message."""
@@ -668,7 +561,7 @@ class Delivery:
             record_changes(
                 session,
                 [
-                    self._change(job, MessageStatus.sending, now)
+                    job.change(MessageStatus.sending, now)
                     for job in jobs
                     if job.message_id in claimed
                 ],
@@ -697,10 +590,10 @@ class Delivery:
         if call.accepted is not None:
             return _Sent(job, provider.name, call.accepted, attempt)
         if isinstance(call.error, ProviderError):
-            self._provider_failed(job, provider.name, attempt, call.error, _message_log(job))
+            self._retries.after_error(job, provider.name, attempt, call.error, message_log(job))
             return None
         if call.error is not None:
-            log_ = _message_log(job)
+            log_ = message_log(job)
             # An adapter broke its contract (it raises only ProviderError). Left to escape,
             # the message would sit in `sending` until the claim lease and then loop through
             # reclaims with no bound on attempts; as a passing error it is retried within
@@ -712,11 +605,11 @@ class Delivery:
                 f"The {provider.name} provider failed unexpectedly ({error}).",
                 transient=True,
             )
-            self._provider_failed(job, provider.name, attempt, unexpected, log_)
+            self._retries.after_error(job, provider.name, attempt, unexpected, log_)
             return None
-        log_ = _message_log(job)
+        log_ = message_log(job)
         why = "validity passed before it could be sent"
-        self._end(
+        self._outcomes.end(
             job,
             MessageStatus.expired,
             code="expired",
@@ -786,7 +679,7 @@ class Delivery:
         for item in sent:
             job = item.job
             if job.message_id not in moved:
-                _message_log(job).warning("sent_but_claim_lost")
+                message_log(job).warning("sent_but_claim_lost")
                 continue
             segments_sent[job.stream_type.value] += job.segments
             log.info(
@@ -799,7 +692,7 @@ class Delivery:
             receipt = item.accepted.receipt
             if receipt is None or receipt.after_seconds <= 0:
                 continue
-            log_ = _message_log(job)
+            log_ = message_log(job)
             try:
                 enqueue_receipt(
                     self.runtime.broker,
@@ -812,227 +705,6 @@ class Delivery:
                 log_.warning("receipt_enqueue_failed", error=type(exc).__name__)
         for stream_type, segments in segments_sent.items():
             metrics.SEGMENTS_SENT.labels(stream_type).inc(segments)
-
-    def _provider_failed(
-        self, job: Job, provider: str, attempt: int, error: ProviderError, log_: Any
-    ) -> None:
-        settings = self.runtime.settings
-        kind = (
-            "unknown" if error.outcome_unknown else "transient" if error.transient else "permanent"
-        )
-        metrics.PROVIDER_ERRORS.labels(provider, kind).inc()
-        if not error.transient:
-            self._fail(
-                job,
-                error.code,
-                error.message,
-                log_,
-                from_status=MessageStatus.sending,
-                dead_letter="outcome_unknown" if error.outcome_unknown else None,
-                claim=attempt,
-            )
-            return
-        if attempt >= settings.max_send_attempts:
-            self._fail(
-                job,
-                error.code,
-                error.message,
-                log_,
-                from_status=MessageStatus.sending,
-                dead_letter="retries_exhausted",
-                claim=attempt,
-            )
-            return
-        delay = backoff_seconds(
-            attempt, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
-        )
-        if error.retry_after is not None:
-            delay = max(delay, error.retry_after)
-        now = self.runtime.clock()
-        if job.expires_at is not None and now + timedelta(seconds=delay) >= job.expires_at:
-            # The retry would come too late: the message expires now, as one that a limit
-            # or quiet hours would hold past its validity does, rather than waiting as
-            # queued for a send that can no longer happen.
-            why = (
-                f"attempt {attempt} failed ({error.code}: {error.message}); "
-                f"a retry in {delay:.1f}s would come after it expires"
-            )
-            self._end(
-                job,
-                MessageStatus.expired,
-                code="expired",
-                reason=why,
-                allowed_from=(MessageStatus.sending,),
-                detail=f"attempt {attempt} failed ({error.code}); no time left to retry",
-                claim=attempt,
-            )
-            log_.info("message_expired", why=why)
-            return
-        with self.runtime.session_factory() as session:
-            moved = transition(
-                session,
-                job.message_id,
-                to=MessageStatus.queued,
-                allowed_from=[MessageStatus.sending],
-                at=now,
-                detail=f"attempt {attempt} failed ({error.code}); retry in {delay:.1f}s",
-                values={"error_code": error.code, "error_message": error.message},
-                claim=attempt,
-            )
-            if moved is None:  # another worker claimed it since: its outcome, not ours
-                log_.warning("failed_but_claim_lost", error_code=error.code)
-                return
-            self._hold(
-                session,
-                job.message_id,
-                now,
-                until=now + timedelta(seconds=delay),
-                reason=RETRY_HOLD,
-            )
-            session.commit()
-        log_.info(
-            "message_retry_scheduled",
-            error_code=error.code,
-            attempt=attempt,
-            delay_s=round(delay, 2),
-        )
-        self._enqueue_retry(job, delay, log_)
-
-    def _enqueue_retry(self, job: Job, delay: float, log_: Any) -> None:
-        """Put the retry on the broker with its back-off delay and mark it enqueued, so it
-        does not wait for a relay sweep. If the broker is down, the message stays held and
-        the relay releases it when due."""
-        try:
-            enqueue_delivery(
-                self.runtime.broker,
-                job.stream_type.queue_name,
-                str(job.message_id),
-                delay_ms=int(delay * 1000),
-            )
-        except Exception as exc:
-            log_.warning("retry_enqueue_failed_left_to_relay", error=type(exc).__name__)
-            return
-        with self.runtime.session_factory() as session:
-            session.execute(
-                update(MESSAGES)
-                .where(
-                    MESSAGES.c.id == job.message_id,
-                    MESSAGES.c.status == MessageStatus.queued.value,
-                    MESSAGES.c.hold_reason == RETRY_HOLD,
-                    MESSAGES.c.enqueued_at.is_(None),
-                )
-                .values(enqueued_at=self.runtime.clock())
-            )
-            session.commit()
-
-    def _end(
-        self,
-        job: Job,
-        status: MessageStatus,
-        *,
-        code: str,
-        reason: str,
-        allowed_from: tuple[MessageStatus, ...] = _WAITING,
-        detail: str | None = None,
-        dead_letter: str | None = None,
-        claim: int | None = None,
-    ) -> None:
-        """Move the message to a final ``status`` with its error, in one transaction (and
-        keep it as a dead letter when asked). ``claim``: the attempt of the caller's claim,
-        for a move out of ``sending`` (``core.message_states.transition``)."""
-        now = self.runtime.clock()
-        with self.runtime.session_factory() as session:
-            moved = transition(
-                session,
-                job.message_id,
-                to=status,
-                allowed_from=allowed_from,
-                at=now,
-                detail=detail or code,
-                values={"error_code": code, "error_message": reason},
-                claim=claim,
-            )
-            if moved and dead_letter:
-                record_dead_letter(
-                    session, job.message_id, reason=dead_letter, error_message=reason, at=now
-                )
-            session.commit()
-
-    def _fail(
-        self,
-        job: Job,
-        code: str,
-        reason: str,
-        log_: Any,
-        *,
-        from_status: MessageStatus = MessageStatus.queued,
-        dead_letter: str | None = None,
-        claim: int | None = None,
-    ) -> None:
-        self._end(
-            job,
-            MessageStatus.failed,
-            code=code,
-            reason=reason,
-            allowed_from=(from_status,),
-            dead_letter=dead_letter,
-            claim=claim,
-        )
-        log_.warning("message_failed", error_code=code, dead_letter=bool(dead_letter))
-
-    def _reject(self, job: Job, reason: str, log_: Any) -> None:
-        self._end(job, MessageStatus.rejected, code=reason, reason=_REJECTIONS.get(reason, reason))
-        metrics.MESSAGES_REJECTED.labels(job.stream_type.value, reason).inc()
-        log_.info("message_rejected", reason=reason)
-
-    def _expire(self, job: Job, why: str, log_: Any) -> None:
-        self._end(job, MessageStatus.expired, code="expired", reason=why, detail=why)
-        log_.info("message_expired", why=why)
-
-    def _wait_until(self, job: Job, until: datetime, reason: str, log_: Any) -> bool:
-        """Park the message until ``until`` (or expire it if that is too late). False."""
-        if job.expires_at is not None and until >= job.expires_at:
-            self._expire(job, f"cannot be sent before it expires ({reason})", log_)
-            return False
-        with self.runtime.session_factory() as session:
-            self._hold(session, job.message_id, self.runtime.clock(), until=until, reason=reason)
-            session.commit()
-        metrics.MESSAGES_HELD.labels(job.stream_type.value, reason).inc()
-        log_.debug("message_held", reason=reason, until=until.isoformat())
-        return False
-
-    @staticmethod
-    def _hold(
-        session: Session, key: uuid.UUID, now: datetime, *, until: datetime | None, reason: str
-    ) -> None:
-        """Take a queued message off the broker: the relay enqueues it again at ``until``
-        (or, with no time, when its stream accepts sends again)."""
-        session.execute(
-            update(MESSAGES)
-            .where(MESSAGES.c.id == key, MESSAGES.c.status == MessageStatus.queued.value)
-            .values(enqueued_at=None, not_before=until, hold_reason=reason, updated_at=now)
-        )
-
-    def _change(
-        self,
-        job: Job,
-        status: MessageStatus,
-        at: datetime,
-        *,
-        detail: str | None = None,
-        in_rollup: bool = False,
-    ) -> StatusChange:
-        return StatusChange(
-            message_id=job.message_id,
-            stream_id=job.stream_id,
-            account_id=job.account_id,
-            stream_type=job.stream_type.value,
-            status=status,
-            at=at,
-            segments=job.segments,
-            detail=detail,
-            in_rollup=in_rollup,
-        )
 
     # ------------------------------------------------------------------ receipts
 
@@ -1060,46 +732,9 @@ class Delivery:
             log.info("message_receipt", message_id=message_id, status=outcome.value)
 
 
-_REJECTIONS = {
-    "max_per_day": "The stream's daily message limit is reached.",
-    "max_per_recipient_per_hour": "The stream's hourly limit for this recipient is reached.",
-}
-
-
-def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
-    """The (demo, stream type) pairs whose messages must go through the gates whatever
-    their stream's settings: their provider has a rate of its own, or there is none."""
-    gated = set()
-    for demo in (True, False):
-        for stream_type in StreamType:
-            try:
-                provider = providers.for_stream(demo=demo, stream_type=stream_type.value)
-            except ProviderError:
-                gated.add((demo, stream_type.value))
-                continue
-            if provider.max_per_second is not None:
-                gated.add((demo, stream_type.value))
-    return frozenset(gated)
-
-
 def _caused_by_items(error: BaseException) -> bool:
     """A group step's error that one job's items can cause (a value the database refuses,
     such as a NUL or an over-long id a carrier answered with), so the other jobs of the
     group are worth running again alone; not a lost connection, which would fail them all
     again."""
     return isinstance(error, DataError | IntegrityError | ValueError | TypeError)
-
-
-def _message_log(job: Job) -> Any:
-    """The logger bound to one message; made only where something may be logged about it
-    (binding on the path every message takes cost more than the logging it served)."""
-    return log.bind(message_id=str(job.message_id), stream_id=str(job.stream_id))
-
-
-def backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with "equal jitter": between half and all of
-    min(cap, base × 2^(attempt-1)), so retries spread out but never come back at once."""
-    # The exponent is bounded first: 2 ** 1100 is an int no float can hold, and any
-    # exponent past 64 is past every cap anyway.
-    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)

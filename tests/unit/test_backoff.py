@@ -1,11 +1,11 @@
-"""Retry back-off (``workers.delivery.backoff_seconds``): exponential with equal jitter,
+"""Retry back-off (``workers.retries.backoff_seconds``): exponential with equal jitter,
 never past its cap, for any attempt number ``max_send_attempts`` allows."""
 
 from __future__ import annotations
 
 import pytest
 
-from workers.delivery import backoff_seconds
+from workers.retries import backoff_seconds
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 5, 64, 65, 1030, 5000])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from core.settings import HttpProviderSettings, SandboxSettings, WhatsAppApiSettings
-from workers.delivery import gated_providers
+from workers.gates import gated_providers
 from workers.providers.http import HttpProvider
 from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider

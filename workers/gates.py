@@ -1,0 +1,129 @@
+"""The gates a loaded message passes before it is claimed, in order: its **expiry** (past
+``expires_at`` it is ``expired``, never sent late), **quiet hours** (marketing waits, in
+the database, for the recipient's window) and **admission** (the stream's and the
+provider's rate limits and caps, fleet-wide: ``workers.admission``). A throttled message
+waits briefly in its thread or is parked until its turn; it is never failed for it and
+spends no retry (invariant 5). A message over a cap is ``rejected``."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from core import metrics
+from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
+from core.runtime import Runtime
+from schemas.enums import StreamType
+from workers.admission import Admission, Limits, Request
+from workers.claims import LIMIT_SETTINGS
+from workers.jobs import Job
+from workers.outcomes import Outcomes
+from workers.providers.base import Provider, ProviderError
+from workers.providers.registry import ProviderRegistry
+
+_NO_LIMITS = Limits()
+
+
+class Gates:
+    """The gates, with ``admission`` for the limits; ``sleep`` is how a thread waits for its
+    turn inline."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        admission: Admission,
+        outcomes: Outcomes,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.runtime = runtime
+        self.admission = admission
+        self.outcomes = outcomes
+        self._sleep = sleep
+
+    def passes(self, job: Job, provider: Provider, log_: Any) -> bool:
+        """Expiry, quiet hours and admission. False when the message was held, expired or
+        rejected instead (in a transaction of its own)."""
+        now = self.runtime.clock()
+        if job.expires_at is not None and now >= job.expires_at:
+            self.outcomes.expire(job, "validity passed before it could be sent", log_)
+            return False
+        window = job.settings.get("quiet_hours")
+        if job.stream_type is StreamType.marketing and window:
+            opens = next_send_time(
+                now,
+                SendingWindow.parse(window["start"], window["end"]),
+                (window["timezone"],)
+                if window.get("timezone")
+                else zones_for_number(job.recipient),
+            )
+            if opens > now:
+                return self.outcomes.wait_until(job, opens, "quiet_hours", log_)
+        return self._admit(job, provider, log_)
+
+    @staticmethod
+    def limits(job: Job, provider: Provider) -> Limits:
+        """The limits ``job`` is admitted under: its stream's settings and the provider's
+        rate."""
+        return Limits(
+            provider_per_second=provider.max_per_second,
+            **{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()},
+        )
+
+    def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
+        settings = self.runtime.settings
+        request = Request(
+            stream_id=str(job.stream_id),
+            provider=provider.rate_scope(job.stream_id),
+            recipient=job.recipient,
+            message_id=str(job.message_id),
+            cost=job.segments,
+            limits=self.limits(job, provider),
+            day=self.runtime.clock().date(),
+            expires_at=job.expires_at,
+        )
+        if request.limits == _NO_LIMITS:
+            return True  # nothing to count: spare the Redis round trip on every message
+        waited = 0.0
+        budget = settings.throttle_inline_wait_seconds
+        while True:
+            ticket = self.admission.admit(
+                dataclasses.replace(request, inline_budget=max(budget - waited, 0.0))
+            )
+            if ticket.verdict == "admit":
+                if waited:
+                    metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(waited)
+                return True
+            if ticket.verdict == "reject":
+                self.outcomes.reject(job, ticket.reason or "limit", log_)
+                return False
+            metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
+            if waited + ticket.wait_seconds > settings.throttle_inline_wait_seconds:
+                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(
+                    waited + ticket.come_back_after
+                )
+                back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
+                return self.outcomes.wait_until(job, back, "rate_limited", log_)
+            # A little jitter, so threads waiting for the same turn do not all ask at once.
+            pause = ticket.wait_seconds + random.uniform(0, 0.002)
+            self._sleep(pause)
+            waited += pause
+
+
+def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:
+    """The (demo, stream type) pairs whose messages must go through the gates whatever
+    their stream's settings: their provider has a rate of its own, or there is none."""
+    gated = set()
+    for demo in (True, False):
+        for stream_type in StreamType:
+            try:
+                provider = providers.for_stream(demo=demo, stream_type=stream_type.value)
+            except ProviderError:
+                gated.add((demo, stream_type.value))
+                continue
+            if provider.max_per_second is not None:
+                gated.add((demo, stream_type.value))
+    return frozenset(gated)

@@ -1,0 +1,153 @@
+"""What follows a provider's refusal (``ProviderError``): a permanent error fails the
+message at once; a transient one is retried with exponential back-off and jitter (at least
+the provider's ``Retry-After``) until ``max_send_attempts``, and then fails as a dead
+letter, as does a send whose outcome is unknown (it can be replayed once checked). A retry
+that could only come after the message's validity expires it now instead."""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import update
+
+from core import metrics
+from core.message_states import MESSAGES, transition
+from core.runtime import Runtime
+from schemas.enums import MessageStatus
+from workers.claims import RETRY_HOLD
+from workers.jobs import Job
+from workers.outcomes import Outcomes, hold
+from workers.providers.base import ProviderError
+from workers.queueing import enqueue_delivery
+
+
+class Retries:
+    """The retry policy of the runtime's settings (``max_send_attempts``, back-off)."""
+
+    def __init__(self, runtime: Runtime, outcomes: Outcomes) -> None:
+        self.runtime = runtime
+        self.outcomes = outcomes
+
+    def after_error(
+        self, job: Job, provider: str, attempt: int, error: ProviderError, log_: Any
+    ) -> None:
+        """Settle attempt ``attempt`` of the claimed ``job``, which ``provider`` refused
+        with ``error``: fail it, expire it, or put it back as ``queued`` and enqueue its
+        retry for when its back-off ends. Each only while the message is still on that
+        attempt; another worker's claim since decides instead."""
+        settings = self.runtime.settings
+        kind = (
+            "unknown" if error.outcome_unknown else "transient" if error.transient else "permanent"
+        )
+        metrics.PROVIDER_ERRORS.labels(provider, kind).inc()
+        if not error.transient or attempt >= settings.max_send_attempts:
+            self.outcomes.fail(
+                job,
+                error.code,
+                error.message,
+                log_,
+                from_status=MessageStatus.sending,
+                dead_letter=_dead_letter_reason(error),
+                claim=attempt,
+            )
+            return
+        delay = backoff_seconds(
+            attempt, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
+        )
+        if error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        now = self.runtime.clock()
+        if job.expires_at is not None and now + timedelta(seconds=delay) >= job.expires_at:
+            # The retry would come too late: the message expires now, as one that a limit
+            # or quiet hours would hold past its validity does, rather than waiting as
+            # queued for a send that can no longer happen.
+            why = (
+                f"attempt {attempt} failed ({error.code}: {error.message}); "
+                f"a retry in {delay:.1f}s would come after it expires"
+            )
+            self.outcomes.end(
+                job,
+                MessageStatus.expired,
+                code="expired",
+                reason=why,
+                allowed_from=(MessageStatus.sending,),
+                detail=f"attempt {attempt} failed ({error.code}); no time left to retry",
+                claim=attempt,
+            )
+            log_.info("message_expired", why=why)
+            return
+        with self.runtime.session_factory() as session:
+            moved = transition(
+                session,
+                job.message_id,
+                to=MessageStatus.queued,
+                allowed_from=[MessageStatus.sending],
+                at=now,
+                detail=f"attempt {attempt} failed ({error.code}); retry in {delay:.1f}s",
+                values={"error_code": error.code, "error_message": error.message},
+                claim=attempt,
+            )
+            if moved is None:  # another worker claimed it since: its outcome, not ours
+                log_.warning("failed_but_claim_lost", error_code=error.code)
+                return
+            hold(
+                session,
+                job.message_id,
+                now,
+                until=now + timedelta(seconds=delay),
+                reason=RETRY_HOLD,
+            )
+            session.commit()
+        log_.info(
+            "message_retry_scheduled",
+            error_code=error.code,
+            attempt=attempt,
+            delay_s=round(delay, 2),
+        )
+        self._enqueue(job, delay, log_)
+
+    def _enqueue(self, job: Job, delay: float, log_: Any) -> None:
+        """Put the retry on the broker with its back-off delay and mark it enqueued, so it
+        does not wait for a relay sweep. If the broker is down, the message stays held and
+        the relay releases it when due."""
+        try:
+            enqueue_delivery(
+                self.runtime.broker,
+                job.stream_type.queue_name,
+                str(job.message_id),
+                delay_ms=int(delay * 1000),
+            )
+        except Exception as exc:
+            log_.warning("retry_enqueue_failed_left_to_relay", error=type(exc).__name__)
+            return
+        with self.runtime.session_factory() as session:
+            session.execute(
+                update(MESSAGES)
+                .where(
+                    MESSAGES.c.id == job.message_id,
+                    MESSAGES.c.status == MessageStatus.queued.value,
+                    MESSAGES.c.hold_reason == RETRY_HOLD,
+                    MESSAGES.c.enqueued_at.is_(None),
+                )
+                .values(enqueued_at=self.runtime.clock())
+            )
+            session.commit()
+
+
+def _dead_letter_reason(error: ProviderError) -> str | None:
+    """Why a message failing with ``error`` is kept as a dead letter; None for a permanent
+    refusal, which a replay would only repeat."""
+    if error.transient:
+        return "retries_exhausted"
+    return "outcome_unknown" if error.outcome_unknown else None
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with "equal jitter": between half and all of
+    min(cap, base × 2^(attempt-1)), so retries spread out but never come back at once."""
+    # The exponent is bounded first: 2 ** 1100 is an int no float can hold, and any
+    # exponent past 64 is past every cap anyway.
+    ceiling = min(cap, base * 2.0 ** min(max(attempt - 1, 0), 64))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
