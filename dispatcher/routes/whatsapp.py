@@ -8,7 +8,7 @@ import uuid
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,7 +17,7 @@ from core.clock import as_utc
 from core.runtime import Runtime
 from core.whatsapp_templates import parameter_count
 from dispatcher.auth import require_account, runtime_of
-from dispatcher.errors import ApiError
+from dispatcher.errors import ApiError, not_found
 from dispatcher.no_store import NO_STORE
 from dispatcher.routes.streams import _forget, _owned, _refresh_status
 from schemas.enums import StreamType
@@ -235,3 +235,31 @@ def create_template(
                 field="name",
             ) from None
         return _template_view(template)
+
+
+@router.delete("/{stream_id}/whatsapp/templates/{template_id}", status_code=204, responses=_ERRORS)
+def delete_template(
+    stream_id: str, template_id: str, request: Request, account_id: Account
+) -> Response:
+    """Unregister a template (Meta paused or deleted it, or it was registered wrong: register
+    it again as it now is). Sends naming it are refused from then on; messages already
+    accepted keep the content they were checked with. 404 for an id that is not a template
+    of this stream."""
+    try:
+        key = uuid.UUID(template_id)
+    except ValueError:
+        raise not_found("template") from None
+    with runtime_of(request).session_factory() as session:
+        stream = _whatsapp_stream(session, account_id, stream_id)
+        template = session.scalars(
+            select(WhatsAppTemplate).where(
+                WhatsAppTemplate.id == key, WhatsAppTemplate.stream_id == stream.id
+            )
+        ).first()
+        if template is None:
+            raise not_found("template")
+        name, language = template.name, template.language
+        session.delete(template)
+        session.commit()
+    log.info("whatsapp_template_deleted", stream_id=stream_id, name=name, language=language)
+    return Response(status_code=204)

@@ -394,6 +394,26 @@ def test_panel_tabs_change_the_stream_through_the_api(
         headers=headers,
     )
     assert bad.status_code == 422 and "template.name" in errors_of(bad.text)
+    added = client.post(
+        f"{base}/whatsapp/templates",
+        data={
+            "template.name": "order_update",
+            "template.language": "en",
+            "template.category": "utility",
+            "template.body": "Hi {{1}}",
+        },
+        headers=headers,
+    )
+    assert "Template order_update added." in added.text
+    (template,) = client.get(
+        f"/api/v1/streams/{care['id']}/whatsapp/templates",
+        headers={"Authorization": f"Bearer {account_key}"},
+    ).json()
+    assert f"/whatsapp/templates/{template['id']}/delete" in added.text
+    removed = client.post(f"{base}/whatsapp/templates/{template['id']}/delete", headers=headers)
+    assert "Template removed." in removed.text and "No templates registered." in removed.text
+    stale = client.post(f"{base}/whatsapp/templates/{template['id']}/delete", headers=headers)
+    assert stale.status_code == 404
 
     refused = client.post(
         f"/console/streams/{orders['id']}/restrict", data={"reason": ""}, headers=headers

@@ -153,18 +153,20 @@ def test_setup_errors_name_the_field_and_change_nothing(client, make_stream, acc
 
 def test_another_accounts_whatsapp_tab_is_404(client, make_stream, account_key, other_account_key):
     stream = whatsapp_stream(make_stream, client, account_key)
+    template = add_template(client, account_key, stream["id"])
     for method, path in [
         ("GET", "whatsapp"),
         ("PUT", "whatsapp"),
         ("GET", "whatsapp/templates"),
         ("POST", "whatsapp/templates"),
+        ("DELETE", f"whatsapp/templates/{template['id']}"),
     ]:
         response = client.request(
             method,
             f"/api/v1/streams/{stream['id']}/{path}",
             json=(
                 {"name": "a", "language": "en", "category": "utility", "body": "x"}
-                if path.endswith("templates")
+                if path.endswith("templates") and method == "POST"
                 else {}
             )
             if method != "GET"
@@ -206,6 +208,56 @@ def test_templates_are_registered_with_their_parameter_count(client, make_stream
         )
         assert response.status_code == 422, body
         assert response.json()["error"]["field"] == field
+
+
+def test_an_unregistered_template_is_gone_for_new_sends_only(
+    client, runtime, make_stream, account_key
+):
+    stream = whatsapp_stream(make_stream, client, account_key)
+    template = add_template(client, account_key, stream["id"])
+    french = add_template(client, account_key, stream["id"], language="fr")
+    templates = f"/api/v1/streams/{stream['id']}/whatsapp/templates"
+    send = {
+        "recipient_phone": "+972524265292",
+        "template": {"name": "order_shipped", "language": "en_US", "variables": ["Dana", "1"]},
+    }
+    accepted = client.post("/v1/messages", json={"messages": [send]}, headers=auth(stream["token"]))
+    assert accepted.json()["results"][0]["status"] == "queued"
+
+    other = whatsapp_stream(make_stream, client, account_key, phone_number_id="106540352242999")
+    for template_id in [str(uuid.uuid4()), "not-a-uuid", french["id"] + "0"]:
+        missing = client.delete(f"{templates}/{template_id}", headers=auth(account_key))
+        assert missing.status_code == 404, template_id
+        assert missing.json()["error"]["code"] == "not_found"
+    # A template of another stream of the same account is not this stream's to remove.
+    elsewhere = client.delete(
+        f"/api/v1/streams/{other['id']}/whatsapp/templates/{template['id']}",
+        headers=auth(account_key),
+    )
+    assert elsewhere.status_code == 404
+    assert len(client.get(templates, headers=auth(account_key)).json()) == 2
+
+    gone = client.delete(f"{templates}/{template['id']}", headers=auth(account_key))
+    assert gone.status_code == 204 and gone.content == b""
+    assert [
+        (t["name"], t["language"]) for t in client.get(templates, headers=auth(account_key)).json()
+    ] == [("order_shipped", "fr")]
+    again = client.delete(f"{templates}/{template['id']}", headers=auth(account_key))
+    assert again.status_code == 404
+
+    refused = client.post("/v1/messages", json={"messages": [send]}, headers=auth(stream["token"]))
+    (result,) = refused.json()["results"]
+    assert (result["status"], result["error"]["field"]) == (
+        "rejected",
+        "messages[0].template.language",
+    )
+    with runtime.session_factory() as session:
+        stored = session.scalars(select(Message)).all()
+    assert len(stored) == 1, "the message accepted before stays"
+    # Registered again as it now is, it can be sent again.
+    add_template(client, account_key, stream["id"], body="Hello {{1}}, order {{2}} shipped.")
+    resent = client.post("/v1/messages", json={"messages": [send]}, headers=auth(stream["token"]))
+    assert resent.json()["results"][0]["status"] == "queued"
 
 
 def test_sends_naming_an_unknown_template_or_the_wrong_parameters_are_item_errors(

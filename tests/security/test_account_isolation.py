@@ -12,7 +12,7 @@ from sqlalchemy import text
 from schemas.tables import Base
 from tests.conftest import auth, message
 from tests.processes import wait_until
-from tests.two_way import post_signed_inbound, signing_secret, whatsapp_stream
+from tests.two_way import add_template, post_signed_inbound, signing_secret, whatsapp_stream
 
 STREAMS = "/api/v1/streams"
 PHONE = "+972524265292"
@@ -96,6 +96,7 @@ def owned(client, make_stream, account_key, runtime) -> dict[str, Any]:
     )
     assert event.status_code == 201, event.text
     whatsapp = whatsapp_stream(make_stream, client, account_key)
+    template = add_template(client, account_key, whatsapp["id"])
     two_way = make_stream(
         name="A chat", type="two_way", demo=True, settings={"callback_url": "https://a.example/h"}
     )
@@ -117,6 +118,7 @@ def owned(client, make_stream, account_key, runtime) -> dict[str, Any]:
         "key": "order.shipped",
         "callback": str(callback_id),
         "phone": PHONE,
+        "template": template["id"],
     }
 
 
@@ -143,6 +145,7 @@ def ids_for(path: str, things: dict[str, Any]) -> dict[str, str]:
         "dead_letter_id": things["callback"],
         "key": things["key"],
         "phone": things["phone"],
+        "template_id": things["template"],
     }
 
 
@@ -156,6 +159,7 @@ def unknown_things() -> dict[str, Any]:
         "callback": str(uuid.uuid4()),
         "key": "no.such.key",
         "phone": OTHER_PHONE,
+        "template": str(uuid.uuid4()),
     }
 
 

@@ -260,3 +260,11 @@ async def add_template(request: Request, signed_in: ChangingSession, stream_id: 
         return f"Template {body.name} added."
 
     return await _submit(request, signed_in, stream_id, "whatsapp", change, prefix="template.")
+
+
+@router.post("/whatsapp/templates/{template_id}/delete")
+def delete_template(
+    request: Request, signed_in: ChangingSession, stream_id: str, template_id: str
+) -> Response:
+    whatsapp_api.delete_template(stream_id, template_id, request, signed_in.account_id)
+    return _panel(request, signed_in.account_id, stream_id, "whatsapp", saved="Template removed.")
