@@ -110,6 +110,11 @@ CALLBACKS = Counter(
     "Customer callback attempts by event and outcome (delivered, retry, dead, canceled).",
     ["event", "outcome"],
 )
+CALLBACK_CHANGES_RECOVERED = Counter(
+    "streams_callback_changes_recovered_total",
+    "Committed status changes whose follow-up job was lost (Redis lost it, or the process "
+    "died before the enqueue) and whose callbacks the history sweep wrote.",
+)
 CALLBACK_DURATION = Histogram(
     "streams_callback_duration_seconds",
     "Time a customer endpoint took to answer a callback.",

@@ -308,6 +308,17 @@ class WaitingFollowUp(Base):
     created_at: Mapped[datetime]
 
 
+class SweepCursor(Base):
+    """How far a sweep has read an append-only table, by id: the next run starts after
+    ``position``. A sweep run locks its row, so two relays never read the same rows."""
+
+    __tablename__ = "sweep_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
 class CallbackDelivery(Base):
     """One signed callback to a customer (a status change or an inbound message): the outbox
     row of the callbacks queue, then its outcome. ``dead`` rows are the dead letters."""

@@ -46,11 +46,13 @@ def states(runtime, ids: list[str]) -> dict[str, tuple[str, int]]:  # type: igno
     return {str(row.id): (row.status, row.attempts) for row in rows}
 
 
-def move(runtime, message_id: str, *steps: MessageStatus, **values) -> None:  # type: ignore[no-untyped-def]
-    """Move a message through ``steps`` (each from the one before, the first from queued)
-    in one committed transaction."""
+def move(  # type: ignore[no-untyped-def]
+    runtime, message_id: str, *steps: MessageStatus, start=MessageStatus.queued, **values
+) -> None:
+    """Move a message through ``steps`` (each from the one before, the first from
+    ``start``) in one committed transaction."""
     with runtime.session_factory() as session:
-        came_from = MessageStatus.queued
+        came_from = start
         for to in steps:
             assert transition(
                 session,

@@ -5,7 +5,8 @@ share the work; a repeat enqueue is harmless (the attempt checks the row first).
 changes whose follow-up job could not be enqueued after their commit
 (``waiting_followups``) are enqueued the same way, and their rows deleted; the job is
 idempotent, so one enqueued twice (a relay dying between the enqueue and the delete)
-writes no second callback."""
+writes no second callback. Changes whose job was lost after its enqueue are found in the
+status history (``workers.missed_callbacks``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy import delete, select, update
 from core.callback_events import PENDING
 from core.runtime import Runtime
 from schemas.tables import CallbackDelivery, WaitingFollowUp
+from workers.missed_callbacks import MissedCallbacks
 from workers.queueing import enqueue_callback, enqueue_status_followup
 
 log = structlog.get_logger(__name__)
@@ -27,11 +29,17 @@ class CallbackSweep:
     def __init__(self, runtime: Runtime, batch: int = 500) -> None:
         self.runtime = runtime
         self.batch = batch
+        self.history = MissedCallbacks(runtime)
 
     def sweep(self) -> int:
-        """Enqueue overdue pending callbacks and waiting follow-ups; returns how many
-        callbacks."""
+        """Enqueue overdue pending callbacks and waiting follow-ups, and write the callbacks
+        of changes whose follow-up job was lost (``workers.missed_callbacks``); returns how
+        many overdue callbacks were enqueued."""
         self._sweep_followups()
+        try:
+            self.history.sweep()
+        except Exception as exc:  # the overdue callbacks below must not wait on it
+            log.warning("missed_callbacks_sweep_failed", error=type(exc).__name__)
         now = self.runtime.clock()
         grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
         with self.runtime.session_factory() as session:

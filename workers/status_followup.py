@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.callback_events import STATUS_EVENT, add_callbacks, status_event_id, status_payload
 from core.provider_choice import HTTP, WHATSAPP_CLOUD
@@ -63,44 +64,54 @@ class StatusFollowUp:
 
     def follow(self, changes: Sequence[Sequence[Any]]) -> None:
         """``changes``: ``[message_id, status, at (ISO 8601), detail]`` items."""
+        with self.runtime.session_factory() as session:
+            created = self.write(session, changes)
+            session.commit()
+        self.enqueue(created)
+
+    def write(self, session: Session, changes: Sequence[Sequence[Any]]) -> list[uuid.UUID]:
+        """What ``follow`` writes, in ``session``'s transaction (the caller commits): early
+        receipts applied, and the callbacks not written before. Returns the new callbacks'
+        ids, to ``enqueue`` once committed."""
         parsed = [
             (uuid.UUID(str(c[0])), str(c[1]), datetime.fromisoformat(str(c[2])), c[3])
             for c in changes
         ]
         now = self.runtime.clock()
-        created: list[uuid.UUID] = []
-        with self.runtime.session_factory() as session:
-            for message_id, status, _at, _detail in parsed:
-                if status == "sent":
-                    resolve_waiting_receipts(session, message_id, now)
-            rows = session.execute(
-                select(Message, Stream)
-                .join(Stream, Stream.id == Message.stream_id)
-                .where(Message.id.in_({p[0] for p in parsed}))
-            ).all()
-            found = {message.id: (message, stream) for message, stream in rows}
-            callbacks: list[dict[str, Any]] = []
-            for message_id, status, at, detail in parsed:
-                if message_id not in found:
-                    continue
-                message, stream = found[message_id]
-                if stream.deleted_at is not None:
-                    continue
-                if not wants_callbacks(stream.type, stream.settings, message.callback_url):
-                    continue
-                event_id = status_event_id(message_id, status, at)
-                callbacks.append(
-                    {
-                        "id": event_id,
-                        "account_id": message.account_id,
-                        "stream_id": message.stream_id,
-                        "event": STATUS_EVENT,
-                        "url": message.callback_url,
-                        "payload": status_payload(event_id, message, status, at, detail),
-                    }
-                )
-            created = add_callbacks(session, callbacks, now)
-            session.commit()
+        for message_id, status, _at, _detail in parsed:
+            if status == "sent":
+                resolve_waiting_receipts(session, message_id, now)
+        rows = session.execute(
+            select(Message, Stream)
+            .join(Stream, Stream.id == Message.stream_id)
+            .where(Message.id.in_({p[0] for p in parsed}))
+        ).all()
+        found = {message.id: (message, stream) for message, stream in rows}
+        callbacks: list[dict[str, Any]] = []
+        for message_id, status, at, detail in parsed:
+            if message_id not in found:
+                continue
+            message, stream = found[message_id]
+            if stream.deleted_at is not None:
+                continue
+            if not wants_callbacks(stream.type, stream.settings, message.callback_url):
+                continue
+            event_id = status_event_id(message_id, status, at)
+            callbacks.append(
+                {
+                    "id": event_id,
+                    "account_id": message.account_id,
+                    "stream_id": message.stream_id,
+                    "event": STATUS_EVENT,
+                    "url": message.callback_url,
+                    "payload": status_payload(event_id, message, status, at, detail),
+                }
+            )
+        return add_callbacks(session, callbacks, now)
+
+    def enqueue(self, created: Sequence[uuid.UUID]) -> None:
+        """Put committed callbacks on the callbacks queue; one that cannot be is left to the
+        callback sweep."""
         for event_id in created:
             try:
                 enqueue_callback(self.runtime.broker, str(event_id))

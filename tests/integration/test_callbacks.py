@@ -29,6 +29,7 @@ from tests.two_way import post_signed_inbound, signing_secret
 from workers import callback_sweep
 from workers.callback_sweep import CallbackSweep
 from workers.callbacks import CallbackSender
+from workers.missed_callbacks import MissedCallbacks
 from workers.pool import start_worker
 from workers.queueing import subscribe_status_followups
 from workers.status_followup import StatusFollowUp
@@ -347,6 +348,59 @@ def test_status_callbacks_outlive_a_redis_outage_at_their_commit(
             own.close()
     payload = json.loads(customer.received[0]["body"])
     assert (payload["message_id"], payload["status"]) == (message_id, "sent")
+
+
+def test_status_callbacks_outlive_a_follow_up_job_that_redis_lost(
+    client, runtime, settings, make_stream, account_key, customer
+):
+    """After the commit, the follow-up job is the only record that a change owes the
+    customer a callback. When Redis lost it (a restart without persistence, a failover) or
+    the process died before the enqueue, the callback was lost with it. The history sweep
+    now finds the change in the status history, once it is older than the grace, and
+    writes and sends its callback; a change already called back, and a stream without
+    callbacks, get nothing more."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+    history = MissedCallbacks(runtime, page=2)  # pages of two: the paging is exercised too
+    assert history.sweep() == 0  # the first run starts at the end of the history
+    stream = two_way_stream(make_stream, customer)
+    plain = make_stream(name="Receipts", type="transactional")
+    ids = [
+        client.post(
+            "/v1/messages",
+            json={"messages": [message(internal_id=f"lost-{n}")]},
+            headers=auth(stream["token"]),
+        ).json()["results"][0]["message_id"]
+        for n in range(3)
+    ]
+    plain_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(plain["token"])
+    ).json()["results"][0]["message_id"]
+    for message_id in [*ids, plain_id]:
+        move(runtime, message_id, MessageStatus.sending, MessageStatus.sent)
+    runtime.broker.flush_all()  # Redis lost the follow-up jobs (and the sends' own jobs)
+    assert deliveries(runtime) == []
+
+    assert history.sweep() == 0, "changes within the grace may still have their job coming"
+    time.sleep(1.2)
+    assert history.sweep() == 3
+    assert history.sweep() == 0, "the cursor has moved past them"
+    worker = start_worker(runtime, ["callbacks"], threads=2)
+    try:
+        assert wait_until(lambda: len(customer.received) == 3, 15)
+        move(runtime, ids[0], MessageStatus.delivered, start=MessageStatus.sent)
+        assert wait_until(lambda: len(customer.received) == 4, 15)  # its job was not lost
+        time.sleep(1.2)
+        assert history.sweep() == 0, "a change its job called back is not called back again"
+    finally:
+        worker.stop(timeout=5_000)
+    told = sorted(
+        (json.loads(r["body"])["message_id"], json.loads(r["body"])["status"])
+        for r in customer.received
+    )
+    assert told == sorted([*((i, "sent") for i in ids), (ids[0], "delivered")])
+    assert {row.stream_id for row in deliveries(runtime)} == {uuid.UUID(stream["id"])}
 
 
 def test_a_job_the_sweep_enqueues_is_attempted_by_a_worker_that_takes_it_at_once(

@@ -1,0 +1,161 @@
+"""Status changes whose callbacks were never written, found in the status history.
+
+A change's callbacks are written by a follow-up job enqueued after its commit
+(``workers.queueing``). Nothing in the database says that job is owed, so it was lost when
+the process died between the commit and the enqueue, or when Redis lost the job before a
+worker took it (a restart without persistence, a failover). This sweep (run by ``streams
+relay``, with the callback sweep) reads the status history (``message_events``) once, in id
+order, behind a cursor kept in the database (``sweep_cursors``). Each change a customer is
+told about, older than the callbacks' sweep grace and of a message that wants callbacks,
+whose callback row (named after the change: ``core.callback_events.status_event_id``) is
+missing is followed up again. The follow-up is idempotent, so a change the job did
+handle is never called back twice.
+
+A transaction that commits more than the grace after it wrote its history rows can slip
+behind the cursor; every path that changes a status commits within milliseconds. The
+first run starts at the end of the history: it recovers nothing from before it existed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from core import metrics
+from core.callback_events import status_event_id
+from core.clock import as_utc
+from core.database import insert_ignoring_duplicates
+from core.message_states import EVENTS, MESSAGES
+from core.runtime import Runtime
+from schemas.tables import CallbackDelivery, Stream, SweepCursor
+from workers.queueing import NOTIFIED_STATUSES
+from workers.status_followup import CALLBACK_STREAM_TYPES, StatusFollowUp, wants_callbacks
+
+log = structlog.get_logger(__name__)
+
+CURSOR = "status_history_callbacks"
+
+
+class MissedCallbacks:
+    def __init__(self, runtime: Runtime, page: int = 2000, max_span: int = 500_000) -> None:
+        """``page``: history rows of interest read per query; ``max_span``: history ids one
+        run reads at most, so a run after a long stop catches up in steps."""
+        self.runtime = runtime
+        self.page = page
+        self.max_span = max_span
+        self._follow_up = StatusFollowUp(runtime)
+
+    def sweep(self) -> int:
+        """Write and enqueue the callbacks of every change of the history read this run
+        that wants them and has none; returns how many were written. The cursor moves past
+        those changes in the same transaction. Reads nothing while another relay's run
+        holds the cursor."""
+        now = self.runtime.clock()
+        grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
+        created: list[uuid.UUID] = []
+        with self.runtime.session_factory() as session:
+            cursor = _locked_cursor(session, now)
+            if cursor is None:
+                return 0
+            start = cursor.position
+            end = self._end_of_window(session, start, now - grace)
+            position = start
+            while position < end:
+                rows = session.execute(
+                    select(EVENTS.c.id, EVENTS.c.message_id, EVENTS.c.status, EVENTS.c.at)
+                    .add_columns(EVENTS.c.detail, MESSAGES.c.stream_id, MESSAGES.c.callback_url)
+                    .join(MESSAGES, MESSAGES.c.id == EVENTS.c.message_id)
+                    .where(
+                        EVENTS.c.id > position,
+                        EVENTS.c.id <= end,
+                        EVENTS.c.status.in_(sorted(NOTIFIED_STATUSES)),
+                        or_(
+                            MESSAGES.c.stream_type.in_(sorted(CALLBACK_STREAM_TYPES)),
+                            MESSAGES.c.callback_url.is_not(None),
+                        ),
+                    )
+                    .order_by(EVENTS.c.id)
+                    .limit(self.page)
+                ).all()
+                position = rows[-1].id if len(rows) == self.page else end
+                created += self._write_missing(session, rows)
+            cursor.position = end
+            cursor.updated_at = now
+            session.commit()  # the callbacks and the cursor past their changes, at once
+        self._follow_up.enqueue(created)
+        recovered = len(created)
+        if recovered:
+            metrics.CALLBACK_CHANGES_RECOVERED.inc(recovered)
+            log.warning("missed_callbacks_recovered", changes=recovered, history_ids=end - start)
+        return recovered
+
+    def _end_of_window(self, session: Session, start: int, before: datetime) -> int:
+        """The last history id this run reads: the one before the first change made at or
+        after ``before`` (still within the grace), at most ``max_span`` ids on."""
+        limit = start + self.max_span
+        first_recent = session.scalar(
+            select(func.min(EVENTS.c.id)).where(
+                EVENTS.c.id > start, EVENTS.c.id <= limit, EVENTS.c.at >= before
+            )
+        )
+        if first_recent is not None:
+            return int(first_recent) - 1
+        last = session.scalar(
+            select(func.max(EVENTS.c.id)).where(EVENTS.c.id > start, EVENTS.c.id <= limit)
+        )
+        return start if last is None else int(last)
+
+    def _write_missing(self, session: Session, rows: Sequence[Any]) -> list[uuid.UUID]:
+        """Write, in ``session``, the callbacks of the changes in ``rows`` that want them
+        and have none; returns their ids."""
+        if not rows:
+            return []
+        streams = {
+            stream.id: stream
+            for stream in session.scalars(
+                select(Stream).where(Stream.id.in_({row.stream_id for row in rows}))
+            )
+        }
+        owed: dict[uuid.UUID, list[Any]] = {}
+        for row in rows:
+            stream = streams.get(row.stream_id)
+            if stream is None or stream.deleted_at is not None:
+                continue
+            if not wants_callbacks(stream.type, stream.settings, row.callback_url):
+                continue
+            at = as_utc(row.at)
+            owed[status_event_id(row.message_id, row.status, at)] = [
+                str(row.message_id),
+                row.status,
+                at.isoformat(),
+                row.detail,
+            ]
+        if not owed:
+            return []
+        written = set(
+            session.scalars(select(CallbackDelivery.id).where(CallbackDelivery.id.in_(owed)))
+        )
+        missing = [change for event_id, change in owed.items() if event_id not in written]
+        return self._follow_up.write(session, missing) if missing else []
+
+
+def _locked_cursor(session: Session, now: datetime) -> SweepCursor | None:
+    """The cursor's row, locked for this run; made at the end of the history on the first
+    run. None while another run holds it."""
+    locked = select(SweepCursor).where(SweepCursor.name == CURSOR).with_for_update(skip_locked=True)
+    cursor = session.scalars(locked).first()
+    if cursor is not None:
+        return cursor
+    last = session.scalar(select(func.max(EVENTS.c.id))) or 0
+    session.execute(
+        insert_ignoring_duplicates(session, SweepCursor, ["name"]),
+        {"name": CURSOR, "position": last, "updated_at": now},
+    )
+    session.commit()
+    return session.scalars(locked).first()
