@@ -116,11 +116,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "relay":
         import signal
 
-        from core.runtime import build_runtime
         from workers.callback_sweep import CallbackSweep
-        from workers.relay import Relay
+        from workers.relay import Relay, relay_runtime
 
-        runtime = build_runtime(settings, role="streams-relay")
+        runtime = relay_runtime(settings)
         if args.metrics_port is not None:
             from workers.pool import serve_metrics
 

@@ -112,8 +112,9 @@ CALLBACKS = Counter(
 )
 CALLBACK_CHANGES_RECOVERED = Counter(
     "streams_callback_changes_recovered_total",
-    "Committed status changes whose follow-up job was lost (Redis lost it, or the process "
-    "died before the enqueue) and whose callbacks the history sweep wrote.",
+    "Committed status changes whose callbacks the history sweep wrote because no follow-up "
+    "job had within the grace: the job was lost (Redis lost it, or the process died before "
+    "the enqueue) or is late behind a callbacks backlog.",
 )
 CALLBACK_DURATION = Histogram(
     "streams_callback_duration_seconds",

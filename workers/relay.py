@@ -44,16 +44,26 @@ from core.clock import as_utc
 from core.dead_letters import record_dead_letter
 from core.message_states import record_changes, transition
 from core.queue_depth import empty_queues
-from core.runtime import Runtime
+from core.runtime import Runtime, build_runtime
+from core.settings import Settings
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream
 from workers.claims import RETRY_HOLD, spent_claim, stale_claim
-from workers.queueing import enqueue_delivery
+from workers.queueing import enqueue_delivery, subscribe_status_followups
 
 log = structlog.get_logger(__name__)
 
 _SENDABLE_STREAM = or_(Stream.status == StreamStatus.ready.value, Stream.deleted_at.is_not(None))
+
+
+def relay_runtime(settings: Settings) -> Runtime:
+    """The runtime of a ``streams relay`` process. The relay changes statuses too (spent
+    claims failed, early receipts applied by the callback sweeps), so its changes are
+    followed up like a worker's: customer callbacks included."""
+    runtime = build_runtime(settings, role="streams-relay")
+    subscribe_status_followups(runtime)
+    return runtime
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,14 @@ from datetime import timedelta
 from urllib.parse import parse_qs
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, text, update
 
 from core.logs import configure_logging
 from core.runtime import build_runtime
 from core.settings import CallbackSettings
 from core.signatures import SIGNATURE_HEADER, verify_streams_signature
 from schemas.enums import MessageStatus
-from schemas.tables import CallbackDelivery, Stream, WaitingFollowUp
+from schemas.tables import CallbackDelivery, Message, Stream, WaitingFollowUp
 from tests.conftest import auth, message
 from tests.deliveries import move
 from tests.fakes.customer import FakeCustomer, dripping_customer
@@ -32,6 +32,7 @@ from workers.callbacks import CallbackSender
 from workers.missed_callbacks import MissedCallbacks
 from workers.pool import start_worker
 from workers.queueing import subscribe_status_followups
+from workers.relay import Relay, relay_runtime
 from workers.status_followup import StatusFollowUp
 
 
@@ -78,6 +79,16 @@ def two_way_stream(make_stream, customer, **settings):
 def deliveries(runtime):
     with runtime.session_factory() as session:
         return session.scalars(select(CallbackDelivery).order_by(CallbackDelivery.created_at)).all()
+
+
+def sent_with_its_job_lost(client, runtime, stream) -> str:
+    """A message of ``stream`` moved to ``sent``, its follow-up job lost with Redis."""
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    move(runtime, message_id, MessageStatus.sending, MessageStatus.sent)
+    runtime.broker.flush_all()
+    return message_id
 
 
 def test_inbound_callback_is_retried_until_the_customer_answers(
@@ -401,6 +412,143 @@ def test_status_callbacks_outlive_a_follow_up_job_that_redis_lost(
     )
     assert told == sorted([*((i, "sent") for i in ids), (ids[0], "delivered")])
     assert {row.stream_id for row in deliveries(runtime)} == {uuid.UUID(stream["id"])}
+
+
+def test_a_change_the_relay_makes_is_called_back_at_once(
+    client, runtime, settings, make_stream, customer
+):
+    """``streams relay`` never subscribed the follow-up listener: a message it failed (a
+    claim whose worker died after the last attempt) was never called back; the history
+    sweep would only make up for it a grace later."""
+    stream = two_way_stream(make_stream, customer)
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    with runtime.session_factory() as session:  # its last attempt's worker died long ago
+        session.execute(
+            update(Message)
+            .where(Message.id == uuid.UUID(message_id))
+            .values(
+                status="sending",
+                claimed_at=runtime.clock() - timedelta(hours=1),
+                attempts=settings.max_send_attempts,
+            )
+        )
+        session.commit()
+    relay_side = relay_runtime(runtime.settings)
+    worker = start_worker(runtime, ["callbacks"], threads=1)
+    try:
+        Relay(relay_side).sweep()
+        assert wait_until(lambda: len(customer.received) == 1, 10)
+    finally:
+        worker.stop(timeout=5_000)
+        relay_side.close()
+    payload = json.loads(customer.received[0]["body"])
+    assert (payload["message_id"], payload["status"]) == (message_id, "failed")
+
+
+def test_changes_called_back_by_their_jobs_are_not_written_again_by_the_history_sweep(
+    client, runtime, settings, make_stream, customer
+):
+    """Sends go through the worker's one-statement move (``move_many``), whose moment
+    reaches PostgreSQL as a bind parameter; read back, it must name the same callbacks."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+    history = MissedCallbacks(runtime)
+    assert history.sweep() == 0
+    stream = two_way_stream(make_stream, customer)
+    worker = start_worker(runtime, ["two_way", "callbacks"], threads=2)
+    try:
+        for n in range(3):
+            client.post(
+                "/v1/messages",
+                json={"messages": [message(internal_id=f"sent-{n}")]},
+                headers=auth(stream["token"]),
+            )
+        assert wait_until(lambda: len(customer.received) == 6, 20)  # sent and delivered
+        time.sleep(1.2)
+        assert history.sweep() == 0
+    finally:
+        worker.stop(timeout=5_000)
+    assert len(deliveries(runtime)) == 6
+
+
+def test_the_history_sweep_crosses_a_gap_of_unused_ids(
+    client, runtime, settings, make_stream, customer
+):
+    """Ids a rolled-back insert took are never used: a gap wider than one run's span
+    (``max_span``) stopped the cursor for good."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+    with runtime.engine.begin() as connection:  # ids from 1 (TRUNCATE keeps the sequence)
+        connection.execute(text("ALTER SEQUENCE message_events_id_seq RESTART WITH 1"))
+    history = MissedCallbacks(runtime, max_span=10)
+    assert history.sweep() == 0
+    stream = two_way_stream(make_stream, customer)
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    with runtime.engine.connect() as connection:  # a failing batch used up 30 ids
+        connection.execute(
+            text("SELECT nextval('message_events_id_seq') FROM generate_series(1, 30)")
+        )
+        connection.rollback()
+    move(runtime, message_id, MessageStatus.sending, MessageStatus.sent)
+    runtime.broker.flush_all()  # its job was lost
+    time.sleep(1.2)
+    assert sum(history.sweep() for _ in range(6)) == 1
+
+
+def test_a_recovered_callback_says_its_moment_in_utc(
+    client, runtime, settings, make_stream, customer
+):
+    """PostgreSQL hands a moment back in its session's time zone; the callback the job
+    writes says it in UTC, and so must the one the sweep writes."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+
+    @event.listens_for(runtime.engine, "connect")
+    def local_time(dbapi_connection, _record):  # a server set to local time
+        dbapi_connection.autocommit = True
+        dbapi_connection.execute("SET TIME ZONE 'Asia/Jerusalem'")
+        dbapi_connection.autocommit = False
+
+    runtime.engine.dispose()
+    history = MissedCallbacks(runtime)
+    assert history.sweep() == 0
+    stream = two_way_stream(make_stream, customer)
+    sent_with_its_job_lost(client, runtime, stream)
+    time.sleep(1.2)
+    assert history.sweep() == 1
+    [row] = deliveries(runtime)
+    assert row.payload["at"].endswith("+00:00"), row.payload["at"]
+
+
+def test_the_history_sweep_leaves_alone_a_stream_set_up_since_the_change(
+    client, runtime, settings, make_stream, account_key, customer
+):
+    """Whether a change of a stream whose set-up changed since wanted callbacks is unknown:
+    a customer who configures callbacks now is not sent the past."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+    history = MissedCallbacks(runtime)
+    assert history.sweep() == 0
+    stream = two_way_stream(make_stream, customer)
+    sent_with_its_job_lost(client, runtime, stream)
+    time.sleep(0.1)
+    changed = client.put(
+        f"/api/v1/streams/{stream['id']}/settings",
+        json={"callback_url": f"{customer.base_url}/hooks/elsewhere"},
+        headers=auth(account_key),
+    )
+    assert changed.status_code == 200, changed.text
+    time.sleep(1.2)
+    assert history.sweep() == 0
+    assert deliveries(runtime) == []
 
 
 def test_a_job_the_sweep_enqueues_is_attempted_by_a_worker_that_takes_it_at_once(
