@@ -110,10 +110,16 @@ class StatusFollowUp:
         return add_callbacks(session, callbacks, now)
 
     def enqueue(self, created: Sequence[uuid.UUID]) -> None:
-        """Put committed callbacks on the callbacks queue; one that cannot be is left to the
-        callback sweep."""
-        for event_id in created:
+        """Put committed callbacks on the callbacks queue. When the broker refuses one, the
+        rest are not tried (each would wait out the same connection error): their rows are
+        pending, and the callback sweep enqueues them."""
+        for done, event_id in enumerate(created):
             try:
                 enqueue_callback(self.runtime.broker, str(event_id))
-            except Exception as exc:  # the callback sweep enqueues it later
-                log.warning("callback_enqueue_failed", error=type(exc).__name__)
+            except Exception as exc:
+                log.warning(
+                    "callback_enqueue_failed",
+                    error=type(exc).__name__,
+                    left_to_sweep=len(created) - done,
+                )
+                return

@@ -26,7 +26,7 @@ from tests.fakes.customer import FakeCustomer, dripping_customer
 from tests.fakes.server import serve
 from tests.processes import private_redis_server, wait_until
 from tests.two_way import post_signed_inbound, signing_secret
-from workers import callback_sweep
+from workers import callback_sweep, status_followup
 from workers.callback_sweep import CallbackSweep
 from workers.callbacks import CallbackSender
 from workers.missed_callbacks import MissedCallbacks
@@ -239,6 +239,35 @@ def test_a_follow_up_job_delivered_twice_makes_one_callback(
     later = [[message_id, "delivered", "2026-12-06T20:00:01+00:00", None]]
     follow_up.follow(later)
     assert len(deliveries(runtime)) == 2, "another change is another callback"
+
+
+def test_callbacks_the_broker_refuses_are_tried_once_and_left_to_the_sweep(
+    client, runtime, make_stream, monkeypatch, customer
+):
+    """With Redis unreachable, each enqueue waits out a connection error: a follow-up of
+    many callbacks tried them all, one after the other. It stops at the first refusal;
+    the rows are pending and the callback sweep enqueues them."""
+    stream = two_way_stream(make_stream, customer)
+    ids = [
+        client.post(
+            "/v1/messages",
+            json={"messages": [message(internal_id=f"down-{n}")]},
+            headers=auth(stream["token"]),
+        ).json()["results"][0]["message_id"]
+        for n in range(3)
+    ]
+    tried = []
+
+    def unreachable(_broker, delivery_id):
+        tried.append(delivery_id)
+        raise ConnectionError("Redis is down")
+
+    monkeypatch.setattr(status_followup, "enqueue_callback", unreachable)
+    StatusFollowUp(runtime).follow(
+        [[message_id, "sent", "2026-12-06T20:00:00+00:00", None] for message_id in ids]
+    )
+    assert len(tried) == 1
+    assert [row.state for row in deliveries(runtime)] == ["pending"] * 3
 
 
 def test_two_jobs_for_one_callback_call_the_customer_once(
