@@ -5,8 +5,9 @@ share the work; a repeat enqueue is harmless (the attempt checks the row first).
 changes whose follow-up job could not be enqueued after their commit
 (``waiting_followups``) are enqueued the same way, and their rows deleted; the job is
 idempotent, so one enqueued twice (a relay dying between the enqueue and the delete)
-writes no second callback. Changes whose job was lost after its enqueue are found in the
-status history (``workers.missed_callbacks``)."""
+writes no second callback. The work of a job lost after its enqueue is made up for from
+the tables: early receipts (``workers.waiting_receipts``) and callbacks from the status
+history (``workers.missed_callbacks``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from core.runtime import Runtime
 from schemas.tables import CallbackDelivery, WaitingFollowUp
 from workers.missed_callbacks import MissedCallbacks
 from workers.queueing import enqueue_callback, enqueue_status_followup
+from workers.waiting_receipts import WaitingReceipts
 
 log = structlog.get_logger(__name__)
 
@@ -30,16 +32,23 @@ class CallbackSweep:
         self.runtime = runtime
         self.batch = batch
         self.history = MissedCallbacks(runtime)
+        self.receipts = WaitingReceipts(runtime)
 
     def sweep(self) -> int:
-        """Enqueue overdue pending callbacks and waiting follow-ups, and write the callbacks
-        of changes whose follow-up job was lost (``workers.missed_callbacks``); returns how
-        many overdue callbacks were enqueued."""
+        """Enqueue overdue pending callbacks and waiting follow-ups, and do the work of
+        follow-up jobs that were lost (``workers.waiting_receipts``,
+        ``workers.missed_callbacks``); returns how many overdue callbacks were enqueued."""
         self._sweep_followups()
-        try:
-            self.history.sweep()
-        except Exception as exc:  # the overdue callbacks below must not wait on it
-            log.warning("missed_callbacks_sweep_failed", error=type(exc).__name__)
+        # What a lost follow-up job would have done: early receipts applied (their changes
+        # are followed up in turn), then callbacks written.
+        for name, lost_job_sweep in (
+            ("waiting_receipts", self.receipts),
+            ("history", self.history),
+        ):
+            try:
+                lost_job_sweep.sweep()
+            except Exception as exc:  # the overdue callbacks below must not wait on it
+                log.warning("lost_job_sweep_failed", sweep=name, error=type(exc).__name__)
         now = self.runtime.clock()
         grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
         with self.runtime.session_factory() as session:

@@ -26,22 +26,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from core import metrics
 from core.callback_events import status_event_id
 from core.clock import as_utc
-from core.database import insert_ignoring_duplicates
 from core.message_states import EVENTS, MESSAGES
 from core.runtime import Runtime
-from schemas.tables import CallbackDelivery, Stream, SweepCursor
+from schemas.tables import CallbackDelivery, Stream
 from workers.queueing import NOTIFIED_STATUSES
 from workers.status_followup import CALLBACK_STREAM_TYPES, StatusFollowUp, wants_callbacks
+from workers.sweep_cursor import locked_cursor, window_end
 
 log = structlog.get_logger(__name__)
 
@@ -66,11 +66,11 @@ class MissedCallbacks:
         grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
         created: list[uuid.UUID] = []
         with self.runtime.session_factory() as session:
-            cursor = _locked_cursor(session, now)
+            cursor = locked_cursor(session, CURSOR, EVENTS.c.id, now)
             if cursor is None:
                 return 0
             start = cursor.position
-            end = self._end_of_window(session, start, now - grace)
+            end = window_end(session, cursor, EVENTS.c.id, EVENTS.c.at, now - grace, self.max_span)
             position = start
             while position < end:
                 rows = session.execute(
@@ -100,25 +100,6 @@ class MissedCallbacks:
             metrics.CALLBACK_CHANGES_RECOVERED.inc(recovered)
             log.warning("missed_callbacks_recovered", changes=recovered, history_ids=end - start)
         return recovered
-
-    def _end_of_window(self, session: Session, start: int, before: datetime) -> int:
-        """The last history id this run reads: the one before the first change made at or
-        after ``before`` (still within the grace), at most ``max_span`` ids on."""
-        limit = start + self.max_span
-        first_recent = session.scalar(
-            select(func.min(EVENTS.c.id)).where(
-                EVENTS.c.id > start, EVENTS.c.id <= limit, EVENTS.c.at >= before
-            )
-        )
-        if first_recent is not None:
-            return int(first_recent) - 1
-        last = session.scalar(select(func.max(EVENTS.c.id)).where(EVENTS.c.id > start))
-        if last is None:
-            return start
-        if last > limit:  # more to read than one run takes (or a gap of unused ids)
-            log.info("missed_callbacks_catching_up", position=limit, last=int(last))
-            return limit
-        return int(last)
 
     def _write_missing(self, session: Session, rows: Sequence[Any]) -> list[uuid.UUID]:
         """Write, in ``session``, the callbacks of the changes in ``rows`` that want them
@@ -156,19 +137,3 @@ class MissedCallbacks:
         )
         missing = [change for event_id, change in owed.items() if event_id not in written]
         return self._follow_up.write(session, missing) if missing else []
-
-
-def _locked_cursor(session: Session, now: datetime) -> SweepCursor | None:
-    """The cursor's row, locked for this run; made at the end of the history on the first
-    run. None while another run holds it."""
-    locked = select(SweepCursor).where(SweepCursor.name == CURSOR).with_for_update(skip_locked=True)
-    cursor = session.scalars(locked).first()
-    if cursor is not None:
-        return cursor
-    last = session.scalar(select(func.max(EVENTS.c.id))) or 0
-    session.execute(
-        insert_ignoring_duplicates(session, SweepCursor, ["name"]),
-        {"name": CURSOR, "position": last, "updated_at": now},
-    )
-    session.commit()
-    return session.scalars(locked).first()

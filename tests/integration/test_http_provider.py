@@ -5,6 +5,7 @@ inbound messages."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -19,6 +20,7 @@ from tests.processes import wait_until
 from workers.pool import start_worker
 from workers.providers.base import OutboundMessage, ProviderError
 from workers.providers.http import HttpProvider
+from workers.waiting_receipts import WaitingReceipts
 
 
 @pytest.fixture
@@ -271,6 +273,41 @@ def test_a_receipt_before_the_provider_id_is_known_waits_for_it(
     assert change is not None
     shown = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
     assert shown["status"] == "delivered"
+
+
+def test_a_waiting_receipt_whose_follow_up_job_was_lost_is_applied_by_the_sweep(
+    client, runtime, settings, make_stream, account_key
+):
+    """The early receipt waits for the follow-up job of the message's ``sent``. When Redis
+    lost that job, the message stayed ``sent`` though the carrier had delivered it. The
+    sweep reads each receipt once, a grace after it came, and applies it; a receipt no
+    message claims is left waiting, and read no more."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": settings.callbacks.model_copy(update={"sweep_grace_seconds": 1})}
+    )
+    receipts = WaitingReceipts(runtime)
+    assert receipts.sweep() == 0  # the first run starts at the end of the receipts
+    stream = make_stream()
+    assert dlr(client, {"message_id": "late-1", "status": "DELIVRD"}).json()["applied"] == 0
+    assert dlr(client, {"message_id": "nobody", "status": "DELIVRD"}).json()["applied"] == 0
+    message_id = _sent_message(client, runtime, stream, "hello", "late-1")  # no job follows
+    runtime.broker.flush_all()
+
+    def status() -> str:
+        shown = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key))
+        return shown.json()["status"]
+
+    assert receipts.sweep() == 0, "within the grace its job may still come"
+    assert status() == "sent"
+    time.sleep(1.2)
+    assert receipts.sweep() == 1
+    assert status() == "delivered"
+    assert receipts.sweep() == 0
+    with runtime.session_factory() as session:
+        waiting = session.execute(
+            text("SELECT provider_message_id FROM provider_receipts WHERE message_id IS NULL")
+        ).scalars()
+        assert list(waiting) == ["nobody"]
 
 
 def test_inbound_in_the_providers_format(client, runtime, make_stream, account_key):
