@@ -5,6 +5,7 @@ pool per queue, scaled by KEDA on the Redis list dramatiq really uses."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from cli.main import GRACEFUL_SHUTDOWN_SECONDS
 from core import metrics
 from core.broker import NAMESPACE, QUEUES
+from core.callback_events import CANCELED, DEAD, DELIVERED
 from core.queue_depth import QueueDepthCollector, ready_list_key
 from core.settings import Settings
 from workers.pool import SHUTDOWN_TIMEOUT_MS
@@ -144,6 +146,16 @@ def test_alert_rules_parse_and_name_real_metrics():
     assert "streams_delivery_latency_seconds_bucket" in alerts["StreamsOtpLatencyHigh"]
     assert "streams_messages_total" in alerts["StreamsSendErrorRatioHigh"]
     assert "streams_queue_depth" in alerts["StreamsDeadLetters"]
+
+
+def test_alerts_on_callbacks_match_outcomes_that_are_recorded():
+    """The callback dead-letter alert matched ``outcome="dead_lettered"``, a value the
+    callbacks never record ("dead"), so it could not fire."""
+    recorded = {"retry", DELIVERED, DEAD, CANCELED}  # workers.callbacks: _settle and retries
+    text = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    matched = re.findall(r'streams_callbacks_total\{outcome="([^"]+)"\}', text)
+    assert matched, "the callback alerts name an outcome"
+    assert set(matched) <= recorded, matched
 
 
 def test_the_dashboard_names_real_metrics():
