@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import UTC
 from typing import Any
 
 import structlog
@@ -41,7 +41,7 @@ from core.runtime import Runtime
 from schemas.tables import CallbackDelivery, Stream
 from workers.queueing import NOTIFIED_STATUSES
 from workers.status_followup import CALLBACK_STREAM_TYPES, StatusFollowUp, wants_callbacks
-from workers.sweep_cursor import locked_cursor, window_end
+from workers.sweep_cursor import read_behind_cursor
 
 log = structlog.get_logger(__name__)
 
@@ -62,44 +62,43 @@ class MissedCallbacks:
         that wants them and has none; returns how many were written. The cursor moves past
         those changes in the same transaction. Reads nothing while another relay's run
         holds the cursor."""
-        now = self.runtime.clock()
-        grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
-        created: list[uuid.UUID] = []
-        with self.runtime.session_factory() as session:
-            cursor = locked_cursor(session, CURSOR, EVENTS.c.id, now)
-            if cursor is None:
-                return 0
-            start = cursor.position
-            end = window_end(session, cursor, EVENTS.c.id, EVENTS.c.at, now - grace, self.max_span)
-            position = start
-            while position < end:
-                rows = session.execute(
-                    select(EVENTS.c.id, EVENTS.c.message_id, EVENTS.c.status, EVENTS.c.at)
-                    .add_columns(EVENTS.c.detail, MESSAGES.c.stream_id, MESSAGES.c.callback_url)
-                    .join(MESSAGES, MESSAGES.c.id == EVENTS.c.message_id)
-                    .where(
-                        EVENTS.c.id > position,
-                        EVENTS.c.id <= end,
-                        EVENTS.c.status.in_(sorted(NOTIFIED_STATUSES)),
-                        or_(
-                            MESSAGES.c.stream_type.in_(sorted(CALLBACK_STREAM_TYPES)),
-                            MESSAGES.c.callback_url.is_not(None),
-                        ),
-                    )
-                    .order_by(EVENTS.c.id)
-                    .limit(self.page)
-                ).all()
-                position = rows[-1].id if len(rows) == self.page else end
-                created += self._write_missing(session, rows)
-            cursor.position = end
-            cursor.updated_at = now
-            session.commit()  # the callbacks and the cursor past their changes, at once
+        created = (
+            read_behind_cursor(
+                self.runtime, CURSOR, EVENTS.c.id, EVENTS.c.at, self.max_span, self._read
+            )
+            or []
+        )
         self._follow_up.enqueue(created)
-        recovered = len(created)
-        if recovered:
-            metrics.CALLBACK_CHANGES_RECOVERED.inc(recovered)
-            log.warning("missed_callbacks_recovered", changes=recovered, history_ids=end - start)
-        return recovered
+        if created:
+            metrics.CALLBACK_CHANGES_RECOVERED.inc(len(created))
+            log.warning("missed_callbacks_recovered", changes=len(created))
+        return len(created)
+
+    def _read(self, session: Session, after: int, upto: int) -> list[uuid.UUID]:
+        """Write the missing callbacks of the history rows in ``(after, upto]``, a page at a
+        time; returns their ids."""
+        created: list[uuid.UUID] = []
+        position = after
+        while position < upto:
+            rows = session.execute(
+                select(EVENTS.c.id, EVENTS.c.message_id, EVENTS.c.status, EVENTS.c.at)
+                .add_columns(EVENTS.c.detail, MESSAGES.c.stream_id, MESSAGES.c.callback_url)
+                .join(MESSAGES, MESSAGES.c.id == EVENTS.c.message_id)
+                .where(
+                    EVENTS.c.id > position,
+                    EVENTS.c.id <= upto,
+                    EVENTS.c.status.in_(sorted(NOTIFIED_STATUSES)),
+                    or_(
+                        MESSAGES.c.stream_type.in_(sorted(CALLBACK_STREAM_TYPES)),
+                        MESSAGES.c.callback_url.is_not(None),
+                    ),
+                )
+                .order_by(EVENTS.c.id)
+                .limit(self.page)
+            ).all()
+            position = rows[-1].id if len(rows) == self.page else upto
+            created += self._write_missing(session, rows)
+        return created
 
     def _write_missing(self, session: Session, rows: Sequence[Any]) -> list[uuid.UUID]:
         """Write, in ``session``, the callbacks of the changes in ``rows`` that want them

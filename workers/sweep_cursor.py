@@ -6,17 +6,49 @@ rows, and neither waits for the other."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.database import insert_ignoring_duplicates
+from core.runtime import Runtime
 from schemas.tables import SweepCursor
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def read_behind_cursor(
+    runtime: Runtime,
+    name: str,
+    ids: Any,
+    moments: Any,
+    max_span: int,
+    read: Callable[[Session, int, int], T],
+) -> T | None:
+    """One run of the sweep behind cursor ``name``: ``read(session, after, upto)`` handles
+    the rows with ids in ``(after, upto]`` (``ids``, the table's id column) that are older
+    than the callbacks' sweep grace (by ``moments``, its time column), and the cursor moves
+    to ``upto`` in the same transaction. Returns what ``read`` returned; None while another
+    run holds the cursor, or when there is nothing new to read."""
+    now = runtime.clock()
+    grace = timedelta(seconds=runtime.settings.callbacks.sweep_grace_seconds)
+    with runtime.session_factory() as session:
+        cursor = locked_cursor(session, name, ids, now)
+        if cursor is None:
+            return None
+        start = cursor.position
+        end = window_end(session, cursor, ids, moments, now - grace, max_span)
+        result = read(session, start, end) if end > start else None
+        cursor.position = end
+        cursor.updated_at = now
+        session.commit()
+    return result
 
 
 def locked_cursor(session: Session, name: str, ids: Any, now: datetime) -> SweepCursor | None:

@@ -14,15 +14,14 @@ system sent through the same provider account, say) is left waiting, and read no
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import structlog
 from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
 
 from core.receipts import resolve_waiting_receipts
 from core.runtime import Runtime
 from schemas.tables import Message, ProviderReceipt
-from workers.sweep_cursor import locked_cursor, window_end
+from workers.sweep_cursor import read_behind_cursor
 
 log = structlog.get_logger(__name__)
 
@@ -40,38 +39,34 @@ class WaitingReceipts:
     def sweep(self) -> int:
         """Apply the waiting receipts read this run whose message is now known; returns
         how many messages moved. The cursor moves past them in the same transaction."""
-        now = self.runtime.clock()
-        grace = timedelta(seconds=self.runtime.settings.callbacks.sweep_grace_seconds)
-        moved = 0
-        with self.runtime.session_factory() as session:
-            cursor = locked_cursor(session, CURSOR, _IDS, now)
-            if cursor is None:
-                return 0
-            end = window_end(session, cursor, _IDS, _RECEIVED_AT, now - grace, self.max_span)
-            if end > cursor.position:
-                known = session.scalars(
-                    select(Message.id)
-                    .join(
-                        ProviderReceipt,
-                        and_(
-                            ProviderReceipt.provider == Message.provider,
-                            ProviderReceipt.provider_message_id == Message.provider_message_id,
-                        ),
-                    )
-                    .where(
-                        ProviderReceipt.id > cursor.position,
-                        ProviderReceipt.id <= end,
-                        ProviderReceipt.message_id.is_(None),
-                    )
-                    .distinct()
-                    .order_by(Message.id)  # locked in one order: no deadlock between runs
-                ).all()
-                for message_id in known:
-                    if resolve_waiting_receipts(session, message_id, now) is not None:
-                        moved += 1
-            cursor.position = end
-            cursor.updated_at = now
-            session.commit()
+        moved = read_behind_cursor(
+            self.runtime, CURSOR, _IDS, _RECEIVED_AT, self.max_span, self._apply
+        )
         if moved:
             log.warning("waiting_receipts_applied", messages=moved)
-        return moved
+        return moved or 0
+
+    def _apply(self, session: Session, after: int, upto: int) -> int:
+        """Apply the receipts in ``(after, upto]`` still waiting whose message is known;
+        returns how many messages moved."""
+        now = self.runtime.clock()
+        known = session.scalars(
+            select(Message.id)
+            .join(
+                ProviderReceipt,
+                and_(
+                    ProviderReceipt.provider == Message.provider,
+                    ProviderReceipt.provider_message_id == Message.provider_message_id,
+                ),
+            )
+            .where(
+                ProviderReceipt.id > after,
+                ProviderReceipt.id <= upto,
+                ProviderReceipt.message_id.is_(None),
+            )
+            .distinct()
+            .order_by(Message.id)  # locked in one order: no deadlock between runs
+        ).all()
+        return sum(
+            resolve_waiting_receipts(session, message_id, now) is not None for message_id in known
+        )
