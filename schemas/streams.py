@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
 )
 
@@ -50,6 +51,17 @@ class QuietHours(RequestBody):
     def _clock(cls, value: str) -> str:
         if not _CLOCK.fullmatch(value):
             raise ValueError("must be a 24-hour time HH:MM")
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _not_start(cls, value: str, info: ValidationInfo) -> str:
+        # A window that opens and closes at one moment is empty or whole-day: which one a
+        # sender meant cannot be told, so neither is guessed.
+        if info.data.get("start") == value:
+            raise ValueError(
+                "must differ from start; to send marketing at any hour, set quiet_hours to null"
+            )
         return value
 
     @field_validator("timezone")

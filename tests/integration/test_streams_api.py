@@ -715,6 +715,7 @@ def test_settings_put_without_callback_turns_two_way_into_draft(client, account_
         ("otp", {"code_length": 2}, "code_length"),
         ("transactional", {"max_per_second": 0}, "max_per_second"),
         ("marketing", {"quiet_hours": {"start": "25:00", "end": "20:00"}}, "quiet_hours.start"),
+        ("marketing", {"quiet_hours": {"start": "09:00", "end": "09:00"}}, "quiet_hours.end"),
         ("marketing", {"quiet_hours": "09:00-20:00"}, "quiet_hours"),
         ("marketing", {"quiet_hours": []}, "quiet_hours"),
         ("transactional", {"callback_url": "https://hooks.example.com"}, "callback_url"),

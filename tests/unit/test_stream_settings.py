@@ -121,8 +121,8 @@ def test_template_length(template: str, error_type: str) -> None:
 
 @pytest.mark.parametrize("clock", ["00:00", "09:00", "19:59", "20:00", "23:59"])
 def test_quiet_hours_accept_24_hour_clock(clock: str) -> None:
-    hours = QuietHours(start=clock, end=clock)
-    assert (hours.start, hours.end) == (clock, clock)
+    assert QuietHours(start=clock, end="12:34").start == clock
+    assert QuietHours(start="12:34", end=clock).end == clock
 
 
 def test_quiet_hours_defaults() -> None:
@@ -374,3 +374,14 @@ def test_stream_create_errors_name_the_field(
 ) -> None:
     got_loc, got_type, _ = _error(StreamCreate, **fields)
     assert (got_loc, got_type) == (loc, error_type)
+
+
+@pytest.mark.parametrize("window", [{"start": "09:00", "end": "09:00"}, {"end": "09:00"}])
+def test_quiet_hours_that_open_and_close_at_once_are_refused_naming_end(window) -> None:
+    """09:00-09:00 was taken as open all day; a sender may as well have meant never."""
+    assert _error(StreamSettings, quiet_hours=window) == (
+        ("quiet_hours", "end"),
+        "value_error",
+        "Value error, must differ from start; to send marketing at any hour, set quiet_hours"
+        " to null",
+    )
