@@ -293,6 +293,21 @@ class ProviderReceipt(Base):
     received_at: Mapped[datetime]
 
 
+class WaitingFollowUp(Base):
+    """Committed status changes whose follow-up job (customer callbacks, early receipts)
+    could not be put on the callbacks queue after their commit, Redis being unreachable:
+    kept here until the callback sweep enqueues them (``workers.queueing``)."""
+
+    __tablename__ = "waiting_followups"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    #: The job's argument: ``[message_id, status, at, detail]`` items.
+    changes: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
 class SweepCursor(Base):
     """How far a sweep has read an append-only table, by id: the next run starts after
     ``position``. A sweep run locks its row, so two relays never read the same rows."""

@@ -1,11 +1,13 @@
 """The callbacks' outbox sweep (run by ``streams relay``): a pending callback whose attempt
 is long overdue lost its queue message (Redis was down at enqueue time, or the message was
 dropped), so it is enqueued again. Rows are locked with ``SKIP LOCKED`` so several relays
-share the work; a repeat enqueue is harmless (the attempt checks the row first). The work
-of a status change's follow-up job that never ran (its enqueue failed, Redis lost it, or
-the process died before the enqueue) is made up for from the tables: early receipts
-(``workers.waiting_receipts``) and callbacks from the status history
-(``workers.missed_callbacks``)."""
+share the work; a repeat enqueue is harmless (the attempt checks the row first). Status
+changes whose follow-up job could not be enqueued after their commit
+(``waiting_followups``) are enqueued the same way, and their rows deleted; the job is
+idempotent, so one enqueued twice (a relay dying between the enqueue and the delete)
+writes no second callback. The work of a job lost after its enqueue is made up for from
+the tables: early receipts (``workers.waiting_receipts``) and callbacks from the status
+history (``workers.missed_callbacks``)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import threading
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from core.callback_events import PENDING
 from core.runtime import Runtime
-from schemas.tables import CallbackDelivery
+from schemas.tables import CallbackDelivery, WaitingFollowUp
 from workers.missed_callbacks import MissedCallbacks
-from workers.queueing import enqueue_callback
+from workers.queueing import enqueue_callback, enqueue_status_followup
 from workers.waiting_receipts import WaitingReceipts
 
 log = structlog.get_logger(__name__)
@@ -33,9 +35,10 @@ class CallbackSweep:
         self.receipts = WaitingReceipts(runtime)
 
     def sweep(self) -> int:
-        """Do the work of follow-up jobs that never ran (``workers.waiting_receipts``,
-        ``workers.missed_callbacks``) and enqueue overdue pending callbacks; returns how
-        many overdue callbacks were enqueued."""
+        """Enqueue overdue pending callbacks and waiting follow-ups, and do the work of
+        follow-up jobs that were lost (``workers.waiting_receipts``,
+        ``workers.missed_callbacks``); returns how many overdue callbacks were enqueued."""
+        self._sweep_followups()
         # What a lost follow-up job would have done: early receipts applied (their changes
         # are followed up in turn), then callbacks written.
         for name, lost_job_sweep in (
@@ -80,6 +83,29 @@ class CallbackSweep:
             session.commit()
         if done:
             log.info("callback_sweep", enqueued=len(done))
+        return len(done)
+
+    def _sweep_followups(self) -> int:
+        """Enqueue the follow-up jobs that could not be enqueued after their commit."""
+        with self.runtime.session_factory() as session:
+            waiting = session.scalars(
+                select(WaitingFollowUp)
+                .order_by(WaitingFollowUp.id)
+                .limit(self.batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            done = []
+            try:
+                for row in waiting:
+                    enqueue_status_followup(self.runtime.broker, row.changes)
+                    done.append(row.id)
+            except Exception as exc:
+                log.warning("followup_sweep_enqueue_failed", error=type(exc).__name__)
+            if done:
+                session.execute(delete(WaitingFollowUp).where(WaitingFollowUp.id.in_(done)))
+            session.commit()
+        if done:
+            log.info("followup_sweep", enqueued=len(done))
         return len(done)
 
     def run(self, stop: threading.Event, interval_seconds: float = 10.0) -> None:

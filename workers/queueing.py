@@ -18,6 +18,7 @@ import structlog
 from core import metrics
 from core.broker import CALLBACK_QUEUE
 from schemas.events import StatusChange
+from schemas.tables import WaitingFollowUp
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
@@ -162,10 +163,10 @@ def status_followup_listener(runtime: Runtime) -> Callable[[Sequence[StatusChang
     callbacks cost no job per message. Only a Redis enqueue happens in
     the committing thread, so sending never waits on a customer.
 
-    When that enqueue fails (Redis unreachable), nothing more is done here: the changes are
-    committed, and the relay's lost-job sweeps do the job's work from the tables a grace
-    later (``workers.missed_callbacks``, ``workers.waiting_receipts``), as for a job Redis
-    lost after its enqueue."""
+    When that enqueue fails (Redis unreachable), the changes are written to
+    ``waiting_followups`` instead, and the callback sweep enqueues them later
+    (``workers.callback_sweep``): the changes are committed, so their callbacks must not be
+    lost with the job. The job is idempotent (``core.callback_events.status_event_id``)."""
 
     def status_followups(changes: Sequence[StatusChange]) -> None:
         notable = [
@@ -179,13 +180,21 @@ def status_followup_listener(runtime: Runtime) -> Callable[[Sequence[StatusChang
             enqueue_status_followup(runtime.broker, notable)
         except Exception as exc:  # the broker's connection errors vary by client version
             log.warning(
-                "status_followup_enqueue_failed",
-                count=len(notable),
-                error=type(exc).__name__,
-                recovered_by="relay sweeps, after the callback sweep grace",
+                "status_followup_enqueue_failed", count=len(notable), error=type(exc).__name__
             )
+            _keep_for_the_sweep(runtime, notable)
 
     return status_followups
+
+
+def _keep_for_the_sweep(runtime: Runtime, changes: Sequence[Sequence[Any]]) -> None:
+    try:
+        with runtime.session_factory() as session:
+            kept = WaitingFollowUp(changes=[list(c) for c in changes], created_at=runtime.clock())
+            session.add(kept)
+            session.commit()
+    except Exception as exc:  # the database too: nothing more can be done here
+        log.error("status_followup_lost", count=len(changes), error=type(exc).__name__)
 
 
 _SUBSCRIBED_FEEDS: weakref.WeakSet[object] = weakref.WeakSet()
