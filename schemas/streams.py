@@ -43,7 +43,8 @@ class QuietHours(RequestBody):
     """The window in which marketing messages may go out, in the recipient's local time."""
 
     start: str = "09:00"
-    end: str = "20:00"
+    #: Checked when left out too: ``{"start": "20:00"}`` would otherwise be 20:00-20:00.
+    end: str = Field(default="20:00", validate_default=True)
     timezone: str | None = None
 
     @field_validator("start", "end")

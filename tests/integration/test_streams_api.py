@@ -9,7 +9,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from schemas.tables import Stream
 from tests.conftest import auth, message
 
 STREAMS = "/api/v1/streams"
@@ -886,3 +888,49 @@ def test_a_stream_token_is_not_an_account_key(client, make_stream):
     response = client.get(f"{STREAMS}/{stream['id']}", headers=auth(stream["token"]))
 
     assert error_of(response, 401)["code"] == "invalid_key"
+
+
+@pytest.mark.parametrize("how", ["create", "patch", "put"])
+def test_a_window_that_closes_when_it_opens_is_refused_on_every_path(
+    client, account_key, make_stream, how
+):
+    """``{"start": "20:00"}`` leaves ``end`` at its default, 20:00: a PATCH stored it (open
+    all day), and a create or PUT, which check the settings twice, answered 500."""
+    window = {"quiet_hours": {"start": "20:00"}}
+    if how == "create":
+        body = {"name": "Promo", "type": "marketing", "settings": window}
+        answer = client.post(STREAMS, json=body, headers=auth(account_key))
+    else:
+        stream = make_stream(type="marketing")
+        if how == "patch":
+            url, body = f"{STREAMS}/{stream['id']}", {"settings": window}
+            answer = client.patch(url, json=body, headers=auth(account_key))
+        else:
+            url = f"{STREAMS}/{stream['id']}/settings"
+            answer = client.put(url, json=window, headers=auth(account_key))
+        stored = client.get(f"{STREAMS}/{stream['id']}/settings", headers=auth(account_key))
+        assert "quiet_hours" not in stored.json()
+    assert error_of(answer, 422)["field"] in ("quiet_hours.end", "settings.quiet_hours.end")
+
+
+def test_a_window_saved_before_it_was_refused_is_named_on_the_next_change(
+    client, runtime, account_key, make_stream
+):
+    """A stream saved with 09:00-09:00 keeps it until its settings change; then the merged
+    settings are checked again, and the answer names the window (it was a 500)."""
+    stream = make_stream(type="marketing")
+    with runtime.session_factory() as session:
+        session.execute(
+            update(Stream)
+            .where(Stream.id == uuid.UUID(stream["id"]))
+            .values(settings={"quiet_hours": {"start": "09:00", "end": "09:00"}})
+        )
+        session.commit()
+    answer = client.patch(
+        f"{STREAMS}/{stream['id']}",
+        json={"settings": {"max_per_day": 1000}},
+        headers=auth(account_key),
+    )
+    error = error_of(answer, 422)
+    assert error["field"] == "settings.quiet_hours.end"
+    assert error["message"].startswith("settings.quiet_hours.end: must differ from start")
