@@ -109,6 +109,7 @@ def create_stream_row(
         token_digest=digest(new_stream_token()),
         created_at=now,
         updated_at=now,
+        callbacks_changed_at=now,
     )
     try:
         with build_session_factory(engine)() as session:

@@ -90,6 +90,7 @@ def ensure_demo_stream(runtime: Runtime) -> tuple[str, str, str]:
                 webhook_secret_sealed=runtime.secret_box.seal(new_webhook_secret()),
                 created_at=now,
                 updated_at=now,
+                callbacks_changed_at=now,
             )
             session.add(stream)
             session.commit()

@@ -62,6 +62,9 @@ class Stream(Base):
     last_activity_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: When ``settings.callback_url`` last changed (set when the stream is made): a change
+    #: made before it is not called back by the history sweep (``workers.missed_callbacks``).
+    callbacks_changed_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
 
     tags: Mapped[list[StreamTag]] = relationship(

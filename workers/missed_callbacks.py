@@ -16,10 +16,10 @@ it, so a transaction that commits more than the grace after it wrote its history
 a host whose clock runs more than the grace behind the relay's, can slip behind the cursor
 (every path that changes a status commits within milliseconds). A job that is only late (a
 callbacks backlog longer than the grace) is written by the sweep first; the ids are the
-same, so nothing goes out twice. A change of a stream whose set-up changed since
-(``streams.updated_at``) is left alone unless the message has its own ``callback_url``:
-whether it wanted callbacks then is unknown. The first run starts at the end of the
-history: it recovers nothing from before it existed.
+same, so nothing goes out twice. A change of a stream whose ``callback_url`` changed since
+(``streams.callbacks_changed_at``; other edits do not count) is left alone unless the
+message has its own ``callback_url``: whether it wanted callbacks then is unknown. The
+first run starts at the end of the history: it recovers nothing from before it existed.
 """
 
 from __future__ import annotations
@@ -118,9 +118,10 @@ class MissedCallbacks:
                 continue
             if not wants_callbacks(stream.type, stream.settings, row.callback_url):
                 continue
-            if row.callback_url is None and as_utc(stream.updated_at) > as_utc(row.at):
-                # The stream's set-up changed since: whether it wanted callbacks then is
-                # unknown, and a customer who just configured them is not sent the past.
+            set_up_at = stream.callbacks_changed_at or stream.updated_at
+            if row.callback_url is None and as_utc(set_up_at) > as_utc(row.at):
+                # The stream's callback_url changed since: whether it wanted callbacks then
+                # is unknown, and a customer who just configured them is not sent the past.
                 continue
             at = as_utc(row.at).astimezone(UTC)
             owed[status_event_id(row.message_id, row.status, at)] = [

@@ -118,6 +118,13 @@ def checked_settings(
     return checked.model_dump(mode="json", exclude_none=True)
 
 
+def _set_settings(stream: Stream, settings: dict[str, Any], now: datetime) -> None:
+    """Replace the stream's settings, noting when its callback set-up changes."""
+    if settings.get("callback_url") != stream.settings.get("callback_url"):
+        stream.callbacks_changed_at = now
+    stream.settings = settings
+
+
 def _normalised_tags(tags: list[str]) -> list[str]:
     return list(dict.fromkeys(tag.strip() for tag in tags))
 
@@ -217,6 +224,7 @@ def create_stream(body: StreamCreate, request: Request, account_id: Account) -> 
         webhook_secret_sealed=runtime.secret_box.seal(new_webhook_secret()),
         created_at=now,
         updated_at=now,
+        callbacks_changed_at=now,
     )
     stream.tags = [StreamTag(tag=t, position=i) for i, t in enumerate(_normalised_tags(body.tags))]
     _refresh_status(stream)
@@ -319,7 +327,7 @@ def patch_stream(
         if "settings" in given and body.settings is not None:
             changes = body.settings.model_dump(exclude_unset=True)
             merged = {**stream.settings, **changes}
-            stream.settings = checked_settings(StreamType(stream.type), merged)
+            _set_settings(stream, checked_settings(StreamType(stream.type), merged), now)
         stream.updated_at = now
         _refresh_status(stream)
         session.commit()
@@ -442,10 +450,12 @@ def put_settings(
     runtime = runtime_of(request)
     with runtime.session_factory() as session:
         stream = _owned(session, account_id, stream_id)
-        stream.settings = checked_settings(
+        now = runtime.clock()
+        settings = checked_settings(
             StreamType(stream.type), body.model_dump(exclude_none=True), prefix=""
         )
-        stream.updated_at = runtime.clock()
+        _set_settings(stream, settings, now)
+        stream.updated_at = now
         _refresh_status(stream)
         session.commit()
         _forget(request, stream.id)

@@ -580,6 +580,39 @@ def test_the_history_sweep_leaves_alone_a_stream_set_up_since_the_change(
     assert deliveries(runtime) == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("patch", "", {"name": "Support desk"}),
+        ("post", "/disable", None),
+        ("post", "/token/reset", None),
+        ("patch", "", {"settings": {"callback_method": "GET"}}),
+    ],
+)
+def test_the_history_sweep_still_calls_back_after_an_edit_that_leaves_callbacks_alone(
+    client, runtime, settings, make_stream, account_key, customer, method, path, body
+):
+    """The sweep judged the set-up by ``streams.updated_at``, which every edit moves: a
+    rename, a pause or a token rotation in the grace after a job was lost cost the
+    customer the callback, with nothing logged."""
+    runtime.settings = settings.model_copy(
+        update={"callbacks": callback_settings(sweep_grace_seconds=1)}
+    )
+    history = MissedCallbacks(runtime)
+    assert history.sweep() == 0
+    stream = two_way_stream(make_stream, customer)
+    message_id = sent_with_its_job_lost(client, runtime, stream)
+    time.sleep(0.1)
+    kwargs = {"json": body} if body is not None else {}
+    url = f"/api/v1/streams/{stream['id']}{path}"
+    edited = getattr(client, method)(url, headers=auth(account_key), **kwargs)
+    assert edited.status_code == 200, edited.text
+    time.sleep(1.2)
+    assert history.sweep() == 1
+    [row] = deliveries(runtime)
+    assert (row.payload["message_id"], row.payload["status"]) == (message_id, "sent")
+
+
 def test_a_job_the_sweep_enqueues_is_attempted_by_a_worker_that_takes_it_at_once(
     client, runtime, make_stream, account_key, customer, monkeypatch
 ):
