@@ -116,6 +116,12 @@ CALLBACK_CHANGES_RECOVERED = Counter(
     "job had within the grace: the job was lost (Redis lost it, or the process died before "
     "the enqueue) or is late behind a callbacks backlog.",
 )
+RECEIPTS_RECOVERED = Counter(
+    "streams_receipts_recovered_total",
+    "Messages the receipt sweep moved with a delivery receipt that came before their "
+    "provider id was recorded, because no follow-up job had applied it within the grace: "
+    "the job was lost, or is late behind a callbacks backlog.",
+)
 CALLBACK_DURATION = Histogram(
     "streams_callback_duration_seconds",
     "Time a customer endpoint took to answer a callback.",

@@ -18,6 +18,7 @@ import structlog
 from sqlalchemy import and_, select
 from sqlalchemy.orm import Session
 
+from core import metrics
 from core.receipts import resolve_waiting_receipts
 from core.runtime import Runtime
 from schemas.tables import Message, ProviderReceipt
@@ -43,6 +44,7 @@ class WaitingReceipts:
             self.runtime, CURSOR, _IDS, _RECEIVED_AT, self.max_span, self._apply
         )
         if moved:
+            metrics.RECEIPTS_RECOVERED.inc(moved)
             log.warning("waiting_receipts_applied", messages=moved)
         return moved or 0
 

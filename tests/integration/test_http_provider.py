@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from core.settings import HttpProviderSettings
@@ -300,8 +301,10 @@ def test_a_waiting_receipt_whose_follow_up_job_was_lost_is_applied_by_the_sweep(
     assert receipts.sweep() == 0, "within the grace its job may still come"
     assert status() == "sent"
     time.sleep(1.2)
+    recovered = REGISTRY.get_sample_value("streams_receipts_recovered_total") or 0.0
     assert receipts.sweep() == 1
     assert status() == "delivered"
+    assert REGISTRY.get_sample_value("streams_receipts_recovered_total") == recovered + 1
     assert receipts.sweep() == 0
     with runtime.session_factory() as session:
         waiting = session.execute(
