@@ -371,6 +371,11 @@ def test_panel_tabs_change_the_stream_through_the_api(
     assert (api_event["name"], api_event["template"]) == ("Shipped today", "Hello {name}")
     gone = client.post(f"{base}/events/order_shipped/delete", headers=headers)
     assert "No event templates yet." in gone.text
+    # A stale row (deleted meanwhile elsewhere): the tab says so and drops it; a bare 404
+    # left it on screen with nothing said, since htmx swaps no error answer.
+    again = client.post(f"{base}/events/order_shipped/delete", headers=headers)
+    assert again.status_code == 200
+    assert "Event order_shipped was already deleted." in again.text
 
     care = make_stream(name="Care", type="whatsapp")
     base = f"/console/streams/{care['id']}/panel"
@@ -413,7 +418,11 @@ def test_panel_tabs_change_the_stream_through_the_api(
     removed = client.post(f"{base}/whatsapp/templates/{template['id']}/delete", headers=headers)
     assert "Template removed." in removed.text and "No templates registered." in removed.text
     stale = client.post(f"{base}/whatsapp/templates/{template['id']}/delete", headers=headers)
-    assert stale.status_code == 404
+    assert stale.status_code == 200
+    assert "That template was already removed." in stale.text
+    assert "No templates registered." in stale.text
+    elsewhere = f"/console/streams/{uuid.uuid4()}/panel/whatsapp/templates/{template['id']}"
+    assert client.post(f"{elsewhere}/delete", headers=headers).status_code == 404
 
     refused = client.post(
         f"/console/streams/{orders['id']}/restrict", data={"reason": ""}, headers=headers

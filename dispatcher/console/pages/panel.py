@@ -232,8 +232,12 @@ async def change_event(
 def delete_event(
     request: Request, signed_in: ChangingSession, stream_id: str, key: str
 ) -> Response:
-    events_api.delete_event(stream_id, key, request, signed_in.account_id)
-    return _panel(request, signed_in.account_id, stream_id, "events", saved=f"Event {key} deleted.")
+    saved = _removing(
+        lambda: events_api.delete_event(stream_id, key, request, signed_in.account_id),
+        done=f"Event {key} deleted.",
+        gone=f"Event {key} was already deleted.",
+    )
+    return _panel(request, signed_in.account_id, stream_id, "events", saved=saved)
 
 
 @router.post("/whatsapp")
@@ -266,5 +270,23 @@ async def add_template(request: Request, signed_in: ChangingSession, stream_id: 
 def delete_template(
     request: Request, signed_in: ChangingSession, stream_id: str, template_id: str
 ) -> Response:
-    whatsapp_api.delete_template(stream_id, template_id, request, signed_in.account_id)
-    return _panel(request, signed_in.account_id, stream_id, "whatsapp", saved="Template removed.")
+    saved = _removing(
+        lambda: whatsapp_api.delete_template(stream_id, template_id, request, signed_in.account_id),
+        done="Template removed.",
+        gone="That template was already removed.",
+    )
+    return _panel(request, signed_in.account_id, stream_id, "whatsapp", saved=saved)
+
+
+def _removing(remove: Callable[[], object], done: str, gone: str) -> str:
+    """Remove something a tab lists; what to tell. A row removed meanwhile (in another tab
+    or by the API) is said to be gone, and the tab is shown again without it: a 404 would
+    leave the stale row on screen with nothing said (htmx swaps no error answers). The
+    stream itself is looked up again by the tab, so another account's stays a 404."""
+    try:
+        remove()
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        return gone
+    return done
