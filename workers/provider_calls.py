@@ -277,6 +277,14 @@ class _Batch:
         try:
             while (index := self._take(inline=False)) is not None:
                 self._make(index, self._ended.put)
+        except BaseException:
+            # Killed mid-batch (an exception sent to this thread; ``make_call`` keeps only
+            # ``Exception``s). Once a helper has begun, the worker's thread takes no more
+            # calls, so those no one has taken would be neither made nor reported, and it
+            # would wait for them for ever: they are reported as not made.
+            while (index := self._take(inline=False)) is not None:
+                self._ended.put((index, _CUT_SHORT))
+            raise
         finally:
             self.helper_gone()
 

@@ -368,3 +368,29 @@ def test_every_call_is_made_exactly_once_across_threads() -> None:
     finally:
         sys.setswitchinterval(interval)
     assert problems == []
+
+
+class _Killed(BaseException):
+    """What an exception sent to a thread looks like to the call it interrupts."""
+
+
+def test_helpers_killed_mid_batch_leave_no_call_waited_for_for_ever() -> None:
+    """Both helpers die on their first call, after the caller's thread has stopped taking
+    calls: the two calls no one took were never reported, and the batch never ended."""
+
+    def killed_later() -> Accepted:
+        time.sleep(0.2)  # the caller's thread has left its calls to the helpers by then
+        raise _Killed
+
+    calls: list[Call] = [slow_call, killed_later, killed_later, lambda: accepted("a")]
+    calls.append(lambda: accepted("b"))
+    result: list[list[CallOutcome]] = []
+    runner = threading.Thread(
+        target=lambda: result.append(ProviderCalls(2).run(calls, lambda: True)), daemon=True
+    )
+    runner.start()
+    runner.join(5)
+    assert not runner.is_alive(), "the batch waited for calls no one would make"
+    [outcomes] = result
+    assert outcomes[0].accepted == accepted("slow")
+    assert all(o.skipped for o in outcomes[1:]), outcomes
