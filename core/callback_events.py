@@ -79,6 +79,10 @@ def add_callbacks(session: Session, rows: list[dict[str, Any]], now: datetime) -
     or None for the stream's). A row whose ``id`` is already there is left as it is."""
     if not rows:
         return []
+    # In id order: two transactions inserting the same ids (a late follow-up job and the
+    # history sweep) then meet at the first one they share, instead of each holding one
+    # the other waits for (a deadlock).
+    rows = sorted(rows, key=lambda row: row["id"])
     inserted = session.scalars(
         insert_ignoring_duplicates(session, CallbackDelivery, ["id"]).returning(
             CallbackDelivery.id

@@ -78,9 +78,11 @@ class StatusFollowUp:
             for c in changes
         ]
         now = self.runtime.clock()
-        for message_id, status, _at, _detail in parsed:
-            if status == "sent":
-                resolve_waiting_receipts(session, message_id, now)
+        # Messages are locked in id order, as the claims and the receipt sweep lock them: a
+        # late job and the history sweep following up the same changes in another order
+        # could otherwise deadlock.
+        for message_id in sorted({p[0] for p in parsed if p[1] == "sent"}):
+            resolve_waiting_receipts(session, message_id, now)
         rows = session.execute(
             select(Message, Stream)
             .join(Stream, Stream.id == Message.stream_id)

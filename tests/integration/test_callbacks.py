@@ -785,3 +785,42 @@ def test_a_slow_customer_never_slows_sending(client, runtime, make_stream, accou
         sending.stop(timeout=5_000)
         callbacks.stop(timeout=10_000)
         callbacks_runtime.close()
+
+
+def test_follow_ups_take_messages_and_callbacks_in_id_order(
+    client, runtime, make_stream, customer, monkeypatch
+):
+    """A late follow-up job and the history sweep can follow up the same changes at once,
+    each in its own order, and two transactions taking the same rows in different orders
+    deadlock. Both take them in id order: the messages they lock and the callbacks they
+    insert."""
+    stream = two_way_stream(make_stream, customer)
+    ids = sorted(
+        uuid.UUID(
+            client.post(
+                "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+            ).json()["results"][0]["message_id"]
+        )
+        for _ in range(3)
+    )
+    at = runtime.clock().isoformat()
+    changes = [[str(message_id), "sent", at, None] for message_id in reversed(ids)]
+    locked: list[uuid.UUID] = []
+    monkeypatch.setattr(
+        status_followup,
+        "resolve_waiting_receipts",
+        lambda _session, message_id, _now: locked.append(message_id),
+    )
+    inserted: list[list[uuid.UUID]] = []
+    with runtime.session_factory() as session:
+
+        @event.listens_for(session, "do_orm_execute")
+        def _seen(state) -> None:
+            if state.is_insert:
+                inserted.append([row["id"] for row in state.parameters])
+
+        assert len(StatusFollowUp(runtime).write(session, changes)) == 3
+        session.rollback()
+    assert locked == ids
+    [callbacks] = inserted
+    assert callbacks == sorted(callbacks) and len(callbacks) == 3
