@@ -74,29 +74,32 @@ def status_event_id(message_id: uuid.UUID, status: str, at: datetime) -> uuid.UU
 
 
 def add_callbacks(session: Session, rows: list[dict[str, Any]], now: datetime) -> list[uuid.UUID]:
-    """Insert pending callbacks; returns the ids inserted. Each row gives ``id``,
-    ``account_id``, ``stream_id``, ``event``, ``payload`` and ``url`` (a message's own URL,
-    or None for the stream's). A row whose ``id`` is already there is left as it is."""
+    """Insert pending callbacks; returns the ids inserted, in the order of ``rows`` (the
+    order they are enqueued in: a message's ``sent`` before its ``delivered``). Each row
+    gives ``id``, ``account_id``, ``stream_id``, ``event``, ``payload`` and ``url`` (a
+    message's own URL, or None for the stream's). A row whose ``id`` is already there is
+    left as it is."""
     if not rows:
         return []
-    # In id order: two transactions inserting the same ids (a late follow-up job and the
-    # history sweep) then meet at the first one they share, instead of each holding one
-    # the other waits for (a deadlock).
-    rows = sorted(rows, key=lambda row: row["id"])
-    inserted = session.scalars(
-        insert_ignoring_duplicates(session, CallbackDelivery, ["id"]).returning(
-            CallbackDelivery.id
-        ),
-        [
-            {
-                **row,
-                "state": PENDING,
-                "attempts": 0,
-                "window_started_at": now,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
-            for row in rows
-        ],
+    # Inserted in id order: two transactions inserting the same ids (a late follow-up job
+    # and the history sweep) then meet at the first one they share, instead of each holding
+    # one the other waits for (a deadlock).
+    inserted = set(
+        session.scalars(
+            insert_ignoring_duplicates(session, CallbackDelivery, ["id"]).returning(
+                CallbackDelivery.id
+            ),
+            [
+                {
+                    **row,
+                    "state": PENDING,
+                    "attempts": 0,
+                    "window_started_at": now,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for row in sorted(rows, key=lambda row: row["id"])
+            ],
+        )
     )
-    return list(inserted)
+    return [row["id"] for row in rows if row["id"] in inserted]

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 import pytest
 from sqlalchemy import event, func, select, text, update
 
+from core.callback_events import status_event_id
 from core.logs import configure_logging
 from core.runtime import build_runtime
 from core.settings import CallbackSettings
@@ -824,3 +825,34 @@ def test_follow_ups_take_messages_and_callbacks_in_id_order(
     assert locked == ids
     [callbacks] = inserted
     assert callbacks == sorted(callbacks) and len(callbacks) == 3
+
+
+def test_a_messages_callbacks_are_enqueued_in_the_order_its_changes_happened(
+    client, runtime, make_stream, customer
+):
+    """Inserting callbacks in id order (against deadlocks) made the follow-up enqueue them
+    in that order too: the ids are hashes, so about one message in two had its
+    ``delivered`` queued before its ``sent`` (a review helper's finding)."""
+    stream = two_way_stream(make_stream, customer)
+    sent_at = runtime.clock()
+    delivered_at = sent_at + timedelta(seconds=2)
+    for _ in range(40):  # a message whose "delivered" id sorts before its "sent" id
+        message_id = uuid.UUID(
+            client.post(
+                "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+            ).json()["results"][0]["message_id"]
+        )
+        sent_id = status_event_id(message_id, "sent", sent_at)
+        delivered_id = status_event_id(message_id, "delivered", delivered_at)
+        if delivered_id < sent_id:
+            break
+    else:
+        raise AssertionError("no message's delivered id sorts first")
+    changes = [
+        [str(message_id), "sent", sent_at.isoformat(), None],
+        [str(message_id), "delivered", delivered_at.isoformat(), None],
+    ]
+    with runtime.session_factory() as session:
+        created = StatusFollowUp(runtime).write(session, changes)
+        session.rollback()
+    assert created == [sent_id, delivered_id]
