@@ -9,6 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -107,6 +108,17 @@ def describe_validation_error(error: dict[str, Any]) -> tuple[str, str]:
     message = str(error.get("msg", "is invalid"))
     message = message.removeprefix("Value error, ")
     return location, f"{location}: {message}" if location else message
+
+
+def invalid_field(exc: ValidationError, within: str = "") -> ApiError:
+    """422 ``invalid_field`` for the first error of a model validated inside a route, the
+    field named from the request body's root: ``within`` is where the model sits in the
+    body (``"settings"``; empty for the body itself)."""
+    location, message = describe_validation_error(exc.errors()[0])
+    if within:
+        message = f"{within}.{message}" if location else message
+        location = f"{within}.{location}" if location else within
+    return ApiError(422, "invalid_field", message, field=location or None)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -20,7 +20,7 @@ from core.runtime import Runtime
 from core.stream_rules import ACTIVITY_WINDOW, missing_steps, shown_status, stored_status
 from core.whatsapp_setup import whatsapp_steps
 from dispatcher.auth import StreamAccess, ensure_accepts_sends, require_account, runtime_of
-from dispatcher.errors import ApiError, describe_validation_error
+from dispatcher.errors import ApiError, invalid_field
 from dispatcher.intake import accept_messages
 from dispatcher.no_store import NO_STORE
 from dispatcher.ownership import owned_stream
@@ -111,10 +111,7 @@ def checked_settings(
     except ValidationError as exc:
         # The body passed its own model; what fails here is the whole of the settings (a
         # PATCH merges the stored ones, which rules made since may refuse).
-        location, message = describe_validation_error(exc.errors()[0])
-        field = f"{prefix}{location}" if location else prefix.rstrip(".") or None
-        message = f"{prefix}{message}" if location else message
-        raise ApiError(422, "invalid_field", message, field=field) from None
+        raise invalid_field(exc, within=prefix.rstrip(".")) from None
     return checked.model_dump(mode="json", exclude_none=True)
 
 

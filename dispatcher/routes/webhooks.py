@@ -47,6 +47,7 @@ from dispatcher.auth import runtime_of
 from dispatcher.errors import (
     ApiError,
     describe_validation_error,
+    invalid_field,
     json_error_responses,
     not_found,
 )
@@ -345,8 +346,7 @@ async def whatsapp_events(stream_id: str, request: Request) -> dict[str, int]:
     try:
         payload = MetaWebhook.model_validate(_json(raw))
     except ValidationError as exc:
-        location, message = describe_validation_error(exc.errors()[0])
-        raise ApiError(422, "invalid_field", message, field=location or None) from None
+        raise invalid_field(exc) from None
     receipts: list[ReceiptIn] = []
     inbound: list[InboundIn] = []
     for entry in payload.entry:

@@ -934,3 +934,5 @@ def test_a_window_saved_before_it_was_refused_is_named_on_the_next_change(
     error = error_of(answer, 422)
     assert error["field"] == "settings.quiet_hours.end"
     assert error["message"].startswith("settings.quiet_hours.end: must differ from start")
+    stored = client.get(f"{STREAMS}/{stream['id']}/settings", headers=auth(account_key))
+    assert "max_per_day" not in stored.json(), "a refused change changes nothing"
