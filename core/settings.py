@@ -32,6 +32,9 @@ class SandboxSettings(BaseSettings):
     receipt_delay_seconds: float = Field(default=1.0, ge=0)
     #: The carrier's own throughput, fleet-wide, in segments per second (unset: unlimited).
     max_per_second: float | None = Field(default=None, gt=0)
+    #: The most messages it takes in one request, as a carrier with a bulk API does
+    #: (1: one message per request).
+    max_batch: int = Field(default=100, ge=1, le=1000)
 
 
 class HttpProviderSettings(BaseSettings):

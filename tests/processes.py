@@ -36,6 +36,7 @@ def environment(settings: Settings, **extra: object) -> dict[str, str]:
         STREAMS_LOG_FORMAT="json",
         STREAMS_SANDBOX_LATENCY_MS=str(settings.sandbox.latency_ms),
         STREAMS_SANDBOX_RECEIPT_DELAY_SECONDS=str(settings.sandbox.receipt_delay_seconds),
+        STREAMS_SANDBOX_MAX_BATCH=str(settings.sandbox.max_batch),
     )
     env.update({f"STREAMS_{k.upper()}": str(v) for k, v in extra.items()})
     return env

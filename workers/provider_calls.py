@@ -7,6 +7,9 @@ once for each batch, while the worker's thread waits for them. The pool has that
 threads for each worker thread, so one batch never waits for another's calls, and a process
 with more worker threads makes more calls at once, as it did when each thread made its own.
 
+A call is one request to the carrier: one message, or several for a carrier that takes
+batches (``workers.providers.base.BatchProvider``), whose job then usually needs just one.
+
 Only the calls move: whatever a call's outcome writes to the database (a retry, a failure,
 an expiry) is done by the worker's own thread, so a process still needs one database
 connection per worker thread and no more. The outcomes come back in waves (``waves``): all
@@ -31,7 +34,7 @@ wall time includes waits for the GIL and a core (milliseconds).
 
 A call is made only if ``go_on()`` still holds when its turn comes (the worker is not
 stopping and the batch's claims are still fresh); otherwise it is reported as skipped and
-the worker gives that claim back.
+the worker gives its claims back.
 """
 
 from __future__ import annotations
@@ -44,25 +47,28 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import structlog
-
-from workers.providers.base import Accepted
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class CallOutcome:
-    """How one call ended: ``accepted``; or ``error`` (what the call raised); or
-    ``skipped`` (not made); or none of these (the call chose not to go, returning None)."""
+T = TypeVar("T")
 
-    accepted: Accepted | None = None
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome(Generic[T]):
+    """How one call ended: ``accepted`` (what it returned); or ``error`` (what it raised);
+    or ``skipped`` (not made); or none of these (the call chose not to go, returning None)."""
+
+    accepted: T | None = None
     error: Exception | None = None
     skipped: bool = False
 
 
-Call = Callable[[], Accepted | None]
+#: One request to a carrier: one message, or several for a carrier that takes batches.
+Call = Callable[[], Any]
 
 #: While a batch's calls have taken less than this together, the next one is made in the
 #: worker's own thread.
@@ -75,11 +81,11 @@ REPORT_AFTER_SECONDS = 1.0
 _WAIT_SLICE_SECONDS = 0.2
 
 #: One ended call: its index in the batch and its outcome.
-Ended = tuple[int, CallOutcome]
+Ended = tuple[int, CallOutcome[Any]]
 
 #: The outcome of a call cut short by something other than an error (an interrupt): as if
 #: not made, so its claim goes back; the provider recognises the reference if it did go.
-_CUT_SHORT = CallOutcome(skipped=True)
+_CUT_SHORT: CallOutcome[Any] = CallOutcome(skipped=True)
 
 
 class ProviderCalls:
@@ -97,9 +103,9 @@ class ProviderCalls:
         )
         self._watchdog = _Watchdog(self._spill) if per_batch > 1 else None
 
-    def run(self, calls: Sequence[Call], go_on: Callable[[], bool]) -> list[CallOutcome]:
+    def run(self, calls: Sequence[Call], go_on: Callable[[], bool]) -> list[CallOutcome[Any]]:
         """The outcome of each of ``calls``, in order, once all have ended."""
-        outcomes: list[CallOutcome | None] = [None] * len(calls)
+        outcomes: list[CallOutcome[Any] | None] = [None] * len(calls)
         for wave in self.waves(calls, go_on):
             for index, outcome in wave:
                 outcomes[index] = outcome
@@ -334,7 +340,7 @@ class _Batch:
         return never
 
 
-def make_call(call: Call, go_on: Callable[[], bool]) -> CallOutcome:
+def make_call(call: Call, go_on: Callable[[], bool]) -> CallOutcome[Any]:
     """Make ``call`` unless ``go_on()`` is false; what it raised is its outcome."""
     if not go_on():
         return CallOutcome(skipped=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -21,7 +22,7 @@ from tests.deliveries import delivery_with, send, states
 from tests.processes import wait_until
 from workers.actors import declare_actors
 from workers.group_commit import GroupCommit
-from workers.providers.base import Accepted, OutboundMessage
+from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import delivery_batch_actor_name
 
@@ -38,14 +39,15 @@ class CountingCarrier(SandboxProvider):
         self._hold_first = hold_first
         self._calls_lock = threading.Lock()
 
-    def send(self, message: OutboundMessage) -> Accepted:
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[Accepted | ProviderError]:
+        # ``send`` comes here too, with one message.
         with self._calls_lock:
-            self.calls.append(message.reference)
-            first = len(self.calls) == 1
+            first = not self.calls
+            self.calls.extend(message.reference for message in messages)
         if first and self._hold_first:
             self.first_in_call.set()
             assert self.release.wait(10)
-        return super().send(message)
+        return super().send_batch(messages)
 
 
 def group_items(step: str) -> tuple[float, float]:
@@ -145,13 +147,17 @@ class PoisonIdCarrier(CountingCarrier):
         self.poisoned = poisoned
         self.take_poisoned = threading.Event()
 
-    def send(self, message: OutboundMessage) -> Accepted:
-        if message.reference == self.poisoned:
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[Accepted | ProviderError]:
+        poisoned = [m.reference == self.poisoned for m in messages]
+        if any(poisoned):
             assert self.take_poisoned.wait(10)
-        accepted = super().send(message)
-        if message.reference == self.poisoned:
-            return dataclasses.replace(accepted, provider_message_id="bad\x00id")
-        return accepted
+        answers = super().send_batch(messages)
+        return [
+            dataclasses.replace(answer, provider_message_id="bad\x00id")
+            if bad and isinstance(answer, Accepted)
+            else answer
+            for answer, bad in zip(answers, poisoned, strict=True)
+        ]
 
 
 def test_invariant_2_a_record_refused_for_one_batch_fails_that_batch_alone(

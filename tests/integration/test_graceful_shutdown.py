@@ -32,7 +32,7 @@ def test_invariant_1_sigterm_lets_a_worker_finish_its_in_flight_send(
     settings, runtime, client, make_stream, tmp_path
 ):
     slow = settings.model_copy(
-        update={"sandbox": settings.sandbox.model_copy(update={"latency_ms": 2500})}
+        update={"sandbox": settings.sandbox.model_copy(update={"latency_ms": 2500, "max_batch": 1})}
     )
     stream = make_stream(demo=True)
     ids = [
@@ -45,9 +45,11 @@ def test_invariant_1_sigterm_lets_a_worker_finish_its_in_flight_send(
     ]
     log = tmp_path / "worker.log"
     sandbox = SandboxProvider(settings.sandbox, runtime.redis)
-    # The three go as one batch job. One call at a time, so that exactly one is in flight
-    # when SIGTERM lands: by default the calls of a batch go side by side once the first
-    # has run INLINE_SECONDS (50 ms), and then all three are in flight and all finish.
+    # The three go as one batch job, to a carrier that takes one message per request (one
+    # that takes batches would get all three in one request). One call at a time, so that
+    # exactly one is in flight when SIGTERM lands: by default the calls of a batch go side
+    # by side once the first has run INLINE_SECONDS (50 ms), and then all three are in
+    # flight and all finish.
     with worker_pool(slow, log, threads=1, batch_send_concurrency=1) as worker:
         assert wait_until(lambda: "sending" in statuses(runtime, ids), timeout=20), log.read_text()
         worker.send_signal(signal.SIGTERM)  # mid provider call

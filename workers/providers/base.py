@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -86,3 +86,25 @@ class Provider(Protocol):
     def send(self, message: OutboundMessage) -> Accepted:
         """Hand one message to the carrier. Raises ``ProviderError``."""
         ...
+
+
+class BatchProvider(Provider, Protocol):
+    """A provider whose carrier takes several messages in one request, as carriers with a
+    bulk API do. The worker hands it the messages of a batch job together (when it is
+    ``idempotent``: a request whose answer is lost is then safe to make again)."""
+
+    #: The most messages it takes in one request.
+    max_batch: int
+
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[Accepted | ProviderError]:
+        """Hand ``messages`` (at most ``max_batch``) to the carrier in one request; each
+        one's answer, in order. Raises ``ProviderError`` when the request as a whole failed
+        (then it is every message's answer)."""
+        ...
+
+
+def batch_limit(provider: Provider) -> int:
+    """How many messages ``provider`` takes in one request (1: it has no batch request)."""
+    if not callable(getattr(provider, "send_batch", None)):
+        return 1
+    return max(1, int(getattr(provider, "max_batch", 1)))

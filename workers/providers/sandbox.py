@@ -12,6 +12,13 @@ Retry-After 1 s, ``000004`` accepted but undelivered.
 
 Its ledger lives in Redis when there is one, so every worker process shares it and tests
 can count real submissions.
+
+Like carriers with a bulk API (Infobip's ``/sms/2/text/advanced`` takes a list of messages),
+it takes up to ``max_batch`` messages in one request (``send_batch``): one wait of
+``latency_ms`` and one ledger round trip for all of them, each message with its own answer.
+``max_batch = 1`` makes it a carrier that takes one message per request. ``send`` is a
+request of one, so ``send_batch`` is where a test's carrier changes what the carrier
+does.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from threading import Lock
+from typing import cast
 
 import redis
 from redis.commands.core import Script
@@ -39,19 +48,27 @@ MAGIC_NUMBERS = {
 }
 
 
-#: The ledger in one round trip: keep the first provider id of a reference and count
-#: submissions and repeats. Returns the first provider id. One script also means the
-#: reference and its count are recorded together: a worker killed between two separate
-#: calls left a reference counted as neither a submission nor a repeat.
-#: KEYS: the reference's ledger key, the submissions and repeats counters; ARGV: the new
-#: provider id and the ledger TTL.
+#: The ledger in one round trip, for the references of one request: keep the first provider
+#: id of each reference and count submissions and repeats. Returns the first provider id of
+#: each, in order. One script also means a reference and its count are recorded together: a
+#: worker killed between two separate calls left a reference counted as neither a
+#: submission nor a repeat.
+#: KEYS: the submissions and repeats counters, then each reference's ledger key; ARGV: the
+#: ledger TTL, then each reference's new provider id.
 _RECORD_LUA = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('INCR', KEYS[2])
-  return ARGV[1]
+local first, new = {}, 0
+for i = 3, #KEYS do
+  local id = ARGV[i - 1]
+  if redis.call('SET', KEYS[i], id, 'NX', 'EX', ARGV[1]) then
+    new = new + 1
+  else
+    id = redis.call('GET', KEYS[i])
+  end
+  first[i - 2] = id
 end
-redis.call('INCR', KEYS[3])
-return redis.call('GET', KEYS[1])
+if new > 0 then redis.call('INCRBY', KEYS[1], new) end
+if #KEYS - 2 > new then redis.call('INCRBY', KEYS[2], #KEYS - 2 - new) end
+return first
 """
 
 
@@ -68,6 +85,8 @@ class SandboxProvider:
         self._settings = settings
         #: The carrier's throughput, enforced fleet-wide by admission.
         self.max_per_second = settings.max_per_second
+        #: The most messages it takes in one request (``send_batch``).
+        self.max_batch = settings.max_batch
         self._redis = redis_client
         self._random = random.Random(seed)
         self._memory: dict[str, str] = {}
@@ -79,54 +98,80 @@ class SandboxProvider:
         return self.name
 
     def send(self, message: OutboundMessage) -> Accepted:
+        answer = self.send_batch([message])[0]
+        if isinstance(answer, ProviderError):
+            raise answer
+        return answer
+
+    def send_batch(self, messages: Sequence[OutboundMessage]) -> list[Accepted | ProviderError]:
+        """One request for ``messages`` (at most ``max_batch``): each one's answer, in
+        order. A repeated reference is answered like its first submission, receipt
+        included: the worker that made the first one died before it could pass the receipt
+        on."""
+        if len(messages) > self.max_batch:
+            raise ValueError(
+                f"{len(messages)} messages in one request; the most is {self.max_batch}"
+            )
         if self._settings.latency_ms:
             time.sleep(self._settings.latency_ms / 1000)
+        answers: list[Accepted | ProviderError | None] = []
+        taken: dict[int, tuple[str, Receipt]] = {}  # answer index: (reference, receipt)
+        for message in messages:
+            refusal, receipt = self._judge(message)
+            if receipt is not None:
+                taken[len(answers)] = (message.reference, receipt)
+            answers.append(refusal)
+        first_ids = self._record([reference for reference, _ in taken.values()])
+        for (index, (_, receipt)), first_id in zip(taken.items(), first_ids, strict=True):
+            answers[index] = Accepted(provider_message_id=first_id, receipt=receipt)
+        return cast(list[Accepted | ProviderError], answers)  # every None was replaced
+
+    def _judge(self, message: OutboundMessage) -> tuple[ProviderError | None, Receipt | None]:
+        """The carrier's answer to one message: a refusal, or the receipt it will send."""
         magic = MAGIC_NUMBERS.get(message.recipient[-6:])
         if magic == "refused" or self._random.random() < self._settings.failure_rate:
-            raise ProviderError(
-                "sandbox_refused", "The sandbox carrier refused the message.", transient=False
-            )
+            refused = "The sandbox carrier refused the message."
+            return ProviderError("sandbox_refused", refused, transient=False), None
         if magic == "timeout" or self._random.random() < self._settings.transient_failure_rate:
-            raise ProviderError(
-                "sandbox_timeout", "The sandbox carrier did not answer in time.", transient=True
-            )
+            late = "The sandbox carrier did not answer in time."
+            return ProviderError("sandbox_timeout", late, transient=True), None
         if magic == "throttled":
-            raise ProviderError(
-                "sandbox_throttled",
-                "The sandbox carrier is throttling (429).",
-                transient=True,
-                retry_after=1.0,
-            )
-        provider_id = "sbx_" + uuid.uuid4().hex
-        first_id = self._record(message.reference, provider_id)
+            throttled = "The sandbox carrier is throttling (429)."
+            return ProviderError(
+                "sandbox_throttled", throttled, transient=True, retry_after=1.0
+            ), None
         undelivered = (
             magic == "undelivered" or self._random.random() < self._settings.undelivered_rate
         )
-        receipt = Receipt(
+        return None, Receipt(
             status="undelivered" if undelivered else "delivered",
             after_seconds=self._settings.receipt_delay_seconds,
         )
-        # A repeat is answered like the first submission, receipt included: the worker that
-        # made the first one died before it could pass the receipt on.
-        return Accepted(provider_message_id=first_id, receipt=receipt)
 
-    def _record(self, reference: str, provider_id: str) -> str:
-        """Remember ``reference``; returns the provider id of its first submission."""
+    def _record(self, references: list[str]) -> list[str]:
+        """Remember ``references``, each with a new provider id; returns the provider id of
+        each one's first submission."""
+        if not references:
+            return []
+        new_ids = ["sbx_" + uuid.uuid4().hex for _ in references]
         if self._redis is not None:
             if self._record_script is None:
                 self._record_script = self._redis.register_script(_RECORD_LUA)
             first = self._record_script(
-                keys=[LEDGER_PREFIX + reference, SUBMISSIONS_KEY, REPEATS_KEY],
-                args=[provider_id, _LEDGER_TTL_SECONDS],
+                keys=[SUBMISSIONS_KEY, REPEATS_KEY, *(LEDGER_PREFIX + r for r in references)],
+                args=[_LEDGER_TTL_SECONDS, *new_ids],
             )
-            return first.decode() if first else provider_id
+            return [id_.decode() for id_ in first]
         with self._lock:
-            if reference in self._memory:
-                self._counts["repeats"] += 1
-                return self._memory[reference]
-            self._memory[reference] = provider_id
-            self._counts["submissions"] += 1
-            return provider_id
+            first_ids = []
+            for reference, new_id in zip(references, new_ids, strict=True):
+                if reference in self._memory:
+                    self._counts["repeats"] += 1
+                else:
+                    self._memory[reference] = new_id
+                    self._counts["submissions"] += 1
+                first_ids.append(self._memory[reference])
+            return first_ids
 
     def submissions(self) -> int:
         """How many distinct messages reached the carrier."""
