@@ -18,7 +18,7 @@
 6. **send**: the provider calls (``workers.provider_calls``: in the worker's thread, then
    side by side once a batch's calls have taken ``INLINE_SECONDS``, even while one of them
    still runs). A call is one request: a message, or the batch's messages to a carrier that
-   takes several per request (``_requests``), each with its own answer. A refusal is
+   takes several per request (``workers.provider_requests``), each with its own answer. A refusal is
    settled by ``workers.retries``: transient errors are retried with exponential backoff
    and jitter up to ``max_send_attempts``, then the message fails and becomes a dead
    letter; permanent errors fail at once.
@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from sqlalchemy import Row, update
@@ -90,14 +90,8 @@ from workers.jobs import Job, message_log
 from workers.opt_out import is_marketing, reject_opted_out
 from workers.outcomes import WAITING, Outcomes, hold
 from workers.provider_calls import Call, CallOutcome, ProviderCalls, make_call
-from workers.providers.base import (
-    Accepted,
-    BatchProvider,
-    OutboundMessage,
-    Provider,
-    ProviderError,
-    batch_limit,
-)
+from workers.provider_requests import each_answer, provider_request, requests_for
+from workers.providers.base import Accepted, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 from workers.queueing import enqueue_receipt
 from workers.retries import Retries
@@ -114,10 +108,6 @@ _UNDELIVERED = {
 }
 #: The columns recording ``sent`` (and an immediate receipt) may set.
 _SENT_COLUMNS = ("provider", "provider_message_id", "error_code", "error_message")
-#: What a request answered for one of its messages: taken; refused (``ProviderError``, or
-#: another error: the adapter broke its contract); or None: not sent, its validity passed
-#: before the request.
-Answer = Accepted | Exception | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,17 +469,20 @@ class Delivery:
         # they end; a message to one that is not is recorded before the next is sent.
         together = [claim for claim in claimed if claim.item.provider.idempotent]
         alone = deque(claim for claim in claimed if not claim.item.provider.idempotent)
-        requests = _requests(together)  # indices into ``together``, per request
+        # Indices into ``together``, per request.
+        requests = requests_for([claim.item.provider for claim in together])
         untaken: list[int] = []  # indices into ``requests`` of requests never made
         try:
             try:
-                calls = [self._provider_call([together[i].item for i in r]) for r in requests]
+                calls = [self._request([together[i].item for i in r]) for r in requests]
                 # Closed on the way out, also when recording raises: no call begins after.
                 with closing(self._calls.waves(calls, go_on, untaken=untaken)) as waves:
                     for wave in waves:
                         for index, call in wave:
                             for i, answer in zip(
-                                requests[index], _answers(call, len(requests[index])), strict=True
+                                requests[index],
+                                each_answer(call, len(requests[index])),
+                                strict=True,
                             ):
                                 if (outcome := settle(together[i], answer)) is not None:
                                     sent.append(outcome)
@@ -497,8 +490,8 @@ class Delivery:
                         record(wave_sent)
                 while alone:
                     claim = alone.popleft()
-                    call = make_call(self._provider_call([claim.item]), go_on)
-                    if (outcome := settle(claim, _answers(call, 1)[0])) is not None:
+                    call = make_call(self._request([claim.item]), go_on)
+                    if (outcome := settle(claim, each_answer(call, 1)[0])) is not None:
                         record([outcome])
             finally:
                 record(sent)
@@ -588,52 +581,9 @@ class Delivery:
             session.commit()
         return claimed
 
-    def _provider_call(self, items: Sequence[_Ready]) -> Call:
-        """The request that hands ``items`` to their provider (one of them, or several to
-        a provider that takes batches), to make in any thread. It returns each item's
-        ``Answer``, in order, and raises nothing but what stops a thread: one message's
-        error is that message's alone. An item whose validity has passed meanwhile is left
-        out of the request (its answer None); when all have, no request is made."""
-        provider = items[0].provider
-
-        def call() -> list[Answer]:
-            now = self.runtime.clock()
-            answers: list[Answer] = [None] * len(items)
-            going: dict[int, OutboundMessage] = {}
-            for index, item in enumerate(items):
-                expires_at = item.job.expires_at
-                if expires_at is not None and now >= expires_at:
-                    continue
-                try:
-                    going[index] = item.job.outbound()
-                except Exception as error:
-                    answers[index] = error
-            if not going:
-                return answers
-            outbound = list(going.values())
-            began = time.perf_counter()
-            try:
-                if len(outbound) == 1:
-                    taken: Sequence[Answer] = [provider.send(outbound[0])]
-                else:
-                    taken = cast(BatchProvider, provider).send_batch(outbound)
-                    if len(taken) != len(outbound):
-                        raise ValueError(f"{len(taken)} answers to a request of {len(outbound)}")
-            except ProviderError as error:
-                taken = [_as_each_ones(error, len(outbound))] * len(outbound)
-            except Exception as error:
-                taken = [error] * len(outbound)
-            finally:
-                # Per message, as the metric is documented: each waited for the request.
-                took = time.perf_counter() - began
-                timed = metrics.PROVIDER_CALL.labels(provider.name)
-                for _ in outbound:
-                    timed.observe(took)
-            for index, answer in zip(going, taken, strict=True):
-                answers[index] = _checked(answer)
-            return answers
-
-        return call
+    def _request(self, items: Sequence[_Ready]) -> Call:
+        """The provider request for ``items`` (``workers.provider_requests``)."""
+        return provider_request([item.job for item in items], items[0].provider, self.runtime.clock)
 
     def _outcome(self, item: _Ready, attempt: int, call: CallOutcome) -> _Sent | None:
         """What a provider call came to, in the worker's thread: the ``_Sent`` to record, or
@@ -783,62 +733,6 @@ class Delivery:
             session.commit()
         if moved:
             log.info("message_receipt", message_id=message_id, status=outcome.value)
-
-
-def _requests(claims: Sequence[_Claimed]) -> list[list[int]]:
-    """The requests that send ``claims``, as indices into it, in order: one per message,
-    except that the messages to a provider that takes batches go together, up to its
-    ``max_batch`` per request."""
-    requests: list[list[int]] = []
-    filling: dict[int, list[int]] = {}  # id(provider): its request still taking messages
-    for index, claim in enumerate(claims):
-        provider = claim.item.provider
-        limit = batch_limit(provider)
-        request = filling.get(id(provider))
-        if request is None or len(request) >= limit:
-            request = []
-            requests.append(request)
-            if limit > 1:
-                filling[id(provider)] = request
-        request.append(index)
-    return requests
-
-
-def _as_each_ones(error: ProviderError, size: int) -> ProviderError:
-    """A request's refusal as the answer of each of its ``size`` messages. A permanent
-    refusal of a request of several (a bulk API's 400) cannot be pinned on one of them, so
-    for each it is a passing error: each is tried again alone, where the carrier's answer
-    is its own."""
-    if size == 1 or error.transient or error.outcome_unknown:
-        return error
-    return ProviderError(
-        error.code,
-        f"{error.message} (a request of {size} messages was refused; each is tried again alone)",
-        transient=True,
-        retry_after=error.retry_after,
-    )
-
-
-def _checked(answer: object) -> Answer:
-    """A provider's answer for one message, as the adapter contract allows: ``Accepted`` or
-    an error. Anything else (None, say, which would read as "not sent") breaks the contract
-    and is that message's error."""
-    if isinstance(answer, Accepted | Exception):
-        return answer
-    return TypeError(f"a provider answered {type(answer).__name__} for a message")
-
-
-def _answers(call: CallOutcome[list[Answer]], size: int) -> list[CallOutcome[Accepted]]:
-    """The outcome of a request of ``size`` messages as each message's: the request's own
-    when it was not made (skipped) or broke off (an error no answer caught), else each
-    message's answer (None: not sent, as ``_outcome`` expects of a call that chose not to
-    go)."""
-    if call.accepted is None:
-        return [CallOutcome(error=call.error, skipped=call.skipped)] * size
-    return [
-        CallOutcome(error=answer) if isinstance(answer, Exception) else CallOutcome(accepted=answer)
-        for answer in call.accepted
-    ]
 
 
 def _caused_by_items(error: BaseException) -> bool:
