@@ -68,6 +68,47 @@ def test_invariant_2_worker_killed_during_provider_call(
     assert history_of(runtime, message_id)[-3:] == ["sending", "sent", "delivered"]
 
 
+def test_invariant_2_worker_killed_during_a_batch_request(
+    settings, runtime, client, make_stream, tmp_path
+):
+    """A batch job's messages go to the sandbox in one request; the worker dies while it
+    is out. Every message is delivered by the next worker, and the carrier took each
+    once."""
+    slow = settings.model_copy(
+        update={"sandbox": settings.sandbox.model_copy(update={"latency_ms": 3000})}
+    )
+    stream = make_stream()
+    sent = client.post(
+        "/v1/messages",
+        json={"messages": [message() for _ in range(5)]},
+        headers=auth(stream["token"]),
+    )
+    ids = [result["message_id"] for result in sent.json()["results"]]
+
+    with worker_pool(slow, tmp_path / "worker.log", threads=1, claim_lease_seconds=2) as doomed:
+        sending = lambda: {status_of(runtime, i) for i in ids} == {"sending"}  # noqa: E731
+        assert wait_until(sending, timeout=20)
+        stop(doomed, sig=9)  # SIGKILL while the request is out
+
+    runtime.settings = settings.model_copy(update={"claim_lease_seconds": 2})
+    worker = start_worker(runtime, ["transactional"], threads=2)
+    try:
+        relay = Relay(runtime)
+
+        def delivered() -> bool:
+            relay.sweep()
+            return {status_of(runtime, i) for i in ids} == {"delivered"}
+
+        assert wait_until(delivered, timeout=30, interval=0.25), [
+            status_of(runtime, i) for i in ids
+        ]
+    finally:
+        worker.stop(timeout=5_000)
+    assert SandboxProvider(settings.sandbox, runtime.redis).submissions() == 5
+    for message_id in ids:
+        assert history_of(runtime, message_id)[-3:] == ["sending", "sent", "delivered"]
+
+
 def test_invariant_2_worker_killed_after_the_carrier_accepted(
     settings, runtime, client, make_stream
 ):
