@@ -25,9 +25,10 @@ carrier answers at once.
 when it began to accept the request, the same instant as its ``queued`` event):
 
 * **accept → provider call** (the headline figure): when the sandbox carrier recorded the
-  message in its Redis ledger (``streams:sandbox:ref:<id>``, written when it takes the message; with zero
-  latency that is the provider call). The ledger key has no timestamp but is set with a TTL of
-  7 days, so its creation time is ``Redis TIME − (7 days − PTTL)``, exact to the millisecond.
+  message in its Redis ledger (``streams:sandbox:ref:<id>``, written when it takes the
+  message; with zero latency that is the provider call). The ledger key has no timestamp but
+  is set with a TTL of 7 days, so its creation time is ``Redis TIME − (7 days − PTTL)``,
+  exact to the millisecond.
 * **accept → claim**: the ``sending`` event, written when the worker claims the message,
   right after admission and one transaction before the provider call.
 * **HTTP**: the request's round trip as the sender saw it (accept, store, enqueue).

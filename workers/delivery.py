@@ -17,11 +17,11 @@
    admitted by a rate limit is claimed and sent at once, as the limit's spacing expects.
 6. **send**: the provider calls (``workers.provider_calls``: in the worker's thread, then
    side by side once a batch's calls have taken ``INLINE_SECONDS``, even while one of them
-   still runs). A call is one request: a message, or the batch's messages to a carrier that
-   takes several per request (``workers.provider_requests``), each with its own answer. A refusal is
-   settled by ``workers.retries``: transient errors are retried with exponential backoff
-   and jitter up to ``max_send_attempts``, then the message fails and becomes a dead
-   letter; permanent errors fail at once.
+   still runs). A call is one request: a message, or the batch's messages to a carrier
+   that takes several per request (``workers.provider_requests``), each with its own
+   answer. A refusal is settled by ``workers.retries``: transient errors are retried with
+   exponential backoff and jitter up to ``max_send_attempts``, then the message fails and
+   becomes a dead letter; permanent errors fail at once.
 7. **record**: ``sent`` for every message the provider took, in one transaction (calls
    still running a second after the first one ended are recorded in another), together
    with the delivery receipt when the provider reported it at once (the sandbox with no
@@ -470,11 +470,11 @@ class Delivery:
         together = [claim for claim in claimed if claim.item.provider.idempotent]
         alone = deque(claim for claim in claimed if not claim.item.provider.idempotent)
         # Indices into ``together``, per request.
-        requests = requests_for([claim.item.provider for claim in together])
+        requests = requests_for([(c.item.provider, c.item.job.stream_id) for c in together])
         untaken: list[int] = []  # indices into ``requests`` of requests never made
         try:
             try:
-                calls = [self._request([together[i].item for i in r]) for r in requests]
+                calls = [self._request([together[i].item for i in r], go_on) for r in requests]
                 # Closed on the way out, also when recording raises: no call begins after.
                 with closing(self._calls.waves(calls, go_on, untaken=untaken)) as waves:
                     for wave in waves:
@@ -490,7 +490,7 @@ class Delivery:
                         record(wave_sent)
                 while alone:
                     claim = alone.popleft()
-                    call = make_call(self._request([claim.item]), go_on)
+                    call = make_call(self._request([claim.item], go_on), go_on)
                     if (outcome := settle(claim, each_answer(call, 1)[0])) is not None:
                         record([outcome])
             finally:
@@ -581,9 +581,11 @@ class Delivery:
             session.commit()
         return claimed
 
-    def _request(self, items: Sequence[_Ready]) -> Call:
-        """The provider request for ``items`` (``workers.provider_requests``)."""
-        return provider_request([item.job for item in items], items[0].provider, self.runtime.clock)
+    def _request(self, items: Sequence[_Ready], go_on: Callable[[], bool]) -> Call:
+        """The provider request for ``items``, which all go to one provider
+        (``workers.provider_requests``)."""
+        jobs = [item.job for item in items]
+        return provider_request(jobs, items[0].provider, self.runtime.clock, go_on)
 
     def _outcome(self, item: _Ready, attempt: int, call: CallOutcome) -> _Sent | None:
         """What a provider call came to, in the worker's thread: the ``_Sent`` to record, or

@@ -6,12 +6,13 @@ outcome."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from core.runtime import build_runtime
 from core.settings import SandboxSettings
@@ -234,35 +235,47 @@ def test_a_message_whose_validity_passed_after_its_claim_is_left_out_of_the_requ
     )
 
 
-def test_a_request_of_several_refused_for_good_is_tried_again_message_by_message(
+def test_a_request_of_several_refused_for_good_is_sent_again_message_by_message(
     runtime, client, make_stream
 ):
     """A bulk API refusing a whole request (a 400 for one bad item, say) says nothing of
-    which message it was: none fails for it. Each is tried again alone, and goes."""
+    which message it was. Each is sent again at once in a request of its own, and that
+    answer is its own: the bad one fails, the others go, and none spends an attempt or
+    waits out a back-off for another's fault (even on its last attempt)."""
 
     def refuses_requests_of_several(messages):  # type: ignore[no-untyped-def]
         if len(messages) > 1:
             raise ProviderError("bad_request", "HTTP 400", transient=False)
         return SandboxProvider.send_batch(carrier, messages)
 
-    ids = send(client, make_stream(), 3)
+    runtime.settings = runtime.settings.model_copy(update={"max_send_attempts": 1})
+    ids = send_to(client, make_stream(), [PHONE, REFUSED, PHONE])
     carrier = carrier_taking(runtime, 100, answer=refuses_requests_of_several)
-    delivery = delivery_with(runtime, carrier)
-    result = delivery.deliver_many(ids)
+    result = delivery_with(runtime, carrier).deliver_many(ids)
     assert result.failed == [] and result.handed_back == []
-    assert states(runtime, ids) == {i: ("queued", 1) for i in ids}
-    assert set(errors(runtime, ids).values()) == {"bad_request"}
-    with runtime.session_factory() as session:  # their back-off is over
-        session.execute(
-            update(Message)
-            .where(Message.id.in_([uuid.UUID(i) for i in ids]))
-            .values(not_before=runtime.clock() - timedelta(seconds=1))
-        )
-        session.commit()
-    for message_id in ids:  # the retries: a job of one message each
-        delivery.deliver(message_id)
     assert carrier.requests == [ids, *([i] for i in ids)]
-    assert states(runtime, ids) == {i: ("delivered", 2) for i in ids}
+    found = states(runtime, ids)
+    assert [found[i] for i in ids] == [("delivered", 1), ("failed", 1), ("delivered", 1)]
+    assert errors(runtime, ids)[ids[1]] == "sandbox_refused"  # its own answer
+
+
+def test_a_split_request_stops_sending_once_the_worker_is_stopping(runtime, client, make_stream):
+    """The worker begins stopping while a refused request of several is being split: the
+    messages not sent yet are given back, not sent."""
+    stopping = threading.Event()
+
+    def refuses_then_stops(messages):  # type: ignore[no-untyped-def]
+        if len(messages) > 1:
+            stopping.set()
+            raise ProviderError("bad_request", "HTTP 400", transient=False)
+        return SandboxProvider.send_batch(carrier, messages)
+
+    ids = send(client, make_stream(), 3)
+    carrier = carrier_taking(runtime, 100, answer=refuses_then_stops)
+    result = delivery_with(runtime, carrier).deliver_many(ids, stopping=stopping)
+    assert carrier.requests == [ids]
+    assert sorted(result.handed_back) == sorted(ids)
+    assert states(runtime, ids) == {i: ("queued", 0) for i in ids}
 
 
 def test_an_answer_that_is_neither_taken_nor_refused_is_an_error_of_that_message(

@@ -72,8 +72,10 @@ def test_invariant_2_worker_killed_during_a_batch_request(
     settings, runtime, client, make_stream, tmp_path
 ):
     """A batch job's messages go to the sandbox in one request; the worker dies while it
-    is out. Every message is delivered by the next worker, and the carrier took each
-    once."""
+    is out, before the carrier answered. Every message is delivered by the next worker
+    (none lost with the batch's claims), and the carrier counted each once. (The carrier
+    taking a request and the worker dying before recording it is the next test's case;
+    the repeats of a request are the sandbox's own test.)"""
     slow = settings.model_copy(
         update={"sandbox": settings.sandbox.model_copy(update={"latency_ms": 3000})}
     )

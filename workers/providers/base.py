@@ -97,9 +97,11 @@ class BatchProvider(Provider, Protocol):
     max_batch: int
 
     def send_batch(self, messages: Sequence[OutboundMessage]) -> list[Accepted | ProviderError]:
-        """Hand ``messages`` (at most ``max_batch``) to the carrier in one request; each
-        one's answer, in order. Raises ``ProviderError`` when the request as a whole failed
-        (then it is every message's answer)."""
+        """Hand ``messages`` (at most ``max_batch``, all from one carrier account:
+        ``rate_scope``) to the carrier in one request; each one's answer, in order. Raises
+        ``ProviderError`` when the request as a whole failed: a passing error is then every
+        message's answer; a permanent one names none of them, so each message is sent
+        again in a request of its own."""
         ...
 
 
