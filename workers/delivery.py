@@ -479,13 +479,9 @@ class Delivery:
                 with closing(self._calls.waves(calls, go_on, untaken=untaken)) as waves:
                     for wave in waves:
                         for index, call in wave:
-                            for i, answer in zip(
-                                requests[index],
-                                each_answer(call, len(requests[index])),
-                                strict=True,
-                            ):
-                                if (outcome := settle(together[i], answer)) is not None:
-                                    sent.append(outcome)
+                            request = [together[i] for i in requests[index]]
+                            answers = zip(request, each_answer(call, len(request)), strict=True)
+                            sent += [s for c, a in answers if (s := settle(c, a)) is not None]
                         wave_sent, sent = sent, []
                         record(wave_sent)
                 while alone:

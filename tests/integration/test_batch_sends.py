@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
@@ -296,3 +297,29 @@ def test_an_answer_that_is_neither_taken_nor_refused_is_an_error_of_that_message
     found = states(runtime, ids)
     assert [found[i] for i in ids] == [("delivered", 1), ("queued", 1), ("delivered", 1)]
     assert errors(runtime, ids)[ids[1]] == "provider_error"
+
+
+def test_invariant_1_an_interrupt_in_a_request_gives_back_the_claims_of_requests_never_made(
+    runtime, client, make_stream
+):
+    """The worker's thread is interrupted (dramatiq's time limit or shutdown raises in it)
+    while the second of three requests is out. The messages of the third, never offered,
+    go back to the queue at once; those of the first two, which the carrier may have
+    taken, are left to the claim lease."""
+    made = 0
+
+    def interrupted_on_the_second(messages):  # type: ignore[no-untyped-def]
+        nonlocal made
+        made += 1
+        if made == 2:
+            raise KeyboardInterrupt
+        return SandboxProvider.send_batch(carrier, messages)
+
+    ids = send(client, make_stream(), 10)
+    carrier = carrier_taking(runtime, 4, answer=interrupted_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        delivery_with(runtime, carrier).deliver_many(ids)
+    assert carrier.requests == [ids[0:4], ids[4:8]]
+    found = states(runtime, ids)
+    assert [found[i] for i in ids[0:8]] == [("sending", 1)] * 8
+    assert [found[i] for i in ids[8:10]] == [("queued", 0)] * 2

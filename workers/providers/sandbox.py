@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from threading import Lock
-from typing import cast
 
 import redis
 from redis.commands.core import Script
@@ -114,36 +113,34 @@ class SandboxProvider:
             )
         if self._settings.latency_ms:
             time.sleep(self._settings.latency_ms / 1000)
-        answers: list[Accepted | ProviderError | None] = []
-        taken: dict[int, tuple[str, Receipt]] = {}  # answer index: (reference, receipt)
-        for message in messages:
-            refusal, receipt = self._judge(message)
-            if receipt is not None:
-                taken[len(answers)] = (message.reference, receipt)
-            answers.append(refusal)
-        first_ids = self._record([reference for reference, _ in taken.values()])
-        for (index, (_, receipt)), first_id in zip(taken.items(), first_ids, strict=True):
-            answers[index] = Accepted(provider_message_id=first_id, receipt=receipt)
-        return cast(list[Accepted | ProviderError], answers)  # every None was replaced
+        judged = [self._judge(message) for message in messages]
+        taken = [
+            m.reference for m, j in zip(messages, judged, strict=True) if isinstance(j, Receipt)
+        ]
+        first_ids = iter(self._record(taken))
+        return [
+            Accepted(provider_message_id=next(first_ids), receipt=j)
+            if isinstance(j, Receipt)
+            else j
+            for j in judged
+        ]
 
-    def _judge(self, message: OutboundMessage) -> tuple[ProviderError | None, Receipt | None]:
+    def _judge(self, message: OutboundMessage) -> ProviderError | Receipt:
         """The carrier's answer to one message: a refusal, or the receipt it will send."""
         magic = MAGIC_NUMBERS.get(message.recipient[-6:])
         if magic == "refused" or self._random.random() < self._settings.failure_rate:
             refused = "The sandbox carrier refused the message."
-            return ProviderError("sandbox_refused", refused, transient=False), None
+            return ProviderError("sandbox_refused", refused, transient=False)
         if magic == "timeout" or self._random.random() < self._settings.transient_failure_rate:
             late = "The sandbox carrier did not answer in time."
-            return ProviderError("sandbox_timeout", late, transient=True), None
+            return ProviderError("sandbox_timeout", late, transient=True)
         if magic == "throttled":
             throttled = "The sandbox carrier is throttling (429)."
-            return ProviderError(
-                "sandbox_throttled", throttled, transient=True, retry_after=1.0
-            ), None
+            return ProviderError("sandbox_throttled", throttled, transient=True, retry_after=1.0)
         undelivered = (
             magic == "undelivered" or self._random.random() < self._settings.undelivered_rate
         )
-        return None, Receipt(
+        return Receipt(
             status="undelivered" if undelivered else "delivered",
             after_seconds=self._settings.receipt_delay_seconds,
         )
