@@ -10,12 +10,17 @@ serve``, each to a number of its own; ``--api messages`` posts a ready text to
 ``/v1/messages`` instead):
 
 (a) the marketing queue is empty (the marketing pool runs, idle);
-(b) ``--backlog`` marketing messages are queued and the marketing pool is draining them.
+(b) ``--backlog`` marketing messages are queued and the marketing pool is draining them;
+(c) the control: the marketing queue is empty, as in (a), and every core is kept busy by a
+    spinner under ``SCHED_IDLE`` in an idle CPU cgroup, which gives its core up the moment
+    anything else wakes (``bench/cpu_spinners.py`` says why it takes both). It is what busy
+    cores cost the OTP path by themselves, with no CPU share, lock, database or queue
+    taken from it. ``--no-busy-control`` leaves it out.
 
-With ``--rounds N`` each scenario runs N times back to back ((a) N times, then (b) N times
-on the same backlog, which must last that long: the report says if it ran dry). The headline
-figures pool the sends of all rounds: a p99 of 600 sends is their sixth slowest, which moves
-a lot from run to run; each round's own figures are reported too.
+With ``--rounds N`` each scenario runs N times back to back ((a) N times, (c) N times, then
+(b) N times on the same backlog, which must last that long: the report says if it ran dry).
+The headline figures pool the sends of all rounds: a p99 of 600 sends is their sixth
+slowest, which moves a lot from run to run; each round's own figures are reported too.
 
 Processes, as in production: ``streams serve`` (1 worker), ``streams worker --queues otp``
 (its own pool), ``streams worker --queues marketing``, ``streams relay``. The sandbox
@@ -35,7 +40,8 @@ when it began to accept the request, the same instant as its ``queued`` event):
 
 The backlog for (b) is written straight to PostgreSQL with COPY and pushed to Redis with a
 pipeline (``bench/backlog.py`` explains the exact keys). Targets (from the issue): p99 < 50 ms,
-and the loaded p99 ≤ 1.2 × the empty-queue p99.
+and the loaded p99 ≤ 1.2 × the empty-queue p99. The report also splits that ratio in two:
+(c)/(a), the machine's own cost of busy cores, and (b)/(c), what the backlog adds to it.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import os
 import statistics
 import time
 import uuid
@@ -66,6 +73,7 @@ from bench.backlog import (
     new_account,
     push_deliveries,
 )
+from bench.cpu_spinners import running_spinners
 from bench.environment import create_bench_stream, scratch_database, scratch_redis
 from bench.ingress_report import machine_info, write_report
 from bench.pools import (
@@ -127,6 +135,7 @@ class Options:
     settle: float
     marketing_nice: int
     otp_poll_ms: int
+    busy_control: bool
     postgres_url: str
     redis_url: str
     max_seconds: float
@@ -194,6 +203,13 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         "Procfile and deploy/k8s start it (OTP jobs ring the queue's doorbell); 5 = the "
         f"setting deployed before the doorbell ({OTP_POLL_MS})",
     )
+    parser.add_argument(
+        "--busy-control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run (c), the control: the marketing queue empty and every core kept busy "
+        "by an idle-priority spinner (on)",
+    )
     add_service_options(parser)
     args = parser.parse_args(argv)
     if min(args.rate, args.duration, args.rounds, args.otp_processes, args.otp_threads) <= 0:
@@ -204,7 +220,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     return Options(
         **{k: v for k, v in vars(args).items() if k != "max_seconds"},
         max_seconds=args.max_seconds
-        or 2 * args.rounds * args.duration + 600 + args.backlog / 2_000,
+        or 3 * args.rounds * args.duration + 600 + args.backlog / 2_000,
     )
 
 
@@ -226,6 +242,8 @@ class Scenario:
     ended_at: float = 0.0
     cpu_cores: dict[str, float] = field(default_factory=dict)
     marketing_queue: dict[str, int] = field(default_factory=dict)
+    #: WAL bytes the server wrote and checkpoints it began during the sends (all databases)
+    wal: dict[str, int] = field(default_factory=dict)
 
 
 class Recipients:
@@ -302,6 +320,7 @@ def pooled(name: str, rounds: list[Scenario]) -> Scenario:
     queue = {k: v for k, v in first.marketing_queue.items() if k.endswith("_before")}
     queue |= {k: v for k, v in last.marketing_queue.items() if k.endswith("_after")}
     queue["marketing_sends"] = sum(r.marketing_queue["marketing_sends"] for r in rounds)
+    wal = {key: sum(r.wal[key] for r in rounds) for key in first.wal}
     return Scenario(
         name,
         sends=[send for r in rounds for send in r.sends],
@@ -310,6 +329,7 @@ def pooled(name: str, rounds: list[Scenario]) -> Scenario:
         ended_at=first.started_at + sum(r.ended_at - r.started_at for r in rounds),
         cpu_cores=cpu,
         marketing_queue=queue,
+        wal=wal,
     )
 
 
@@ -387,6 +407,22 @@ def marketing_queue(redis_url: str) -> dict[str, int]:
         client.close()
 
 
+def wal_counters(database_url: str) -> tuple[int, int]:
+    """The server's WAL position in bytes and the checkpoints it has begun (timed and
+    requested; ``pg_stat_checkpointer`` from PostgreSQL 17, ``pg_stat_bgwriter`` before)."""
+    with psycopg.connect(database_url) as connection:
+        version = connection.info.server_version
+        checkpoints = (
+            "SELECT num_timed + num_requested FROM pg_stat_checkpointer"
+            if version >= 170000
+            else "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+        )
+        row = connection.execute(
+            f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint, ({checkpoints})"
+        ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
 def sends_between(database_url: str, start: float, end: float, stream_type: str) -> int:
     """``sending`` events of ``stream_type`` messages in [start, end) (epoch seconds)."""
     with psycopg.connect(database_url) as connection:
@@ -422,14 +458,25 @@ def run_scenario(
     token: str,
     database_url: str,
     recipients: Recipients,
+    spinners_pid: int | None = None,
 ) -> Scenario:
-    """Send the OTPs, wait until each was claimed (or 30 s), record CPU and marketing load."""
+    """Send the OTPs, wait until each was claimed (or 30 s), record CPU and marketing load
+    (and the control's spinners, if they run)."""
     redis_url = options.redis_url
     before = marketing_queue(redis_url)
-    cpu = CpuWatch(processes.trees())
+    trees = processes.trees()
+    if spinners_pid is not None:
+        trees["spinners"] = spinners_pid
+    cpu = CpuWatch(trees)
+    wal_before, checkpoints_before = wal_counters(database_url)
     cpu.start()
     scenario = send_otps(processes.ingress.base_url, token, options, recipients, name)
     scenario.cpu_cores = cpu.stop()
+    wal_after, checkpoints_after = wal_counters(database_url)
+    scenario.wal = {
+        "bytes": wal_after - wal_before,
+        "checkpoints": checkpoints_after - checkpoints_before,
+    }
     ids = [s.message_id for s in scenario.sends]
     wait_for(lambda: claimed_count(database_url, ids) >= len(ids), 30, f"OTPs of {name} claimed")
     scenario.marketing_queue = {
@@ -495,6 +542,22 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     for n in range(1, rounds + 1):
         progress(f"(a) empty marketing queue, round {n}/{rounds}: {per_round}")
         empties.append(run_scenario("empty", options, processes, token, database_url, recipients))
+    busies, spinners_priority = [], None
+    if options.busy_control:
+        spinners = os.cpu_count() or 1
+        log_path = RESULTS / f"{run_id}-spinners.log"
+        with running_spinners(spinners, log_path) as running:
+            spinners_priority = running.priority
+            for n in range(1, rounds + 1):
+                progress(
+                    f"(c) control: {spinners} idle-priority spinners, marketing queue empty, "
+                    f"round {n}/{rounds}: {per_round}"
+                )
+                busies.append(
+                    run_scenario(
+                        "busy", options, processes, token, database_url, recipients, running.pid
+                    )
+                )
 
     progress(f"writing {options.backlog} marketing messages with COPY")
     backlog = copy_messages(database_url, marketing, options.backlog, with_events=False)
@@ -509,13 +572,16 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     for n in range(1, rounds + 1):
         progress(f"(b) marketing backlog, round {n}/{rounds}: {per_round}")
         loads.append(run_scenario("loaded", options, processes, token, database_url, recipients))
-    empty, loaded = pooled("empty", empties), pooled("loaded", loads)
+    scenarios = [pooled("empty", empties), pooled("loaded", loads)]
+    if busies:
+        scenarios.append(pooled("busy", busies))
 
     round_p99s = []
-    for e, b in zip(empties, loads, strict=True):
+    for n, (e, b) in enumerate(zip(empties, loads, strict=True)):
+        pairs = [("empty", e), ("loaded", b)] + ([("busy", busies[n])] if busies else [])
         p99 = {
             name: latencies(database_url, redis_url, s)["accept_to_provider_ms"]["p99"]
-            for name, s in (("empty", e), ("loaded", b))
+            for name, s in pairs
         }
         round_p99s.append(
             p99
@@ -532,12 +598,14 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             "seconds": round(s.ended_at - s.started_at, 2),
             "cpu_cores": s.cpu_cores,
             "marketing": s.marketing_queue,
+            "wal": s.wal,
         }
-        for s in (empty, loaded)
+        for s in scenarios
     }
     empty_p99 = results["empty"]["accept_to_provider_ms"]["p99"]
     loaded_p99 = results["loaded"]["accept_to_provider_ms"]["p99"]
     factor = loaded_factor(empty_p99, loaded_p99)
+    busy_p99 = results["busy"]["accept_to_provider_ms"]["p99"] if "busy" in results else None
     return {
         "benchmark": "otp_latency",
         "parameters": asdict(options),
@@ -560,6 +628,11 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
             "target_loaded_factor": TARGET_LOADED_FACTOR,
             "loaded_factor_met": factor is not None and factor <= TARGET_LOADED_FACTOR,
             "round_factors": [r["factor"] for r in round_p99s],
+            # The control (c): the machine's own cost of busy cores, and the backlog's beyond it.
+            "busy_p99_ms": busy_p99,
+            "busy_spinners": spinners_priority,
+            "busy_factor": loaded_factor(empty_p99, busy_p99),
+            "loaded_over_busy": loaded_factor(busy_p99, loaded_p99),
         },
     }
 
@@ -588,7 +661,12 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"  {'':34s}{'n':>5s}{'p50':>8s}{'p90':>8s}{'p99':>8s}{'max':>8s}   ms",
     ]
-    labels = {"empty": "(a) empty marketing queue", "loaded": "(b) marketing backlog draining"}
+    labels = {
+        "empty": "(a) empty marketing queue",
+        "loaded": "(b) marketing backlog draining",
+        "busy": "(c) control: cores busy, queue empty",
+    }
+    labels = {name: label for name, label in labels.items() if name in report["scenarios"]}
     for name, label in labels.items():
         scenario = report["scenarios"][name]
         lines.append(f"  {label}")
@@ -610,12 +688,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"(b) {_verdict(summary['loaded_p99_met'])}",
         f"  loaded / empty p99: {summary['loaded_factor']}  (target ≤ "
         f"{summary['target_loaded_factor']}: {_verdict(summary['loaded_factor_met'])})",
+        *_control_lines(summary),
         *_round_lines(report.get("rounds", [])),
         "",
         "  during each scenario: errors; marketing messages sent (per second); jobs on "
         "dramatiq:marketing before → after",
         "  (a receipt given at once is recorded with its send, so the queue shrinks as it drains);"
-        " CPU in cores",
+        " WAL the server wrote and checkpoints it began; CPU in cores",
     ]
     for name in labels:
         scenario = report["scenarios"][name]
@@ -624,9 +703,32 @@ def format_report(report: dict[str, Any]) -> str:
             f"  {name:7s} errors {scenario['errors']}, marketing sent {market['marketing_sends']} "
             f"({market['marketing_sends'] / scenario['seconds']:.0f}/s), waiting "
             f"{market['jobs_waiting_before']:,} → {market['jobs_waiting_after']:,}; "
-            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            f"{_wal_text(scenario)}; " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
         )
     return "\n".join(lines)
+
+
+def _wal_text(scenario: dict[str, Any]) -> str:
+    """WAL per second (and per marketing message sent) and checkpoints begun."""
+    wal, seconds = scenario["wal"], max(scenario["seconds"], 1e-9)
+    sends = scenario["marketing"]["marketing_sends"]
+    per_message = f", {wal['bytes'] / sends / 1024:.1f} KiB per marketing message" if sends else ""
+    return (
+        f"WAL {wal['bytes'] / seconds / 2**20:.1f} MiB/s{per_message}, "
+        f"{wal['checkpoints']} checkpoints begun"
+    )
+
+
+def _control_lines(summary: dict[str, Any]) -> list[str]:
+    """The loaded / empty ratio split by the control (c), when it ran."""
+    if summary.get("busy_p99_ms") is None:
+        return []
+    return [
+        f"  control (c), cores kept busy by idle-priority spinners, no backlog: p99 "
+        f"{_ms(summary['busy_p99_ms']).strip()} ms; (c)/(a) {summary['busy_factor']} is what busy "
+        f"cores cost by themselves, (b)/(c) {summary['loaded_over_busy']} what the backlog adds",
+        f"    ({summary['busy_spinners']})",
+    ]
 
 
 def _round_lines(rounds: list[dict[str, Any]]) -> list[str]:
@@ -637,9 +739,10 @@ def _round_lines(rounds: list[dict[str, Any]]) -> list[str]:
     lines = [f"  {len(rounds)} rounds pooled above; each round's p99 (a) → (b), ratio:"]
     for n, r in enumerate(rounds, 1):
         dry = "  (the backlog ran dry)" if r["backlog_ran_dry"] else ""
+        control = f"; (c) {_ms(r['busy']).strip()} ms" if r.get("busy") is not None else ""
         lines.append(
             f"    round {n}: {_ms(r['empty']).strip()} → {_ms(r['loaded']).strip()} ms, "
-            f"{r['factor']}{dry}"
+            f"{r['factor']}{dry}{control}"
         )
     return lines
 
