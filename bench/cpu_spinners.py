@@ -42,28 +42,29 @@ if __package__ in (None, ""):
 from bench.runs import wait_for
 from bench.servers import running_process
 
-#: The idle CPU cgroup the spinners join, under each hierarchy that has ``cpu.idle``.
-CGROUP_NAME = "streams-bench-idle"
+#: The idle CPU cgroup the spinners join, under each hierarchy that has ``cpu.idle``: this
+#: prefix and the leader's pid, so that runs side by side never share (or remove) one.
+CGROUP_PREFIX = "streams-bench-idle"
 CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu"))
 AUTOGROUP_FILE = Path("/proc/self/autogroup")
 
 
-def idle_cgroups() -> list[Path]:
-    """The idle cgroup's directory under each CPU hierarchy of this machine: cgroup v2 with
-    the ``cpu`` controller, or v1's ``cpu``."""
+def idle_cgroups(leader: int) -> list[Path]:
+    """The directory of ``leader``'s idle cgroup under each CPU hierarchy of this machine:
+    cgroup v2 with the ``cpu`` controller, or v1's ``cpu``."""
     groups = []
     for root in CGROUP_ROOTS:
         controllers = root / "cgroup.controllers"
         v2 = controllers.exists() and "cpu" in controllers.read_text().split()
         if v2 or (root / "cpu.shares").exists():
-            groups.append(root / CGROUP_NAME)
+            groups.append(root / f"{CGROUP_PREFIX}-{leader}")
     return groups
 
 
 def join_idle_cgroup() -> Path | None:
     """Move this process into an idle CPU cgroup; the cgroup's directory, or ``None`` where
     the kernel or the permissions refuse."""
-    for group in idle_cgroups():
+    for group in idle_cgroups(os.getpid()):
         try:
             subtree = group.parent / "cgroup.subtree_control"
             if subtree.exists():  # v2: the parent hands the cpu controller down
@@ -96,14 +97,22 @@ def lowest_priority() -> str:
     return f"{policy}, autogroup nice 19; NOT in an idle group (the cgroup was refused)"
 
 
+#: The first word of the leader's first line, which says where the spinners run.
+READY = "spinners:"
+
+
 def spin(count: int) -> None:
-    """Spin in ``count`` processes (this one and ``count - 1`` forks) until killed."""
-    print(f"spinners: {count}, {lowest_priority()}", flush=True)  # the children inherit it
+    """Spin in ``count`` processes (this one and ``count - 1`` forks) until killed, or until
+    the process that started each one is gone: spinners left behind by a benchmark killed
+    with SIGKILL would turn every later run into a "busy" one."""
+    print(f"{READY} {count}, {lowest_priority()}", flush=True)  # the children inherit it
     for _ in range(count - 1):
         if os.fork() == 0:
             break
-    while True:
-        pass
+    parent = os.getppid()
+    while os.getppid() == parent:
+        for _ in range(1_000_000):  # about 20 ms of CPython between checks
+            pass
 
 
 @dataclass(frozen=True)
@@ -116,19 +125,25 @@ class Spinners:
 def running_spinners(count: int, log_path: Path) -> Iterator[Spinners]:
     """Run ``count`` spinners for the duration of the block, then remove their cgroup."""
     argv = [sys.executable, str(Path(__file__).resolve()), str(count)]
+    leader = None
     try:
         with running_process("cpu spinners", argv, log_path=log_path, grace=2.0) as process:
+            leader = process.pid
             wait_for(lambda: bool(log_path.read_text().strip()), 10, "the spinners' first line")
-            yield Spinners(process.pid, log_path.read_text().splitlines()[0])
+            first = log_path.read_text().splitlines()[0]
+            if process.poll() is not None or not first.startswith(READY):
+                raise RuntimeError(f"the spinners did not start:\n{log_path.read_text()}")
+            yield Spinners(leader, first)
     finally:
-        remove_idle_cgroups()
+        if leader is not None:
+            remove_idle_cgroups(leader)
 
 
-def remove_idle_cgroups(patience: float = 2.0) -> None:
-    """Remove the idle cgroups once the spinners killed with them have left (best effort: an
-    empty cgroup left behind costs nothing)."""
+def remove_idle_cgroups(leader: int, patience: float = 2.0) -> None:
+    """Remove ``leader``'s idle cgroups once the spinners killed with them have left (best
+    effort: an empty cgroup left behind costs nothing)."""
     deadline = time.monotonic() + patience
-    for group in idle_cgroups():
+    for group in idle_cgroups(leader):
         while group.exists():
             try:
                 group.rmdir()

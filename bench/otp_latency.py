@@ -17,8 +17,8 @@ serve``, each to a number of its own; ``--api messages`` posts a ready text to
     cores cost the OTP path by themselves, with no CPU share, lock, database or queue
     taken from it. ``--no-busy-control`` leaves it out.
 
-With ``--rounds N`` each scenario runs N times back to back ((a) N times, (c) N times, then
-(b) N times on the same backlog, which must last that long: the report says if it ran dry).
+With ``--rounds N`` each scenario runs N times: (a) and (c) in turns, then (b) N times back to
+back on the same backlog, which must last that long (the report says if it ran dry).
 The headline figures pool the sends of all rounds: a p99 of 600 sends is their sixth
 slowest, which moves a lot from run to run; each round's own figures are reported too.
 
@@ -33,8 +33,8 @@ when it began to accept the request, the same instant as its ``queued`` event):
   message in its Redis ledger (``streams:sandbox:ref:<id>``, written when it takes the
   message; with zero latency that is the provider call). The ledger key has no timestamp but
   is set with a TTL of 7 days, so its creation time is ``Redis TIME − (7 days − PTTL)``,
-  exact to the millisecond when TIME and the TTLs are read at one instant (in one script:
-  ``PTTLS_AT_ONE_INSTANT``).
+  to about 0.1 ms when TIME and the TTLs are read with no other client's command between
+  them (in one script: ``PTTLS_AT_ONE_INSTANT``).
 * **accept → claim**: the ``sending`` event, written when the worker claims the message,
   right after admission and one transaction before the provider call.
 * **HTTP**: the request's round trip as the sender saw it (accept, store, enqueue).
@@ -54,6 +54,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -343,11 +344,13 @@ def claimed_count(database_url: str, ids: list[str]) -> int:
     return int(row[0]) if row else 0
 
 
-#: TIME and the PTTL of each key in one script. Redis runs a script alone, so every reading
-#: is of one instant. A pipeline is not: Redis reads a long one in chunks and serves other
-#: clients between them, so with the marketing pool busy on Redis the last keys' TTLs were
-#: read milliseconds after TIME, and their messages seemed to reach the carrier that much
-#: sooner (one run's loaded p50 came out at 1.1 ms, below its accept → claim).
+#: TIME and the PTTL of each key in one script. Redis runs a script alone, so no other
+#: client's command comes between the readings (Redis 7.0 still reads its live clock for
+#: each PTTL: the last of a call's keys is read some 0.1 ms after TIME). A pipeline is not
+#: run alone: Redis reads a long one in chunks and serves other clients between them, so
+#: with the marketing pool busy on Redis the last keys' TTLs were read milliseconds after
+#: TIME, and their messages seemed to reach the carrier that much sooner (one run's loaded
+#: p50 came out at 1.1 ms, below its accept → claim).
 PTTLS_AT_ONE_INSTANT = """
 local now = redis.call('TIME')
 local out = {now[1], now[2]}
@@ -355,7 +358,7 @@ for i, key in ipairs(KEYS) do out[i + 2] = redis.call('PTTL', key) end
 return out
 """
 #: Keys per script call: a call blocks Redis while it runs (about 1 µs a key).
-PTTL_CHUNK = 500
+PTTL_CHUNK = 100
 
 
 def ledger_written_ms(redis_url: str, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, float]:
@@ -393,7 +396,9 @@ def latencies(database_url: str, redis_url: str, scenario: Scenario) -> dict[str
             (ids,),
         ).fetchall()
     accepted = {row[0]: row[1] * 1000 for row in rows}
-    claimed = {row[0]: row[2] * 1000 for row in rows}
+    claimed: dict[uuid.UUID, float] = {}
+    for message_id, _, claimed_at in rows:  # the first claim: a retaken one has two
+        claimed[message_id] = min(claimed.get(message_id, math.inf), claimed_at * 1000)
     written = ledger_written_ms(redis_url, ids)
     provider_ms = [at - accepted[i] for i, at in written.items() if i in accepted]
     return {
@@ -567,26 +572,27 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
 
     rounds = options.rounds
     per_round = f"{options.rate:g} OTP/s for {options.duration:g} s"
-    empties = []
+    # (a) and (c) take turns, round by round, so that the host's mood, which moves from
+    # minute to minute on a shared virtual machine, weighs on both alike.
+    empties, busies, spinners_priority = [], [], None
+    spinners = os.cpu_count() or 1
     for n in range(1, rounds + 1):
         progress(f"(a) empty marketing queue, round {n}/{rounds}: {per_round}")
         empties.append(run_scenario("empty", options, processes, token, database_url, recipients))
-    busies, spinners_priority = [], None
-    if options.busy_control:
-        spinners = os.cpu_count() or 1
-        log_path = RESULTS / f"{run_id}-spinners.log"
+        if not options.busy_control:
+            continue
+        log_path = RESULTS / f"{run_id}-spinners-{n}.log"
         with running_spinners(spinners, log_path) as running:
             spinners_priority = running.priority
-            for n in range(1, rounds + 1):
-                progress(
-                    f"(c) control: {spinners} idle-priority spinners, marketing queue empty, "
-                    f"round {n}/{rounds}: {per_round}"
+            progress(
+                f"(c) control: {spinners} idle-priority spinners, marketing queue empty, "
+                f"round {n}/{rounds}: {per_round}"
+            )
+            busies.append(
+                run_scenario(
+                    "busy", options, processes, token, database_url, recipients, running.pid
                 )
-                busies.append(
-                    run_scenario(
-                        "busy", options, processes, token, database_url, recipients, running.pid
-                    )
-                )
+            )
 
     progress(f"writing {options.backlog} marketing messages with COPY")
     backlog = copy_messages(database_url, marketing, options.backlog, with_events=False)
