@@ -31,7 +31,7 @@ from core.runtime import Runtime
 from core.stream_rules import shown_status
 from schemas.enums import IN_FLIGHT_MESSAGE_STATUSES, StreamStatus, StreamType
 from schemas.stats import RealtimeSnapshot
-from schemas.tables import Message, Stream, StreamTag
+from schemas.tables import Message, Stream, StreamTag, status_is
 
 log = structlog.get_logger(__name__)
 
@@ -100,7 +100,7 @@ def load_feed_streams(
         select(literal(1))
         .where(
             Message.stream_id == Stream.id,
-            Message.status.in_([s.value for s in IN_FLIGHT_MESSAGE_STATUSES]),
+            status_is(*IN_FLIGHT_MESSAGE_STATUSES),
         )
         .correlate(Stream)
         .limit(IN_FLIGHT_CAP)

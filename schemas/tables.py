@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -17,9 +18,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    literal,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from schemas.enums import IN_FLIGHT_MESSAGE_STATUSES, MessageStatus
 
 
 class Base(DeclarativeBase):
@@ -86,24 +90,48 @@ class StreamTag(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
 
 
+#: The in-flight statuses as an index predicate: ``status IN ('queued', 'sending')``.
+IN_FLIGHT_PREDICATE = "status IN ({})".format(
+    ", ".join(f"'{status.value}'" for status in sorted(IN_FLIGHT_MESSAGE_STATUSES))
+)
+
+
+def _partial(name: str, *columns: str, where: str) -> Index:
+    """An index over the rows that meet ``where`` (PostgreSQL and SQLite alike)."""
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
+
+
 class Message(Base):
     __tablename__ = "messages"
+    # Each status change rewrites the row, and the new row enters every index whose predicate
+    # it meets; so the status searches have partial indexes over the few messages in the
+    # states they search, none over the many final ones (why: migration 0011). A query that
+    # means to use one spells its status with ``status_is``.
     __table_args__ = (
         UniqueConstraint("stream_id", "internal_id", name="uq_messages_stream_internal_id"),
-        Index("ix_messages_stream_status", "stream_id", "status"),
-        Index("ix_messages_status_enqueued", "status", "enqueued_at"),
         Index("ix_messages_account_created", "account_id", "created_at"),
-        Index("ix_messages_status_not_before", "status", "not_before"),
-        Index("ix_messages_provider_message_id", "provider", "provider_message_id"),
+        _partial(
+            "ix_messages_provider_message_id_present",
+            "provider",
+            "provider_message_id",
+            where="provider_message_id IS NOT NULL",
+        ),
+        _partial("ix_messages_in_flight_stream", "stream_id", where=IN_FLIGHT_PREDICATE),
+        _partial("ix_messages_scheduled_send_at", "send_at", where="status = 'scheduled'"),
+        _partial("ix_messages_sending_claimed", "claimed_at", where="status = 'sending'"),
+        _partial(
+            "ix_messages_unmarked_not_before",
+            "not_before",
+            where="status = 'queued' AND enqueued_at IS NULL",
+        ),
         # The relay's lost-job sweep: queued messages of a type marked enqueued before a time
         # (why this shape: migration 0007).
-        Index(
+        _partial(
             "ix_messages_queued_type_enqueued",
             "status",
             "stream_type",
             "enqueued_at",
-            postgresql_where=text("status = 'queued' AND enqueued_at IS NOT NULL"),
-            sqlite_where=text("status = 'queued' AND enqueued_at IS NOT NULL"),
+            where="status = 'queued' AND enqueued_at IS NOT NULL",
         ),
     )
 
@@ -142,6 +170,18 @@ class Message(Base):
     #: The text to send when ``body`` had to be masked (it holds an OTP code), sealed with
     #: ``SecretBox``; cleared once the message is sent or final (``core.sealed_bodies``).
     sealed_body: Mapped[str | None] = mapped_column(Text)
+
+
+def status_is(*statuses: MessageStatus) -> ColumnElement[bool]:
+    """``messages.status`` is one of ``statuses``, written into the statement as constants
+    rather than sent as parameters. A partial index on a status is only usable when the
+    planner can prove its predicate from the query; with parameters it cannot, once
+    PostgreSQL settles on a generic plan for a statement psycopg has prepared."""
+    column = Message.__table__.c.status
+    constants = [
+        literal(status.value, String(20), literal_execute=True) for status in sorted(statuses)
+    ]
+    return column == constants[0] if len(constants) == 1 else column.in_(constants)
 
 
 class MessageEvent(Base):

@@ -39,7 +39,7 @@ from core.provider_choice import NOT_IDEMPOTENT_TYPES
 from core.stats_rollup import rollup_upsert_sql
 from core.suppressions import is_suppressed_clause
 from schemas.enums import MessageStatus, StreamStatus, StreamType
-from schemas.tables import Stream
+from schemas.tables import Stream, status_is
 
 STREAMS: Table = Stream.__table__  # type: ignore[assignment]
 #: A stream in one of these does not send: its messages are parked.
@@ -102,7 +102,7 @@ def stale_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
     (``core.provider_choice.NOT_IDEMPOTENT_TYPES``). ``cutoff`` and ``max_attempts`` are
     values or bind parameters."""
     return and_(
-        MESSAGES.c.status == MessageStatus.sending.value,
+        status_is(MessageStatus.sending),
         MESSAGES.c.claimed_at < cutoff,
         MESSAGES.c.attempts < max_attempts,
         MESSAGES.c.stream_type.not_in(sorted(NOT_IDEMPOTENT_TYPES)),
@@ -140,7 +140,7 @@ def spent_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
     ``max_attempts``, or its provider would not recognise a send offered twice. The carrier
     may have taken it, so the relay fails it as a dead letter (``workers.relay``)."""
     return and_(
-        MESSAGES.c.status == MessageStatus.sending.value,
+        status_is(MessageStatus.sending),
         MESSAGES.c.claimed_at < cutoff,
         or_(
             MESSAGES.c.attempts >= max_attempts,

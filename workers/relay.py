@@ -48,7 +48,7 @@ from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
-from schemas.tables import Message, Stream
+from schemas.tables import Message, Stream, status_is
 from workers.claims import RETRY_HOLD, spent_claim, stale_claim
 from workers.queueing import enqueue_delivery, subscribe_status_followups
 
@@ -111,7 +111,7 @@ class Relay:
             claims_spent=claims_spent,
             released=self._back_to_queued(
                 MessageStatus.scheduled,
-                (Message.status == MessageStatus.scheduled.value, Message.send_at <= horizon),
+                (status_is(MessageStatus.scheduled), Message.send_at <= horizon),
                 due=Message.send_at,
                 detail="released at send_at",
                 reason="scheduled",
@@ -306,7 +306,7 @@ class Relay:
                 select(Message.id, Message.stream_type, Message.not_before)
                 .join(Stream, Stream.id == Message.stream_id)
                 .where(
-                    Message.status == MessageStatus.queued.value,
+                    status_is(MessageStatus.queued),
                     _SENDABLE_STREAM,
                     *where,
                 )

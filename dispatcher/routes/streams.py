@@ -42,7 +42,7 @@ from schemas.streams import (
     TokenOut,
     TokenReset,
 )
-from schemas.tables import Message, Stream, StreamTag
+from schemas.tables import Message, Stream, StreamTag, status_is
 
 router = APIRouter(prefix="/api/v1/streams", tags=["streams"])
 log = structlog.get_logger(__name__)
@@ -136,7 +136,7 @@ def _in_flight(session: Session, stream_ids: list[uuid.UUID]) -> set[uuid.UUID]:
         select(Message.stream_id)
         .where(
             Message.stream_id.in_(stream_ids),
-            Message.status.in_([s.value for s in IN_FLIGHT_MESSAGE_STATUSES]),
+            status_is(*IN_FLIGHT_MESSAGE_STATUSES),
         )
         .group_by(Message.stream_id)
     ).scalars()
@@ -242,7 +242,7 @@ def _status_condition(status: StreamStatus, now: datetime):  # type: ignore[no-u
         ),
         exists().where(
             Message.stream_id == Stream.id,
-            Message.status.in_([s.value for s in IN_FLIGHT_MESSAGE_STATUSES]),
+            status_is(*IN_FLIGHT_MESSAGE_STATUSES),
         ),
     )
     if status is StreamStatus.sending:

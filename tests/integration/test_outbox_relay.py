@@ -13,6 +13,7 @@ from core.runtime import build_runtime
 from dispatcher.app import create_app
 from schemas.tables import Message, Stream
 from tests.conftest import CLIENT_IP, auth, message
+from tests.message_rows import message_rows
 from tests.processes import private_redis, wait_until
 from workers.pool import start_worker
 from workers.providers.sandbox import SandboxProvider
@@ -126,24 +127,7 @@ def test_the_lost_sweep_finds_lost_messages_by_index_not_by_walking_the_backlog(
     lost_after = timedelta(seconds=runtime.settings.relay_lost_after_seconds)
 
     def rows(stream, count, status, enqueued_at):
-        return [
-            {
-                "id": uuid.uuid4(),
-                "account_id": account_id,
-                "stream_id": uuid.UUID(stream["id"]),
-                "stream_type": stream["type"],
-                "recipient": "+972524265292",
-                "body": "Your parcel is on its way",
-                "segments": 1,
-                "encoding": "GSM-7",
-                "status": status,
-                "attempts": 1,
-                "created_at": now - timedelta(days=1),
-                "updated_at": now - timedelta(days=1),
-                "enqueued_at": enqueued_at,
-            }
-            for _ in range(count)
-        ]
+        return message_rows(stream, account_id, count, now, status=status, enqueued_at=enqueued_at)
 
     history = [
         row

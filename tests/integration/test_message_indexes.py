@@ -1,0 +1,146 @@
+"""The status searches on ``messages`` read partial indexes over the few messages in the
+state they search (migration 0011), with the status spelled as a constant, so that neither a
+custom nor a generic plan walks the table of delivered messages. And a delivered message is
+in none of them: its status changes add no entries there."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import event, insert, select, text
+
+from core.runtime import build_runtime
+from dispatcher.realtime_feed import FeedFilters, load_feed_streams
+from schemas.tables import Message, Stream
+from tests.conftest import auth
+from tests.message_rows import message_rows
+from workers.relay import Relay
+
+STATUS_INDEXES = {
+    "ix_messages_in_flight_stream",
+    "ix_messages_scheduled_send_at",
+    "ix_messages_sending_claimed",
+    "ix_messages_unmarked_not_before",
+    "ix_messages_queued_type_enqueued",
+}
+
+
+def _reads_of_messages_by_status(engine, work) -> list[tuple[str, dict]]:
+    """The SELECTs on messages with a status condition that ``work`` ran on ``engine``."""
+    seen: list[tuple[str, dict]] = []
+
+    def keep(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "messages.status" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", keep)
+    try:
+        work()
+    finally:
+        event.remove(engine, "before_cursor_execute", keep)
+    return seen
+
+
+def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
+    runtime, client, account_key, make_stream
+):
+    orders = make_stream()
+    with runtime.session_factory() as session:
+        account_id = session.scalar(
+            select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
+        )
+    now = runtime.clock()
+    lease = timedelta(seconds=runtime.settings.claim_lease_seconds)
+    delivered = message_rows(orders, account_id, 20_000, now, status="delivered")
+
+    def rows(status: str, **fields):
+        return message_rows(orders, account_id, 3, now, status=status, **fields)
+
+    waiting = (
+        rows("scheduled", send_at=now, enqueued_at=None)
+        + rows("sending", claimed_at=now - 2 * lease)
+        + rows("queued", enqueued_at=None, not_before=now)  # held
+        + rows("queued", enqueued_at=None)  # not yet marked
+    )
+    with runtime.session_factory() as session:
+        session.execute(insert(Message), delivered + waiting)
+        session.commit()
+    with runtime.engine.connect() as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.commit()
+
+    relay_runtime = build_runtime(runtime.settings.model_copy(update={"relay_batch": 50}))
+    try:
+        reads = _reads_of_messages_by_status(
+            relay_runtime.engine, lambda: Relay(relay_runtime).sweep()
+        )
+    finally:
+        relay_runtime.close()
+
+    def console() -> None:
+        for status in ("sending", "ready"):
+            listed = client.get(f"/api/v1/streams?status={status}", headers=auth(account_key))
+            assert listed.status_code == 200, listed.text
+        load_feed_streams(runtime, account_id, FeedFilters(), now)
+
+    reads += _reads_of_messages_by_status(runtime.engine, console)
+
+    assert len(reads) >= 6, [statement for statement, _ in reads]
+    with runtime.engine.connect() as connection:
+        for statement, parameters in reads:
+            assert "messages.status = %(" not in statement, statement
+            assert "messages.status IN (%(" not in statement, statement
+            plan = "\n".join(
+                connection.exec_driver_sql("EXPLAIN " + statement, parameters).scalars()
+            )
+            assert "Seq Scan on messages" not in plan, plan
+            assert any(name in plan for name in STATUS_INDEXES), plan
+
+
+def _entries(connection, index: str) -> int:
+    """Leaf items of a small B-tree index (one leaf page), dead rows' included."""
+    root = connection.execute(text("SELECT root FROM bt_metap(:i)"), {"i": index}).scalar_one()
+    if root == 0:
+        return 0
+    return connection.execute(
+        text("SELECT count(*) FROM bt_page_items(:i, :root)"), {"i": index, "root": root}
+    ).scalar_one()
+
+
+def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime, make_stream):
+    """Queued (marked) → sending → sent → delivered, each change a new row version: the
+    status indexes gain an entry only where the new version is in their state."""
+    orders = make_stream()
+    now = runtime.clock()
+    with runtime.session_factory() as session:
+        account_id = session.scalar(
+            select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
+        )
+        [row] = message_rows(orders, account_id, 1, now, status="queued")
+        session.execute(insert(Message), [row])
+        session.commit()
+    changes = [
+        {"status": "sending", "claimed_at": now},
+        {"status": "sent", "provider": "sandbox", "provider_message_id": "sbx-1"},
+        {"status": "delivered"},
+    ]
+    with runtime.engine.connect() as connection:
+        for change in changes:
+            connection.execute(
+                Message.__table__.update().where(Message.id == row["id"]).values(**change)
+            )
+            connection.commit()
+        connection.execute(text("CREATE EXTENSION IF NOT EXISTS pageinspect"))
+        entries = {
+            name: _entries(connection, name)
+            for name in sorted(STATUS_INDEXES | {"ix_messages_provider_message_id_present"})
+        }
+    assert entries == {
+        "ix_messages_in_flight_stream": 2,  # queued, sending
+        "ix_messages_provider_message_id_present": 2,  # sent, delivered
+        "ix_messages_queued_type_enqueued": 1,  # queued (marked)
+        "ix_messages_scheduled_send_at": 0,
+        "ix_messages_sending_claimed": 1,  # sending
+        "ix_messages_unmarked_not_before": 0,
+    }

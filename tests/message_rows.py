@@ -1,0 +1,33 @@
+"""Rows of ``messages`` written straight to the table, for tests that need many of them in
+given states (a delivered history, a backlog) faster than the API would make them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+
+def message_rows(
+    stream: dict[str, Any], account_id: uuid.UUID, count: int, now: datetime, **fields: Any
+) -> list[dict[str, Any]]:
+    """``count`` one-segment messages of ``stream`` (an API body), made and marked enqueued
+    a day before ``now``; ``fields`` override any column (``status`` is required)."""
+    return [
+        {
+            "id": uuid.uuid4(),
+            "account_id": account_id,
+            "stream_id": uuid.UUID(stream["id"]),
+            "stream_type": stream["type"],
+            "recipient": "+972524265292",
+            "body": "Your parcel is on its way",
+            "segments": 1,
+            "encoding": "GSM-7",
+            "attempts": 1,
+            "created_at": now - timedelta(days=1),
+            "updated_at": now - timedelta(days=1),
+            "enqueued_at": now - timedelta(days=1),
+            **fields,
+        }
+        for _ in range(count)
+    ]
