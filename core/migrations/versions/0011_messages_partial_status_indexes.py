@@ -80,8 +80,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The same care the other way: a leftover of a failed build is dropped before each.
     with op.get_context().autocommit_block():
         for name, columns in WHOLE.items():
+            op.drop_index(name, table_name="messages", if_exists=True, postgresql_concurrently=True)
             op.create_index(name, "messages", columns, postgresql_concurrently=True)
         for name in PARTIAL:
-            op.drop_index(name, table_name="messages", postgresql_concurrently=True)
+            op.drop_index(name, table_name="messages", if_exists=True, postgresql_concurrently=True)
