@@ -116,7 +116,9 @@ class Message(Base):
             "provider_message_id",
             where="provider_message_id IS NOT NULL",
         ),
-        _partial("ix_messages_in_flight_stream", "stream_id", where=IN_FLIGHT_PREDICATE),
+        _partial(
+            "ix_messages_in_flight_stream", "stream_id", "created_at", where=IN_FLIGHT_PREDICATE
+        ),
         _partial("ix_messages_scheduled_send_at", "send_at", where="status = 'scheduled'"),
         _partial("ix_messages_sending_claimed", "claimed_at", where="status = 'sending'"),
         _partial(

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import and_, exists, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
@@ -129,16 +129,30 @@ def _normalised_tags(tags: list[str]) -> list[str]:
 # ---------------------------------------------------------------- views
 
 
+def _has_in_flight() -> ColumnElement[bool]:
+    """The stream (correlated) has a queued or sending message.
+
+    Asked as the oldest such message's ``created_at``, which PostgreSQL reads as the first
+    entry of ``ix_messages_in_flight_stream`` for the stream: one index probe, with or
+    without messages. ``EXISTS`` reads the same, but only when the planner expects few
+    matches; behind a large backlog it expects a match within a few rows of any scan, and
+    for a stream with none walked the whole table (18 ms per stream on 200,000 rows)."""
+    oldest = (
+        select(func.min(Message.created_at))
+        .where(Message.stream_id == Stream.id, status_is(*IN_FLIGHT_MESSAGE_STATUSES))
+        .correlate(Stream)
+        .scalar_subquery()
+    )
+    return oldest.is_not(None)
+
+
 def _in_flight(session: Session, stream_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of ``stream_ids`` have messages in flight (a probe per stream, not a walk of
+    their backlogs)."""
     if not stream_ids:
         return set()
     rows = session.execute(
-        select(Message.stream_id)
-        .where(
-            Message.stream_id.in_(stream_ids),
-            status_is(*IN_FLIGHT_MESSAGE_STATUSES),
-        )
-        .group_by(Message.stream_id)
+        select(Stream.id).where(Stream.id.in_(stream_ids), _has_in_flight())
     ).scalars()
     return set(rows)
 
@@ -240,10 +254,7 @@ def _status_condition(status: StreamStatus, now: datetime):  # type: ignore[no-u
         and_(
             Stream.last_activity_at.is_not(None), Stream.last_activity_at >= now - ACTIVITY_WINDOW
         ),
-        exists().where(
-            Message.stream_id == Stream.id,
-            status_is(*IN_FLIGHT_MESSAGE_STATUSES),
-        ),
+        _has_in_flight(),
     )
     if status is StreamStatus.sending:
         return and_(Stream.status == StreamStatus.ready.value, active)

@@ -114,9 +114,10 @@ def _expected_index(statement: str) -> str:
     raise AssertionError(f"a status search the test does not know: {statement}")
 
 
-def _generic_plan(connection, statement: str, parameters: dict) -> str:
+def _generic_plan(connection, statement: str, parameters: dict, *, analyze: bool = False) -> str:
     """The plan PostgreSQL uses for ``statement`` once it settles on a generic plan, as it may
-    for a statement psycopg has prepared (the values of the parameters unknown to it)."""
+    for a statement psycopg has prepared (the values of the parameters unknown to it); with
+    ``analyze``, run, with the rows each step read."""
     names: list[str] = []
 
     def placeholder(match: re.Match[str]) -> str:
@@ -133,11 +134,59 @@ def _generic_plan(connection, statement: str, parameters: dict) -> str:
         cursor.execute(f"PREPARE status_search AS {prepared}")
         try:
             cursor.execute("SET plan_cache_mode = force_generic_plan")
-            cursor.execute(f"EXPLAIN EXECUTE status_search({values})")
+            explain = "EXPLAIN (ANALYZE, TIMING OFF)" if analyze else "EXPLAIN"
+            cursor.execute(f"{explain} EXECUTE status_search({values})")
             return "\n".join(row[0] for row in cursor.fetchall())
         finally:
             cursor.execute("DEALLOCATE status_search")
             cursor.execute("RESET plan_cache_mode")
+
+
+def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
+    runtime, client, account_key, make_stream
+):
+    """Whether a stream has messages in flight (the list's status, its status filter) costs
+    one index probe per stream: it neither reads a busy stream's whole backlog nor, for an
+    idle stream, walks the table, which the planner is tempted to do when nearly every
+    message is in flight and it expects a match within a few rows."""
+    busy, idle = make_stream(), make_stream(name="Codes", type="otp")
+    with runtime.session_factory() as session:
+        account_id = session.scalar(
+            select(Stream.account_id).where(Stream.id == uuid.UUID(busy["id"]))
+        )
+        now = runtime.clock()
+        session.execute(
+            insert(Message), message_rows(busy, account_id, 5_000, now, status="queued")
+        )
+        session.commit()
+    with runtime.engine.connect() as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.commit()
+
+    def console() -> None:
+        for query in ("", "?status=sending", "?status=ready"):
+            listed = client.get(f"/api/v1/streams{query}", headers=auth(account_key))
+            assert listed.status_code == 200, listed.text
+            shown = {s["id"]: s["status"] for s in listed.json()["items"]}
+            assert shown.get(busy["id"], "sending") == "sending", shown
+            assert shown.get(idle["id"], "ready") == "ready", shown
+
+    reads = _reads_of_messages_by_status(runtime.engine, console)
+    assert len(reads) >= 3, reads
+    with runtime.engine.connect() as connection:
+        for statement, parameters in reads:
+            for plan in (
+                "\n".join(
+                    connection.exec_driver_sql(
+                        "EXPLAIN (ANALYZE, TIMING OFF) " + statement, parameters
+                    ).scalars()
+                ),
+                _generic_plan(connection, statement, parameters, analyze=True),
+            ):
+                assert "Seq Scan on messages" not in plan, plan
+                read = re.findall(r"ix_messages_in_flight_stream .*actual rows=(\d+)", plan)
+                assert read, plan
+                assert max(int(rows) for rows in read) <= 1, plan
 
 
 def _entries(connection, index: str) -> int:

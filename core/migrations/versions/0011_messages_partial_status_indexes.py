@@ -14,8 +14,9 @@ states by status. They were the larger part of the write-ahead log a delivery wr
 They are replaced by partial indexes, one per search, each over the few messages in the
 state it searches:
 
-* ``ix_messages_in_flight_stream``: a stream's queued or sending messages (the streams list's
-  status and the realtime feed's in-flight count);
+* ``ix_messages_in_flight_stream``: a stream's queued or sending messages, oldest first (the
+  streams list's status asks for the oldest, one probe per stream; the realtime feed counts
+  them);
 * ``ix_messages_scheduled_send_at``: scheduled messages by release time (the relay);
 * ``ix_messages_sending_claimed``: claims by age (the relay's lease checks);
 * ``ix_messages_unmarked_not_before``: queued messages off the broker, held or not yet marked
@@ -40,7 +41,10 @@ branch_labels = None
 depends_on = None
 
 PARTIAL = {
-    "ix_messages_in_flight_stream": (["stream_id"], "status IN ('queued', 'sending')"),
+    "ix_messages_in_flight_stream": (
+        ["stream_id", "created_at"],
+        "status IN ('queued', 'sending')",
+    ),
     "ix_messages_scheduled_send_at": (["send_at"], "status = 'scheduled'"),
     "ix_messages_sending_claimed": (["claimed_at"], "status = 'sending'"),
     "ix_messages_unmarked_not_before": (
