@@ -160,16 +160,20 @@ def copy_messages(
     *,
     two_segment_share: float = 0.0,
     with_events: bool = True,
+    send_at: datetime | None = None,
 ) -> LoadedBacklog:
     """COPY ``count`` queued messages of ``stream`` (and their ``queued`` history rows, unless
     ``with_events`` is False) in one transaction, then ANALYZE them; returns their ids in
-    queue order."""
+    queue order. With ``send_at``, the messages are ``scheduled`` for then instead, off the
+    broker (``enqueued_at`` NULL), for the relay to release."""
     started = time.perf_counter()
     now = utcnow()
     counted = {text: count_segments(text) for text in (SHORT_TEXT, LONG_TEXT)}
     ids: list[uuid.UUID] = []
     segments: dict[uuid.UUID, int] = {}
-    columns = ", ".join(_MESSAGE_COLUMNS)
+    status = MessageStatus.scheduled if send_at is not None else MessageStatus.queued
+    enqueued_at = None if send_at is not None else now
+    columns = ", ".join((*_MESSAGE_COLUMNS, "send_at"))
     with psycopg.connect(database_url) as connection, connection.cursor() as cursor:
         with cursor.copy(f"COPY messages ({columns}) FROM STDIN") as copy:
             for text in texts_for(count, two_segment_share):
@@ -181,13 +185,13 @@ def copy_messages(
                     (
                         message_id, stream.account_id, stream.id, stream.type.value, SENDER,
                         RECIPIENT, text, size.segments, size.encoding,
-                        MessageStatus.queued.value, 0, now, now, now,
+                        status.value, 0, enqueued_at, now, now, send_at,
                     )
                 )  # fmt: skip
         if with_events:
             with cursor.copy("COPY message_events (message_id, status, at) FROM STDIN") as copy:
                 for message_id in ids:
-                    copy.write_row((message_id, MessageStatus.queued.value, now))
+                    copy.write_row((message_id, status.value, now))
         connection.commit()
     analyze_messages(database_url)
     return LoadedBacklog(ids, segments, now, time.perf_counter() - started)

@@ -22,6 +22,12 @@ marketing by default, concurrent single sends become batch jobs; with
 ``STREAMS_PACKED_SINGLE_SEND_QUEUES=marketing`` transactional ones stay a job each). Their
 jobs are held aside while the pool starts and moved back when the clock starts.
 
+``--preload relay`` stores the backlog as a campaign ``scheduled`` a moment ahead, with a
+``streams relay`` running: the clock starts at the scheduled time, and the relay releases the
+messages onto the queue (up to ``STREAMS_RELAY_LOOKAHEAD_SECONDS`` early, as delayed jobs) in
+the jobs it makes. ``STREAMS_ENQUEUE_CHUNK_SIZE=1`` gives the relay's one job per message of
+before 7 December 2026.
+
 **no-op**: the same with ``bench/noop_worker.py`` (same broker and middleware, same process
 and thread counts, same Redis) and N jobs of an actor that returns at once; the clock runs
 until the queue is empty and every job acknowledged.
@@ -43,6 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -77,6 +84,7 @@ from bench.pools import (
     queue_lengths,
     running_ingress,
     running_pool,
+    running_relay,
     streams_worker_argv,
 )
 from bench.preload import held_queue, send_singles
@@ -134,10 +142,11 @@ def parse_options(argv: Sequence[str] | None) -> Options:
     )
     parser.add_argument(
         "--preload",
-        choices=("direct", "ingress"),
+        choices=("direct", "ingress", "relay"),
         default="direct",
-        help="make the backlog directly (COPY and jobs pushed to Redis, default) or as single "
-        "sends through a running `streams serve`, with the job shapes the ingress gives them",
+        help="make the backlog directly (COPY and jobs pushed to Redis, default), as single "
+        "sends through a running `streams serve`, with the job shapes the ingress gives them, "
+        "or as a campaign scheduled a moment ahead that a running `streams relay` releases",
     )
     parser.add_argument(
         "--stream-type",
@@ -174,8 +183,8 @@ def parse_options(argv: Sequence[str] | None) -> Options:
             "--messages, --job-size, --concurrency, --processes, --threads, --rounds must be "
             "positive"
         )
-    if args.preload == "ingress" and args.job_size != 1:
-        parser.error("--job-size is the ingress' choice with --preload ingress")
+    if args.preload != "direct" and args.job_size != 1:
+        parser.error(f"with --preload {args.preload}, the {args.preload} chooses the job sizes")
     if args.preload == "ingress" and args.stream_type == StreamType.otp.value:
         parser.error("--stream-type otp needs --preload direct: the preload posts ready texts")
     runs = 2 * args.rounds + (1 if args.profile else 0)
@@ -256,6 +265,9 @@ class Backlog:
     jobs: int
     push: Callable[[], float]
     preload: dict[str, Any] | None = None
+    #: With ``--preload relay``: called once the pool is up, schedules the messages and
+    #: returns the time they are due (epoch seconds), when the clock starts.
+    schedule: Callable[[], float] | None = None
 
 
 def redis_commands(redis_url: str) -> int:
@@ -300,6 +312,8 @@ def streams_pool(bench: Bench, label: str) -> AbstractContextManager[Pool]:
 def _timed_streams(
     bench: Bench, kind: str, pool: Pool, backlog: Backlog, done_before: int
 ) -> Drain:
+    if backlog.schedule is not None:
+        time.sleep(max(0.0, backlog.schedule() - time.time()))
     drain = _timed(
         bench,
         kind,
@@ -316,6 +330,8 @@ def make_backlog(bench: Bench, stack: ExitStack) -> Backlog:
     ``stack`` with ``--preload ingress``). A receipt given at once is recorded with the
     send, so there is one delivery job per message or per chunk, and no receipt job."""
     options = bench.options
+    if options.preload == "relay":
+        return _scheduled_backlog(bench, stack)
     if bench.ingress is None:
         assert bench.stream is not None
         ids = copy_messages(bench.database_url, bench.stream, options.messages).ids
@@ -348,6 +364,42 @@ def make_backlog(bench: Bench, stack: ExitStack) -> Backlog:
             "concurrency": options.concurrency,
         },
     )
+
+
+#: How far ahead of the clock's start the relay's campaign is scheduled: time for the
+#: relay to see it and for the pool to start (the relay may release it a second early).
+SCHEDULED_AHEAD_SECONDS = 2.0
+
+
+def _scheduled_backlog(bench: Bench, stack: ExitStack) -> Backlog:
+    """N messages scheduled for a moment that becomes the clock's start, and a running
+    ``streams relay`` to release them. They are stored for tomorrow, then moved to their
+    time once the relay runs, so that the COPY's length does not eat into the lead."""
+    assert bench.stream is not None
+    options = bench.options
+    tomorrow = time.time() + 86_400
+    ids = copy_messages(
+        bench.database_url,
+        bench.stream,
+        options.messages,
+        send_at=datetime.fromtimestamp(tomorrow, UTC),
+    ).ids
+    stack.enter_context(
+        running_relay(bench.env, RESULTS / f"{bench.run_id}-relay-{time.monotonic_ns()}.log")
+    )
+
+    def schedule() -> float:
+        due = time.time() + SCHEDULED_AHEAD_SECONDS
+        with psycopg.connect(bench.database_url) as connection:
+            connection.execute(
+                "UPDATE messages SET send_at = %s WHERE id = ANY(%s)",
+                (datetime.fromtimestamp(due, UTC), ids),
+            )
+        analyze_messages(bench.database_url)
+        return due
+
+    chunk = int(bench.env.get("STREAMS_ENQUEUE_CHUNK_SIZE", "20"))
+    return Backlog(jobs=-(-options.messages // chunk), push=lambda: 0.0, schedule=schedule)
 
 
 def _all_delivered(database_url: str, wanted: int) -> float | None:
@@ -557,6 +609,8 @@ PRELOADS = {
     "(bench/backlog.py); the ingress is not involved",
     "ingress": "through the ingress: single sends posted to `streams serve`, jobs held aside "
     "until the clock starts (bench/preload.py)",
+    "relay": "through the relay: COPY as scheduled, released by a running `streams relay` "
+    "from the scheduled time, when the clock starts",
 }
 
 

@@ -55,11 +55,14 @@ def enqueue_delivery(
     )
 
 
-def enqueue_deliveries(broker: dramatiq.Broker, queue: str, message_ids: list[str]) -> None:
-    """One job for several messages of one queue (one broker round trip instead of many);
-    a single id goes as an ordinary delivery job."""
+def enqueue_deliveries(
+    broker: dramatiq.Broker, queue: str, message_ids: list[str], *, delay_ms: int | None = None
+) -> None:
+    """One job for several messages of one queue (one broker round trip instead of many,
+    and one claim and one record for them all), delayed by ``delay_ms`` if given; a single
+    id goes as an ordinary delivery job."""
     if len(message_ids) == 1:
-        enqueue_delivery(broker, queue, message_ids[0])
+        enqueue_delivery(broker, queue, message_ids[0], delay_ms=delay_ms)
         return
     broker.enqueue(
         dramatiq.Message(
@@ -68,7 +71,8 @@ def enqueue_deliveries(broker: dramatiq.Broker, queue: str, message_ids: list[st
             args=(message_ids,),
             kwargs={},
             options={},
-        )
+        ),
+        delay=delay_ms or None,
     )
 
 

@@ -15,10 +15,11 @@ from schemas.tables import Message, Stream
 from tests.conftest import CLIENT_IP, auth, message
 from tests.message_rows import message_rows
 from tests.processes import private_redis, wait_until
+from tests.queued_jobs import delayed_jobs_on, jobs_on
 from workers.pool import start_worker
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import enqueue_delivery
-from workers.relay import Relay
+from workers.relay import RELEASE_STEP_MS, Relay
 
 
 def statuses(runtime) -> dict[str, int]:
@@ -192,7 +193,9 @@ def test_invariant_1_a_released_message_taken_at_once_is_delivered(
     worker = delivery_with(runtime, SandboxProvider(settings.sandbox, runtime.redis))
     takers: list[threading.Thread] = []
 
-    def taken_at_once(broker, queue, job_id, delay_ms=None):
+    def taken_at_once(broker, queue, message_ids, delay_ms=None):
+        # One id goes as an ordinary delivery job (``enqueue_deliveries``).
+        [job_id] = message_ids
         taker = threading.Thread(target=worker.deliver, args=(job_id,))
         takers.append(taker)
         taker.start()
@@ -200,7 +203,7 @@ def test_invariant_1_a_released_message_taken_at_once_is_delivered(
         # still holds the row locked, the worker's claim waits for it instead).
         taker.join(timeout=1)
 
-    monkeypatch.setattr(relay_module, "enqueue_delivery", taken_at_once)
+    monkeypatch.setattr(relay_module, "enqueue_deliveries", taken_at_once)
     clock.advance(6)  # the relay sweeps after send_at (it was down, say)
     assert Relay(runtime).sweep().released == 1
     for taker in takers:
@@ -231,12 +234,12 @@ def test_invariant_1_a_release_the_broker_refused_is_enqueued_by_the_next_sweep(
             headers=auth(stream["token"]),
         ).json()["results"][0]["message_id"]
     )
-    enqueued: list[tuple[str, int | None]] = []
+    enqueued: list[tuple[list[str], int | None]] = []
 
-    def broker_down(broker, queue, job_id, delay_ms=None):
+    def broker_down(broker, queue, message_ids, delay_ms=None):
         raise ConnectionError("Redis is down")
 
-    monkeypatch.setattr(relay_module, "enqueue_delivery", broker_down)
+    monkeypatch.setattr(relay_module, "enqueue_deliveries", broker_down)
     clock.advance(4.5)  # within the look-ahead: released, due in half a second
     assert Relay(runtime).sweep().released == 0
     with runtime.session_factory() as session:
@@ -249,10 +252,63 @@ def test_invariant_1_a_release_the_broker_refused_is_enqueued_by_the_next_sweep(
 
     monkeypatch.setattr(
         relay_module,
-        "enqueue_delivery",
-        lambda broker, queue, job_id, delay_ms=None: enqueued.append((job_id, delay_ms)),
+        "enqueue_deliveries",
+        lambda broker, queue, message_ids, delay_ms=None: enqueued.append((message_ids, delay_ms)),
     )
     assert Relay(runtime).sweep().held_released == 1
-    assert enqueued == [(str(message_id), 500)]
+    assert enqueued == [([str(message_id)], 500)]
     with runtime.session_factory() as session:
         assert session.get(Message, message_id).enqueued_at is not None
+
+
+def test_a_scheduled_campaign_is_released_in_batch_jobs_never_early_and_otp_one_by_one(
+    runtime, make_stream, redis_client
+):
+    """The relay enqueues as the ingress does single sends: batch jobs of up to
+    ``enqueue_chunk_size`` on the packed queues, delayed to their time rounded up, never
+    down; a job per message on the others (OTP: invariant 6). Each message is in one job."""
+    orders, codes = make_stream(), make_stream(name="Codes", type="otp")
+    with runtime.session_factory() as session:
+        account_id = session.scalar(
+            select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
+        )
+    now = runtime.clock()
+    later = now + timedelta(milliseconds=450)  # within the relay's look-ahead
+
+    def scheduled(stream, count, send_at):
+        return message_rows(
+            stream, account_id, count, now, status="scheduled", send_at=send_at, enqueued_at=None
+        )
+
+    due_now, due_later, otps = (
+        scheduled(orders, 45, now),
+        scheduled(orders, 25, later),
+        scheduled(codes, 3, now),
+    )
+    with runtime.session_factory() as session:
+        session.execute(insert(Message), due_now + due_later + otps)
+        session.commit()
+
+    assert Relay(runtime).sweep().released == 73
+
+    batches = jobs_on(redis_client, "transactional")
+    assert sorted(len(ids) for _, ids in batches) == [5, 20, 20]
+    assert {actor for actor, _ in batches} == {"deliver_batch_transactional"}
+    delayed = delayed_jobs_on(redis_client, "transactional")
+    assert sorted(len(ids) for _, ids in delayed) == [5, 20]
+    later_ms = later.timestamp() * 1000
+    for eta, _ in delayed:
+        assert later_ms <= eta <= later_ms + RELEASE_STEP_MS + 500, eta - later_ms
+    singles = jobs_on(redis_client, "otp")
+    assert sorted(len(ids) for _, ids in singles) == [1, 1, 1]
+    assert {actor for actor, _ in singles} == {"deliver_otp"}
+
+    enqueued = [i for _, ids in batches + singles for i in ids] + [
+        i for _, ids in delayed for i in ids
+    ]
+    assert sorted(enqueued) == sorted(str(r["id"]) for r in due_now + due_later + otps)
+    with runtime.session_factory() as session:
+        unmarked = session.scalar(
+            select(func.count()).select_from(Message).where(Message.enqueued_at.is_(None))
+        )
+    assert unmarked == 0

@@ -5,28 +5,17 @@ everywhere else (OTP above all: invariant 6)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 
 import pytest
 
-from core.broker import NAMESPACE
 from dispatcher.auth import find_stream_access
 from dispatcher.intake import prepare_item
 from schemas.enums import StreamType
 from tests.conftest import message
+from tests.queued_jobs import jobs_on
 
 SENDS = 45
-
-
-def jobs_on(redis_client, queue: str) -> list[tuple[str, list[str]]]:
-    """(actor, message ids) of every job waiting on ``queue``."""
-    jobs = []
-    for raw in redis_client.hvals(f"{NAMESPACE}:{queue}.msgs"):
-        job = json.loads(raw)
-        args = job["args"][0]
-        jobs.append((job["actor_name"], args if isinstance(args, list) else [args]))
-    return jobs
 
 
 def send_together(app, runtime, token: str, count: int) -> set[str]:
