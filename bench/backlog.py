@@ -289,7 +289,8 @@ def push_deliveries(
     redis_url: str, queue: str, ids: Sequence[uuid.UUID], *, job_size: int = 1
 ) -> tuple[int, float]:
     """The delivery jobs of ``ids`` on their type's queue: one ``deliver_<queue>`` job per
-    message (``enqueue_delivery``: single sends, the relay), or with ``job_size`` > 1 one
+    message (``enqueue_delivery``: single sends and the relay's releases on the queues that are
+    not packed, and on every queue before 7 December 2026), or with ``job_size`` > 1 one
     ``deliver_batch_<queue>`` job per ``job_size`` messages (``enqueue_deliveries``: how the
     ingress enqueues a batch send, ``STREAMS_ENQUEUE_CHUNK_SIZE``). Returns the number of
     jobs and the seconds it took."""

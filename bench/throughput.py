@@ -24,9 +24,10 @@ jobs are held aside while the pool starts and moved back when the clock starts.
 
 ``--preload relay`` stores the backlog as a campaign ``scheduled`` a moment ahead, with a
 ``streams relay`` running: the clock starts at the scheduled time, and the relay releases the
-messages onto the queue (up to ``STREAMS_RELAY_LOOKAHEAD_SECONDS`` early, as delayed jobs) in
-the jobs it makes. ``STREAMS_ENQUEUE_CHUNK_SIZE=1`` gives the relay's one job per message of
-before 7 December 2026.
+messages onto the queue in the jobs it makes. The relay runs with no look-ahead and a sweep
+every 50 ms, so that its whole release is inside the clock (deployed, it works up to a
+second ahead, as delayed jobs). ``STREAMS_ENQUEUE_CHUNK_SIZE=1`` gives the relay's one
+job per message of before 7 December 2026.
 
 **no-op**: the same with ``bench/noop_worker.py`` (same broker and middleware, same process
 and thread counts, same Redis) and N jobs of an actor that returns at once; the clock runs
@@ -366,8 +367,8 @@ def make_backlog(bench: Bench, stack: ExitStack) -> Backlog:
     )
 
 
-#: How far ahead of the clock's start the relay's campaign is scheduled: time for the
-#: relay to see it and for the pool to start (the relay may release it a second early).
+#: How far ahead of the clock's start the relay's campaign is scheduled: time to move the
+#: stored messages to it (an UPDATE and an ANALYZE) before it comes.
 SCHEDULED_AHEAD_SECONDS = 2.0
 
 
@@ -384,8 +385,15 @@ def _scheduled_backlog(bench: Bench, stack: ExitStack) -> Backlog:
         options.messages,
         send_at=datetime.fromtimestamp(tomorrow, UTC),
     ).ids
+    # No look-ahead and a sweep every 50 ms: the relay starts releasing at the scheduled
+    # time, not up to a second before it, so all of its work is inside the clock.
+    relay_env = {
+        **bench.env,
+        "STREAMS_RELAY_LOOKAHEAD_SECONDS": "0",
+        "STREAMS_RELAY_INTERVAL_SECONDS": "0.05",
+    }
     stack.enter_context(
-        running_relay(bench.env, RESULTS / f"{bench.run_id}-relay-{time.monotonic_ns()}.log")
+        running_relay(relay_env, RESULTS / f"{bench.run_id}-relay-{time.monotonic_ns()}.log")
     )
 
     def schedule() -> float:
@@ -396,6 +404,8 @@ def _scheduled_backlog(bench: Bench, stack: ExitStack) -> Backlog:
                 (datetime.fromtimestamp(due, UTC), ids),
             )
         analyze_messages(bench.database_url)
+        if time.time() > due - 0.2:
+            raise RuntimeError("scheduling the campaign took its whole lead; raise the lead")
         return due
 
     chunk = int(bench.env.get("STREAMS_ENQUEUE_CHUNK_SIZE", "20"))

@@ -27,7 +27,8 @@
    with the delivery receipt when the provider reported it at once (the sandbox with no
    receipt delay); a later receipt comes as a job of its own.
 
-A single-message job (a lone send, a send to a queue that is not packed, the relay) shares
+A single-message job (a lone send, a send or a release by the relay to a queue that is not
+packed) shares
 steps 1 (folded) and 7 with the other delivery threads of its process
 (``workers.group_commit``): one transaction each for all the jobs waiting at that moment,
 while each job's provider call stays in its own thread.

@@ -62,7 +62,7 @@ def enqueue_deliveries(
     and one claim and one record for them all), delayed by ``delay_ms`` if given; a single
     id goes as an ordinary delivery job."""
     if len(message_ids) == 1:
-        enqueue_delivery(broker, queue, message_ids[0], delay_ms=delay_ms)
+        enqueue_delivery(broker, queue, message_ids[0], delay_ms=delay_ms or None)
         return
     broker.enqueue(
         dramatiq.Message(

@@ -266,14 +266,20 @@ def test_a_scheduled_campaign_is_released_in_batch_jobs_never_early_and_otp_one_
 ):
     """The relay enqueues as the ingress does single sends: batch jobs of up to
     ``enqueue_chunk_size`` on the packed queues, delayed to their time rounded up, never
-    down; a job per message on the others (OTP: invariant 6). Each message is in one job."""
+    down (``tests/unit/test_relay_jobs.py`` checks the rounding); a job per message on the
+    others (OTP: invariant 6). Each message is in one job."""
     orders, codes = make_stream(), make_stream(name="Codes", type="otp")
     with runtime.session_factory() as session:
         account_id = session.scalar(
             select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
         )
+    # A look-ahead of 5 s, so that messages due in 3 s are released now as delayed jobs
+    # however slow the machine is between here and the sweep.
+    relay_runtime = build_runtime(
+        runtime.settings.model_copy(update={"relay_lookahead_seconds": 5})
+    )
     now = runtime.clock()
-    later = now + timedelta(milliseconds=450)  # within the relay's look-ahead
+    later = now + timedelta(seconds=3)
 
     def scheduled(stream, count, send_at):
         return message_rows(
@@ -289,7 +295,10 @@ def test_a_scheduled_campaign_is_released_in_batch_jobs_never_early_and_otp_one_
         session.execute(insert(Message), due_now + due_later + otps)
         session.commit()
 
-    assert Relay(runtime).sweep().released == 73
+    try:
+        assert Relay(relay_runtime).sweep().released == 73
+    finally:
+        relay_runtime.close()
 
     batches = jobs_on(redis_client, "transactional")
     assert sorted(len(ids) for _, ids in batches) == [5, 20, 20]

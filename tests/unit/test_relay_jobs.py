@@ -40,7 +40,13 @@ def test_a_packed_queue_rounds_due_times_up_to_the_step_never_down():
             assert NOW + timedelta(milliseconds=delay - RELEASE_STEP_MS) < at  # within a step
 
 
-def test_other_queues_keep_a_job_per_message_at_its_own_millisecond():
-    rows = [due("otp", 150.7), due("otp", 150.7), due("otp", None)]
+def test_other_queues_keep_a_job_per_message_at_its_own_millisecond_rounded_up():
+    rows = [due("otp", 150.7), due("otp", 150.7), due("otp", None), due("otp", 16_100)]
     jobs = [(queue, delay, len(job)) for queue, delay, job in _jobs(rows, NOW, packed)]
-    assert jobs == [("otp", 150, 1), ("otp", 150, 1), ("otp", 0, 1)]
+    assert jobs == [("otp", 151, 1), ("otp", 151, 1), ("otp", 0, 1), ("otp", 16_100, 1)]
+
+
+def test_exact_steps_stay_exact_and_a_packed_queue_of_one_keeps_milliseconds():
+    rows = [due("marketing", 16_100), due("marketing", 100.001)]
+    assert [delay for _, delay, _ in _jobs(rows, NOW, packed)] == [16_100, 200]
+    assert [delay for _, delay, _ in _jobs(rows, NOW, lambda _queue: 1)] == [16_100, 101]
