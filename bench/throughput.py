@@ -102,6 +102,7 @@ from bench.runs import (
     stop_on_signals,
     wait_for,
 )
+from core.settings import Settings
 from schemas.enums import StreamType
 
 #: From the issue: the pipeline drains at least this share of the no-op actor's rate.
@@ -408,7 +409,11 @@ def _scheduled_backlog(bench: Bench, stack: ExitStack) -> Backlog:
             raise RuntimeError("scheduling the campaign took its whole lead; raise the lead")
         return due
 
-    chunk = int(bench.env.get("STREAMS_ENQUEUE_CHUNK_SIZE", "20"))
+    chunk = int(
+        bench.env.get(
+            "STREAMS_ENQUEUE_CHUNK_SIZE", Settings.model_fields["enqueue_chunk_size"].default
+        )
+    )
     return Backlog(jobs=-(-options.messages // chunk), push=lambda: 0.0, schedule=schedule)
 
 

@@ -28,7 +28,7 @@ from core.runtime import Runtime
 from dispatcher.auth import StreamAccess
 from dispatcher.intake import PreparedItem, store_prepared
 from schemas.messages import SendResult
-from workers.queueing import enqueue_committed
+from workers.queueing import enqueue_committed, single_send_chunk_size
 
 log = structlog.get_logger(__name__)
 
@@ -108,9 +108,8 @@ class GroupCommitter:
         return [results[position] for position in range(len(group))], to_enqueue
 
     def _enqueue(self, to_enqueue: dict[str, list[uuid.UUID]]) -> None:
-        # One job per message, so that no single send (OTP above all) waits in a batch job
-        # behind another message's provider call; the packed queues take the group as batch
-        # jobs.
-        packed = self._runtime.settings.packed_single_send_queues
+        settings = self._runtime.settings
         for queue, ids in to_enqueue.items():
-            enqueue_committed(self._runtime, queue, ids, chunk_size=None if queue in packed else 1)
+            enqueue_committed(
+                self._runtime, queue, ids, chunk_size=single_send_chunk_size(settings, queue)
+            )

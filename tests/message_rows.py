@@ -7,6 +7,16 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
+from schemas.tables import Stream
+
+
+def account_of(runtime: Any, stream: dict[str, Any]) -> uuid.UUID:
+    """The account that owns ``stream`` (an API body)."""
+    with runtime.session_factory() as session:
+        return session.scalar(select(Stream.account_id).where(Stream.id == uuid.UUID(stream["id"])))
+
 
 def message_rows(
     stream: dict[str, Any], account_id: uuid.UUID, count: int, now: datetime, **fields: Any

@@ -28,8 +28,7 @@
    receipt delay); a later receipt comes as a job of its own.
 
 A single-message job (a lone send, a send or a release by the relay to a queue that is not
-packed) shares
-steps 1 (folded) and 7 with the other delivery threads of its process
+packed) shares steps 1 (folded) and 7 with the other delivery threads of its process
 (``workers.group_commit``): one transaction each for all the jobs waiting at that moment,
 while each job's provider call stays in its own thread.
 

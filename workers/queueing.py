@@ -22,6 +22,7 @@ from schemas.tables import WaitingFollowUp
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
+    from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +54,14 @@ def enqueue_delivery(
         ),
         delay=delay_ms,
     )
+
+
+def single_send_chunk_size(settings: Settings, queue: str) -> int:
+    """Messages per job for sends that each came alone (the ingress' single sends, the
+    relay's releases): ``enqueue_chunk_size`` on the packed queues
+    (``packed_single_send_queues``), 1 elsewhere, so that no single send there (OTP above
+    all) waits in a batch job behind another message's provider call."""
+    return settings.enqueue_chunk_size if queue in settings.packed_single_send_queues else 1
 
 
 def enqueue_deliveries(

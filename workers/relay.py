@@ -25,6 +25,7 @@ several relays can run side by side.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -50,7 +51,11 @@ from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import Message, Stream, status_is
 from workers.claims import RETRY_HOLD, spent_claim, stale_claim
-from workers.queueing import enqueue_deliveries, subscribe_status_followups
+from workers.queueing import (
+    enqueue_deliveries,
+    single_send_chunk_size,
+    subscribe_status_followups,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -387,19 +392,13 @@ class Relay:
         return done
 
     def _enqueue(self, session: Session, rows: list[_Due], now: datetime) -> list[uuid.UUID]:
-        """Enqueue, delayed until each row's time, as the ingress enqueues single sends:
-        jobs of up to ``enqueue_chunk_size`` messages on the packed queues
-        (``packed_single_send_queues``), a job per message on the others (OTP's above all:
-        a message in a batch waits for the batch). One job per message cost the workers a
-        claim and a record each: a scheduled campaign drained at 0.14 × the no-op actor's
-        rate, against 1.14 packed (``bench/throughput.py --preload relay``). Then mark;
-        stops at the first broker failure, leaving the rest for the next sweep."""
-        settings = self.runtime.settings
-        packed = set(settings.packed_single_send_queues)
-
-        def size(queue: str) -> int:
-            return settings.enqueue_chunk_size if queue in packed else 1
-
+        """Enqueue, delayed until each row's time, in the jobs the ingress makes for single
+        sends (``single_send_chunk_size``: batch jobs on the packed queues, a job per message
+        on the others). One job per message cost the workers a claim and a record each: a
+        scheduled campaign drained at 0.14 × the no-op actor's rate, against 1.14 packed
+        (``bench/throughput.py --preload relay``). Then mark; stops at the first broker
+        failure, leaving the rest for the next sweep."""
+        size = functools.partial(single_send_chunk_size, self.runtime.settings)
         done: list[uuid.UUID] = []
         try:
             for queue, delay_ms, job in _jobs(rows, now, size):
@@ -407,7 +406,7 @@ class Relay:
                     self.runtime.broker,
                     queue,
                     [str(row.message_id) for row in job],
-                    delay_ms=delay_ms or None,
+                    delay_ms=delay_ms,
                 )
                 done.extend(row.message_id for row in job)
         except Exception as exc:

@@ -6,17 +6,16 @@ in none of them: its status changes add no entries there."""
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import timedelta
 
 import psycopg
-from sqlalchemy import event, insert, select, text
+from sqlalchemy import event, insert, text
 
 from core.runtime import build_runtime
 from dispatcher.realtime_feed import FeedFilters, load_feed_streams
-from schemas.tables import Message, Stream
+from schemas.tables import Message
 from tests.conftest import auth
-from tests.message_rows import message_rows
+from tests.message_rows import account_of, message_rows
 from workers.relay import Relay
 
 STATUS_INDEXES = {
@@ -48,10 +47,7 @@ def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
     runtime, client, account_key, make_stream
 ):
     orders = make_stream()
-    with runtime.session_factory() as session:
-        account_id = session.scalar(
-            select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
-        )
+    account_id = account_of(runtime, orders)
     now = runtime.clock()
     lease = timedelta(seconds=runtime.settings.claim_lease_seconds)
     delivered = message_rows(orders, account_id, 20_000, now, status="delivered")
@@ -150,10 +146,8 @@ def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
     idle stream, walks the table, which the planner is tempted to do when nearly every
     message is in flight and it expects a match within a few rows."""
     busy, idle = make_stream(), make_stream(name="Codes", type="otp")
+    account_id = account_of(runtime, busy)
     with runtime.session_factory() as session:
-        account_id = session.scalar(
-            select(Stream.account_id).where(Stream.id == uuid.UUID(busy["id"]))
-        )
         now = runtime.clock()
         session.execute(
             insert(Message), message_rows(busy, account_id, 5_000, now, status="queued")
@@ -204,10 +198,8 @@ def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime,
     status indexes gain an entry only where the new version is in their state."""
     orders = make_stream()
     now = runtime.clock()
+    account_id = account_of(runtime, orders)
     with runtime.session_factory() as session:
-        account_id = session.scalar(
-            select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
-        )
         [row] = message_rows(orders, account_id, 1, now, status="queued")
         session.execute(insert(Message), [row])
         session.commit()

@@ -11,9 +11,9 @@ from sqlalchemy import event, func, insert, select, text
 
 from core.runtime import build_runtime
 from dispatcher.app import create_app
-from schemas.tables import Message, Stream
+from schemas.tables import Message
 from tests.conftest import CLIENT_IP, auth, message
-from tests.message_rows import message_rows
+from tests.message_rows import account_of, message_rows
 from tests.processes import private_redis, wait_until
 from tests.queued_jobs import delayed_jobs_on, jobs_on
 from workers.pool import start_worker
@@ -122,8 +122,7 @@ def test_the_lost_sweep_finds_lost_messages_by_index_not_by_walking_the_backlog(
     sweep requeues those three, and each of its queries reads the partial index on queued,
     marked messages by type, rather than walking the queued backlog row by row."""
     orders, codes = make_stream(), make_stream(name="Codes", type="otp")
-    with runtime.session_factory() as session:
-        account_id = session.scalar(select(Stream.account_id).where(Stream.id == orders["id"]))
+    account_id = account_of(runtime, orders)
     now = runtime.clock()
     lost_after = timedelta(seconds=runtime.settings.relay_lost_after_seconds)
 
@@ -269,10 +268,7 @@ def test_a_scheduled_campaign_is_released_in_batch_jobs_never_early_and_otp_one_
     down (``tests/unit/test_relay_jobs.py`` checks the rounding); a job per message on the
     others (OTP: invariant 6). Each message is in one job."""
     orders, codes = make_stream(), make_stream(name="Codes", type="otp")
-    with runtime.session_factory() as session:
-        account_id = session.scalar(
-            select(Stream.account_id).where(Stream.id == uuid.UUID(orders["id"]))
-        )
+    account_id = account_of(runtime, orders)
     # A look-ahead of 5 s, so that messages due in 3 s are released now as delayed jobs
     # however slow the machine is between here and the sweep.
     relay_runtime = build_runtime(
@@ -321,3 +317,14 @@ def test_a_scheduled_campaign_is_released_in_batch_jobs_never_early_and_otp_one_
             select(func.count()).select_from(Message).where(Message.enqueued_at.is_(None))
         )
     assert unmarked == 0
+
+    # Invariants 1 and 2 on that path: a worker delivers every message of those jobs,
+    # the delayed batches too, and the carrier takes each once.
+    worker = start_worker(runtime, ["transactional", "otp"], threads=4)
+    try:
+        assert wait_until(lambda: statuses(runtime).get("delivered") == 73, timeout=30), statuses(
+            runtime
+        )
+    finally:
+        worker.stop(timeout=5_000)
+    assert SandboxProvider(runtime.settings.sandbox, runtime.redis).submissions() == 73
