@@ -138,13 +138,9 @@ def _generic_plan(connection, statement: str, parameters: dict, *, analyze: bool
             cursor.execute("RESET plan_cache_mode")
 
 
-def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
-    runtime, client, account_key, make_stream
-):
-    """Whether a stream has messages in flight (the list's status, its status filter) costs
-    one index probe per stream: it neither reads a busy stream's whole backlog nor, for an
-    idle stream, walks the table, which the planner is tempted to do when nearly every
-    message is in flight and it expects a match within a few rows."""
+def _busy_and_idle(runtime, make_stream):
+    """Two streams of one account: one with 5,000 messages queued (nearly every message of
+    the table in flight), one with none; the table analyzed. Returns both and the account."""
     busy, idle = make_stream(), make_stream(name="Codes", type="otp")
     account_id = account_of(runtime, busy)
     with runtime.session_factory() as session:
@@ -156,6 +152,25 @@ def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
     with runtime.engine.connect() as connection:
         connection.execute(text("ANALYZE messages"))
         connection.commit()
+    return busy, idle, account_id
+
+
+def _run_plans(connection, statement: str, parameters: dict) -> tuple[str, str]:
+    """``statement`` run under EXPLAIN ANALYZE with its custom plan, then its generic one."""
+    custom = connection.exec_driver_sql(
+        "EXPLAIN (ANALYZE, TIMING OFF) " + statement, parameters
+    ).scalars()
+    return "\n".join(custom), _generic_plan(connection, statement, parameters, analyze=True)
+
+
+def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
+    runtime, client, account_key, make_stream
+):
+    """Whether a stream has messages in flight (the list's status, its status filter) costs
+    one index probe per stream: it neither reads a busy stream's whole backlog nor, for an
+    idle stream, walks the table, which the planner is tempted to do when nearly every
+    message is in flight and it expects a match within a few rows."""
+    busy, idle, account_id = _busy_and_idle(runtime, make_stream)
 
     def console() -> None:
         for query in ("", "?status=sending", "?status=ready"):
@@ -169,14 +184,7 @@ def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
     assert len(reads) >= 3, reads
     with runtime.engine.connect() as connection:
         for statement, parameters in reads:
-            for plan in (
-                "\n".join(
-                    connection.exec_driver_sql(
-                        "EXPLAIN (ANALYZE, TIMING OFF) " + statement, parameters
-                    ).scalars()
-                ),
-                _generic_plan(connection, statement, parameters, analyze=True),
-            ):
+            for plan in _run_plans(connection, statement, parameters):
                 assert "Seq Scan on messages" not in plan, plan
                 read = re.findall(r"ix_messages_in_flight_stream .*actual rows=(\d+)", plan)
                 assert read, plan
@@ -227,3 +235,29 @@ def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime,
         "ix_messages_sending_claimed": 1,  # sending
         "ix_messages_unmarked_not_before": 0,
     }
+
+
+def test_the_realtime_feed_counts_in_flight_messages_from_their_index(runtime, make_stream):
+    """The realtime feed counts each stream's in-flight messages (up to its cap) once a
+    second per open feed. It walks the in-flight index of each stream; it does not read the
+    table, which the planner is tempted to do when nearly every message is in flight and it
+    expects the cap within a few rows: for an idle stream that is the whole table."""
+    busy, idle, account_id = _busy_and_idle(runtime, make_stream)
+
+    def feed() -> None:
+        counted = load_feed_streams(runtime, account_id, FeedFilters(), runtime.clock())
+        assert {str(s.id): s.in_flight for s in counted} == {busy["id"]: 5_000, idle["id"]: 0}
+
+    reads = _reads_of_messages_by_status(runtime.engine, feed)
+    assert len(reads) == 1, reads
+    statement, parameters = reads[0]
+    with runtime.engine.connect() as connection:
+        for plan in _run_plans(connection, statement, parameters):
+            assert "Seq Scan on messages" not in plan, plan
+            # Two probes, one per stream, reading the busy stream's 5,000 entries in all.
+            read = re.findall(
+                r"Index (?:Only )?Scan using ix_messages_in_flight_stream .*"
+                r"actual rows=(\d+) loops=(\d+)",
+                plan,
+            )
+            assert [(int(rows), int(loops)) for rows, loops in read] == [(2_500, 2)], plan
