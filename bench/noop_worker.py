@@ -24,6 +24,7 @@ import threading
 from collections.abc import Sequence
 
 import dramatiq
+from dramatiq.middleware import Retries
 
 from core.runtime import build_runtime
 from core.settings import Settings
@@ -45,7 +46,7 @@ def run_noop_process(queue: str, threads: int) -> None:
     broker = runtime.broker
     broker.declare_queue(queue)
     dramatiq.actor(noop, actor_name=NOOP_ACTOR, queue_name=queue, broker=broker)
-    broker.add_middleware(DeadLetters(runtime))
+    broker.add_middleware(DeadLetters(runtime), before=Retries)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

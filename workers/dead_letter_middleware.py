@@ -1,7 +1,11 @@
 """dramatiq middleware: when a delivery job keeps raising (a bug, the database gone) and
 dramatiq's Retries gives up, each message of the job that was still queued becomes
 ``failed`` and a dead letter here too, so the account sees it and can replay it.
-dramatiq's own dead-letter queue keeps a copy of the job."""
+dramatiq's own dead-letter queue keeps a copy of the job.
+
+dramatiq calls the after-hooks last middleware first, and Retries marks a job failed in its
+own: add this middleware before Retries (``workers.pool.start_worker`` does), so that it
+runs after it and sees the verdict."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 import structlog
+from dramatiq.middleware import Retries
 
 from core.logs import configure_logging
 from core.metrics import exposition_registry
@@ -68,7 +69,9 @@ def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> Runni
     declare_callback_actors(runtime.broker, CallbackSender(runtime), StatusFollowUp(runtime))
     subscribe_status_followups(runtime)
     if not any(isinstance(m, DeadLetters) for m in runtime.broker.middleware):
-        runtime.broker.add_middleware(DeadLetters(runtime))
+        # dramatiq calls the after-hooks last middleware first: placed before Retries,
+        # DeadLetters runs after it, once Retries has marked a job it gives up on failed.
+        runtime.broker.add_middleware(DeadLetters(runtime), before=Retries)
     worker = dramatiq.Worker(
         runtime.broker,
         queues=set(queues),

@@ -24,6 +24,7 @@ from tests.deploy.test_deploy_files import check_expression
 from tests.processes import pipeline, wait_until
 from tests.scrape import parse, value
 from workers.dead_letter_middleware import DeadLetters
+from workers.delivery import Delivery
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import delivery_actor_name, delivery_batch_actor_name
 
@@ -229,6 +230,39 @@ def test_a_message_being_sent_is_left_to_its_claim_when_dramatiq_gives_up(
     )
     assert status_of(runtime, message_id) == "sending"
     assert letters_of(runtime, message_id) == []
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["single job", "batch job"])
+def test_a_job_a_running_worker_gives_up_on_becomes_a_dead_letter(
+    runtime, client, make_stream, monkeypatch, redis_client, batch
+):
+    """Invariant 1, through a worker started as the pools start one: when a delivery job
+    keeps raising (the database gone) and dramatiq's Retries gives up on it, its message
+    becomes ``failed`` and a dead letter the account can see and replay, not only a job in
+    dramatiq's dead-letter queue. dramatiq calls the after-hooks last middleware first, so
+    this holds only with ``DeadLetters`` running after Retries has marked the job failed."""
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+
+    def database_down(*_args, **_kwargs):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(Delivery, "deliver_many", database_down)
+    actor = (delivery_batch_actor_name if batch else delivery_actor_name)("transactional")
+    with pipeline(runtime, ["transactional"], relay=False):
+        runtime.broker.enqueue(
+            dramatiq.Message(
+                queue_name="transactional",
+                actor_name=actor,
+                args=([message_id],) if batch else (message_id,),
+                kwargs={},
+                options={"max_retries": 0},  # its first failure is its last
+            )
+        )
+        assert wait_until(lambda: status_of(runtime, message_id) == "failed", 20)
+    assert redis_client.zcard("dramatiq:transactional.XQ") == 1  # dramatiq's copy too
+    [letter] = letters_of(runtime, message_id)
+    assert (letter.reason, letter.error_message) == ("worker_error", "RuntimeError")
 
 
 def test_a_single_job_dramatiq_gave_up_on_is_still_a_dead_letter(runtime, client, make_stream):
