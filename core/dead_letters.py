@@ -37,7 +37,7 @@ def record_dead_letter(
         queue=message.stream_type,
         reason=reason,
         error_message=error_message,
-        attempts=message.attempts,
+        attempts=message.attempts - message.attempts_base,  # this round's
         created_at=at,
     )
     session.add(letter)
@@ -121,7 +121,10 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
         at=at,
         detail="replayed from dead letters",
         values={
-            "attempts": 0,
+            # A new round of attempts. The claims go on numbering from where they were: a
+            # worker still holding an old claim (stalled past the lease) finds its number
+            # taken and cannot record its outcome on the replay's claim.
+            "attempts_base": Message.__table__.c.attempts,
             "error_code": None,
             "error_message": None,
             "enqueued_at": None,

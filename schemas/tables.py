@@ -154,7 +154,13 @@ class Message(Base):
     send_at: Mapped[datetime | None]
     provider: Mapped[str | None] = mapped_column(String(32))
     provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    #: Claims made, ever: each claim counts one, and the outcome of a claim is recorded only
+    #: while this is still that claim's number (``core.message_states``), so it never goes
+    #: back (a replay does not reset it).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: ``attempts`` when the current round of ``max_send_attempts`` began: 0, or where a
+    #: replay of its dead letter left it. The attempts of this round are the difference.
+    attempts_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: Set once the message reached the broker; NULL rows are the relay's outbox.
     enqueued_at: Mapped[datetime | None]
     #: When a worker claimed it (``queued → sending``); a stale claim is reclaimed.

@@ -68,6 +68,7 @@ _JOB_COLUMNS = (
     MESSAGES.c.segments,
     MESSAGES.c.encoding,
     MESSAGES.c.attempts,
+    MESSAGES.c.attempts_base,
     MESSAGES.c.expires_at,
     MESSAGES.c.content,
     MESSAGES.c.callback_url,
@@ -96,6 +97,12 @@ RETRY_HOLD = "retry"
 RETRY_EARLY_SLACK = timedelta(seconds=1)
 
 
+def attempts_used() -> ColumnElement[int]:
+    """The attempts of the message's current round (since its last replay), which
+    ``max_send_attempts`` bounds; ``attempts`` itself numbers every claim ever made."""
+    return MESSAGES.c.attempts - MESSAGES.c.attempts_base
+
+
 def stale_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
     """A claim that outlived its lease (its worker died, or its record failed) and may be
     taken again: it has attempts left, and its provider recognises a send offered twice
@@ -104,7 +111,7 @@ def stale_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
     return and_(
         status_is(MessageStatus.sending),
         MESSAGES.c.claimed_at < cutoff,
-        MESSAGES.c.attempts < max_attempts,
+        attempts_used() < max_attempts,
         MESSAGES.c.stream_type.not_in(sorted(NOT_IDEMPOTENT_TYPES)),
     )
 
@@ -112,15 +119,16 @@ def stale_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
 def may_retake(
     stream_type: str,
     claimed_at: datetime | None,
-    attempts: int,
+    attempts_used: int,
     cutoff: datetime,
     max_attempts: int,
 ) -> bool:
-    """``stale_claim`` for a loaded row (``cutoff``: the moment the lease began)."""
+    """``stale_claim`` for a loaded row (``cutoff``: the moment the lease began;
+    ``attempts_used``: ``attempts - attempts_base``)."""
     return (
         claimed_at is not None
         and as_utc(claimed_at) < cutoff
-        and attempts < max_attempts
+        and attempts_used < max_attempts
         and stream_type not in NOT_IDEMPOTENT_TYPES
     )
 
@@ -143,7 +151,7 @@ def spent_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
         status_is(MessageStatus.sending),
         MESSAGES.c.claimed_at < cutoff,
         or_(
-            MESSAGES.c.attempts >= max_attempts,
+            attempts_used() >= max_attempts,
             MESSAGES.c.stream_type.in_(sorted(NOT_IDEMPOTENT_TYPES)),
         ),
     )

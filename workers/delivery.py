@@ -285,7 +285,8 @@ class Delivery:
         """The ``Job`` of a loaded message that may go on, or None when it may not (it was
         skipped, failed, parked or rejected in ``session``)."""
         log_ = log.bind(message_id=str(row.id))
-        if not self._waiting(row.status, row.stream_type, row.claimed_at, row.attempts, now):
+        used = row.attempts - row.attempts_base
+        if not self._waiting(row.status, row.stream_type, row.claimed_at, used, now):
             log_.debug("delivery_skipped", status=row.status)
             return None
         if row.status == MessageStatus.queued.value and retry_not_due(
@@ -340,6 +341,7 @@ class Delivery:
             segments=row.segments,
             encoding=row.encoding,
             attempts=row.attempts,
+            attempts_base=row.attempts_base,
             expires_at=as_utc(row.expires_at) if row.expires_at else None,
             demo=row.demo,
             settings=dict(row.settings or {}),
@@ -541,7 +543,7 @@ class Delivery:
         status: str,
         stream_type: str,
         claimed_at: datetime | None,
-        attempts: int,
+        attempts_used: int,
         now: datetime,
     ) -> bool:
         """Queued, or a stale claim that may be taken again (the claim's own rule,
@@ -551,7 +553,7 @@ class Delivery:
         settings = self.runtime.settings
         cutoff = now - timedelta(seconds=settings.claim_lease_seconds)
         return status == MessageStatus.sending.value and may_retake(
-            stream_type, claimed_at, attempts, cutoff, settings.max_send_attempts
+            stream_type, claimed_at, attempts_used, cutoff, settings.max_send_attempts
         )
 
     def _claim(self, jobs: list[Job]) -> dict[uuid.UUID, int]:

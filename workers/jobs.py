@@ -30,7 +30,10 @@ class Job:
     body: str
     segments: int
     encoding: str
+    #: Claims made so far (``messages.attempts``), and where the current round of
+    #: ``max_send_attempts`` began (``messages.attempts_base``: a replay moves it).
     attempts: int
+    attempts_base: int
     expires_at: datetime | None
     demo: bool
     settings: dict[str, Any]

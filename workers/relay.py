@@ -210,15 +210,15 @@ class Relay:
         budget = self.runtime.settings.max_send_attempts
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, Message.attempts)
+                select(Message.id, (Message.attempts - Message.attempts_base).label("used"))
                 .where(spent_claim(lease_cutoff, budget))
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
-                if row.attempts >= budget:
+                if row.used >= budget:
                     reason = (
-                        f"Claimed {row.attempts} times and never recorded (the worker died or "
+                        f"Claimed {row.used} times and never recorded (the worker died or "
                         "its record failed each time); the carrier may have taken it."
                     )
                     detail = "claim lease expired, attempts used up"

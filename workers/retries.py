@@ -36,13 +36,16 @@ class Retries:
         """Settle attempt ``attempt`` of the claimed ``job``, which ``provider`` refused
         with ``error``: fail it, expire it, or put it back as ``queued`` and enqueue its
         retry for when its back-off ends. Each only while the message is still on that
-        attempt; another worker's claim since decides instead."""
+        attempt; another worker's claim since decides instead. ``attempt`` numbers the
+        claim; the budget and the back-off count the attempts of the current round (since
+        the message's last replay)."""
         settings = self.runtime.settings
         kind = (
             "unknown" if error.outcome_unknown else "transient" if error.transient else "permanent"
         )
         metrics.PROVIDER_ERRORS.labels(provider, kind).inc()
-        if not error.transient or attempt >= settings.max_send_attempts:
+        used = attempt - job.attempts_base
+        if not error.transient or used >= settings.max_send_attempts:
             self.outcomes.fail(
                 job,
                 error.code,
@@ -54,7 +57,7 @@ class Retries:
             )
             return
         delay = backoff_seconds(
-            attempt, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
+            used, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
         )
         if error.retry_after is not None:
             delay = max(delay, error.retry_after)

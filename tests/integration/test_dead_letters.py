@@ -4,13 +4,15 @@ job (single or batch), replayed once and only once (invariant 2), and seen by mo
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import dramatiq
 import pytest
 import yaml
 from dramatiq.broker import MessageProxy
-from sqlalchemy import select
+from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
 from core.dead_letters import ReplayRefused, record_dead_letter, replay_dead_letter
@@ -23,10 +25,13 @@ from tests.deliveries import delivery_with, move
 from tests.deploy.test_deploy_files import check_expression
 from tests.processes import pipeline, wait_until
 from tests.scrape import parse, value
+from workers.claims import claim_for_sending
 from workers.dead_letter_middleware import DeadLetters
 from workers.delivery import Delivery
+from workers.outcomes import Outcomes
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import delivery_actor_name, delivery_batch_actor_name
+from workers.relay import Relay
 
 TIMEOUT = "+972524000002"  # sandbox magic number: a transient timeout every time
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
@@ -96,6 +101,55 @@ def given_up(actor: str, args: tuple) -> MessageProxy:
 
 
 # --------------------------------------------------------------- replay, once (invariant 2)
+
+
+def test_a_claim_from_before_a_replay_cannot_settle_the_replays_claim(
+    settings, runtime, client, make_stream, account_key
+):
+    """Invariant 2 across a replay. Worker A's claim outlives the lease (A stalled in its
+    provider call); the relay fails it as a dead letter, and the account replays it. Worker B
+    claims the replay. A's late answer (a 503) must not settle B's live claim: the replay
+    opens a new round of ``max_send_attempts``, but its claims go on numbering where A's
+    left off, so A's claim number is not B's."""
+    runtime.settings = settings.model_copy(update={"max_send_attempts": 1})
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+    key = uuid.UUID(message_id)
+
+    def claim() -> dict[uuid.UUID, int]:
+        with runtime.session_factory() as session:
+            claimed = claim_for_sending(session, [key], runtime.clock(), 300, 1)
+            session.commit()
+        return claimed
+
+    [a_claim] = claim().values()
+    with runtime.session_factory() as session:
+        session.execute(
+            update(Message)
+            .where(Message.id == key)
+            .values(claimed_at=runtime.clock() - timedelta(seconds=1000))
+        )
+        session.commit()
+    assert Relay(runtime).sweep().claims_spent == 1
+    [letter] = letters_of(runtime, message_id)
+    assert (letter.reason, letter.attempts) == ("outcome_unknown", 1)
+    replay = client.post(f"/api/v1/dead-letters/{letter.id}/replay", headers=auth(account_key))
+    assert replay.status_code == 202, replay.text
+    [b_claim] = claim().values()  # within the new round's budget of one attempt
+    assert b_claim != a_claim
+
+    job = SimpleNamespace(message_id=key, stream_id=None, account_id=None)
+    Outcomes(runtime).end(
+        job,
+        MessageStatus.failed,
+        code="provider_unavailable",
+        reason="HTTP 503 (A's late answer)",
+        allowed_from=(MessageStatus.sending,),
+        dead_letter="retries_exhausted",
+        claim=a_claim,
+    )
+    assert status_of(runtime, message_id) == "sending", "A's late answer settled B's claim"
+    assert [x.reason for x in letters_of(runtime, message_id)] == ["outcome_unknown"]
 
 
 def test_a_stale_concurrent_replay_is_refused_as_already_replayed(

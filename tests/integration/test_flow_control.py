@@ -295,6 +295,40 @@ def test_dead_letter_replay_after_the_carrier_recovers(
     assert client.get("/api/v1/dead-letters", headers=auth(other_account_key)).json()["total"] == 0
 
 
+def test_a_replay_gets_a_new_round_of_attempts_and_its_claims_go_on_numbering(
+    settings, runtime, client, make_stream, account_key
+):
+    """A replayed message is tried ``max_send_attempts`` times again, no more, no fewer;
+    ``attempts`` goes on counting every claim (the number a claim's outcome is fenced by)."""
+    runtime.settings = settings.model_copy(
+        update={
+            "max_send_attempts": 2,
+            "retry_backoff_seconds": 0.05,
+            "sandbox": settings.sandbox.model_copy(update={"transient_failure_rate": 1.0}),
+        }
+    )
+    stream = make_stream()
+    message_id = send(client, stream["token"], message())[0]["message_id"]
+
+    def letters() -> list[dict]:
+        listed = client.get("/api/v1/dead-letters", headers=auth(account_key))
+        return sorted(listed.json()["items"], key=lambda x: x["created_at"])
+
+    with pipeline(runtime, ["transactional"]):
+        assert wait_until(lambda: len(letters()) == 1, timeout=20)
+        [first] = letters()
+        replayed = client.post(
+            f"/api/v1/dead-letters/{first['id']}/replay", headers=auth(account_key)
+        )
+        assert replayed.status_code == 202, replayed.text
+        assert wait_until(lambda: len(letters()) == 2, timeout=20)
+    shown = get(client, account_key, message_id)
+    assert (shown["status"], shown["attempts"]) == ("failed", 4)
+    assert [(x["reason"], x["attempts"]) for x in letters()] == [("retries_exhausted", 2)] * 2
+    retried = [h["detail"] for h in shown["history"] if "retry in" in (h["detail"] or "")]
+    assert [d.split(" (")[0] for d in retried] == ["attempt 1 failed", "attempt 3 failed"]
+
+
 # --------------------------------------------------------------- scheduling and cancel
 
 
