@@ -13,5 +13,8 @@ def utcnow() -> datetime:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    """``moment`` in UTC. A naive one is taken as UTC already: SQLite hands back naive
+    datetimes, and everything we store is UTC. An aware one is converted: SQLite stores a
+    datetime's wall time and drops its offset, so a client's ``10:00-05:00`` must become
+    ``15:00+00:00`` before it is stored or compared."""
+    return moment.astimezone(UTC) if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.callback_events import INBOUND_EVENT, add_callbacks, inbound_payload
+from core.clock import as_utc
 from core.database import insert_ignoring_duplicates
 from core.opt_out import opt_out_keyword
 from core.phones import InvalidPhoneNumber, to_e164
@@ -63,13 +64,21 @@ def sender_number(text: str, field: str = "from") -> str:
         raise InboundRejected(field, f"{field} {exc}") from None
 
 
+def _received_at(moment: datetime) -> datetime:
+    """The provider's ``received_at`` in UTC, as every stored moment is."""
+    try:
+        return as_utc(moment)
+    except OverflowError:  # an offset that carries it out of the calendar (year 1 or 9999)
+        raise InboundRejected("received_at", "received_at is out of range") from None
+
+
 def record_inbound(
     session: Session, stream: Stream, inbound: InboundIn, now: datetime
 ) -> RecordedInbound:
     """Store one inbound message. A provider message id seen before on this stream is a
     repeat (providers retry webhooks): nothing more happens."""
     sender = sender_number(inbound.sender)
-    received_at = inbound.received_at or now
+    received_at = _received_at(inbound.received_at) if inbound.received_at else now
     action = opt_out_keyword(inbound.text)
     new_id = uuid.uuid4()
     statement = insert_ignoring_duplicates(

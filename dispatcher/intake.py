@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core import metrics
 from core.activity import ActivityTouch
+from core.clock import as_utc
 from core.database import bulk_insert
 from core.message_states import record_changes
 from core.phones import InvalidPhoneNumber, normalize_sender, to_e164
@@ -161,6 +162,9 @@ def prepare_item(
             _raise(
                 "invalid_field", f"{prefix}.send_at is more than 90 days past", f"{prefix}.send_at"
             )
+        # Stored and compared in UTC (SQLite would keep the wall time and drop the offset);
+        # converted once in bounds, so that no offset can carry it out of the calendar.
+        send_at = valid_from = as_utc(send_at)
         if send_at <= now:
             send_at = None
     count = count_segments(body)

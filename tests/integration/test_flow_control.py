@@ -4,13 +4,18 @@ scheduling and cancel, quiet hours, expiry."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
+from core.accounts import create_account
 from core.clock import as_utc
+from core.migrate import upgrade
 from core.runtime import build_runtime
+from core.settings import Settings
+from dispatcher.app import create_app
 from schemas.enums import MessageStatus
 from schemas.tables import Message, MessageEvent
 from tests.conftest import auth, message
@@ -354,6 +359,34 @@ def test_scheduled_message_is_released_on_time_after_a_restart(
     claimed = datetime.fromisoformat(next(h["at"] for h in history if h["status"] == "sending"))
     assert claimed >= send_at, "never early"
     assert claimed - send_at <= timedelta(seconds=1), f"released {claimed - send_at} late"
+
+
+def test_a_send_at_with_an_offset_keeps_its_instant_on_sqlite(tmp_path):
+    """``streams dev`` runs on SQLite, which stores a datetime's wall time and drops its
+    offset: a ``send_at`` of 10:00-05:00 must be stored as 15:00 UTC, not 10:00, or the relay
+    releases it five hours early."""
+    url = f"sqlite:///{tmp_path / 'dev.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, redis_url=None, secret_key="dev-key", _env_file=None)
+    runtime = build_runtime(settings)
+    try:
+        key = create_account(runtime.session_factory, "Dev")[1]
+        with TestClient(create_app(settings, runtime=runtime)) as dev:
+            body = {"name": "Orders", "type": "transactional", "demo": True}
+            stream = dev.post("/api/v1/streams", json=body, headers=auth(key)).json()
+            token = dev.get(f"/api/v1/streams/{stream['id']}/token", headers=auth(key))
+            instant = (runtime.clock() + timedelta(days=1)).replace(microsecond=0)
+            local = instant.astimezone(timezone(timedelta(hours=-5)))
+            [result] = send(dev, token.json()["token"], message(send_at=local.isoformat()))
+            assert result["status"] == "scheduled"
+            runtime.clock = lambda: instant - timedelta(hours=4)
+            assert Relay(runtime).sweep().released == 0, "released four hours early"
+            runtime.clock = lambda: instant
+            assert Relay(runtime).sweep().released == 1
+            shown = get(dev, key, result["message_id"])
+            assert datetime.fromisoformat(shown["send_at"]) == instant
+    finally:
+        runtime.close()
 
 
 def test_cancel_a_scheduled_message(runtime, client, make_stream, account_key, other_account_key):

@@ -152,6 +152,8 @@ def test_sandbox_inbound_bad_bodies_name_the_field(client, runtime, two_way):
         ({"from": "12345", "text": "hi"}, "from"),
         ({"from": NUMBER}, "text"),
         ({"from": NUMBER, "text": "hi", "extra": 1}, "extra"),
+        # In UTC (as it is stored) this would be before the year 1.
+        ({"from": NUMBER, "text": "hi", "received_at": "0001-01-01T00:00:00+14:00"}, "received_at"),
     ]:
         response = post_signed_inbound(client, two_way["id"], two_way["secret"], body)
         assert response.status_code == 422, body
