@@ -315,6 +315,21 @@ class Delivery:
             )
             return None
         if row.stream_status in PAUSED_STREAM_STATUSES:
+            if row.expires_at is not None and now >= as_utc(row.expires_at):
+                # Past its validity it can never go out: it expires now, rather than wait
+                # parked for the stream and expire only once the stream is back.
+                why = "validity passed before it could be sent"
+                transition(
+                    session,
+                    row.id,
+                    to=MessageStatus.expired,
+                    allowed_from=WAITING,
+                    at=now,
+                    detail=why,
+                    values={"error_code": "expired", "error_message": why},
+                )
+                log_.info("message_expired", why=why, stream_status=row.stream_status)
+                return None
             hold(session, row.id, now, until=None, reason="stream_paused")
             log_.info("delivery_parked", stream_status=row.stream_status)
             return None

@@ -550,6 +550,36 @@ def test_message_past_its_validity_expires_instead_of_going_out_late(
     assert get(client, account_key, message_id)["error"]["code"] == "expired"
 
 
+def test_a_message_of_a_disabled_stream_past_its_validity_expires_rather_than_waits(
+    runtime, client, make_stream, account_key
+):
+    """A worker that finds a message of a disabled stream parks it until the stream is
+    back, unless its validity has passed: then it expires now, with its error, not parked
+    and expired only once the stream is enabled again."""
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    stream = make_stream()
+    expiring, lasting = (
+        r["message_id"]
+        for r in send(
+            client,
+            stream["token"],
+            message(validity_seconds=30),
+            message(validity_seconds=3600, recipient_phone="+972524265293"),
+        )
+    )
+    disabled = client.post(f"/api/v1/streams/{stream['id']}/disable", headers=auth(account_key))
+    assert disabled.status_code == 200, disabled.text
+    clock.advance(31)
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    for message_id in (expiring, lasting):
+        delivery.deliver(message_id, "transactional")
+    found = get(client, account_key, expiring)
+    assert (found["status"], found["error"]["code"]) == ("expired", "expired")
+    parked = get(client, account_key, lasting)
+    assert (parked["status"], parked["hold_reason"]) == ("queued", "stream_paused")
+
+
 def test_a_retry_that_would_come_after_the_validity_expires_the_message_now(
     settings, runtime, client, make_stream, account_key
 ):
