@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     literal,
+    or_,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -95,6 +96,17 @@ IN_FLIGHT_PREDICATE = "status IN ({})".format(
     ", ".join(f"'{status.value}'" for status in sorted(IN_FLIGHT_MESSAGE_STATUSES))
 )
 
+#: ``hold_reason`` of a queued message parked until its stream accepts sends again.
+STREAM_PAUSED_HOLD = "stream_paused"
+#: The relay's outbox: queued messages off the broker that it enqueues, at their
+#: ``not_before`` or once missed; parked messages wait for their stream instead.
+OUTBOX_PREDICATE = (
+    "status = 'queued' AND enqueued_at IS NULL"
+    f" AND (hold_reason IS NULL OR hold_reason != '{STREAM_PAUSED_HOLD}')"
+)
+#: Messages parked until their stream accepts sends again.
+PARKED_PREDICATE = f"status = 'queued' AND hold_reason = '{STREAM_PAUSED_HOLD}'"
+
 
 def _partial(name: str, *columns: str, where: str) -> Index:
     """An index over the rows that meet ``where`` (PostgreSQL and SQLite alike)."""
@@ -121,11 +133,8 @@ class Message(Base):
         ),
         _partial("ix_messages_scheduled_send_at", "send_at", where="status = 'scheduled'"),
         _partial("ix_messages_sending_claimed", "claimed_at", where="status = 'sending'"),
-        _partial(
-            "ix_messages_unmarked_not_before",
-            "not_before",
-            where="status = 'queued' AND enqueued_at IS NULL",
-        ),
+        _partial("ix_messages_outbox_not_before", "not_before", where=OUTBOX_PREDICATE),
+        _partial("ix_messages_parked_stream", "stream_id", where=PARKED_PREDICATE),
         # The relay's lost-job sweep: queued messages of a type marked enqueued before a time
         # (why this shape: migration 0007).
         _partial(
@@ -190,6 +199,15 @@ def status_is(*statuses: MessageStatus) -> ColumnElement[bool]:
         literal(status.value, String(20), literal_execute=True) for status in sorted(statuses)
     ]
     return column == constants[0] if len(constants) == 1 else column.in_(constants)
+
+
+def is_parked(parked: bool = True) -> ColumnElement[bool]:
+    """The message is parked until its stream accepts sends again (or, with ``parked``
+    False, is not), spelled as the partial indexes spell it, with a constant: the term of
+    ``PARKED_PREDICATE`` or the last term of ``OUTBOX_PREDICATE``."""
+    column = Message.__table__.c.hold_reason
+    constant = literal(STREAM_PAUSED_HOLD, String(32), literal_execute=True)
+    return column == constant if parked else or_(column.is_(None), column != constant)
 
 
 class MessageEvent(Base):

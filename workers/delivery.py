@@ -71,6 +71,7 @@ from core.receipts import move_failed_on
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
 from schemas.enums import MessageStatus, StreamType
+from schemas.tables import STREAM_PAUSED_HOLD
 from workers.admission import Admission
 from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
@@ -330,7 +331,7 @@ class Delivery:
                 )
                 log_.info("message_expired", why=why, stream_status=row.stream_status)
                 return None
-            hold(session, row.id, now, until=None, reason="stream_paused")
+            hold(session, row.id, now, until=None, reason=STREAM_PAUSED_HOLD)
             log_.info("delivery_parked", stream_status=row.stream_status)
             return None
         if (

@@ -12,6 +12,9 @@ Each sweep:
   offered twice on its own);
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
   died between commit and enqueue), once the ingress' own grace period has passed;
+* enqueues the messages a worker parked because their stream accepted no sends (disabled,
+  restricted), once it does again; asking which streams have messages parked costs one
+  probe per such stream, not a walk of their backlogs (migration 0013);
 * enqueues again queued messages the broker lost: marked enqueued over
   ``relay_lost_after_seconds`` ago while their queue holds nothing in Redis (it restarted
   empty, or was flushed). An empty queue is the evidence: as long as anything is ready,
@@ -19,8 +22,8 @@ Each sweep:
 
 What is due within the look-ahead is enqueued with a broker delay for the remainder, so it
 starts on time rather than one sweep late. Messages of paused or draft streams stay put
-until the stream accepts sends again. Rows are locked with ``FOR UPDATE SKIP LOCKED`` so
-several relays can run side by side.
+until the stream accepts sends again: parked, as a worker parks them. Rows are locked with
+``FOR UPDATE SKIP LOCKED`` so several relays can run side by side.
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ from core.runtime import Runtime, build_runtime
 from core.settings import Settings
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
-from schemas.tables import Message, Stream, status_is
+from schemas.tables import (
+    PARKED_PREDICATE,
+    STREAM_PAUSED_HOLD,
+    Message,
+    Stream,
+    is_parked,
+    status_is,
+)
 from workers.claims import RETRY_HOLD, spent_claim, stale_claim
 from workers.queueing import (
     enqueue_deliveries,
@@ -60,6 +70,21 @@ from workers.queueing import (
 log = structlog.get_logger(__name__)
 
 _SENDABLE_STREAM = or_(Stream.status == StreamStatus.ready.value, Stream.deleted_at.is_not(None))
+#: The streams that accept sends again (or were deleted) among those with parked messages.
+#: Those are found by skipping through ``ix_messages_parked_stream`` from one stream to the
+#: next (a recursive "loose index scan"): one probe per stream, however many it parked.
+_PARKED_STREAMS = text(
+    "WITH RECURSIVE parked(stream_id) AS ("
+    f" SELECT (SELECT stream_id FROM messages WHERE {PARKED_PREDICATE}"
+    " ORDER BY stream_id LIMIT 1)"
+    " UNION ALL"
+    f" SELECT (SELECT stream_id FROM messages WHERE {PARKED_PREDICATE}"
+    " AND stream_id > parked.stream_id ORDER BY stream_id LIMIT 1)"
+    " FROM parked WHERE parked.stream_id IS NOT NULL"
+    ") "
+    "SELECT streams.id FROM parked JOIN streams ON streams.id = parked.stream_id "
+    f"WHERE streams.status = '{StreamStatus.ready.value}' OR streams.deleted_at IS NOT NULL"
+).columns(Stream.__table__.c.id)
 
 
 def relay_runtime(settings: Settings) -> Runtime:
@@ -79,6 +104,7 @@ class SweepReport:
     relayed: int = 0
     lost_requeued: int = 0
     claims_spent: int = 0
+    unparked: int = 0
 
     @property
     def total(self) -> int:
@@ -89,6 +115,7 @@ class SweepReport:
             + self.relayed
             + self.lost_requeued
             + self.claims_spent
+            + self.unparked
         )
 
 
@@ -158,6 +185,7 @@ class Relay:
             held_released=self._enqueue_waiting(
                 (
                     Message.enqueued_at.is_(None),
+                    is_parked(False),
                     Message.not_before.is_not(None),
                     Message.not_before <= horizon,
                 ),
@@ -166,11 +194,13 @@ class Relay:
             relayed=self._enqueue_waiting(
                 (
                     Message.enqueued_at.is_(None),
+                    is_parked(False),
                     Message.not_before.is_(None),
                     Message.updated_at < now - timedelta(seconds=settings.relay_grace_seconds),
                 ),
                 reason="missed",
             ),
+            unparked=self._release_parked(),
             lost_requeued=self._requeue_lost(
                 now - timedelta(seconds=settings.relay_lost_after_seconds)
             ),
@@ -183,6 +213,7 @@ class Relay:
                 reclaimed=report.reclaimed,
                 claims_spent=report.claims_spent,
                 relayed=report.relayed,
+                unparked=report.unparked,
                 lost_requeued=report.lost_requeued,
             )
         return report
@@ -265,6 +296,8 @@ class Relay:
         ``scheduled``: the worker dropped it, and the relay then marked the row enqueued,
         with no job anywhere.) The moved rows are left unmarked with ``not_before`` at their
         due time, so if the relay dies between the two, the held-message sweep enqueues them.
+        Rows of a stream that accepts no sends now are parked instead, as a worker would park
+        them, until it does (``_release_parked``).
         """
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
@@ -275,6 +308,10 @@ class Relay:
                     Message.stream_id,
                     Message.account_id,
                     Message.segments,
+                    select(Stream.id)
+                    .where(Stream.id == Message.stream_id, _SENDABLE_STREAM)
+                    .exists()
+                    .label("sendable"),
                 )
                 .where(*where)
                 .limit(self.runtime.settings.relay_batch)
@@ -283,6 +320,7 @@ class Relay:
             if not rows:
                 return 0
             ids = [row.id for row in rows]
+            parked = [row.id for row in rows if not row.sendable]
             session.execute(
                 update(Message)
                 .where(Message.id.in_(ids), Message.status == current.value)
@@ -290,7 +328,7 @@ class Relay:
                     status=MessageStatus.queued.value,
                     enqueued_at=None,
                     not_before=due,
-                    hold_reason=None,
+                    hold_reason=case((Message.id.in_(parked), STREAM_PAUSED_HOLD), else_=None),
                     updated_at=now,
                 )
                 .execution_options(synchronize_session=False)
@@ -313,7 +351,22 @@ class Relay:
             )
             session.commit()
         return self._enqueue_waiting(
-            (Message.id.in_(ids), Message.enqueued_at.is_(None)), reason=reason
+            (Message.id.in_(ids), Message.enqueued_at.is_(None), is_parked(False)), reason=reason
+        )
+
+    def _release_parked(self) -> int:
+        """Enqueue the parked messages of the streams that accept sends again (or were
+        deleted: the worker fails those); returns how many. Which streams have messages
+        parked is read off their index, one probe per such stream (``_PARKED_STREAMS``),
+        never by walking the messages themselves."""
+        with self.runtime.session_factory() as session:
+            streams = list(session.scalars(_PARKED_STREAMS))
+        if not streams:
+            return 0
+        return self._enqueue_waiting(
+            (is_parked(), Message.stream_id.in_(streams), Message.enqueued_at.is_(None)),
+            reason="unparked",
+            order=(),  # any order: a sort would read every parked message of the streams
         )
 
     def _enqueue_waiting(

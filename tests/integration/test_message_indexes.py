@@ -22,7 +22,7 @@ STATUS_INDEXES = {
     "ix_messages_in_flight_stream",
     "ix_messages_scheduled_send_at",
     "ix_messages_sending_claimed",
-    "ix_messages_unmarked_not_before",
+    "ix_messages_outbox_not_before",
     "ix_messages_queued_type_enqueued",
 }
 
@@ -102,7 +102,7 @@ def _expected_index(statement: str) -> str:
         ("messages.claimed_at <", "ix_messages_sending_claimed"),
         ("messages.send_at <=", "ix_messages_scheduled_send_at"),
         ("messages.enqueued_at <", "ix_messages_queued_type_enqueued"),
-        ("messages.enqueued_at IS NULL", "ix_messages_unmarked_not_before"),
+        ("messages.enqueued_at IS NULL", "ix_messages_outbox_not_before"),
         ("messages.stream_id", "ix_messages_in_flight_stream"),
     ):
         if fragment in statement:
@@ -225,7 +225,10 @@ def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime,
         connection.execute(text("CREATE EXTENSION IF NOT EXISTS pageinspect"))
         entries = {
             name: _entries(connection, name)
-            for name in sorted(STATUS_INDEXES | {"ix_messages_provider_message_id_present"})
+            for name in sorted(
+                STATUS_INDEXES
+                | {"ix_messages_provider_message_id_present", "ix_messages_parked_stream"}
+            )
         }
     assert entries == {
         "ix_messages_in_flight_stream": 2,  # queued, sending
@@ -233,7 +236,8 @@ def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime,
         "ix_messages_queued_type_enqueued": 1,  # queued (marked)
         "ix_messages_scheduled_send_at": 0,
         "ix_messages_sending_claimed": 1,  # sending
-        "ix_messages_unmarked_not_before": 0,
+        "ix_messages_outbox_not_before": 0,
+        "ix_messages_parked_stream": 0,
     }
 
 

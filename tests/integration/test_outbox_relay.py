@@ -3,6 +3,7 @@ is down at enqueue time the relay puts it on the queue later, and it is delivere
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ from sqlalchemy import event, func, insert, select, text
 
 from core.runtime import build_runtime
 from dispatcher.app import create_app
+from schemas.tables import STREAM_PAUSED_HOLD as PARKED
 from schemas.tables import Message
 from tests.conftest import CLIENT_IP, auth, message
 from tests.message_rows import account_of, message_rows
@@ -328,3 +330,77 @@ def test_a_scheduled_campaign_is_released_in_batch_jobs_never_early_and_otp_one_
     finally:
         worker.stop(timeout=5_000)
     assert SandboxProvider(runtime.settings.sandbox, runtime.redis).submissions() == 73
+
+
+def test_a_paused_streams_parked_backlog_costs_the_relay_one_probe_and_goes_when_enabled(
+    runtime, client, make_stream, account_key, redis_client
+):
+    """A disabled stream's messages are parked (by the worker, or by the relay when
+    scheduled ones fall due). Each sweep, once a second, leaves them be at the cost of one
+    index probe, not a walk of the backlog; once the stream is enabled they are all enqueued."""
+    paused = make_stream()
+    account_id = account_of(runtime, paused)
+    now = runtime.clock()
+    parked = message_rows(
+        paused,
+        account_id,
+        3_000,
+        now,
+        status="queued",
+        enqueued_at=None,
+        hold_reason="stream_paused",
+    )
+    due = message_rows(
+        paused, account_id, 5, now, status="scheduled", enqueued_at=None, send_at=now
+    )
+    with runtime.session_factory() as session:
+        session.execute(insert(Message), parked + due)
+        session.commit()
+    disabled = client.post(f"/api/v1/streams/{paused['id']}/disable", headers=auth(account_key))
+    assert disabled.status_code == 200, disabled.text
+    with runtime.engine.connect() as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.commit()
+
+    statements: list[tuple[str, dict]] = []
+
+    def keep(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")):
+            statements.append((statement, parameters))
+
+    event.listen(runtime.engine, "before_cursor_execute", keep)
+    try:
+        report = Relay(runtime).sweep()
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", keep)
+    assert report.total == 0, report  # the five due ones were parked, not released
+    with runtime.session_factory() as session:
+        held = session.execute(
+            select(Message.status, Message.hold_reason, func.count())
+            .where(Message.stream_id == uuid.UUID(paused["id"]))
+            .group_by(Message.status, Message.hold_reason)
+        ).all()
+    assert held == [("queued", PARKED, 3_005)]
+    assert jobs_on(redis_client, "transactional") == []
+
+    outbox = [s for s in statements if "messages.enqueued_at IS NULL" in s[0]]
+    finding = [s for s in statements if "WITH RECURSIVE parked" in s[0]]
+    assert len(outbox) >= 2 and len(finding) == 1, statements
+    with runtime.engine.connect() as connection:
+        for statement, parameters in outbox + finding:
+            explain = "EXPLAIN (ANALYZE, TIMING OFF) " + statement
+            plan = "\n".join(connection.exec_driver_sql(explain, parameters).scalars())
+            assert "Seq Scan on messages" not in plan, plan
+            for rows in re.findall(
+                r"Index \w* ?Scan using ix_messages_\w+ .*actual rows=(\d+)", plan
+            ):
+                assert int(rows) <= 1, plan  # one probe, never the parked backlog
+
+    enabled = client.post(f"/api/v1/streams/{paused['id']}/enable", headers=auth(account_key))
+    assert enabled.status_code == 200, enabled.text
+    released = 0
+    while batch := Relay(runtime).sweep().unparked:
+        released += batch
+    assert released == 3_005
+    waiting = {i for _, ids in jobs_on(redis_client, "transactional") for i in ids}
+    assert waiting == {str(row["id"]) for row in parked + due}
