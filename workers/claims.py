@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
@@ -185,7 +185,7 @@ _CLAIM = (
     update(MESSAGES)
     .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
     .values(**_CLAIMED_VALUES)
-    .returning(MESSAGES.c.id, MESSAGES.c.attempts)
+    .returning(MESSAGES.c.id, MESSAGES.c.attempts, MESSAGES.c.attempts_base)
 )
 
 
@@ -199,22 +199,32 @@ def load_messages(session: Session, ids: Sequence[uuid.UUID]) -> list[Row]:  # t
     return list(session.execute(_LOAD, {"ids": list(ids)}))
 
 
+class ClaimNumber(NamedTuple):
+    """A claim's attempt number (what its outcome is fenced by) and the ``attempts_base`` of
+    the round it belongs to, both as the claim itself read them: a message loaded earlier
+    may have been replayed since."""
+
+    attempt: int
+    base: int
+
+
 def claim_for_sending(
     session: Session,
     ids: Sequence[uuid.UUID],
     now: datetime,
     lease_seconds: float,
     max_attempts: int,
-) -> dict[uuid.UUID, int]:
+) -> dict[uuid.UUID, ClaimNumber]:
     """Claim the messages of ``ids`` that are queued (and not waiting out a retry's
     back-off), or whose claim is older than ``lease_seconds`` and may be taken again
-    (``stale_claim``). Returns each claimed message's attempt number; the caller records the
+    (``stale_claim``). Returns each claimed message's attempt number, with the
+    ``attempts_base`` its round began at as the claim found it; the caller records the
     changes and commits."""
     if not ids:
         return {}
     parameters = _claim_parameters(ids, now, lease_seconds, max_attempts)
     rows = session.execute(_CLAIM, parameters)
-    return {row.id: row.attempts for row in rows}
+    return {row.id: ClaimNumber(row.attempts, row.attempts_base) for row in rows}
 
 
 def _claim_parameters(

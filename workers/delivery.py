@@ -41,6 +41,7 @@ already gone out.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -78,6 +79,7 @@ from workers.claims import (
     PAUSED_STREAM_STATUSES,
     RETRY_HOLD,
     STREAMS,
+    ClaimNumber,
     claim_for_sending,
     claim_ungated,
     load_messages,
@@ -430,13 +432,16 @@ class Delivery:
         """Claim ``ready`` (one statement), then ``_send_and_record`` what was claimed."""
         if not ready:
             return
-        attempts = self._claim([r.job for r in ready])
+        numbers = self._claim([r.job for r in ready])
         claimed = []
         for item in ready:
-            if item.job.message_id not in attempts:
+            number = numbers.get(item.job.message_id)
+            if number is None:
                 log.debug("delivery_already_claimed", message_id=str(item.job.message_id))
                 continue
-            claimed.append(_Claimed(item, attempts[item.job.message_id]))
+            # The round as the claim found it: a replay since the load moved its base.
+            job = dataclasses.replace(item.job, attempts_base=number.base)
+            claimed.append(_Claimed(dataclasses.replace(item, job=job), number.attempt))
         self._send_and_record(claimed, started, stopping, result)
 
     def _send_and_record(
@@ -572,9 +577,9 @@ class Delivery:
             stream_type, claimed_at, attempts_used, cutoff, settings.max_send_attempts
         )
 
-    def _claim(self, jobs: list[Job]) -> dict[uuid.UUID, int]:
+    def _claim(self, jobs: list[Job]) -> dict[uuid.UUID, ClaimNumber]:
         """``queued → sending`` (or a stale ``sending``) for all of ``jobs`` in one
-        transaction; returns the attempt number of each claimed message."""
+        transaction; returns the number of each claimed message's claim."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             claimed = claim_for_sending(

@@ -21,7 +21,7 @@ from core.settings import SandboxSettings
 from schemas.enums import MessageStatus
 from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
-from tests.deliveries import delivery_with, move
+from tests.deliveries import delivery_with, move, states
 from tests.deploy.test_deploy_files import check_expression
 from tests.processes import pipeline, wait_until
 from tests.scrape import parse, value
@@ -120,7 +120,7 @@ def test_a_claim_from_before_a_replay_cannot_settle_the_replays_claim(
         with runtime.session_factory() as session:
             claimed = claim_for_sending(session, [key], runtime.clock(), 300, 1)
             session.commit()
-        return claimed
+        return {claimed_key: number.attempt for claimed_key, number in claimed.items()}
 
     [a_claim] = claim().values()
     with runtime.session_factory() as session:
@@ -150,6 +150,45 @@ def test_a_claim_from_before_a_replay_cannot_settle_the_replays_claim(
     )
     assert status_of(runtime, message_id) == "sending", "A's late answer settled B's claim"
     assert [x.reason for x in letters_of(runtime, message_id)] == ["outcome_unknown"]
+
+
+def test_a_claim_taken_after_a_replay_gets_the_replays_whole_round(
+    settings, runtime, client, make_stream
+):
+    """A worker loads a message, stalls, and meanwhile the message uses its attempts, fails
+    as a dead letter and is replayed. The worker's claim then belongs to the replay's round:
+    its passing error is retried, as the first of ``max_send_attempts``, not counted against
+    the base the worker loaded before the replay."""
+    runtime.settings = settings.model_copy(
+        update={
+            "max_send_attempts": 2,
+            "retry_backoff_seconds": 0.05,
+            "sandbox": settings.sandbox.model_copy(update={"transient_failure_rate": 1.0}),
+        }
+    )
+    token = make_stream()["token"]
+    [message_id] = send(client, token, message())
+    key = uuid.UUID(message_id)
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    delivery._folds_claims = False  # the full pipeline: load and gates, then the claim
+    claim = delivery._claim
+
+    def claim_after_a_replay(jobs):
+        move(runtime, message_id, MessageStatus.sending, MessageStatus.failed, attempts=2)
+        with runtime.session_factory() as session:
+            record_dead_letter(
+                session, key, reason="retries_exhausted", error_message="x", at=runtime.clock()
+            )
+            session.commit()
+        with runtime.session_factory() as session:
+            [letter] = session.scalars(select(DeadLetter).where(DeadLetter.message_id == key))
+            replay_dead_letter(session, letter, runtime.clock())
+            session.commit()
+        return claim(jobs)
+
+    delivery._claim = claim_after_a_replay
+    delivery.deliver(message_id)
+    assert states(runtime, [message_id])[message_id] == ("queued", 3)  # a retry is due
 
 
 def test_a_stale_concurrent_replay_is_refused_as_already_replayed(
