@@ -16,6 +16,7 @@ An unknown (or deleted) stream answers 404 and says nothing more; a bad signatur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -403,7 +404,9 @@ def _meta_inbound(message: MetaInbound, display_number: str | None) -> InboundIn
             break
     received_at = None
     if message.timestamp and message.timestamp.isdigit() and len(message.timestamp) <= 12:
-        received_at = datetime.fromtimestamp(int(message.timestamp), UTC)
+        # Past the year 9999 it is no time a calendar holds: ours stands in for it.
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            received_at = datetime.fromtimestamp(int(message.timestamp), UTC)
     return InboundIn(
         provider=WHATSAPP_CLOUD,
         sender=message.from_,

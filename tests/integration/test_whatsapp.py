@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DataError
 
+from core.clock import as_utc
 from core.settings import WhatsAppApiSettings
 from schemas.tables import Message, StreamStat, WhatsAppConfig
 from tests.conftest import auth
@@ -638,6 +639,23 @@ def test_inbound_whatsapp_messages_are_stored_once(client, runtime, make_stream,
     with runtime.engine.connect() as connection:
         rows = connection.execute(text("SELECT sender, text, provider FROM inbound_messages")).all()
     assert [tuple(r) for r in rows] == [("+972524265292", "Where is my order?", "whatsapp_cloud")]
+
+
+def test_an_inbound_timestamp_no_calendar_holds_is_read_as_now(
+    client, runtime, make_stream, account_key
+):
+    """Meta's ``timestamp`` is read leniently too: one past the year 9999 (twelve digits)
+    must not turn the webhook into a 500 (each of Meta's retries would fail alike, and the
+    error's traceback would print the stream's secrets in a console log)."""
+    stream = whatsapp_stream(make_stream, client, account_key)
+    incoming = text_message("972524265292", "hi", message_id="wamid.FAR")
+    incoming["timestamp"] = "999999999999"
+    raw, headers = signed(webhook(PHONE_NUMBER_ID, messages=[incoming]), APP_SECRET)
+    answer = client.post(f"/webhooks/{stream['id']}/whatsapp", content=raw, headers=headers)
+    assert (answer.status_code, answer.json()["messages"]) == (200, 1), answer.text
+    with runtime.engine.connect() as connection:
+        received = connection.execute(text("SELECT received_at FROM inbound_messages")).scalar()
+    assert abs(as_utc(received) - runtime.clock()) < timedelta(minutes=5)
 
 
 def test_whatsapp_config_rows_are_sealed(runtime, client, make_stream, account_key):
