@@ -376,9 +376,11 @@ class Relay:
         reason: str,
         order: Sequence[ColumnElement[Any]] = (Message.not_before,),
     ) -> int:
-        """Enqueue the queued messages of live streams that ``where`` picks (off the broker,
-        or lost by it), a batch at a time in ``order``, each delayed until its
-        ``not_before``; returns how many."""
+        """Enqueue the queued messages that ``where`` picks (off the broker, or lost by
+        it), a batch at a time in ``order``, each delayed until its ``not_before``; returns
+        how many. Those of a stream that accepts no sends now are parked instead, as a worker
+        would park them: read once here, then left out of every sweep until their stream is
+        back (``_release_parked``), rather than read and passed over again each second."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             if session.get_bind().dialect.name == "postgresql":
@@ -388,19 +390,30 @@ class Relay:
                 # the lost sweep's partial index and walks the queued backlog instead.
                 session.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             rows = session.execute(
-                select(Message.id, Message.stream_type, Message.not_before)
-                .join(Stream, Stream.id == Message.stream_id)
-                .where(
-                    status_is(MessageStatus.queued),
-                    _SENDABLE_STREAM,
-                    *where,
+                select(
+                    Message.id,
+                    Message.stream_type,
+                    Message.not_before,
+                    _SENDABLE_STREAM.label("sendable"),
                 )
+                .join(Stream, Stream.id == Message.stream_id)
+                .where(status_is(MessageStatus.queued), *where)
                 .order_by(*order)
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(of=Message, skip_locked=True)
             ).all()
+            if paused := [r.id for r in rows if not r.sendable]:
+                session.execute(
+                    update(Message)
+                    .where(Message.id.in_(paused))
+                    .values(enqueued_at=None, hold_reason=STREAM_PAUSED_HOLD, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                log.info("relay_parked", count=len(paused), reason=reason)
             done = self._enqueue(
-                session, [_Due(r.id, r.stream_type, r.not_before) for r in rows], now
+                session,
+                [_Due(r.id, r.stream_type, r.not_before) for r in rows if r.sendable],
+                now,
             )
             session.commit()
         metrics.RELAYED.labels(reason).inc(len(done))
