@@ -91,7 +91,7 @@ from workers.gates import Gates, gated_providers
 from workers.group_commit import GroupCommit
 from workers.jobs import Job, message_log
 from workers.opt_out import is_marketing, reject_opted_out
-from workers.outcomes import WAITING, Outcomes, hold
+from workers.outcomes import VALIDITY_PASSED, WAITING, Outcomes, expire_in, hold
 from workers.provider_calls import Call, CallOutcome, ProviderCalls, make_call
 from workers.provider_requests import each_answer, provider_request, requests_for
 from workers.providers.base import Accepted, Provider, ProviderError
@@ -321,17 +321,8 @@ class Delivery:
             if row.expires_at is not None and now >= as_utc(row.expires_at):
                 # Past its validity it can never go out: it expires now, rather than wait
                 # parked for the stream and expire only once the stream is back.
-                why = "validity passed before it could be sent"
-                transition(
-                    session,
-                    row.id,
-                    to=MessageStatus.expired,
-                    allowed_from=WAITING,
-                    at=now,
-                    detail=why,
-                    values={"error_code": "expired", "error_message": why},
-                )
-                log_.info("message_expired", why=why, stream_status=row.stream_status)
+                expire_in(session, row.id, now, VALIDITY_PASSED)
+                log_.info("message_expired", why=VALIDITY_PASSED, stream_status=row.stream_status)
                 return None
             hold(session, row.id, now, until=None, reason=STREAM_PAUSED_HOLD)
             log_.info("delivery_parked", stream_status=row.stream_status)

@@ -21,7 +21,7 @@ from schemas.enums import StreamType
 from workers.admission import Admission, Limits, Request
 from workers.claims import LIMIT_SETTINGS
 from workers.jobs import Job
-from workers.outcomes import Outcomes
+from workers.outcomes import VALIDITY_PASSED, Outcomes
 from workers.providers.base import Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 
@@ -49,7 +49,7 @@ class Gates:
         rejected instead (in a transaction of its own)."""
         now = self.runtime.clock()
         if job.expires_at is not None and now >= job.expires_at:
-            self.outcomes.expire(job, "validity passed before it could be sent", log_)
+            self.outcomes.expire(job, VALIDITY_PASSED, log_)
             return False
         window = job.settings.get("quiet_hours")
         if job.stream_type is StreamType.marketing and window:

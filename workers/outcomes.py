@@ -22,6 +22,8 @@ from workers.jobs import Job
 
 #: Where a message waits to be sent.
 WAITING = (MessageStatus.queued,)
+#: Why a message found past its validity expires.
+VALIDITY_PASSED = "validity passed before it could be sent"
 
 _REJECTIONS = {
     "max_per_day": "The stream's daily message limit is reached.",
@@ -100,7 +102,9 @@ class Outcomes:
 
     def expire(self, job: Job, why: str, log_: Any) -> None:
         """``expired``: its validity passed, or will before it can be sent."""
-        self.end(job, MessageStatus.expired, code="expired", reason=why, detail=why)
+        with self.runtime.session_factory() as session:
+            expire_in(session, job.message_id, self.runtime.clock(), why)
+            session.commit()
         log_.info("message_expired", why=why)
 
     def wait_until(self, job: Job, until: datetime, reason: str, log_: Any) -> bool:
@@ -115,6 +119,19 @@ class Outcomes:
         metrics.MESSAGES_HELD.labels(job.stream_type.value, reason).inc()
         log_.debug("message_held", reason=reason, until=until.isoformat())
         return False
+
+
+def expire_in(session: Session, key: uuid.UUID, now: datetime, why: str) -> None:
+    """``expired`` (``why`` its error), in ``session``'s transaction, if it still waits."""
+    transition(
+        session,
+        key,
+        to=MessageStatus.expired,
+        allowed_from=WAITING,
+        at=now,
+        detail=why,
+        values={"error_code": "expired", "error_message": why},
+    )
 
 
 def hold(

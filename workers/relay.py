@@ -60,7 +60,7 @@ from schemas.tables import (
     is_parked,
     status_is,
 )
-from workers.claims import RETRY_HOLD, spent_claim, stale_claim
+from workers.claims import RETRY_HOLD, attempts_used, spent_claim, stale_claim
 from workers.queueing import (
     enqueue_deliveries,
     single_send_chunk_size,
@@ -241,7 +241,7 @@ class Relay:
         budget = self.runtime.settings.max_send_attempts
         with self.runtime.session_factory() as session:
             rows = session.execute(
-                select(Message.id, (Message.attempts - Message.attempts_base).label("used"))
+                select(Message.id, attempts_used().label("used"))
                 .where(spent_claim(lease_cutoff, budget))
                 .limit(self.runtime.settings.relay_batch)
                 .with_for_update(skip_locked=True)
@@ -295,9 +295,8 @@ class Relay:
         move's transaction, a job due now could be fetched while the row still read
         ``scheduled``: the worker dropped it, and the relay then marked the row enqueued,
         with no job anywhere.) The moved rows are left unmarked with ``not_before`` at their
-        due time, so if the relay dies between the two, the held-message sweep enqueues them.
-        Rows of a stream that accepts no sends now are parked instead, as a worker would park
-        them, until it does (``_release_parked``).
+        due time, so if the relay dies between the two, the held-message sweep enqueues them
+        (or parks them, as the second step does for a stream that accepts no sends now).
         """
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
@@ -308,10 +307,6 @@ class Relay:
                     Message.stream_id,
                     Message.account_id,
                     Message.segments,
-                    select(Stream.id)
-                    .where(Stream.id == Message.stream_id, _SENDABLE_STREAM)
-                    .exists()
-                    .label("sendable"),
                 )
                 .where(*where)
                 .limit(self.runtime.settings.relay_batch)
@@ -320,7 +315,6 @@ class Relay:
             if not rows:
                 return 0
             ids = [row.id for row in rows]
-            parked = [row.id for row in rows if not row.sendable]
             session.execute(
                 update(Message)
                 .where(Message.id.in_(ids), Message.status == current.value)
@@ -328,7 +322,7 @@ class Relay:
                     status=MessageStatus.queued.value,
                     enqueued_at=None,
                     not_before=due,
-                    hold_reason=case((Message.id.in_(parked), STREAM_PAUSED_HOLD), else_=None),
+                    hold_reason=None,
                     updated_at=now,
                 )
                 .execution_options(synchronize_session=False)
@@ -351,7 +345,7 @@ class Relay:
             )
             session.commit()
         return self._enqueue_waiting(
-            (Message.id.in_(ids), Message.enqueued_at.is_(None), is_parked(False)), reason=reason
+            (Message.id.in_(ids), Message.enqueued_at.is_(None)), reason=reason
         )
 
     def _release_parked(self) -> int:
