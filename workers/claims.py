@@ -37,13 +37,21 @@ from core.clock import as_utc
 from core.message_states import EVENTS, MESSAGES
 from core.provider_choice import NOT_IDEMPOTENT_TYPES
 from core.stats_rollup import rollup_upsert_sql
+from core.stream_rules import accepts_sends
 from core.suppressions import is_suppressed_clause
 from schemas.enums import MessageStatus, StreamStatus, StreamType
 from schemas.tables import Stream, status_is
 
 STREAMS: Table = Stream.__table__  # type: ignore[assignment]
-#: A stream in one of these does not send: its messages are parked.
-PAUSED_STREAM_STATUSES = (StreamStatus.disabled.value, StreamStatus.restricted.value)
+#: A stream in one of these does not send: its messages are parked. That is every stored
+#: status but ``ready`` (``core.stream_rules.accepts_sends``): the customer's pause, an
+#: operator's restriction, and a set-up made incomplete again (``draft``), which the ingress
+#: refuses too and the relay parks as well.
+PAUSED_STREAM_STATUSES = tuple(
+    status.value
+    for status in StreamStatus
+    if status is not StreamStatus.sending and not accepts_sends(status)
+)
 #: Stream settings that make admission count a message (``workers.admission``).
 #: Stream setting → the ``Limits`` field it sets. A message of a stream with any of them
 #: goes through admission, never the ungated claim.

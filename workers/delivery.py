@@ -1,11 +1,12 @@
 """The send pipeline, for one message or a batch of them, step by step:
 
 1. **load**: skip what is no longer waiting; fail messages of deleted streams; park those
-   of paused streams (the relay brings them back when the stream is enabled); reject
-   marketing to numbers that opted out. One statement for the whole batch. First, though,
-   the messages no gate can stop (a live stream without limits or quiet hours, no
-   suppression, no expiry due; ``workers.claims.claim_ungated``) are loaded and claimed in
-   one statement and go straight to step 6: the load folded into the claim.
+   of streams that accept no sends, paused or back in draft (the relay brings them back
+   once the stream is ready again); reject marketing to numbers that opted out. One
+   statement for the whole batch. First, though, the messages no gate can stop (a live
+   stream without limits or quiet hours, no suppression, no expiry due;
+   ``workers.claims.claim_ungated``) are loaded and claimed in one statement and go
+   straight to step 6: the load folded into the claim.
 2-4. **the gates** (``workers.gates``): **expiry** (past ``expires_at`` the message is
    ``expired``, never sent late), **quiet hours** (marketing waits, in the database, for
    the recipient's window) and **admission** (the stream's and the provider's rate limits

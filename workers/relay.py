@@ -13,8 +13,8 @@ Each sweep:
 * enqueues queued messages that never reached the broker (Redis was down, or the ingress
   died between commit and enqueue), once the ingress' own grace period has passed;
 * enqueues the messages a worker parked because their stream accepted no sends (disabled,
-  restricted), once it does again; asking which streams have messages parked costs one
-  probe per such stream, not a walk of their backlogs (migration 0013);
+  restricted, or back in draft), once it does again; asking which streams have messages
+  parked costs one probe per such stream, not a walk of their backlogs (migration 0013);
 * enqueues again queued messages the broker lost: marked enqueued over
   ``relay_lost_after_seconds`` ago while their queue holds nothing in Redis (it restarted
   empty, or was flushed). An empty queue is the evidence: as long as anything is ready,

@@ -61,10 +61,47 @@ def test_send_through_real_ingress_and_worker_processes(settings, runtime, accou
         assert 'streams_messages_total{status="queued",type="transactional"} 5.0' in metrics
 
 
-def test_disabled_stream_holds_queued_messages_until_enabled(
-    client, runtime, make_stream, account_key
+CALLBACK = {"callback_url": "https://hooks.example.com/streams"}
+
+
+def _set_state(action: str):
+    def apply(client, account_key, stream) -> None:
+        response = client.post(
+            f"/api/v1/streams/{stream['id']}/{action}", headers=auth(account_key)
+        )
+        assert response.status_code == 200, response.text
+
+    return apply
+
+
+def _put_settings(settings: dict):
+    def apply(client, account_key, stream) -> None:
+        response = client.put(
+            f"/api/v1/streams/{stream['id']}/settings", json=settings, headers=auth(account_key)
+        )
+        assert response.status_code == 200, response.text
+
+    return apply
+
+
+#: How a stream stops accepting sends and starts again: the customer's pause, and a set-up
+#: made incomplete (a two-way stream without its callback URL is ``draft``) then mended.
+PAUSES = {
+    "disabled": ({"type": "transactional"}, _set_state("disable"), _set_state("enable")),
+    "draft": (
+        {"type": "two_way", "settings": CALLBACK},
+        _put_settings({}),
+        _put_settings(CALLBACK),
+    ),
+}
+
+
+@pytest.mark.parametrize("pause", PAUSES)
+def test_a_stream_that_stops_accepting_sends_holds_its_queued_messages_until_it_does_again(
+    client, runtime, make_stream, account_key, pause
 ):
-    stream = make_stream()
+    fields, stop, resume = PAUSES[pause]
+    stream = make_stream(**fields)
     ids = [
         r["message_id"]
         for r in client.post(
@@ -73,26 +110,35 @@ def test_disabled_stream_holds_queued_messages_until_enabled(
             headers=auth(stream["token"]),
         ).json()["results"]
     ]
-    client.post(f"/api/v1/streams/{stream['id']}/disable", headers=auth(account_key))
-    worker = start_worker(runtime, ["transactional"], threads=2)
+    stop(client, account_key, stream)
+    shown = client.get(f"/api/v1/streams/{stream['id']}", headers=auth(account_key)).json()
+    assert shown["status"] == pause
+    worker = start_worker(runtime, [fields["type"]], threads=2)
     try:
 
-        def statuses() -> list[str]:
+        def messages() -> list[tuple[str, str | None]]:
             return [
-                client.get(f"/api/v1/messages/{i}", headers=auth(account_key)).json()["status"]
-                for i in ids
+                (shown["status"], shown.get("hold_reason"))
+                for shown in (
+                    client.get(f"/api/v1/messages/{i}", headers=auth(account_key)).json()
+                    for i in ids
+                )
             ]
 
-        assert wait_until(lambda: runtime.redis.llen("dramatiq:transactional") == 0, timeout=10)
+        parked = [("queued", "stream_paused")] * 3
+        # The messages of a stream that accepts no sends wait parked: none is sent or dropped,
+        # and the relay leaves them be.
+        assert wait_until(lambda: messages() == parked, timeout=10, interval=0.1), messages()
         relay = Relay(runtime)
         relay.sweep()
-        assert statuses() == ["queued"] * 3, "a paused stream's messages wait; none is dropped"
+        assert messages() == parked
+        assert runtime.redis.llen(f"dramatiq:{fields['type']}") == 0
 
-        client.post(f"/api/v1/streams/{stream['id']}/enable", headers=auth(account_key))
+        resume(client, account_key, stream)
 
         def delivered() -> bool:
             relay.sweep()
-            return statuses() == ["delivered"] * 3
+            return [status for status, _ in messages()] == ["delivered"] * 3
 
         assert wait_until(delivered, timeout=20, interval=0.2)
     finally:
