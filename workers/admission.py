@@ -38,6 +38,10 @@ Both count messages, not admissions: each keeps the ids it admitted, so a messag
 again (a retry after a carrier timeout, a claim taken back after its lease, a job
 delivered twice) is neither counted twice nor refused by its own earlier count. The day's
 set holds one id per message admitted under a cap that day (at most the cap) for 48 hours.
+A message that will not go out after all (the carrier refused it, or it expired waiting
+for a retry) is ``release``d: its id leaves both caps, so a refused message does not use up
+the day or stop the recipient's next message. What it took of a rate is not given back:
+that time has passed.
 """
 
 from __future__ import annotations
@@ -98,6 +102,22 @@ class Request:
 
 class Admission(Protocol):
     def admit(self, request: Request) -> Ticket: ...
+
+    def release(self, release: Release) -> None:
+        """Take a message that will not be sent out of the caps it was counted in."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A message admitted under its stream's caps that will not go out after all."""
+
+    stream_id: str
+    recipient: str
+    message_id: str
+    #: The UTC days it may have been counted in: the day it was admitted, and the day
+    #: before, when the send ended past midnight.
+    days: tuple[date, ...]
 
 
 def interval_us(per_second: float | None) -> int:
@@ -172,6 +192,7 @@ class RedisAdmission:
     PREFIX = "streams:limits:"
 
     def __init__(self, client: redis.Redis) -> None:
+        self._client = client
         self._script = client.register_script(_ADMIT_LUA)
 
     def admit(self, request: Request) -> Ticket:
@@ -206,6 +227,14 @@ class RedisAdmission:
         if verdict == "wait":
             return Ticket("wait", int(first) / 1e6, int(second) / 1e6)
         return Ticket("admit")
+
+    def release(self, release: Release) -> None:
+        p = f"{self.PREFIX}stream:{release.stream_id}"
+        pipe = self._client.pipeline(transaction=False)
+        for day in release.days:
+            pipe.srem(f"{p}:day:{day.isoformat()}:ids", release.message_id)
+        pipe.zrem(f"{p}:recipient:{release.recipient}", release.message_id)
+        pipe.execute()
 
 
 class LocalAdmission:
@@ -264,6 +293,14 @@ class LocalAdmission:
             if pi:
                 self._values[provider_key] = max(ptat, now) + cost * pi
             return Ticket("admit")
+
+    def release(self, release: Release) -> None:
+        with self._lock:
+            for day in release.days:
+                key = f"d:{release.stream_id}:{day.isoformat()}"
+                self._days.get(key, set()).discard(release.message_id)
+            window = self._windows.get(f"r:{release.stream_id}:{release.recipient}", {})
+            window.pop(release.message_id, None)
 
     def _parking_slot(self, waiting_key: str, counted_in_key: str, base: float, si: int) -> float:
         """The next place on the schedule, what is parked ahead counted at interval ``si``."""

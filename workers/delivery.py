@@ -165,7 +165,7 @@ class Delivery:
         self.providers = providers
         self._outcomes = Outcomes(runtime)
         self._gates = Gates(runtime, admission, self._outcomes, sleep)
-        self._retries = Retries(runtime, self._outcomes)
+        self._retries = Retries(runtime, self._outcomes, self._gates.give_back)
         self._touch = ActivityTouch()
         self._gated = gated_providers(providers)
         self._calls = ProviderCalls(runtime.settings.batch_send_concurrency, threads)
@@ -623,18 +623,18 @@ class Delivery:
             )
             self._retries.after_error(job, provider.name, attempt, unexpected, log_)
             return None
-        log_ = message_log(job)
-        why = "validity passed before it could be sent"
-        self._outcomes.end(
+        expired = self._outcomes.end(
             job,
             MessageStatus.expired,
             code="expired",
-            reason=why,
-            detail=why,
+            reason=VALIDITY_PASSED,
+            detail=VALIDITY_PASSED,
             allowed_from=(MessageStatus.sending,),
             claim=attempt,
         )
-        log_.info("message_expired", why=why)
+        if expired:  # the call was never made: nothing of it counts in a cap
+            self._gates.give_back(job)
+            message_log(job).info("message_expired", why=VALIDITY_PASSED)
         return None
 
     def _record_sent_group(self, sent: list[_Sent]) -> list[None]:

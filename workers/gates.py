@@ -3,7 +3,8 @@
 the database, for the recipient's window) and **admission** (the stream's and the
 provider's rate limits and caps, fleet-wide: ``workers.admission``). A throttled message
 waits briefly in its thread or is parked until its turn; it is never failed for it and
-spends no retry (invariant 5). A message over a cap is ``rejected``."""
+spends no retry (invariant 5). A message over a cap is ``rejected``; one that was counted
+in a cap and will not go out after all is given back (``Gates.give_back``)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import redis
+import structlog
+
 from core import metrics
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from schemas.enums import StreamType
-from workers.admission import Admission, Limits, Request
+from workers.admission import Admission, Limits, Release, Request
 from workers.claims import LIMIT_SETTINGS
 from workers.jobs import Job
 from workers.outcomes import VALIDITY_PASSED, Outcomes
@@ -26,6 +30,10 @@ from workers.providers.base import Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 
 _NO_LIMITS = Limits()
+#: The stream settings that count messages (``workers.admission``: caps, not rates).
+CAP_SETTINGS = ("max_per_day", "max_per_recipient_per_hour")
+
+log = structlog.get_logger(__name__)
 
 
 class Gates:
@@ -73,9 +81,9 @@ class Gates:
             **{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()},
         )
 
-    def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
-        settings = self.runtime.settings
-        request = Request(
+    def request(self, job: Job, provider: Provider) -> Request:
+        """What admission is asked for ``job``, sent through ``provider``."""
+        return Request(
             stream_id=str(job.stream_id),
             provider=provider.rate_scope(job.stream_id),
             recipient=job.recipient,
@@ -85,6 +93,31 @@ class Gates:
             day=self.runtime.clock().date(),
             expires_at=job.expires_at,
         )
+
+    def give_back(self, job: Job) -> None:
+        """``job`` will not go out after all (the carrier refused it, or it expired waiting
+        for a retry): take it out of its stream's caps, so it does not use up the day's
+        messages or stop the recipient's next one. Should Redis fail, it stays counted: a
+        cap errs on the side of sending less."""
+        if not any(job.settings.get(name) for name in CAP_SETTINGS):
+            return
+        today = self.runtime.clock().date()
+        release = Release(
+            stream_id=str(job.stream_id),
+            recipient=job.recipient,
+            message_id=str(job.message_id),
+            days=(today, today - timedelta(days=1)),
+        )
+        try:
+            self.admission.release(release)
+        except redis.RedisError as exc:
+            log.warning(
+                "cap_release_failed", message_id=str(job.message_id), error=type(exc).__name__
+            )
+
+    def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
+        settings = self.runtime.settings
+        request = self.request(job, provider)
         if request.limits == _NO_LIMITS:
             return True  # nothing to count: spare the Redis round trip on every message
         waited = 0.0

@@ -48,10 +48,11 @@ class Outcomes:
         detail: str | None = None,
         dead_letter: str | None = None,
         claim: int | None = None,
-    ) -> None:
+    ) -> bool:
         """Move the message to a final ``status`` with its error, in one transaction (and
         keep it as a dead letter when asked). ``claim``: the attempt of the caller's claim,
-        for a move out of ``sending`` (``core.message_states.transition``)."""
+        for a move out of ``sending`` (``core.message_states.transition``). False when it was
+        no longer in ``allowed_from`` (or on that claim), and nothing changed."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             moved = transition(
@@ -69,6 +70,7 @@ class Outcomes:
                     session, job.message_id, reason=dead_letter, error_message=reason, at=now
                 )
             session.commit()
+        return moved is not None
 
     def fail(
         self,
@@ -80,10 +82,10 @@ class Outcomes:
         from_status: MessageStatus = MessageStatus.queued,
         dead_letter: str | None = None,
         claim: int | None = None,
-    ) -> None:
+    ) -> bool:
         """``failed`` with ``code`` and ``reason`` (a dead letter when ``dead_letter`` gives
-        why)."""
-        self.end(
+        why). False when the message had moved on, and nothing changed."""
+        failed = self.end(
             job,
             MessageStatus.failed,
             code=code,
@@ -92,7 +94,9 @@ class Outcomes:
             dead_letter=dead_letter,
             claim=claim,
         )
-        log_.warning("message_failed", error_code=code, dead_letter=bool(dead_letter))
+        if failed:
+            log_.warning("message_failed", error_code=code, dead_letter=bool(dead_letter))
+        return failed
 
     def reject(self, job: Job, reason: str, log_: Any) -> None:
         """``rejected`` by a cap of the stream (``reason`` names it)."""

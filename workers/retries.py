@@ -7,6 +7,7 @@ that could only come after the message's validity expires it now instead."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,9 +27,14 @@ from workers.queueing import enqueue_delivery
 class Retries:
     """The retry policy of the runtime's settings (``max_send_attempts``, back-off)."""
 
-    def __init__(self, runtime: Runtime, outcomes: Outcomes) -> None:
+    def __init__(
+        self, runtime: Runtime, outcomes: Outcomes, give_back: Callable[[Job], None]
+    ) -> None:
+        """``give_back``: takes a message that will not go out out of its stream's caps
+        (``workers.gates.Gates.give_back``)."""
         self.runtime = runtime
         self.outcomes = outcomes
+        self._give_back = give_back
 
     def after_error(
         self, job: Job, provider: str, attempt: int, error: ProviderError, log_: Any
@@ -46,7 +52,7 @@ class Retries:
         metrics.PROVIDER_ERRORS.labels(provider, kind).inc()
         used = attempt - job.attempts_base
         if not error.transient or used >= settings.max_send_attempts:
-            self.outcomes.fail(
+            failed = self.outcomes.fail(
                 job,
                 error.code,
                 error.message,
@@ -55,6 +61,10 @@ class Retries:
                 dead_letter=_dead_letter_reason(error),
                 claim=attempt,
             )
+            # The carrier did not take it, so it counts in no cap; unless the outcome is
+            # unknown, and the carrier may have it after all.
+            if failed and not error.outcome_unknown:
+                self._give_back(job)
             return
         delay = backoff_seconds(
             used, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
@@ -70,7 +80,7 @@ class Retries:
                 f"attempt {attempt} failed ({error.code}: {error.message}); "
                 f"a retry in {delay:.1f}s would come after it expires"
             )
-            self.outcomes.end(
+            expired = self.outcomes.end(
                 job,
                 MessageStatus.expired,
                 code="expired",
@@ -79,7 +89,9 @@ class Retries:
                 detail=f"attempt {attempt} failed ({error.code}); no time left to retry",
                 claim=attempt,
             )
-            log_.info("message_expired", why=why)
+            if expired:
+                self._give_back(job)
+                log_.info("message_expired", why=why)
             return
         with self.runtime.session_factory() as session:
             moved = transition(

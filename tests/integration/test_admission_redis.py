@@ -5,10 +5,11 @@ import dataclasses
 import time
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
 import redis as redis_lib
 
 from tests.conftest import REDIS_URL
-from workers.admission import Limits, RedisAdmission, Request
+from workers.admission import Limits, LocalAdmission, RedisAdmission, Release, Request
 
 
 def request(message_id: str, limits: Limits, stream: str = "s", cost: int = 1) -> Request:
@@ -33,6 +34,23 @@ def test_caps_and_rejections(redis_client):
     assert admission.admit(request("a", limits)).verdict == "admit"  # the same message again
     ticket = admission.admit(request("b", limits))
     assert (ticket.verdict, ticket.reason) == ("reject", "max_per_recipient_per_hour")
+
+
+@pytest.mark.parametrize("backend", ["redis", "local"])
+def test_a_released_message_leaves_both_caps(redis_client, backend):
+    """A message the carrier refused, or that expired before it could go, is released: the
+    day and the recipient have room for another message again."""
+    admission = RedisAdmission(redis_client) if backend == "redis" else LocalAdmission()
+    day_cap, recipient_cap = Limits(per_day=1), Limits(per_recipient_per_hour=1)
+    for limits in (day_cap, recipient_cap):
+        stream = f"s-{limits.per_day}"
+        assert admission.admit(request("a", limits, stream)).verdict == "admit"
+        assert admission.admit(request("b", limits, stream)).verdict == "reject"
+        days = (date(2026, 1, 1), date(2025, 12, 31))
+        admission.release(Release(stream, "+1", "a", days))
+        admission.release(Release(stream, "+1", "a", days))  # twice: no harm
+        assert admission.admit(request("b", limits, stream)).verdict == "admit"
+        assert admission.admit(request("c", limits, stream)).verdict == "reject"
 
 
 def test_keys_expire(redis_client):

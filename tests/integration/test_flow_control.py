@@ -191,6 +191,43 @@ def test_retries_count_once_against_the_daily_cap(
         "sandbox_timeout",
         3,
     )
+    # The carrier never took it, so the day's one message is still to be sent.
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    next_id = send(client, stream["token"], message())[0]["message_id"]
+    delivery.deliver(next_id, "transactional")
+    assert get(client, account_key, next_id)["status"] == "delivered"
+
+
+class _RefusesFirst(SandboxProvider):
+    """Refuses the first message it is handed for good (an unregistered sender, say), then
+    sends."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def send_batch(self, messages):
+        self.calls += 1
+        if self.calls == 1:
+            return [ProviderError("provider_rejected", "HTTP 400", transient=False)] * len(messages)
+        return super().send_batch(messages)
+
+
+@pytest.mark.parametrize("cap", ["max_per_day", "max_per_recipient_per_hour"])
+def test_a_message_the_carrier_refused_gives_its_place_in_the_cap_back(
+    runtime, client, make_stream, account_key, cap
+):
+    """With a cap of 1, the first message to a number is refused by the carrier: it was
+    never sent, so the next one to the same number goes out rather than being rejected."""
+    stream = make_stream(settings={cap: 1})
+    delivery = delivery_with(runtime, _RefusesFirst(runtime.settings.sandbox, runtime.redis))
+    ids = []
+    for _ in range(3):
+        ids.append(send(client, stream["token"], message())[0]["message_id"])
+        delivery.deliver(ids[-1], "transactional")
+    found = [get(client, account_key, i) for i in ids]
+    assert [m["status"] for m in found] == ["failed", "delivered", "rejected"]
+    assert found[2]["error"]["code"] == cap
 
 
 class _ThrottlesOnce(SandboxProvider):
