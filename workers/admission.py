@@ -63,8 +63,8 @@ TOLERANCE_US = 20_000
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    per_second: float | None = None  # segments, for the stream
-    provider_per_second: float | None = None  # segments, for the provider fleet-wide
+    per_second: float | None = None  # segments (WhatsApp: messages), for the stream
+    provider_per_second: float | None = None  # the same, for the provider fleet-wide
     per_day: int | None = None  # messages per UTC day, for the stream
     per_recipient_per_hour: int | None = None  # messages per recipient, for the stream
 

@@ -36,6 +36,13 @@ CAP_SETTINGS = ("max_per_day", "max_per_recipient_per_hour")
 log = structlog.get_logger(__name__)
 
 
+def rate_cost(job: Job) -> int:
+    """What ``job`` takes of a rate: its segments, which SMS carriers count; one for a
+    WhatsApp message, which has no segments (Meta's throughput counts messages a second per
+    business phone number, and so does a WhatsApp stream's ``max_per_second``)."""
+    return 1 if job.stream_type is StreamType.whatsapp else job.segments
+
+
 class Gates:
     """The gates, with ``admission`` for the limits; ``sleep`` is how a thread waits for its
     turn inline."""
@@ -88,7 +95,7 @@ class Gates:
             provider=provider.rate_scope(job.stream_id),
             recipient=job.recipient,
             message_id=str(job.message_id),
-            cost=job.segments,
+            cost=rate_cost(job),
             limits=self.limits(job, provider),
             day=self.runtime.clock().date(),
             expires_at=job.expires_at,

@@ -4,9 +4,15 @@ sends its messages through admission whatever their stream's own settings."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from types import SimpleNamespace
 
+from core.segments import count_segments
 from core.settings import HttpProviderSettings, SandboxSettings, WhatsAppApiSettings
-from workers.gates import gated_providers
+from schemas.enums import StreamType
+from workers.admission import LocalAdmission
+from workers.gates import Gates, gated_providers, rate_cost
+from workers.jobs import Job
 from workers.providers.http import HttpProvider
 from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
@@ -55,3 +61,42 @@ def test_a_declared_rate_gates_every_message_of_its_provider() -> None:
     assert (True, "transactional") not in gated, "demo streams use the unpaced sandbox"
     free = ProviderRegistry({"sandbox": sandbox, "http": http()}, "http")
     assert (False, "transactional") not in gated_providers(free)
+
+
+def _job(stream_type: StreamType, body: str) -> Job:
+    count = count_segments(body)
+    return Job(
+        message_id=uuid.uuid4(),
+        stream_id=uuid.uuid4(),
+        account_id=uuid.uuid4(),
+        stream_type=stream_type,
+        sender=None,
+        recipient="+972524265292",
+        body=body,
+        segments=count.segments,
+        encoding=count.encoding,
+        attempts=0,
+        attempts_base=0,
+        expires_at=None,
+        demo=False,
+        settings={"max_per_second": 10},
+    )
+
+
+def test_a_whatsapp_message_takes_one_place_of_its_numbers_throughput() -> None:
+    """Meta's throughput counts messages a second per business number, and a WhatsApp
+    message has no SMS segments: a 720-character text takes one of the 80 places, not five
+    (which would send 16 such messages a second instead of 80)."""
+    body = "Your order #1234 has shipped. " * 24
+    whatsapp, sms = _job(StreamType.whatsapp, body), _job(StreamType.transactional, body)
+    assert (whatsapp.segments, sms.segments) == (5, 5)
+    runtime = SimpleNamespace(clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    gates = Gates(runtime, LocalAdmission(), outcomes=None)  # type: ignore[arg-type]
+    provider = WhatsAppCloudProvider(WhatsAppApiSettings(_env_file=None), Credentials("1055"))
+    request = gates.request(whatsapp, provider)
+    assert (request.cost, request.provider, request.limits.provider_per_second) == (
+        1,
+        "whatsapp_cloud:1055",
+        80,
+    )
+    assert rate_cost(sms) == 5, "SMS carriers count segments"

@@ -73,8 +73,9 @@ class Provider(Protocol):
     #: idempotency key). Where it does not, a message it took must never be offered again,
     #: so the worker records each send at once instead of with its batch.
     idempotent: bool
-    #: The carrier's throughput in segments a second, enforced across every worker by
-    #: admission (None: it declares none).
+    #: The carrier's throughput, enforced across every worker by admission (None: it
+    #: declares none): segments a second for SMS, messages for WhatsApp
+    #: (``workers.gates.rate_cost``).
     max_per_second: float | None
 
     def rate_scope(self, stream_id: uuid.UUID) -> str:
