@@ -219,8 +219,11 @@ class Settings(BaseSettings):
     relay_batch: int = Field(default=1000, ge=1)
     #: Provider errors that may pass are retried this many times before the message fails.
     max_send_attempts: int = Field(default=5, ge=1)
-    retry_backoff_seconds: float = Field(default=2.0, ge=0)
-    retry_backoff_max_seconds: float = Field(default=600.0, ge=0)
+    #: The back-off is bounded by a day, as a carrier's ``Retry-After`` is: past about
+    #: 2.5e11 s a retry's time leaves the calendar, and the worker could not settle the
+    #: error at all.
+    retry_backoff_seconds: float = Field(default=2.0, ge=0, le=86_400)
+    retry_backoff_max_seconds: float = Field(default=600.0, ge=0, le=86_400)
     #: A throttled message waits in its worker thread up to this long; beyond it, it is
     #: parked in the database and the relay brings it back, freeing the thread.
     throttle_inline_wait_seconds: float = Field(default=0.25, ge=0, le=5)

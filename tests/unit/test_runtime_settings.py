@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from core.settings import HttpProviderSettings, Settings, WhatsAppApiSettings
 
 
@@ -21,3 +24,12 @@ def test_a_claim_lease_of_at_most_twice_the_longest_provider_timeout_is_flagged(
     assert settings(60, whatsapp=30).lease_shorter_than_calls() == 30
     assert settings(41, http=20).lease_shorter_than_calls() is None
     assert settings(40, http=20).lease_shorter_than_calls() == 20
+
+
+@pytest.mark.parametrize("name", ["retry_backoff_seconds", "retry_backoff_max_seconds"])
+def test_a_back_off_past_a_day_is_refused_naming_the_setting(name):
+    """A retry's time is now + back-off: one of 1e12 s is past the calendar."""
+    assert Settings(**{name: 86_400}, _env_file=None)
+    with pytest.raises(ValidationError) as caught:
+        Settings(**{name: 1e12}, _env_file=None)
+    assert caught.value.errors()[0]["loc"] == (name,)
