@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    column,
     literal,
     or_,
     text,
@@ -108,7 +109,7 @@ OUTBOX_PREDICATE = (
 PARKED_PREDICATE = f"status = 'queued' AND hold_reason = '{STREAM_PAUSED_HOLD}'"
 
 
-def _partial(name: str, *columns: str, where: str) -> Index:
+def _partial(name: str, *columns: str | ColumnElement[Any], where: str) -> Index:
     """An index over the rows that meet ``where`` (PostgreSQL and SQLite alike)."""
     return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
 
@@ -230,7 +231,32 @@ class DeadLetter(Base):
     """A message that kept failing after its retries, kept to be looked at and replayed."""
 
     __tablename__ = "dead_letters"
-    __table_args__ = (Index("ix_dead_letters_account_created", "account_id", "created_at"),)
+    # The list's filters each walk an index in the list's order, newest first and then by
+    # id, and stop after a page (why: migration 0014).
+    __table_args__ = (
+        Index("ix_dead_letters_account_created", "account_id", "created_at"),
+        Index(
+            "ix_dead_letters_stream_created",
+            "account_id",
+            "stream_id",
+            column("created_at").desc(),
+            "id",
+        ),
+        _partial(
+            "ix_dead_letters_unreplayed_created",
+            "account_id",
+            column("created_at").desc(),
+            "id",
+            where="replayed_at IS NULL",
+        ),
+        _partial(
+            "ix_dead_letters_replayed_created",
+            "account_id",
+            column("created_at").desc(),
+            "id",
+            where="replayed_at IS NOT NULL",
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     message_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))

@@ -8,14 +8,14 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-import psycopg
-from sqlalchemy import event, insert, text
+from sqlalchemy import insert, text
 
 from core.runtime import build_runtime
 from dispatcher.realtime_feed import FeedFilters, load_feed_streams
 from schemas.tables import Message
 from tests.conftest import auth
 from tests.message_rows import account_of, message_rows
+from tests.query_plans import generic_plan, run_plans, statements_run
 from workers.relay import Relay
 
 STATUS_INDEXES = {
@@ -29,18 +29,13 @@ STATUS_INDEXES = {
 
 def _reads_of_messages_by_status(engine, work) -> list[tuple[str, dict]]:
     """The SELECTs on messages with a status condition that ``work`` ran on ``engine``."""
-    seen: list[tuple[str, dict]] = []
-
-    def keep(_conn, _cursor, statement, parameters, _context, _many) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and "messages.status" in statement:
-            seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", keep)
-    try:
-        work()
-    finally:
-        event.remove(engine, "before_cursor_execute", keep)
-    return seen
+    return statements_run(
+        engine,
+        work,
+        lambda statement: (
+            statement.lstrip().upper().startswith("SELECT") and "messages.status" in statement
+        ),
+    )
 
 
 def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
@@ -91,7 +86,7 @@ def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
         for statement, parameters in reads:
             assert "messages.status = %(" not in statement, statement
             assert "messages.status IN (%(" not in statement, statement
-            plan = _generic_plan(connection, statement, parameters)
+            plan = generic_plan(connection, statement, parameters)
             assert "Seq Scan on messages" not in plan, plan
             assert _expected_index(statement) in plan, plan
 
@@ -110,34 +105,6 @@ def _expected_index(statement: str) -> str:
     raise AssertionError(f"a status search the test does not know: {statement}")
 
 
-def _generic_plan(connection, statement: str, parameters: dict, *, analyze: bool = False) -> str:
-    """The plan PostgreSQL uses for ``statement`` once it settles on a generic plan, as it may
-    for a statement psycopg has prepared (the values of the parameters unknown to it); with
-    ``analyze``, run, with the rows each step read."""
-    names: list[str] = []
-
-    def placeholder(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    prepared = re.sub(r"%\((\w+)\)s", placeholder, statement)
-    raw = connection.connection.driver_connection
-    values = psycopg.ClientCursor(raw).mogrify(
-        ", ".join(["%s"] * len(names)), [parameters[name] for name in names]
-    )
-    with raw.cursor() as cursor:
-        cursor.execute(f"PREPARE status_search AS {prepared}")
-        try:
-            cursor.execute("SET plan_cache_mode = force_generic_plan")
-            explain = "EXPLAIN (ANALYZE, TIMING OFF)" if analyze else "EXPLAIN"
-            cursor.execute(f"{explain} EXECUTE status_search({values})")
-            return "\n".join(row[0] for row in cursor.fetchall())
-        finally:
-            cursor.execute("DEALLOCATE status_search")
-            cursor.execute("RESET plan_cache_mode")
-
-
 def _busy_and_idle(runtime, make_stream):
     """Two streams of one account: one with 5,000 messages queued (nearly every message of
     the table in flight), one with none; the table analyzed. Returns both and the account."""
@@ -153,14 +120,6 @@ def _busy_and_idle(runtime, make_stream):
         connection.execute(text("ANALYZE messages"))
         connection.commit()
     return busy, idle, account_id
-
-
-def _run_plans(connection, statement: str, parameters: dict) -> tuple[str, str]:
-    """``statement`` run under EXPLAIN ANALYZE with its custom plan, then its generic one."""
-    custom = connection.exec_driver_sql(
-        "EXPLAIN (ANALYZE, TIMING OFF) " + statement, parameters
-    ).scalars()
-    return "\n".join(custom), _generic_plan(connection, statement, parameters, analyze=True)
 
 
 def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
@@ -184,7 +143,7 @@ def test_the_streams_list_probes_each_stream_once_behind_a_large_backlog(
     assert len(reads) >= 3, reads
     with runtime.engine.connect() as connection:
         for statement, parameters in reads:
-            for plan in _run_plans(connection, statement, parameters):
+            for plan in run_plans(connection, statement, parameters):
                 assert "Seq Scan on messages" not in plan, plan
                 read = re.findall(r"ix_messages_in_flight_stream .*actual rows=(\d+)", plan)
                 assert read, plan
@@ -256,7 +215,7 @@ def test_the_realtime_feed_counts_in_flight_messages_from_their_index(runtime, m
     assert len(reads) == 1, reads
     statement, parameters = reads[0]
     with runtime.engine.connect() as connection:
-        for plan in _run_plans(connection, statement, parameters):
+        for plan in run_plans(connection, statement, parameters):
             assert "Seq Scan on messages" not in plan, plan
             # Two probes, one per stream, reading the busy stream's 5,000 entries in all.
             read = re.findall(
