@@ -38,10 +38,11 @@ Both count messages, not admissions: each keeps the ids it admitted, so a messag
 again (a retry after a carrier timeout, a claim taken back after its lease, a job
 delivered twice) is neither counted twice nor refused by its own earlier count. The day's
 set holds one id per message admitted under a cap that day (at most the cap) for 48 hours.
-A message that will not go out after all (the carrier refused it, or it expired waiting
-for a retry) is ``release``d: its id leaves both caps, so a refused message does not use up
-the day or stop the recipient's next message. What it took of a rate is not given back:
-that time has passed.
+A message known never to have reached the carrier (its first call refused for good, or
+never made) is ``release``d: its id leaves both caps, so a refused message does not use up
+the day or stop the recipient's next message. One that may have reached it (a timeout, a
+claim taken back, retries run out) keeps its place. What a message took of a rate is not
+given back: that time has passed.
 """
 
 from __future__ import annotations

@@ -632,8 +632,9 @@ class Delivery:
             allowed_from=(MessageStatus.sending,),
             claim=attempt,
         )
-        if expired:  # the call was never made: nothing of it counts in a cap
-            self._gates.give_back(job)
+        if expired:
+            if attempt == 1:  # no call of it was ever made: it counts in no cap
+                self._gates.give_back(job)
             message_log(job).info("message_expired", why=VALIDITY_PASSED)
         return None
 

@@ -3,8 +3,8 @@
 the database, for the recipient's window) and **admission** (the stream's and the
 provider's rate limits and caps, fleet-wide: ``workers.admission``). A throttled message
 waits briefly in its thread or is parked until its turn; it is never failed for it and
-spends no retry (invariant 5). A message over a cap is ``rejected``; one that was counted
-in a cap and will not go out after all is given back (``Gates.give_back``)."""
+spends no retry (invariant 5). A message over a cap is ``rejected``; one counted in a cap
+that is known never to have reached the carrier is given back (``Gates.give_back``)."""
 
 from __future__ import annotations
 
@@ -102,10 +102,10 @@ class Gates:
         )
 
     def give_back(self, job: Job) -> None:
-        """``job`` will not go out after all (the carrier refused it, or it expired waiting
-        for a retry): take it out of its stream's caps, so it does not use up the day's
-        messages or stop the recipient's next one. Should Redis fail, it stays counted: a
-        cap errs on the side of sending less."""
+        """``job`` was admitted but is known never to have reached the carrier (its first
+        call was refused for good, or never made): take it out of its stream's caps, so it
+        does not use up the day's messages or stop the recipient's next one. Should Redis
+        fail, it stays counted: a cap errs on the side of sending less."""
         if not any(job.settings.get(name) for name in CAP_SETTINGS):
             return
         today = self.runtime.clock().date()

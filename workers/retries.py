@@ -30,8 +30,8 @@ class Retries:
     def __init__(
         self, runtime: Runtime, outcomes: Outcomes, give_back: Callable[[Job], None]
     ) -> None:
-        """``give_back``: takes a message that will not go out out of its stream's caps
-        (``workers.gates.Gates.give_back``)."""
+        """``give_back``: takes a message known never to have reached the carrier out of
+        its stream's caps (``workers.gates.Gates.give_back``)."""
         self.runtime = runtime
         self.outcomes = outcomes
         self._give_back = give_back
@@ -61,9 +61,7 @@ class Retries:
                 dead_letter=_dead_letter_reason(error),
                 claim=attempt,
             )
-            # The carrier did not take it, so it counts in no cap; unless the outcome is
-            # unknown, and the carrier may have it after all.
-            if failed and not error.outcome_unknown:
+            if failed and _never_reached_the_carrier(attempt, error):
                 self._give_back(job)
             return
         delay = backoff_seconds(
@@ -90,7 +88,6 @@ class Retries:
                 claim=attempt,
             )
             if expired:
-                self._give_back(job)
                 log_.info("message_expired", why=why)
             return
         with self.runtime.session_factory() as session:
@@ -149,6 +146,15 @@ class Retries:
                 .values(enqueued_at=self.runtime.clock())
             )
             session.commit()
+
+
+def _never_reached_the_carrier(attempt: int, error: ProviderError) -> bool:
+    """Whether a message that failed on claim ``attempt`` with ``error`` is known never to
+    have reached the carrier, and so leaves its stream's caps: its first call, refused for
+    good. A passing error may be a timeout whose request the carrier took, an earlier claim
+    may have been taken back with its call made, and a carrier may report on a failed
+    message after all; each keeps its place, a cap erring towards sending less."""
+    return attempt == 1 and not error.transient and not error.outcome_unknown
 
 
 def _dead_letter_reason(error: ProviderError) -> str | None:
