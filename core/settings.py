@@ -124,7 +124,7 @@ class WhatsAppApiSettings(BaseSettings):
     api_version: str = "v21.0"
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     #: Meta's pair rate limit (131056) means "not to this person for a while".
-    pair_rate_retry_seconds: float = Field(default=60.0, ge=0)
+    pair_rate_retry_seconds: float = Field(default=60.0, ge=0, le=86_400)
     #: How long a worker trusts its cached copy of a stream's credentials.
     credentials_cache_seconds: float = Field(default=5.0, ge=0)
     #: Messages a second per business phone number, across every worker: Meta's default
@@ -142,9 +142,9 @@ class CallbackSettings(BaseSettings):
     connect_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     #: Retries stop this long after the first attempt; the callback becomes a dead letter.
-    retry_window_seconds: float = Field(default=24 * 3600.0, gt=0)
-    backoff_base_seconds: float = Field(default=10.0, ge=0)
-    backoff_max_seconds: float = Field(default=3600.0, ge=0)
+    retry_window_seconds: float = Field(default=24 * 3600.0, gt=0, le=30 * 86_400)
+    backoff_base_seconds: float = Field(default=10.0, ge=0, le=86_400)
+    backoff_max_seconds: float = Field(default=3600.0, ge=0, le=86_400)
     #: Callback URLs that resolve to loopback, private, link-local or reserved addresses are
     #: refused (SSRF). Only turn this on for tests or a closed network.
     allow_private_addresses: bool = False

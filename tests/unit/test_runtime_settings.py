@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.settings import HttpProviderSettings, Settings, WhatsAppApiSettings
+from core.settings import (
+    CallbackSettings,
+    HttpProviderSettings,
+    Settings,
+    WhatsAppApiSettings,
+)
 
 
 def settings(lease: float, http: float = 10.0, whatsapp: float = 10.0) -> Settings:
@@ -26,10 +31,21 @@ def test_a_claim_lease_of_at_most_twice_the_longest_provider_timeout_is_flagged(
     assert settings(40, http=20).lease_shorter_than_calls() == 20
 
 
-@pytest.mark.parametrize("name", ["retry_backoff_seconds", "retry_backoff_max_seconds"])
-def test_a_back_off_past_a_day_is_refused_naming_the_setting(name):
-    """A retry's time is now + back-off: one of 1e12 s is past the calendar."""
-    assert Settings(**{name: 86_400}, _env_file=None)
+@pytest.mark.parametrize(
+    ("model", "name", "most"),
+    [
+        (Settings, "retry_backoff_seconds", 86_400),
+        (Settings, "retry_backoff_max_seconds", 86_400),
+        (WhatsAppApiSettings, "pair_rate_retry_seconds", 86_400),
+        (CallbackSettings, "backoff_base_seconds", 86_400),
+        (CallbackSettings, "backoff_max_seconds", 86_400),
+        (CallbackSettings, "retry_window_seconds", 30 * 86_400),
+    ],
+)
+def test_a_wait_past_its_bound_is_refused_naming_the_setting(model, name, most):
+    """A retry's time is now + a wait: one of 1e12 s is past the calendar, and the worker
+    could not settle the error."""
+    assert model(**{name: most}, _env_file=None)
     with pytest.raises(ValidationError) as caught:
-        Settings(**{name: 1e12}, _env_file=None)
+        model(**{name: 1e12}, _env_file=None)
     assert caught.value.errors()[0]["loc"] == (name,)
