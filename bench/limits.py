@@ -2,6 +2,7 @@
 worker processes (invariant 5)?
 
     .venv/bin/python bench/limits.py [--duration 60] [--rate 100] [--processes 4]
+                                     [--scope stream|provider]
 
 One transactional demo stream with ``settings.max_per_second = --rate`` gets a backlog big
 enough to keep it saturated for the whole run (a mix of one- and two-segment messages,
@@ -16,6 +17,11 @@ event, which the worker writes when it claims the message, right after admission
 before the provider call. Segments are counted per 10 s window (target: within ±5% of
 10 × rate) and per 1 s window (informative). The first, partial second after the first
 claim and whatever follows the measured span are left out, and their counts are shown.
+
+``--scope provider`` sets the same rate on the carrier instead (issue 3, item 2: each
+adapter declares a rate, held fleet-wide): the stream has no limit of its own and the
+sandbox declares ``STREAMS_SANDBOX_MAX_PER_SECOND = --rate``, the provider bucket of the
+same Lua call.
 """
 
 from __future__ import annotations
@@ -92,6 +98,7 @@ class Options:
     threads: int
     messages: int
     two_segment_share: float
+    scope: str
     postgres_url: str
     redis_url: str
     max_seconds: float
@@ -122,6 +129,13 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         default=0.5,
         help="share of two-segment messages in the backlog (0.5)",
     )
+    parser.add_argument(
+        "--scope",
+        choices=("stream", "provider"),
+        default="stream",
+        help="whose rate: the stream's max_per_second (default) or the carrier's, declared "
+        "by the sandbox (STREAMS_SANDBOX_MAX_PER_SECOND) with no limit on the stream",
+    )
     add_service_options(parser)
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.duration % WINDOW_SECONDS:
@@ -141,6 +155,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         threads=args.threads,
         messages=messages,
         two_segment_share=args.two_segment_share,
+        scope=args.scope,
         postgres_url=args.postgres_url,
         redis_url=args.redis_url,
         max_seconds=args.max_seconds or args.duration + 240,
@@ -193,16 +208,20 @@ def backlog_left(database_url: str, redis_url: str, queue: str) -> dict[str, int
     }
 
 
-def admission_state(database_url: str, redis_url: str, stream_id: str) -> dict[str, Any]:
-    """How far ahead of now the stream's GCRA state and its waiting schedule are
+def admission_state(
+    database_url: str, redis_url: str, stream_id: str, scope: str
+) -> dict[str, Any]:
+    """How far ahead of now the limiting bucket's GCRA state (the stream's, or the sandbox
+    carrier's with ``--scope provider``) and the stream's waiting schedule are
     (``workers/admission.py`` keys, microseconds on Redis' clock), and when the parked
     messages are due back (``not_before`` relative to now)."""
     client = redis.Redis.from_url(redis_url)
     prefix = f"streams:limits:stream:{stream_id}"
+    bucket = f"{prefix}:tat" if scope == "stream" else "streams:limits:provider:sandbox:tat"
     try:
         seconds, micros = client.time()
         now_us = seconds * 1_000_000 + micros
-        tat, waiting = client.mget(f"{prefix}:tat", f"{prefix}:waiting")
+        tat, waiting = client.mget(bucket, f"{prefix}:waiting")
     finally:
         client.close()
     with psycopg.connect(database_url) as connection:
@@ -322,7 +341,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
         account_id,
         name="limits benchmark",
         stream_type=StreamType.transactional,
-        settings={"max_per_second": options.rate},
+        settings={"max_per_second": options.rate} if options.scope == "stream" else {},
     )
     backlog = copy_messages(
         database_url, stream, options.messages, two_segment_share=options.two_segment_share
@@ -336,6 +355,8 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     metrics_port = free_port()
     # The pool's metrics (several processes) are aggregated from files in this folder.
     env = {**process_environment(database_url, redis_url), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    if options.scope == "provider":
+        env["STREAMS_SANDBOX_MAX_PER_SECOND"] = str(options.rate)
     pool_stack = stack.enter_context(ExitStack())
     pool = pool_stack.enter_context(
         running_pool(
@@ -379,7 +400,7 @@ def run(options: Options, run_id: str, stack: ExitStack) -> dict[str, Any]:
     cpu_cores = cpu.stop()
     pool_metrics = scrape_metrics(metrics_port, POOL_METRICS)
     left = backlog_left(database_url, redis_url, stream.queue)
-    admission = admission_state(database_url, redis_url, str(stream.id))
+    admission = admission_state(database_url, redis_url, str(stream.id), options.scope)
     pool_stack.close()  # stop the pool and the relay before reading the claims back
     stopped_at = time.time()
     progress("pool stopped; reading claims")
@@ -412,7 +433,8 @@ def format_report(report: dict[str, Any]) -> str:
     params, result = report["parameters"], report["result"]
     ten, one = result["windows_10s"], result["windows_1s"]
     lines = [
-        f"Streams limit accuracy: max_per_second = {params['rate']} segments, "
+        f"Streams limit accuracy: max_per_second = {params['rate']} segments "
+        f"({'the carrier' if params.get('scope') == 'provider' else 'the stream'}), "
         f"{params['processes']} worker processes × {params['threads']} threads + 1 relay, "
         f"{params['duration']} s measured",
         f"backlog: {params['backlog_messages']} messages, {params['backlog_segments']} segments "
