@@ -121,6 +121,8 @@ class Gates:
             log.warning(
                 "cap_release_failed", message_id=str(job.message_id), error=type(exc).__name__
             )
+            return
+        log.info("cap_place_given_back", message_id=str(job.message_id))
 
     def _admit(self, job: Job, provider: Provider, log_: Any) -> bool:
         settings = self.runtime.settings
