@@ -136,6 +136,12 @@ class Message(Base):
         _partial("ix_messages_sending_claimed", "claimed_at", where="status = 'sending'"),
         _partial("ix_messages_outbox_not_before", "not_before", where=OUTBOX_PREDICATE),
         _partial("ix_messages_parked_stream", "stream_id", where=PARKED_PREDICATE),
+        # The relay expires parked messages at the end of their validity (migration 0015).
+        _partial(
+            "ix_messages_parked_expires",
+            "expires_at",
+            where=f"{PARKED_PREDICATE} AND expires_at IS NOT NULL",
+        ),
         # The relay's lost-job sweep: queued messages of a type marked enqueued before a time
         # (why this shape: migration 0007).
         _partial(

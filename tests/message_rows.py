@@ -7,9 +7,10 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, text
 
-from schemas.tables import Stream
+from schemas.tables import Message, Stream
+from tests.conftest import auth
 
 
 def account_of(runtime: Any, stream: dict[str, Any]) -> uuid.UUID:
@@ -41,3 +42,22 @@ def message_rows(
         }
         for _ in range(count)
     ]
+
+
+def write_then_pause(
+    runtime: Any,
+    client: Any,
+    account_key: str,
+    stream: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Write ``rows`` straight to ``messages``, disable ``stream`` through the API, and
+    ANALYZE the table, so the plans that follow see the rows."""
+    with runtime.session_factory() as session:
+        session.execute(insert(Message), rows)
+        session.commit()
+    disabled = client.post(f"/api/v1/streams/{stream['id']}/disable", headers=auth(account_key))
+    assert disabled.status_code == 200, disabled.text
+    with runtime.engine.connect() as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.commit()

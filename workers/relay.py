@@ -15,6 +15,8 @@ Each sweep:
 * enqueues the messages a worker parked because their stream accepted no sends (disabled,
   restricted, or back in draft), once it does again; asking which streams have messages
   parked costs one probe per such stream, not a walk of their backlogs (migration 0013);
+* expires the parked messages whose validity has ended while their stream was paused, at
+  that time rather than once the stream is back (migration 0015);
 * enqueues again queued messages the broker lost: marked enqueued over
   ``relay_lost_after_seconds`` ago while their queue holds nothing in Redis (it restarted
   empty, or was flushed). An empty queue is the evidence: as long as anything is ready,
@@ -61,6 +63,7 @@ from schemas.tables import (
     status_is,
 )
 from workers.claims import RETRY_HOLD, attempts_used, spent_claim, stale_claim
+from workers.outcomes import VALIDITY_PASSED, expire_in
 from workers.queueing import (
     enqueue_deliveries,
     single_send_chunk_size,
@@ -105,6 +108,7 @@ class SweepReport:
     lost_requeued: int = 0
     claims_spent: int = 0
     unparked: int = 0
+    parked_expired: int = 0
 
     @property
     def total(self) -> int:
@@ -116,6 +120,7 @@ class SweepReport:
             + self.lost_requeued
             + self.claims_spent
             + self.unparked
+            + self.parked_expired
         )
 
 
@@ -200,6 +205,7 @@ class Relay:
                 ),
                 reason="missed",
             ),
+            parked_expired=self._expire_parked(now),
             unparked=self._release_parked(),
             lost_requeued=self._requeue_lost(
                 now - timedelta(seconds=settings.relay_lost_after_seconds)
@@ -214,6 +220,7 @@ class Relay:
                 claims_spent=report.claims_spent,
                 relayed=report.relayed,
                 unparked=report.unparked,
+                parked_expired=report.parked_expired,
                 lost_requeued=report.lost_requeued,
             )
         return report
@@ -347,6 +354,31 @@ class Relay:
         return self._enqueue_waiting(
             (Message.id.in_(ids), Message.enqueued_at.is_(None)), reason=reason
         )
+
+    def _expire_parked(self, now: datetime) -> int:
+        """Expire the parked messages whose validity has ended: their stream accepts no
+        sends, and by the time it does they could only go out late. Read off their own
+        index (``ix_messages_parked_expires``), so a sweep with none due costs one probe.
+        Returns how many."""
+        with self.runtime.session_factory() as session:
+            due = session.scalars(
+                select(Message.id)
+                .where(
+                    status_is(MessageStatus.queued),
+                    is_parked(),
+                    Message.expires_at.is_not(None),
+                    Message.expires_at <= now,
+                )
+                .order_by(Message.expires_at)
+                .limit(self.runtime.settings.relay_batch)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for message_id in due:
+                expire_in(session, message_id, now, VALIDITY_PASSED)
+            session.commit()
+        if due:
+            log.info("relay_expired_parked", count=len(due))
+        return len(due)
 
     def _release_parked(self) -> int:
         """Enqueue the parked messages of the streams that accept sends again (or were

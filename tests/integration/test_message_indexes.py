@@ -12,9 +12,9 @@ from sqlalchemy import insert, text
 
 from core.runtime import build_runtime
 from dispatcher.realtime_feed import FeedFilters, load_feed_streams
-from schemas.tables import Message
+from schemas.tables import STREAM_PAUSED_HOLD, Message
 from tests.conftest import auth
-from tests.message_rows import account_of, message_rows
+from tests.message_rows import account_of, message_rows, write_then_pause
 from tests.query_plans import generic_plan, run_plans, statements_run
 from workers.relay import Relay
 
@@ -24,6 +24,7 @@ STATUS_INDEXES = {
     "ix_messages_sending_claimed",
     "ix_messages_outbox_not_before",
     "ix_messages_queued_type_enqueued",
+    "ix_messages_parked_expires",
 }
 
 
@@ -56,12 +57,14 @@ def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
         + rows("queued", enqueued_at=None, not_before=now)  # held
         + rows("queued", enqueued_at=None)  # not yet marked
     )
-    with runtime.session_factory() as session:
-        session.execute(insert(Message), delivered + waiting)
-        session.commit()
-    with runtime.engine.connect() as connection:
-        connection.execute(text("ANALYZE messages"))
-        connection.commit()
+    paused = make_stream(name="Paused")
+    parked = [
+        *message_rows(paused, account_id, 3, now, status="queued", enqueued_at=None,
+                      hold_reason=STREAM_PAUSED_HOLD),
+        *message_rows(paused, account_id, 3, now, status="queued", enqueued_at=None,
+                      hold_reason=STREAM_PAUSED_HOLD, expires_at=now + lease),
+    ]  # fmt: skip
+    write_then_pause(runtime, client, account_key, paused, delivered + waiting + parked)
 
     relay_runtime = build_runtime(runtime.settings.model_copy(update={"relay_batch": 50}))
     try:
@@ -94,6 +97,7 @@ def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
 def _expected_index(statement: str) -> str:
     """The status index meant for a status search, told by the condition it searches on."""
     for fragment, index in (
+        ("messages.expires_at <=", "ix_messages_parked_expires"),
         ("messages.claimed_at <", "ix_messages_sending_claimed"),
         ("messages.send_at <=", "ix_messages_scheduled_send_at"),
         ("messages.enqueued_at <", "ix_messages_queued_type_enqueued"),
@@ -197,6 +201,7 @@ def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime,
         "ix_messages_sending_claimed": 1,  # sending
         "ix_messages_outbox_not_before": 0,
         "ix_messages_parked_stream": 0,
+        "ix_messages_parked_expires": 0,
     }
 
 

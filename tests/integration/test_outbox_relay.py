@@ -15,8 +15,9 @@ from dispatcher.app import create_app
 from schemas.tables import STREAM_PAUSED_HOLD as PARKED
 from schemas.tables import Message
 from tests.conftest import CLIENT_IP, auth, message
-from tests.message_rows import account_of, message_rows
+from tests.message_rows import account_of, message_rows, write_then_pause
 from tests.processes import private_redis, wait_until
+from tests.query_plans import statements_run
 from tests.queued_jobs import delayed_jobs_on, jobs_on
 from workers.pool import start_worker
 from workers.providers.sandbox import SandboxProvider
@@ -349,14 +350,7 @@ def test_a_paused_streams_backlog_is_parked_once_then_costs_each_sweep_one_probe
     parked = rows(3_000, status="queued", hold_reason=PARKED)
     due = rows(5, status="scheduled", send_at=now)
     held = rows(500, status="queued", hold_reason="rate_limit", not_before=now)
-    with runtime.session_factory() as session:
-        session.execute(insert(Message), parked + due + held)
-        session.commit()
-    disabled = client.post(f"/api/v1/streams/{paused['id']}/disable", headers=auth(account_key))
-    assert disabled.status_code == 200, disabled.text
-    with runtime.engine.connect() as connection:
-        connection.execute(text("ANALYZE messages"))
-        connection.commit()
+    write_then_pause(runtime, client, account_key, paused, parked + due + held)
 
     assert Relay(runtime).sweep().total == 0  # the due and held ones parked, not released
     with runtime.session_factory() as session:
@@ -398,3 +392,53 @@ def test_a_paused_streams_backlog_is_parked_once_then_costs_each_sweep_one_probe
     assert released == 3_505
     waiting = {i for _, ids in jobs_on(redis_client, "transactional") for i in ids}
     assert waiting == {str(row["id"]) for row in parked + due + held}
+
+
+def test_a_parked_message_expires_when_its_validity_ends_not_when_its_stream_is_back(
+    runtime, client, make_stream, account_key, redis_client
+):
+    """A disabled stream's parked messages whose validity has ended are expired by the next
+    sweep, while the stream is still disabled: the customer learns it then, not once the
+    stream is enabled again. Finding them costs one probe of their index, however many
+    other messages are parked; those still valid, or with no validity, stay parked."""
+    paused = make_stream()
+    account_id = account_of(runtime, paused)
+    now = runtime.clock()
+
+    def rows(count, **fields):
+        return message_rows(
+            paused, account_id, count, now, enqueued_at=None, status="queued",
+            hold_reason=PARKED, **fields,
+        )  # fmt: skip
+
+    lapsed = rows(3, expires_at=now - timedelta(seconds=1))
+    valid = rows(2_000, expires_at=now + timedelta(minutes=5))
+    endless = rows(1_000)
+    write_then_pause(runtime, client, account_key, paused, lapsed + valid + endless)
+
+    assert Relay(runtime).sweep().parked_expired == 3
+    for row in lapsed:
+        found = client.get(f"/api/v1/messages/{row['id']}", headers=auth(account_key)).json()
+        assert (found["status"], found["error"]["code"]) == ("expired", "expired")
+        assert found["history"][-1]["status"] == "expired"
+    with runtime.session_factory() as session:
+        left = session.execute(
+            select(Message.status, Message.hold_reason, func.count())
+            .where(Message.stream_id == uuid.UUID(paused["id"]))
+            .group_by(Message.status, Message.hold_reason)
+        ).all()
+    assert sorted(left) == [("expired", PARKED, 3), ("queued", PARKED, 3_000)]
+    assert jobs_on(redis_client, "transactional") == []
+
+    statements = statements_run(
+        runtime.engine,
+        lambda: Relay(runtime).sweep(),
+        lambda statement: "messages.expires_at <=" in statement,
+    )
+    assert len(statements) == 1, statements
+    with runtime.engine.connect() as connection:
+        explain = "EXPLAIN (ANALYZE, TIMING OFF) " + statements[0][0]
+        plan = "\n".join(connection.exec_driver_sql(explain, statements[0][1]).scalars())
+    assert "Seq Scan on messages" not in plan, plan
+    read = re.findall(r"Scan using ix_messages_parked_expires .*actual rows=(\d+)", plan)
+    assert read == ["0"], plan  # one probe, not a walk of the 2,000 still valid
