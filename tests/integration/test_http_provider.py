@@ -15,12 +15,17 @@ from sqlalchemy import text
 from core.settings import HttpProviderSettings
 from core.signatures import body_hmac
 from tests.conftest import auth, message
+from tests.deliveries import delivery_with
 from tests.fakes.http_sms import API_KEY, WEBHOOK_SECRET, FakeHttpSms, provider_settings
 from tests.fakes.server import serve
 from tests.processes import MovableClock, wait_until
+from workers.admission import RedisAdmission
+from workers.delivery import Delivery
 from workers.pool import start_worker
 from workers.providers.base import OutboundMessage, ProviderError
 from workers.providers.http import HttpProvider
+from workers.providers.registry import ProviderRegistry
+from workers.providers.sandbox import SandboxProvider
 from workers.waiting_receipts import WaitingReceipts
 
 
@@ -131,6 +136,37 @@ def test_a_2xx_without_an_id_is_not_retried(sms):
     with pytest.raises(ProviderError) as raised:
         provider.send(outbound())
     assert raised.value.code == "provider_bad_response" and not raised.value.transient
+    assert raised.value.outcome_unknown, "it answered 2xx: it may have taken the message"
+
+
+@pytest.mark.parametrize("cap", ["max_per_day", "max_per_recipient_per_hour"])
+def test_a_message_taken_without_an_id_keeps_its_place_in_the_cap(
+    runtime, client, make_stream, account_key, sms, cap
+):
+    """The carrier answers 200 without the id: it took the request. The message fails as a
+    dead letter to check before a replay, and under a cap of 1 the next message to the same
+    number is rejected, not sent as a second one."""
+    stream = make_stream(settings={cap: 1})
+    no_id = HttpProvider(provider_settings(sms.base_url, response_id_field="data.id"))
+    accepted = client.post(
+        "/v1/messages", json={"messages": [message(), message()]}, headers=auth(stream["token"])
+    )
+    assert accepted.status_code == 202, accepted.text
+    first, second = (result["message_id"] for result in accepted.json()["results"])
+    registry = ProviderRegistry({"http": no_id}, "http")
+    Delivery(runtime, registry, RedisAdmission(runtime.redis)).deliver(first, "transactional")
+    found = client.get(f"/api/v1/messages/{first}", headers=auth(account_key)).json()
+    assert (found["status"], found["error"]["code"]) == ("failed", "provider_bad_response")
+    assert len(sms.accepted()) == 1
+    letters = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"]
+    assert [(letter["message_id"], letter["reason"]) for letter in letters] == [
+        (first, "outcome_unknown")
+    ]
+    delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis)).deliver(
+        second, "transactional"
+    )
+    found = client.get(f"/api/v1/messages/{second}", headers=auth(account_key)).json()
+    assert (found["status"], found["error"]["code"]) == ("rejected", cap)
 
 
 # ---------------------------------------------------------------- through the worker, and back

@@ -43,9 +43,10 @@ class ProviderError(Exception):
 
     ``transient`` errors (timeouts, 5xx, throttling) may succeed later; others never will.
     ``outcome_unknown``: the request may have reached a provider that is not idempotent (it
-    timed out while waiting for the answer, say), so offering it again could send it twice.
-    Such an error is never transient: the message fails and becomes a dead letter, and only
-    a replay, the operator's decision, offers it again.
+    timed out while waiting for the answer, say), or a provider took it and answered without
+    the message's id; offering it again could send it twice. Such an error is never
+    transient: the message fails and becomes a dead letter, keeps its place in its stream's
+    caps, and only a replay, the operator's decision, offers it again.
     """
 
     def __init__(

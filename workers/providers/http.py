@@ -86,11 +86,13 @@ class HttpProvider:
         if 200 <= status < 300:
             provider_id = response_message_id(self._settings, answer)
             if provider_id is None:
+                # It answered 2xx: it took the request, most likely the message too.
                 raise ProviderError(
                     "provider_bad_response",
                     f"The HTTP provider accepted the message but its answer has no "
                     f"{self._settings.response_id_field!r}; not retried, it may have gone out.",
                     transient=False,
+                    outcome_unknown=True,
                 )
             return Accepted(provider_message_id=provider_id)
         words = error_text(answer, f"HTTP {status}")

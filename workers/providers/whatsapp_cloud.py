@@ -253,8 +253,10 @@ class WhatsAppCloudProvider:
             if not isinstance(provider_id, str) or not provider_id:
                 raise ProviderError(
                     "whatsapp_bad_response",
-                    "The WhatsApp Cloud API accepted the message without an id; not retried.",
+                    "The WhatsApp Cloud API accepted the message without an id; not retried, "
+                    "it may have gone out.",
                     transient=False,
+                    outcome_unknown=True,
                 )
             return Accepted(provider_message_id=provider_id[:128])
         error, credential_problem = classify_error(
