@@ -126,7 +126,8 @@ class Outcomes:
 
 
 def expire_in(session: Session, key: uuid.UUID, now: datetime, why: str) -> None:
-    """``expired`` (``why`` its error), in ``session``'s transaction, if it still waits."""
+    """``expired`` (``why`` its error), in ``session``'s transaction, if it still waits. It
+    waits no more, so its hold (parked, held until a time) is cleared."""
     transition(
         session,
         key,
@@ -134,7 +135,12 @@ def expire_in(session: Session, key: uuid.UUID, now: datetime, why: str) -> None
         allowed_from=WAITING,
         at=now,
         detail=why,
-        values={"error_code": "expired", "error_message": why},
+        values={
+            "error_code": "expired",
+            "error_message": why,
+            "hold_reason": None,
+            "not_before": None,
+        },
     )
 
 
