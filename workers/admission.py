@@ -74,6 +74,11 @@ class Limits:
         """A rate spaces sends in time; caps only count them."""
         return self.per_second is not None or self.provider_per_second is not None
 
+    @property
+    def counts(self) -> bool:
+        """A cap counts the messages it admits (and takes back those ``release``d)."""
+        return self.per_day is not None or self.per_recipient_per_hour is not None
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:

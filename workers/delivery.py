@@ -633,8 +633,7 @@ class Delivery:
             claim=attempt,
         )
         if expired:
-            if attempt == 1:  # no call of it was ever made: it counts in no cap
-                self._gates.give_back(job)
+            self._gates.give_back(job, attempt)  # this claim's call was never made
             message_log(job).info("message_expired", why=VALIDITY_PASSED)
         return None
 

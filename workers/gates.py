@@ -30,8 +30,6 @@ from workers.providers.base import Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 
 _NO_LIMITS = Limits()
-#: The stream settings that count messages (``workers.admission``: caps, not rates).
-CAP_SETTINGS = ("max_per_day", "max_per_recipient_per_hour")
 
 log = structlog.get_logger(__name__)
 
@@ -83,10 +81,14 @@ class Gates:
     def limits(job: Job, provider: Provider) -> Limits:
         """The limits ``job`` is admitted under: its stream's settings and the provider's
         rate."""
-        return Limits(
-            provider_per_second=provider.max_per_second,
-            **{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()},
+        return dataclasses.replace(
+            Gates.stream_limits(job), provider_per_second=provider.max_per_second
         )
+
+    @staticmethod
+    def stream_limits(job: Job) -> Limits:
+        """The limits ``job``'s stream sets (``LIMIT_SETTINGS``), with no provider rate."""
+        return Limits(**{field: job.settings.get(name) for name, field in LIMIT_SETTINGS.items()})
 
     def request(self, job: Job, provider: Provider) -> Request:
         """What admission is asked for ``job``, sent through ``provider``."""
@@ -101,12 +103,14 @@ class Gates:
             expires_at=job.expires_at,
         )
 
-    def give_back(self, job: Job) -> None:
-        """``job`` was admitted but is known never to have reached the carrier (its first
-        call was refused for good, or never made): take it out of its stream's caps, so it
-        does not use up the day's messages or stop the recipient's next one. Should Redis
-        fail, it stays counted: a cap errs on the side of sending less."""
-        if not any(job.settings.get(name) for name in CAP_SETTINGS):
+    def give_back(self, job: Job, attempt: int) -> None:
+        """Claim ``attempt`` of ``job`` ended without reaching the carrier (refused for
+        good, or its call never made). If it was the message's first claim, nothing of it
+        ever did, so it leaves its stream's caps: it does not use up the day's messages or
+        stop the recipient's next one. A later claim keeps the place: an earlier one may
+        have been a timeout the carrier took, or a claim taken back with its call made.
+        Should Redis fail, it stays counted: a cap errs on the side of sending less."""
+        if attempt != 1 or not self.stream_limits(job).counts:
             return
         today = self.runtime.clock().date()
         release = Release(

@@ -28,10 +28,11 @@ class Retries:
     """The retry policy of the runtime's settings (``max_send_attempts``, back-off)."""
 
     def __init__(
-        self, runtime: Runtime, outcomes: Outcomes, give_back: Callable[[Job], None]
+        self, runtime: Runtime, outcomes: Outcomes, give_back: Callable[[Job, int], None]
     ) -> None:
-        """``give_back``: takes a message known never to have reached the carrier out of
-        its stream's caps (``workers.gates.Gates.give_back``)."""
+        """``give_back``: told that a claim of a message ended without reaching the
+        carrier, it decides whether the message leaves its stream's caps
+        (``workers.gates.Gates.give_back``)."""
         self.runtime = runtime
         self.outcomes = outcomes
         self._give_back = give_back
@@ -61,8 +62,10 @@ class Retries:
                 dead_letter=_dead_letter_reason(error),
                 claim=attempt,
             )
-            if failed and _never_reached_the_carrier(attempt, error):
-                self._give_back(job)
+            # Refused for good: this claim's call did not reach the carrier. A passing
+            # error may be a timeout whose request it took; an unknown outcome says so.
+            if failed and not error.transient and not error.outcome_unknown:
+                self._give_back(job, attempt)
             return
         delay = backoff_seconds(
             used, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
@@ -146,15 +149,6 @@ class Retries:
                 .values(enqueued_at=self.runtime.clock())
             )
             session.commit()
-
-
-def _never_reached_the_carrier(attempt: int, error: ProviderError) -> bool:
-    """Whether a message that failed on claim ``attempt`` with ``error`` is known never to
-    have reached the carrier, and so leaves its stream's caps: its first call, refused for
-    good. A passing error may be a timeout whose request the carrier took, an earlier claim
-    may have been taken back with its call made, and a carrier may report on a failed
-    message after all; each keeps its place, a cap erring towards sending less."""
-    return attempt == 1 and not error.transient and not error.outcome_unknown
 
 
 def _dead_letter_reason(error: ProviderError) -> str | None:

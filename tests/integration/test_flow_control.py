@@ -198,18 +198,21 @@ def test_retries_count_once_against_the_daily_cap(
     assert get(client, account_key, next_id)["error"]["code"] == "max_per_day"
 
 
-class _RefusesFirst(SandboxProvider):
-    """Refuses the first message it is handed for good (an unregistered sender, say), then
-    sends."""
+REFUSAL = ProviderError("provider_rejected", "HTTP 400", transient=False)
+TIMEOUT_ERROR = ProviderError("provider_timeout", "no answer in time", transient=True)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = 0
+
+class _FirstAnswers(SandboxProvider):
+    """Answers its first requests with ``errors``, one each (a refusal for good from an
+    unregistered sender, say), then sends."""
+
+    def __init__(self, settings, redis, errors):
+        super().__init__(settings, redis)
+        self.errors = list(errors)
 
     def send_batch(self, messages):
-        self.calls += 1
-        if self.calls == 1:
-            return [ProviderError("provider_rejected", "HTTP 400", transient=False)] * len(messages)
+        if self.errors:
+            return [self.errors.pop(0)] * len(messages)
         return super().send_batch(messages)
 
 
@@ -220,7 +223,8 @@ def test_a_message_the_carrier_refused_gives_its_place_in_the_cap_back(
     """With a cap of 1, the first message to a number is refused by the carrier: it was
     never sent, so the next one to the same number goes out rather than being rejected."""
     stream = make_stream(settings={cap: 1})
-    delivery = delivery_with(runtime, _RefusesFirst(runtime.settings.sandbox, runtime.redis))
+    carrier = _FirstAnswers(runtime.settings.sandbox, runtime.redis, [REFUSAL])
+    delivery = delivery_with(runtime, carrier)
     ids = []
     for _ in range(3):
         ids.append(send(client, stream["token"], message())[0]["message_id"])
@@ -228,6 +232,25 @@ def test_a_message_the_carrier_refused_gives_its_place_in_the_cap_back(
     found = [get(client, account_key, i) for i in ids]
     assert [m["status"] for m in found] == ["failed", "delivered", "rejected"]
     assert found[2]["error"]["code"] == cap
+
+
+def test_a_refusal_after_a_timeout_keeps_the_place_in_the_cap(
+    settings, runtime, client, make_stream, account_key
+):
+    """The first call timed out, so the carrier may have taken it; the retry's refusal for
+    good does not make that call unmade: the message keeps the day's one place."""
+    runtime.settings = settings.model_copy(update={"retry_backoff_seconds": 0})
+    stream = make_stream(settings={"max_per_day": 1})
+    carrier = _FirstAnswers(runtime.settings.sandbox, runtime.redis, [TIMEOUT_ERROR, REFUSAL])
+    delivery = delivery_with(runtime, carrier)
+    first, second = (send(client, stream["token"], message())[0]["message_id"] for _ in "ab")
+    delivery.deliver(first, "transactional")  # times out: retried at once
+    delivery.deliver(first, "transactional")  # refused for good on its second claim
+    found = get(client, account_key, first)
+    assert (found["status"], found["attempts"]) == ("failed", 2)
+    delivery.deliver(second, "transactional")
+    found = get(client, account_key, second)
+    assert (found["status"], (found["error"] or {}).get("code")) == ("rejected", "max_per_day")
 
 
 class _ThrottlesOnce(SandboxProvider):
