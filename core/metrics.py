@@ -55,7 +55,8 @@ PROVIDER_CALL = Histogram(
 )
 PROVIDER_ERRORS = Counter(
     "streams_provider_errors_total",
-    "Provider calls that failed, by provider and kind (transient, permanent, or unknown: the "
+    "Provider calls that failed, by provider and kind (transient, permanent, configuration: "
+    "the carrier refused our credentials or account, not the message; or unknown: the "
     "request left and no usable answer came back from a provider that is not idempotent).",
     ["provider", "kind"],
 )
@@ -96,7 +97,7 @@ RELAYED = Counter(
 MESSAGE_DEAD_LETTERS = Counter(
     "streams_message_dead_letters_total",
     "Messages kept as dead letters, counted once their row is committed, by stream type and "
-    "reason (retries_exhausted, outcome_unknown, worker_error).",
+    "reason (retries_exhausted, outcome_unknown, configuration, worker_error).",
     ["type", "reason"],
 )
 DEAD_LETTER_REPLAYS = Counter(

@@ -98,7 +98,7 @@ from workers.provider_requests import each_answer, provider_request, requests_fo
 from workers.providers.base import Accepted, Provider, ProviderError
 from workers.providers.registry import ProviderRegistry
 from workers.queueing import enqueue_receipt
-from workers.retries import Retries
+from workers.retries import Retries, dead_letter_reason
 from workers.status_followup import follows_up
 
 log = structlog.get_logger(__name__)
@@ -364,7 +364,9 @@ class Delivery:
         try:
             provider = self.providers.for_stream(demo=job.demo, stream_type=job.stream_type.value)
         except ProviderError as error:
-            self._outcomes.fail(job, error.code, error.message, log_)
+            self._outcomes.fail(
+                job, error.code, error.message, log_, dead_letter=dead_letter_reason(error)
+            )
             return None
         if not self._gates.passes(job, provider, log_):
             return None

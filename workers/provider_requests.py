@@ -12,7 +12,8 @@ request of several from costing a message anything a request of its own would no
 
 - a permanent refusal of the whole request (a bulk API's 400 for one bad item) names
   none of its messages, so each is sent again at once in a request of its own, and that
-  answer is its own (no attempt spent, no back-off);
+  answer is its own (no attempt spent, no back-off); a refusal of our set-up
+  (credentials: ``ProviderError.configuration``) is every message's answer as it is;
 - a message whose validity passed before the request is left out of it, not sent late.
 """
 
@@ -121,7 +122,7 @@ def _send(
     try:
         return _request(provider, outbound)
     except ProviderError as error:
-        if len(outbound) == 1 or error.transient or error.outcome_unknown:
+        if len(outbound) == 1 or error.transient or error.outcome_unknown or error.configuration:
             return [error] * len(outbound)
         log.info(
             "batch_request_refused_sending_alone",

@@ -1,8 +1,10 @@
 """What follows a provider's refusal (``ProviderError``): a permanent error fails the
 message at once; a transient one is retried with exponential back-off and jitter (at least
 the provider's ``Retry-After``) until ``max_send_attempts``, and then fails as a dead
-letter, as does a send whose outcome is unknown (it can be replayed once checked). A retry
-that could only come after the message's validity expires it now instead."""
+letter, as does a send whose outcome is unknown (it can be replayed once checked) and one
+refused for our set-up rather than for itself (credentials: it can be replayed once they are
+mended). A retry that could only come after the message's validity expires it now
+instead."""
 
 from __future__ import annotations
 
@@ -47,10 +49,7 @@ class Retries:
         claim; the budget and the back-off count the attempts of the current round (since
         the message's last replay)."""
         settings = self.runtime.settings
-        kind = (
-            "unknown" if error.outcome_unknown else "transient" if error.transient else "permanent"
-        )
-        metrics.PROVIDER_ERRORS.labels(provider, kind).inc()
+        metrics.PROVIDER_ERRORS.labels(provider, error_kind(error)).inc()
         used = attempt - job.attempts_base
         if not error.transient or used >= settings.max_send_attempts:
             failed = self.outcomes.fail(
@@ -59,7 +58,7 @@ class Retries:
                 error.message,
                 log_,
                 from_status=MessageStatus.sending,
-                dead_letter=_dead_letter_reason(error),
+                dead_letter=dead_letter_reason(error),
                 claim=attempt,
             )
             # Refused for good: this claim's call did not reach the carrier. A passing
@@ -151,12 +150,23 @@ class Retries:
             session.commit()
 
 
-def _dead_letter_reason(error: ProviderError) -> str | None:
-    """Why a message failing with ``error`` is kept as a dead letter; None for a permanent
-    refusal, which a replay would only repeat."""
+def error_kind(error: ProviderError) -> str:
+    """The ``kind`` of ``streams_provider_errors_total`` that ``error`` counts in."""
+    if error.outcome_unknown:
+        return "unknown"
+    if error.configuration:
+        return "configuration"
+    return "transient" if error.transient else "permanent"
+
+
+def dead_letter_reason(error: ProviderError) -> str | None:
+    """Why a message failing with ``error`` is kept as a dead letter; None for a refusal of
+    the message itself, which a replay would only repeat."""
     if error.transient:
         return "retries_exhausted"
-    return "outcome_unknown" if error.outcome_unknown else None
+    if error.outcome_unknown:
+        return "outcome_unknown"
+    return "configuration" if error.configuration else None
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:

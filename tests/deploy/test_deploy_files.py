@@ -22,6 +22,8 @@ from core.callback_events import CANCELED, DEAD, DELIVERED
 from core.queue_depth import QueueDepthCollector, ready_list_key
 from core.settings import Settings
 from workers.pool import SHUTDOWN_TIMEOUT_MS
+from workers.providers.base import ProviderError
+from workers.retries import error_kind
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 #: Labels Prometheus adds to every series, and the scrape config's own.
@@ -156,6 +158,17 @@ def test_alerts_on_callbacks_match_outcomes_that_are_recorded():
     matched = re.findall(r'streams_callbacks_total\{outcome="([^"]+)"\}', text)
     assert matched, "the callback alerts name an outcome"
     assert set(matched) <= recorded, matched
+
+
+def test_the_set_up_alert_matches_a_kind_the_workers_record():
+    """``StreamsProviderRefusesOurSetUp`` matches a ``kind`` that ``workers.retries`` counts
+    a refusal of our credentials in, and no other."""
+    recorded = error_kind(
+        ProviderError("provider_auth_failed", "HTTP 401", transient=False, configuration=True)
+    )
+    text = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    matched = re.findall(r'streams_provider_errors_total\{kind="([^"]+)"\}', text)
+    assert matched == [recorded] == ["configuration"]
 
 
 def test_the_dashboard_names_real_metrics():

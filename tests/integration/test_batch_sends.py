@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from core.runtime import build_runtime
 from core.settings import SandboxSettings
-from schemas.tables import Message, MessageEvent
+from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
 from tests.deliveries import delivery_with, send, states
 from tests.processes import MovableClock
@@ -186,6 +186,27 @@ def test_a_request_that_fails_as_a_whole_is_the_error_of_each_of_its_messages(
     assert carrier.requests == [ids] and carrier.submissions() == 0
     assert states(runtime, ids) == {i: ("queued", 1) for i in ids}  # each to be retried
     assert set(errors(runtime, ids).values()) == {"provider_unavailable"}
+
+
+def test_a_request_refused_for_our_credentials_is_not_split_and_each_message_is_a_dead_letter(
+    runtime, client, make_stream
+):
+    """The carrier refuses the request for our credentials: each message alone would be
+    refused the same, so none is sent again in a request of its own. Each fails as a dead
+    letter, to replay once the credentials are mended."""
+
+    def refuses_our_key(messages):  # type: ignore[no-untyped-def]
+        raise ProviderError("provider_auth_failed", "HTTP 401", transient=False, configuration=True)
+
+    ids = send(client, make_stream(), 3)
+    carrier = carrier_taking(runtime, 100, answer=refuses_our_key)
+    result = delivery_with(runtime, carrier).deliver_many(ids)
+    assert result.failed == [] and result.handed_back == []
+    assert carrier.requests == [ids], "one request, not split into one per message"
+    assert states(runtime, ids) == {i: ("failed", 1) for i in ids}
+    with runtime.session_factory() as session:
+        letters = session.execute(select(DeadLetter.message_id, DeadLetter.reason)).all()
+    assert sorted((str(m), r) for m, r in letters) == sorted((i, "configuration") for i in ids)
 
 
 def test_answers_that_do_not_match_the_request_are_retried_not_trusted(

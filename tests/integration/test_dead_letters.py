@@ -25,10 +25,12 @@ from tests.deliveries import delivery_with, move, states
 from tests.deploy.test_deploy_files import check_expression
 from tests.processes import pipeline, wait_until
 from tests.scrape import parse, value
+from workers.admission import RedisAdmission
 from workers.claims import claim_for_sending
 from workers.dead_letter_middleware import DeadLetters
 from workers.delivery import Delivery
 from workers.outcomes import Outcomes
+from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import delivery_actor_name, delivery_batch_actor_name
 from workers.relay import Relay
@@ -371,6 +373,19 @@ def test_a_single_job_dramatiq_gave_up_on_is_still_a_dead_letter(runtime, client
 
 
 # --------------------------------------------------------------- monitoring
+
+
+def test_a_message_whose_provider_has_no_adapter_here_is_a_dead_letter(
+    runtime, client, make_stream
+):
+    """The stream's provider is not among this pool's adapters (an operator's mistake):
+    the message fails without a call, as a dead letter (reason ``configuration``) to replay
+    once the pool runs the adapter."""
+    [message_id] = send(client, make_stream()["token"], message())
+    no_sandbox = Delivery(runtime, ProviderRegistry({}, "sandbox"), RedisAdmission(runtime.redis))
+    no_sandbox.deliver(message_id, "transactional")
+    assert status_of(runtime, message_id) == "failed"
+    assert [x.reason for x in letters_of(runtime, message_id)] == ["configuration"]
 
 
 def test_a_retries_exhausted_dead_letter_is_counted(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 from sqlalchemy import text
 
 from core.settings import HttpProviderSettings
@@ -117,6 +118,7 @@ def test_adapter_refusals_are_permanent(sms):
     with pytest.raises(ProviderError) as invalid:
         provider.send(outbound("+99912345678"))
     assert invalid.value.code == "provider_rejected" and not invalid.value.transient
+    assert not invalid.value.configuration, "the number is refused, not our set-up"
     assert "cannot route" in invalid.value.message
     wrong_key = HttpProvider(
         HttpProviderSettings(url=f"{sms.base_url}/sms", auth_value="Bearer nope", _env_file=None)
@@ -124,6 +126,7 @@ def test_adapter_refusals_are_permanent(sms):
     with pytest.raises(ProviderError) as refused:
         wrong_key.send(outbound())
     assert refused.value.code == "provider_auth_failed" and not refused.value.transient
+    assert refused.value.configuration, "our credentials are refused, not the message"
     assert "nope" not in refused.value.message
     unreachable = HttpProvider(HttpProviderSettings(url="http://127.0.0.1:9/sms", _env_file=None))
     with pytest.raises(ProviderError) as down:
@@ -167,6 +170,53 @@ def test_a_message_taken_without_an_id_keeps_its_place_in_the_cap(
     )
     found = client.get(f"/api/v1/messages/{second}", headers=auth(account_key)).json()
     assert (found["status"], found["error"]["code"]) == ("rejected", cap)
+
+
+def test_a_message_refused_for_our_credentials_is_a_dead_letter_to_replay_once_mended(
+    runtime, client, make_stream, account_key, sms
+):
+    """The operator rotates the carrier's key wrongly: the carrier answers 401 to every
+    message. The message fails, but not for itself: it is kept as a dead letter (reason
+    ``configuration``), and it gives its place in the day's cap back. Once the key is right,
+    a replay delivers it."""
+    stream = make_stream(settings={"max_per_day": 1})
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    wrong_key = HttpProvider(
+        provider_settings(sms.base_url).model_copy(
+            update={"auth_value": SecretStr("Bearer rotated")}
+        )
+    )
+    refused_before = REGISTRY.get_sample_value(
+        "streams_provider_errors_total", {"provider": "http", "kind": "configuration"}
+    )
+    Delivery(
+        runtime, ProviderRegistry({"http": wrong_key}, "http"), RedisAdmission(runtime.redis)
+    ).deliver(message_id, "transactional")
+    found = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    assert (found["status"], found["error"]["code"]) == ("failed", "provider_auth_failed")
+    assert sms.accepted() == []
+    assert (refused_before or 0) + 1 == REGISTRY.get_sample_value(
+        "streams_provider_errors_total", {"provider": "http", "kind": "configuration"}
+    )
+    letters = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"]
+    assert [(letter["message_id"], letter["reason"]) for letter in letters] == [
+        (message_id, "configuration")
+    ]
+
+    replayed = client.post(
+        f"/api/v1/dead-letters/{letters[0]['id']}/replay", headers=auth(account_key)
+    )
+    assert replayed.status_code == 202, replayed.text
+    right_key = HttpProvider(provider_settings(sms.base_url))
+    Delivery(
+        runtime, ProviderRegistry({"http": right_key}, "http"), RedisAdmission(runtime.redis)
+    ).deliver(message_id, "transactional")
+    found = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    # Under a cap of one a day: the refused call did not use the day up.
+    assert (found["status"], found["error"]) == ("sent", None)
+    assert [r["body"]["reference"] for r in sms.accepted()] == [message_id]
 
 
 # ---------------------------------------------------------------- through the worker, and back

@@ -430,6 +430,9 @@ def test_pair_rate_limit_is_retried_later(client, runtime, make_stream, account_
 def test_an_invalid_token_fails_the_message_and_shows_in_the_whatsapp_tab(
     client, runtime, make_stream, account_key, cloud, worker
 ):
+    """Meta refuses the stream's token (it expired, say): the message fails, but not for
+    itself. It is a dead letter (reason ``configuration``) that a replay sends once a new
+    token is saved."""
     stream = whatsapp_stream(make_stream, client, account_key)
     cloud.tokens[PHONE_NUMBER_ID] = "a-rotated-token-we-do-not-have"
     sent = send(client, stream["token"], message_content="hi")
@@ -454,6 +457,19 @@ def test_an_invalid_token_fails_the_message_and_shows_in_the_whatsapp_tab(
     )
     tab = client.get(f"/api/v1/streams/{stream['id']}/whatsapp", headers=auth(account_key)).json()
     assert tab["state"] == "ok" and tab["error"] is None
+
+    letters = client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"]
+    assert [(letter["message_id"], letter["reason"]) for letter in letters] == [
+        (sent["message_id"], "configuration")
+    ]
+    replayed = client.post(
+        f"/api/v1/dead-letters/{letters[0]['id']}/replay", headers=auth(account_key)
+    )
+    assert replayed.status_code == 202, replayed.text
+    assert wait_until(
+        lambda: message_of(client, account_key, sent["message_id"])["status"] == "sent", 15
+    )
+    assert len(cloud.accepted()) == 1
 
 
 # ---------------------------------------------------------------- Meta's webhooks

@@ -147,16 +147,29 @@ def test_meta_error_codes():
     assert pair_header.retry_after == 5
     token, credential = classify(190, status=401)
     assert not token.transient and token.code == "whatsapp_invalid_token" and credential
+    assert token.configuration
     permission, credential = classify(200, status=403)
     assert permission.code == "whatsapp_permission_denied" and credential
+    assert permission.configuration
     for code, ours in [
         (131026, "whatsapp_undeliverable"),
         (132001, "whatsapp_unknown_template"),
         (132000, "whatsapp_template_parameters"),
         (131047, "whatsapp_reengagement_required"),
+        (131030, "whatsapp_recipient_not_allowed"),
     ]:
         error, credential = classify(code)
         assert (error.code, error.transient, credential) == (ours, False, False)
+        assert not error.configuration, "a refusal of this message, not of our set-up"
+    # The business account or number cannot send at all: our set-up, not the message.
+    for code, ours in [
+        (131031, "whatsapp_account_locked"),
+        (131042, "whatsapp_payment_issue"),
+        (133010, "whatsapp_number_not_registered"),
+        (368, "whatsapp_account_blocked"),
+    ]:
+        error, credential = classify(code)
+        assert (error.code, error.transient, error.configuration) == (ours, False, True)
     outage, _ = classify(131000, status=500)
     assert outage.transient
     unknown_5xx, _ = classify_error(502, None, None, 60)

@@ -47,6 +47,10 @@ class ProviderError(Exception):
     the message's id; offering it again could send it twice. Such an error is never
     transient: the message fails and becomes a dead letter, keeps its place in its stream's
     caps, and only a replay, the operator's decision, offers it again.
+    ``configuration``: the carrier refused our set-up with it, not this message (credentials
+    refused, a permission or account problem, no adapter for the provider). Every message
+    would be refused alike until the set-up is mended, so the message fails as a dead
+    letter that a replay sends once it is; it never reached the carrier.
     """
 
     def __init__(
@@ -57,15 +61,19 @@ class ProviderError(Exception):
         transient: bool,
         retry_after: float | None = None,
         outcome_unknown: bool = False,
+        configuration: bool = False,
     ) -> None:
         if transient and outcome_unknown:
             raise ValueError("an error whose outcome is unknown is never retried on its own")
+        if configuration and (transient or outcome_unknown):
+            raise ValueError("a refusal of our set-up is a known, permanent answer")
         super().__init__(message)
         self.code = code
         self.message = message
         self.transient = transient
         self.retry_after = retry_after
         self.outcome_unknown = outcome_unknown
+        self.configuration = configuration
 
 
 class Provider(Protocol):
@@ -101,9 +109,9 @@ class BatchProvider(Provider, Protocol):
     def send_batch(self, messages: Sequence[OutboundMessage]) -> list[Accepted | ProviderError]:
         """Hand ``messages`` (at most ``max_batch``, all from one carrier account:
         ``rate_scope``) to the carrier in one request; each one's answer, in order. Raises
-        ``ProviderError`` when the request as a whole failed: a passing error is then every
-        message's answer; a permanent one names none of them, so each message is sent
-        again in a request of its own."""
+        ``ProviderError`` when the request as a whole failed: a passing error, or a refusal
+        of our set-up (``configuration``), is then every message's answer; another permanent
+        one names none of them, so each message is sent again in a request of its own."""
         ...
 
 

@@ -2,7 +2,9 @@
 configured auth header and field mapping (``HttpProviderSettings``).
 
 Errors: timeouts, connection failures, 408, 409, 429 (with ``Retry-After``) and 5xx may pass
-and are retried; 401/403 and other 4xx (an invalid number, a refused sender) never will. Our
+and are retried; 401/403 and other 4xx (an invalid number, a refused sender) never will.
+401/403 refuse our credentials, not the message: such a message fails as a dead letter, to
+replay once the credentials are mended (``ProviderError.configuration``). Our
 message id goes with every request (mapped ``reference`` field and ``Idempotency-Key``), so a
 provider that honours it turns a send repeated after a crash into the first one. Such a
 provider answers 409 to a request whose key it is still processing for an earlier one (the
@@ -125,6 +127,7 @@ class HttpProvider:
                 "provider_auth_failed",
                 f"The HTTP provider refused our credentials (HTTP {status}).",
                 transient=False,
+                configuration=True,
             )
         raise ProviderError(
             "provider_rejected",

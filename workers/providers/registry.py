@@ -60,7 +60,7 @@ class ProviderRegistry:
     def for_stream(self, *, demo: bool, stream_type: str | None = None) -> Provider:
         """Demo streams always use the sandbox, WhatsApp streams the Cloud API, the rest the
         configured default. Raises a permanent ``ProviderError`` when that provider has no
-        adapter here."""
+        adapter here (a refusal of our set-up: ``configuration``)."""
         if stream_type is None:
             name = SANDBOX if demo else self._default
         else:
@@ -68,7 +68,10 @@ class ProviderRegistry:
         provider = self._providers.get(name)
         if provider is None:
             raise ProviderError(
-                "provider_unavailable", f"No adapter for provider {name!r}.", transient=False
+                "provider_unavailable",
+                f"No adapter for provider {name!r}.",
+                transient=False,
+                configuration=True,
             )
         return provider
 

@@ -61,6 +61,11 @@ PAIR_RATE_LIMIT = 131056
 #: Codes that mean the stream's credentials are wrong, not the message.
 _CREDENTIAL_CODES: dict[int, str] = {0: "whatsapp_invalid_token", 190: "whatsapp_invalid_token"}
 _PERMISSION_CODES = frozenset({3, 10, *range(200, 300)})
+#: Codes that mean the business account or number cannot send at all (locked, blocked for a
+#: policy, a payment problem, not registered with the Cloud API): our set-up, not the
+#: message. With the credential and permission codes, a message refused so fails as a dead
+#: letter to replay once the account is mended (``ProviderError.configuration``).
+_ACCOUNT_CODES = frozenset({131031, 131042, 133010, 368})
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +148,12 @@ def classify_error(
     described = f"WhatsApp error {code if code is not None else status}: {words}"
     if code in _CREDENTIAL_CODES or status == 401:
         our_code = _CREDENTIAL_CODES.get(code or 0, "whatsapp_invalid_token")
-        return ProviderError(our_code, described, transient=False), True
+        return ProviderError(our_code, described, transient=False, configuration=True), True
     if code in _PERMISSION_CODES:
-        return ProviderError("whatsapp_permission_denied", described, transient=False), True
+        refused = ProviderError(
+            "whatsapp_permission_denied", described, transient=False, configuration=True
+        )
+        return refused, True
     if code == PAIR_RATE_LIMIT:
         delay = retry_after if retry_after is not None else pair_rate_retry_seconds
         return (
@@ -162,6 +170,7 @@ def classify_error(
                 described,
                 transient=transient,
                 retry_after=retry_after if transient else None,
+                configuration=code in _ACCOUNT_CODES,
             ),
             False,
         )
@@ -212,6 +221,7 @@ class WhatsAppCloudProvider:
                 "whatsapp_not_configured",
                 "The stream has no WhatsApp phone number id and access token.",
                 transient=False,
+                configuration=True,
             )
         url = f"{self._base}/{credentials.phone_number_id}/messages"
         try:
