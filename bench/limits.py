@@ -84,8 +84,7 @@ BACKLOG_MARGIN_SECONDS = 30
 POOL_METRICS = (
     "streams_messages_held_total",
     "streams_rate_limit_delays_total",
-    "streams_rate_limit_wait_seconds_count",
-    "streams_rate_limit_wait_seconds_sum",
+    "streams_rate_limit_delay_seconds_count",
     "streams_segments_sent_total",
 )
 
@@ -475,13 +474,14 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     metrics = report["pool_metrics"]
     if metrics:
-        count = metrics.get("streams_rate_limit_wait_seconds_count", 0)
-        total = metrics.get("streams_rate_limit_wait_seconds_sum", 0)
+        # The delay histogram holds a message once, when it is sent after an inline wait
+        # or parked: what it holds beyond the parkings went after an inline wait.
+        parkings = metrics.get("streams_messages_held_total", 0)
+        inline = metrics.get("streams_rate_limit_delay_seconds_count", 0) - parkings
         lines += [
-            f"  pool metrics: {metrics.get('streams_messages_held_total', 0):.0f} parkings, "
+            f"  pool metrics: {parkings:.0f} parkings, "
             f"{metrics.get('streams_rate_limit_delays_total', 0):.0f} 'wait' answers from "
-            f"admission, {count:.0f} sends after an inline wait "
-            f"(mean {total / count * 1000 if count else 0:.0f} ms)",
+            f"admission, {inline:.0f} sends after an inline wait",
         ]
     left, admission = report["left_at_stop"], report["admission_at_stop"]
     lines += [
