@@ -9,23 +9,31 @@ moves TAT to max(TAT, now) + cost × interval. Unlike fixed windows there is no 
 burst over, and unlike a token bucket there is one number to keep. A message bigger than
 a second's allowance is still sent when the bucket is idle; it then pays forward.
 
-A message that does not conform is not sent and spends nothing. If its wait fits the
-caller's ``inline_budget`` the caller simply sleeps and asks again. Otherwise the message is
-parked until ``come_back_after``, a place on a second schedule that spaces parked messages
-at the stream's rate, so a backlog returns a few at a time instead of all at once; each
-still has to conform when it returns. Only parked messages take a place on that schedule.
+A message that does not conform yet is not sent now. If its turn comes within the
+caller's ``inline_budget`` (and before it expires), it is admitted for that turn: the
+buckets are paid as of then, and ``wait_seconds`` says how long the caller sleeps before
+sending. That is one call per message however many threads wait; threads used to sleep
+until the bucket's next turn, all of them, and ask again (2,000 calls a second with 32
+threads at 100/s, the one turn going to whoever asked first). A thread that dies in its
+sleep leaves its turn unused: the rate is then under-used, never exceeded.
 
-A place is a promise that its message comes back then and uses the bucket, so the schedule
+Otherwise the message spends nothing and is parked until ``come_back_after``: a place on
+the waiting schedule of each bucket it waits for (the stream's, the provider's), the later
+of the two. A schedule spaces parked messages at its bucket's rate, so a backlog returns a
+few at a time instead of all at once; each asks again when it returns. Only parked
+messages take places.
+
+A place is a promise that its message comes back then and uses the bucket, so a schedule
 keeps only promises that can still be kept, and errs early when unsure: a message that
 returns too early is parked again, one that returns too late is held up for nothing.
 * A message that would come back after its ``expires_at`` takes no place (the caller
   expires it).
 * When a message finds every bucket it is held to idle for longer than ``TOLERANCE_US``,
   the places promised for that time went unused (their messages expired, were cancelled,
-  rejected or deleted), and the schedule is dropped: later messages are parked from the
-  stream's TAT again.
-* The schedule remembers the interval it was counted in; under a new limit, what is
-  parked ahead is counted again at the new interval.
+  rejected or deleted), and the stream's schedule is dropped: later messages are parked
+  from the stream's TAT again. The provider's is dropped when its own bucket stood idle.
+* A schedule remembers the interval it was counted in; under a new limit, what is parked
+  ahead is counted again at the new interval.
 
 ``TOLERANCE_US`` lets a message go up to 20 ms before its exact turn. Without it, every
 admission's own latency (a sleep overshooting, a Redis round trip) would be lost from the
@@ -82,8 +90,9 @@ class Limits:
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """``admit``: send now. ``wait``: it conforms in ``wait_seconds``; park it and retry after
-    ``come_back_after`` seconds. ``reject``: a cap is reached (``reason``)."""
+    """``admit``: send in ``wait_seconds`` (its turn, paid for: 0 is now). ``wait``: it
+    conforms in ``wait_seconds``, past the caller's inline budget or its expiry; park it and
+    retry after ``come_back_after`` seconds. ``reject``: a cap is reached (``reason``)."""
 
     verdict: Verdict
     wait_seconds: float = 0.0
@@ -100,7 +109,8 @@ class Request:
     cost: int
     limits: Limits
     day: date
-    #: How long the caller would still wait in its thread; a longer wait parks the message.
+    #: How long the caller would wait in its thread for the message's turn; a longer wait
+    #: parks the message.
     inline_budget: float = 0.0
     #: When the caller will expire the message: it takes no place on the schedule after it.
     expires_at: datetime | None = None
@@ -142,22 +152,30 @@ local function store(key, value, lasts_until)
   local ttl = math.floor(((lasts_until or value) - now) / 1000) + 60000
   redis.call('SET', key, string.format('%.0f', value), 'PX', ttl)
 end
+-- The next place on a bucket's waiting schedule (``wkey``), from the bucket's TAT. ``ikey``
+-- holds the interval the schedule was counted in: what is parked ahead is counted again at
+-- a new one.
+local function place(wkey, ikey, interval, tat)
+  local base, ahead, counted_in = math.max(tat, now), num(wkey), num(ikey)
+  if ahead > base and counted_in > 0 and counted_in ~= interval then
+    ahead = base + math.floor((ahead - base) * interval / counted_in)
+  end
+  return math.max(ahead, base)
+end
 local stat, ptat, wait = 0, 0, 0
 if si > 0 then stat = num(KEYS[1]); wait = math.max(wait, stat - now - tolerance) end
 if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now - tolerance) end
-if wait > 0 then
+-- Its turn is past the budget, or comes only when (or after) it expires: not admitted.
+if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
   local back = wait
-  if si > 0 and wait > budget then
-    -- KEYS[7]: the interval the schedule was counted in; what is parked ahead is counted
-    -- again at the new one.
-    local base, ahead, counted_in = math.max(stat, now), num(KEYS[2]), num(KEYS[7])
-    if ahead > base and counted_in > 0 and counted_in ~= si then
-      ahead = base + math.floor((ahead - base) * si / counted_in)
-    end
-    local slot = math.max(ahead, base)
+  if wait > budget then
+    -- Parked: a place on the schedule of each bucket it waits for, the later of the two.
+    local slot = 0
+    if si > 0 then slot = place(KEYS[2], KEYS[7], si, stat) end
+    if pi > 0 then slot = math.max(slot, place(KEYS[8], KEYS[9], pi, ptat)) end
     if expiry == 0 or slot < expiry then
-      store(KEYS[2], slot + cost * si)
-      store(KEYS[7], si, slot + cost * si)
+      if si > 0 then store(KEYS[2], slot + cost * si); store(KEYS[7], si, slot + cost * si) end
+      if pi > 0 then store(KEYS[8], slot + cost * pi); store(KEYS[9], pi, slot + cost * pi) end
     end
     back = math.max(back, slot - now)
   end
@@ -165,6 +183,7 @@ if wait > 0 then
 end
 -- Nothing held this message back: idle past its turn, the places promised went unused.
 if si > 0 and math.max(stat, ptat) < now - tolerance then redis.call('DEL', KEYS[2], KEYS[7]) end
+if pi > 0 and ptat < now - tolerance then redis.call('DEL', KEYS[8], KEYS[9]) end
 local per_day, per_recipient = tonumber(ARGV[4]), tonumber(ARGV[5])
 if per_day > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 0 then
   -- KEYS[6]: the day's plain counter, as kept before ids were; read until it expires.
@@ -181,9 +200,11 @@ if per_recipient > 0 then
   redis.call('PEXPIRE', KEYS[5], 3600000)
 end
 if per_day > 0 then redis.call('SADD', KEYS[4], ARGV[6]); redis.call('EXPIRE', KEYS[4], 172800) end
-if si > 0 then store(KEYS[1], math.max(stat, now) + cost * si) end
-if pi > 0 then store(KEYS[3], math.max(ptat, now) + cost * pi) end
-return {'admit', '0', '0'}
+-- Admitted for its turn, now + wait: both buckets are paid as of then.
+local go = now + wait
+if si > 0 then store(KEYS[1], math.max(stat, go) + cost * si) end
+if pi > 0 then store(KEYS[3], math.max(ptat, go) + cost * pi) end
+return {'admit', string.format('%.0f', wait), '0'}
 """
 
 
@@ -211,6 +232,8 @@ class RedisAdmission:
             f"{p}stream:{request.stream_id}:recipient:{request.recipient}",
             f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}",
             f"{p}stream:{request.stream_id}:waiting:interval",
+            f"{p}provider:{request.provider}:waiting",
+            f"{p}provider:{request.provider}:waiting:interval",
         ]
         limits = request.limits
         args = [
@@ -232,7 +255,7 @@ class RedisAdmission:
             return Ticket("reject", reason=first)
         if verdict == "wait":
             return Ticket("wait", int(first) / 1e6, int(second) / 1e6)
-        return Ticket("admit")
+        return Ticket("admit", int(first) / 1e6)
 
     def release(self, release: Release) -> None:
         p = f"{self.PREFIX}stream:{release.stream_id}"
@@ -261,24 +284,43 @@ class LocalAdmission:
             cost = max(request.cost, 1)
             stream_key, provider_key = f"s:{request.stream_id}", f"p:{request.provider}"
             waiting_key, counted_in_key = f"w:{request.stream_id}", f"wi:{request.stream_id}"
+            provider_waiting_key = f"pw:{request.provider}"
+            provider_counted_in_key = f"pwi:{request.provider}"
             stat = self._values.get(stream_key, 0) if si else 0
             ptat = self._values.get(provider_key, 0) if pi else 0
             wait = max(
                 stat - now - TOLERANCE_US if si else 0, ptat - now - TOLERANCE_US if pi else 0, 0
             )
-            if wait > 0:
+            budget, expiry = int(request.inline_budget * 1_000_000), _epoch_us(request.expires_at)
+            if wait > budget or (wait > 0 and expiry and now + wait >= expiry):
                 back = wait
-                if si and wait > request.inline_budget * 1_000_000:
-                    slot = self._parking_slot(waiting_key, counted_in_key, max(stat, now), si)
-                    expiry = _epoch_us(request.expires_at)
+                if wait > budget:
+                    slot = 0.0
+                    if si:
+                        slot = self._parking_slot(waiting_key, counted_in_key, max(stat, now), si)
+                    if pi:
+                        slot = max(
+                            slot,
+                            self._parking_slot(
+                                provider_waiting_key, provider_counted_in_key, max(ptat, now), pi
+                            ),
+                        )
                     if not expiry or slot < expiry:
-                        self._values[waiting_key] = slot + cost * si
-                        self._values[counted_in_key] = si
+                        for key, interval_key, interval in (
+                            (waiting_key, counted_in_key, si),
+                            (provider_waiting_key, provider_counted_in_key, pi),
+                        ):
+                            if interval:
+                                self._values[key] = slot + cost * interval
+                                self._values[interval_key] = interval
                     back = max(back, slot - now)
                 return Ticket("wait", wait / 1e6, back / 1e6)
             if si and max(stat, ptat) < now - TOLERANCE_US:
                 self._values.pop(waiting_key, None)
                 self._values.pop(counted_in_key, None)
+            if pi and ptat < now - TOLERANCE_US:
+                self._values.pop(provider_waiting_key, None)
+                self._values.pop(provider_counted_in_key, None)
             day = self._days.setdefault(f"d:{request.stream_id}:{request.day.isoformat()}", set())
             if limits.per_day and request.message_id not in day and len(day) >= limits.per_day:
                 return Ticket("reject", reason="max_per_day")
@@ -294,11 +336,12 @@ class LocalAdmission:
                 window[request.message_id] = now
             if limits.per_day:
                 day.add(request.message_id)
+            go = now + wait
             if si:
-                self._values[stream_key] = max(stat, now) + cost * si
+                self._values[stream_key] = max(stat, go) + cost * si
             if pi:
-                self._values[provider_key] = max(ptat, now) + cost * pi
-            return Ticket("admit")
+                self._values[provider_key] = max(ptat, go) + cost * pi
+            return Ticket("admit", wait / 1e6)
 
     def release(self, release: Release) -> None:
         with self._lock:

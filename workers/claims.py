@@ -99,6 +99,8 @@ _LOAD = (
 
 #: ``hold_reason`` of a message waiting out a retry's back-off (or a carrier's Retry-After).
 RETRY_HOLD = "retry"
+#: ``hold_reason`` of a message parked for its place under a rate (``workers.admission``).
+RATE_HOLD = "rate_limited"
 #: How early a message waiting out a retry's back-off may still be claimed: a retry job's
 #: broker delay is counted in whole milliseconds from its worker's clock, and the claiming
 #: worker's clock may differ a little; a job that comes sooner is another one (redelivered).
@@ -146,6 +148,17 @@ def retry_not_due(hold_reason: str | None, not_before: datetime | None, now: dat
     ``RETRY_EARLY_SLACK`` to run."""
     return (
         hold_reason == RETRY_HOLD
+        and not_before is not None
+        and as_utc(not_before) > now + RETRY_EARLY_SLACK
+    )
+
+
+def place_not_due(hold_reason: str | None, not_before: datetime | None, now: datetime) -> bool:
+    """A queued row parked for its place under a rate, more than ``RETRY_EARLY_SLACK``
+    ahead: a job for it now is another one (a redelivery, the relay's for a mark not yet
+    written). Its own job comes at its place, or the relay's when due."""
+    return (
+        hold_reason == RATE_HOLD
         and not_before is not None
         and as_utc(not_before) > now + RETRY_EARLY_SLACK
     )

@@ -85,6 +85,7 @@ from workers.claims import (
     claim_ungated,
     load_messages,
     may_retake,
+    place_not_due,
     release_claims,
     retry_not_due,
 )
@@ -303,6 +304,13 @@ class Delivery:
             due = as_utc(row.not_before)
             hold(session, row.id, now, until=due, reason=RETRY_HOLD)
             log_.info("delivery_retry_not_due", not_before=due.isoformat())
+            return None
+        if row.status == MessageStatus.queued.value and place_not_due(
+            row.hold_reason, row.not_before, now
+        ):
+            # Taken on, it would be parked again, at the end of the schedule, and its place
+            # would go unused (or, were its turn near, booked twice).
+            log_.debug("delivery_place_not_due", not_before=as_utc(row.not_before).isoformat())
             return None
         if row.stream_deleted_at is not None:
             transition(

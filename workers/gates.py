@@ -9,7 +9,6 @@ that is known never to have reached the carrier is given back (``Gates.give_back
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,7 +22,7 @@ from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from schemas.enums import StreamType
 from workers.admission import Admission, Limits, Release, Request
-from workers.claims import LIMIT_SETTINGS
+from workers.claims import LIMIT_SETTINGS, RATE_HOLD
 from workers.jobs import Job
 from workers.outcomes import VALIDITY_PASSED, Outcomes
 from workers.providers.base import Provider, ProviderError
@@ -133,30 +132,23 @@ class Gates:
         request = self.request(job, provider)
         if request.limits == _NO_LIMITS:
             return True  # nothing to count: spare the Redis round trip on every message
-        waited = 0.0
-        budget = settings.throttle_inline_wait_seconds
-        while True:
-            ticket = self.admission.admit(
-                dataclasses.replace(request, inline_budget=max(budget - waited, 0.0))
-            )
-            if ticket.verdict == "admit":
-                if waited:
-                    metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(waited)
-                return True
-            if ticket.verdict == "reject":
-                self.outcomes.reject(job, ticket.reason or "limit", log_)
-                return False
-            metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
-            if waited + ticket.wait_seconds > settings.throttle_inline_wait_seconds:
-                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(
-                    waited + ticket.come_back_after
-                )
-                back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
-                return self.outcomes.wait_until(job, back, "rate_limited", log_)
-            # A little jitter, so threads waiting for the same turn do not all ask at once.
-            pause = ticket.wait_seconds + random.uniform(0, 0.002)
-            self._sleep(pause)
-            waited += pause
+        ticket = self.admission.admit(
+            dataclasses.replace(request, inline_budget=settings.throttle_inline_wait_seconds)
+        )
+        if ticket.verdict == "reject":
+            self.outcomes.reject(job, ticket.reason or "limit", log_)
+            return False
+        if ticket.verdict == "admit" and not ticket.wait_seconds:
+            return True
+        metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
+        if ticket.verdict == "admit":
+            # Its turn, paid for (``workers.admission``): sleep until it, then send.
+            self._sleep(ticket.wait_seconds)
+            metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.wait_seconds)
+            return True
+        metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.come_back_after)
+        back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
+        return self.outcomes.wait_until(job, back, RATE_HOLD, log_)
 
 
 def gated_providers(providers: ProviderRegistry) -> frozenset[tuple[bool, str]]:

@@ -7,10 +7,10 @@ another worker moved meanwhile is left as that worker left it."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import and_, case, update
 from sqlalchemy.orm import Session
 
 from core import metrics
@@ -18,7 +18,9 @@ from core.dead_letters import record_dead_letter
 from core.message_states import MESSAGES, transition
 from core.runtime import Runtime
 from schemas.enums import MessageStatus
+from workers.claims import RATE_HOLD
 from workers.jobs import Job
+from workers.queueing import enqueue_delivery
 
 #: Where a message waits to be sent.
 WAITING = (MessageStatus.queued,)
@@ -117,12 +119,58 @@ class Outcomes:
         if job.expires_at is not None and until >= job.expires_at:
             self.expire(job, f"cannot be sent before it expires ({reason})", log_)
             return False
+        now = self.runtime.clock()
+        # Due before the relay would look at it again: on the broker with its delay now, as
+        # the relay would, rather than a sweep late. Enqueued first and marked with its hold,
+        # so no relay sweep between the two can enqueue it a second time.
+        soon = until <= now + timedelta(seconds=self.runtime.settings.relay_lookahead_seconds)
+        enqueued = soon and self._enqueue(job, until - now, log_)
         with self.runtime.session_factory() as session:
-            hold(session, job.message_id, self.runtime.clock(), until=until, reason=reason)
+            hold(
+                session,
+                job.message_id,
+                now,
+                until=until,
+                reason=reason,
+                enqueued_at=now if enqueued else None,
+            )
             session.commit()
         metrics.MESSAGES_HELD.labels(job.stream_type.value, reason).inc()
         log_.debug("message_held", reason=reason, until=until.isoformat())
         return False
+
+    def enqueue_held(self, job: Job, delay: timedelta, reason: str, log_: Any) -> None:
+        """Put a message held for ``reason`` (committed) on the broker with ``delay`` and
+        mark it enqueued, so it does not wait for a relay sweep. If the broker is down, it
+        stays held and the relay releases it when due."""
+        if not self._enqueue(job, delay, log_):
+            return
+        with self.runtime.session_factory() as session:
+            session.execute(
+                update(MESSAGES)
+                .where(
+                    MESSAGES.c.id == job.message_id,
+                    MESSAGES.c.status == MessageStatus.queued.value,
+                    MESSAGES.c.hold_reason == reason,
+                    MESSAGES.c.enqueued_at.is_(None),
+                )
+                .values(enqueued_at=self.runtime.clock())
+            )
+            session.commit()
+
+    def _enqueue(self, job: Job, delay: timedelta, log_: Any) -> bool:
+        """Put the message on the broker with ``delay``; False when the broker is down."""
+        try:
+            enqueue_delivery(
+                self.runtime.broker,
+                job.stream_type.queue_name,
+                str(job.message_id),
+                delay_ms=max(int(delay.total_seconds() * 1000), 0),
+            )
+        except Exception as exc:
+            log_.warning("held_enqueue_failed_left_to_relay", error=type(exc).__name__)
+            return False
+        return True
 
 
 def expire_in(session: Session, key: uuid.UUID, now: datetime, why: str) -> None:
@@ -145,13 +193,37 @@ def expire_in(session: Session, key: uuid.UUID, now: datetime, why: str) -> None
 
 
 def hold(
-    session: Session, key: uuid.UUID, now: datetime, *, until: datetime | None, reason: str
+    session: Session,
+    key: uuid.UUID,
+    now: datetime,
+    *,
+    until: datetime | None,
+    reason: str,
+    enqueued_at: datetime | None = None,
 ) -> None:
     """Take a queued message off the broker, in ``session``'s transaction: the relay
     enqueues it again at ``until`` (or, with no time, when its stream accepts sends
-    again)."""
+    again). ``enqueued_at``: the caller has put it back on the broker with its delay
+    already, and the relay leaves it.
+
+    A message parked for its place under a rate (``RATE_HOLD``) whose place is still ahead
+    keeps it, when a later one comes: that is a second job for it (a redelivery), whose
+    place goes unused, while its own job comes at the earlier one."""
+    not_before: Any = until
+    if reason == RATE_HOLD and until is not None:
+        not_before = case(
+            (
+                and_(
+                    MESSAGES.c.hold_reason == RATE_HOLD,
+                    MESSAGES.c.not_before > now,
+                    MESSAGES.c.not_before < until,
+                ),
+                MESSAGES.c.not_before,
+            ),
+            else_=until,
+        )
     session.execute(
         update(MESSAGES)
         .where(MESSAGES.c.id == key, MESSAGES.c.status == MessageStatus.queued.value)
-        .values(enqueued_at=None, not_before=until, hold_reason=reason, updated_at=now)
+        .values(enqueued_at=enqueued_at, not_before=not_before, hold_reason=reason, updated_at=now)
     )

@@ -13,17 +13,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import update
-
 from core import metrics
-from core.message_states import MESSAGES, transition
+from core.message_states import transition
 from core.runtime import Runtime
 from schemas.enums import MessageStatus
 from workers.claims import RETRY_HOLD
 from workers.jobs import Job
 from workers.outcomes import Outcomes, hold
 from workers.providers.base import ProviderError
-from workers.queueing import enqueue_delivery
 
 
 class Retries:
@@ -120,34 +117,7 @@ class Retries:
             attempt=attempt,
             delay_s=round(delay, 2),
         )
-        self._enqueue(job, delay, log_)
-
-    def _enqueue(self, job: Job, delay: float, log_: Any) -> None:
-        """Put the retry on the broker with its back-off delay and mark it enqueued, so it
-        does not wait for a relay sweep. If the broker is down, the message stays held and
-        the relay releases it when due."""
-        try:
-            enqueue_delivery(
-                self.runtime.broker,
-                job.stream_type.queue_name,
-                str(job.message_id),
-                delay_ms=int(delay * 1000),
-            )
-        except Exception as exc:
-            log_.warning("retry_enqueue_failed_left_to_relay", error=type(exc).__name__)
-            return
-        with self.runtime.session_factory() as session:
-            session.execute(
-                update(MESSAGES)
-                .where(
-                    MESSAGES.c.id == job.message_id,
-                    MESSAGES.c.status == MessageStatus.queued.value,
-                    MESSAGES.c.hold_reason == RETRY_HOLD,
-                    MESSAGES.c.enqueued_at.is_(None),
-                )
-                .values(enqueued_at=self.runtime.clock())
-            )
-            session.commit()
+        self.outcomes.enqueue_held(job, timedelta(seconds=delay), RETRY_HOLD, log_)
 
 
 def error_kind(error: ProviderError) -> str:

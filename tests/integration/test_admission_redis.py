@@ -140,3 +140,39 @@ def test_the_parking_schedule_expires(redis_client):
     keys = redis_client.keys("streams:limits:stream:s:waiting*")
     assert len(keys) == 2, keys  # the schedule and the interval it is counted in
     assert all(redis_client.ttl(key) > 0 for key in keys)
+
+
+def test_turns_and_places_answer_as_in_process(redis_client):
+    """A turn within the budget is admitted for later and paid for; past it, a place on the
+    schedule of the binding bucket (here the provider's, which the stream has no rate to
+    share): the same answers from Redis as in-process, to the hundredth of a second (the
+    Redis clock moves on between calls)."""
+    limits = Limits(provider_per_second=10)
+    asks = [("first", 0), ("a", 0.25), ("b", 0.25), ("c", 0.25), ("d", 0)]
+    answers = {}
+    for name, admission in (
+        ("redis", RedisAdmission(redis_client)),
+        ("local", LocalAdmission()),
+    ):
+        tickets = [
+            admission.admit(
+                dataclasses.replace(
+                    request(message_id, limits), provider=f"carrier-{name}", inline_budget=budget
+                )
+            )
+            for message_id, budget in asks
+        ]
+        answers[name] = [
+            (t.verdict, round(t.wait_seconds, 2), round(t.come_back_after, 2)) for t in tickets
+        ]
+    assert (
+        answers["redis"]
+        == answers["local"]
+        == [
+            ("admit", 0.0, 0.0),
+            ("admit", 0.08, 0.0),  # its turn, 0.1 s on, less the tolerance: paid for
+            ("admit", 0.18, 0.0),
+            ("wait", 0.28, 0.3),  # past the budget: parked for its place, and nothing paid
+            ("wait", 0.28, 0.4),  # the next place on the provider's schedule
+        ]
+    )

@@ -21,6 +21,7 @@ from schemas.tables import Message, MessageEvent
 from tests.conftest import auth, message
 from tests.deliveries import delivery_with
 from tests.processes import MovableClock, pipeline, wait_until, worker_pool
+from workers.outcomes import hold
 from workers.providers.base import ProviderError
 from workers.providers.sandbox import SandboxProvider
 from workers.relay import Relay
@@ -265,6 +266,61 @@ class _ThrottlesOnce(SandboxProvider):
         if self.calls == 1:
             raise ProviderError("provider_throttled", "HTTP 429", transient=True, retry_after=3600)
         return super().send(message)
+
+
+def test_a_second_job_for_a_parked_message_neither_moves_its_place_nor_takes_another(
+    runtime, client, make_stream
+):
+    """At one message a second, the second to fourth are parked for their places, 1, 2
+    and 3 s on. A second job for the fourth (a redelivery) comes long before its place: it
+    is skipped, the place stays, and no place is taken for it, so the fifth's is 4 s on.
+    Had it been taken on, it would have been parked again 4 s on, its own job would have
+    come at 3 s to a message that then waited until 4 s, and the schedule would hold a
+    place no message comes for."""
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    stream = make_stream(settings={"max_per_second": 1})
+    ids = [r["message_id"] for r in send(client, stream["token"], *[message()] * 5)]
+
+    def parked(message_id: str) -> tuple[str | None, datetime | None]:
+        with runtime.session_factory() as session:
+            row = session.get(Message, uuid.UUID(message_id))
+            assert row is not None and row.status == "queued"
+            return row.hold_reason, as_utc(row.not_before) if row.not_before else None
+
+    for message_id in ids[:4]:
+        delivery.deliver(message_id, "transactional")
+    reason, place = parked(ids[3])
+    assert reason == "rate_limited" and place is not None
+    assert timedelta(seconds=2.5) < place - runtime.clock() <= timedelta(seconds=3)
+
+    delivery.deliver(ids[3], "transactional")  # redelivered, 3 s early
+    assert parked(ids[3]) == (reason, place)
+    delivery.deliver(ids[4], "transactional")
+    _, fifth = parked(ids[4])
+    assert fifth is not None
+    assert timedelta(seconds=0.9) < fifth - place < timedelta(seconds=1.1)
+
+
+def test_a_message_parked_for_its_place_keeps_the_earlier_of_two(runtime, client, make_stream):
+    """``hold`` under a rate keeps a place still ahead against a later one (a second job's),
+    takes an earlier one, and takes any once its place has passed."""
+    [sent] = send(client, make_stream()["token"], message())
+    key, now = uuid.UUID(sent["message_id"]), runtime.clock()
+
+    def park(until: datetime, at: datetime = now) -> datetime:
+        with runtime.session_factory() as session:
+            hold(session, key, at, until=until, reason="rate_limited")
+            session.commit()
+            row = session.get(Message, key)
+            assert row is not None and row.not_before is not None
+            return as_utc(row.not_before)
+
+    place = now + timedelta(seconds=5)
+    assert park(place) == place
+    assert park(now + timedelta(seconds=9)) == place, "a later place: the earlier one stays"
+    assert park(now + timedelta(seconds=3)) == now + timedelta(seconds=3), "an earlier one"
+    later = now + timedelta(seconds=20)
+    assert park(later, at=now + timedelta(seconds=4)) == later, "its place passed: the new one"
 
 
 @pytest.mark.parametrize("limits", [{}, {"max_per_second": 100}], ids=["ungated", "gated"])

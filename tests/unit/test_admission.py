@@ -129,17 +129,36 @@ def test_no_limits_always_admit():
     assert all(admission.admit(request(limits=Limits())).verdict == "admit" for _ in range(100))
 
 
-def test_waiting_inline_takes_no_place_on_the_parking_schedule():
-    """Regression: every inline wait used to push the parking schedule forward, so parked
-    messages were sent back minutes late and a throttled stream went idle."""
+def test_a_turn_within_the_inline_budget_is_admitted_and_paid_for():
+    """A message whose turn comes within the caller's budget is admitted for that turn:
+    its thread sleeps ``wait_seconds``, then sends, with no second call. The next message's
+    turn comes after it, and a message parked meanwhile comes back after both."""
     clock = Clock()
     admission = LocalAdmission(clock)
     admission.admit(request())
-    for _ in range(50):  # threads asking again and again while they wait their turn
-        inline = Request("s", "sandbox", "+1", "m", 1, Limits(per_second=10), date(2026, 1, 1), 1.0)
-        assert admission.admit(inline).verdict == "wait"
-    parked = admission.admit(request())
-    assert parked.come_back_after == pytest.approx(0.1)
+    inline = [
+        admission.admit(dataclasses.replace(request(message_id=m), inline_budget=1.0))
+        for m in ("a", "b")
+    ]
+    assert [t.verdict for t in inline] == ["admit", "admit"]
+    assert [t.wait_seconds for t in inline] == pytest.approx([0.1 - EARLY, 0.2 - EARLY])
+    parked = admission.admit(request(message_id="c"))
+    assert parked.verdict == "wait" and parked.come_back_after == pytest.approx(0.3)
+
+
+def test_a_turn_past_the_budget_or_the_expiry_is_not_admitted():
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    admission.admit(request())
+    late = admission.admit(dataclasses.replace(request(message_id="a"), inline_budget=0.05))
+    assert late.verdict == "wait", "its turn, 0.08 s away, is past a budget of 0.05 s"
+    doomed = dataclasses.replace(
+        request(message_id="b"), inline_budget=1.0, expires_at=at(clock, 0.05)
+    )
+    assert admission.admit(doomed).verdict == "wait", "its turn comes after it expires"
+    # Neither paid for a turn: the next message's is the one they would have taken.
+    next_one = admission.admit(dataclasses.replace(request(message_id="c"), inline_budget=1.0))
+    assert next_one.verdict == "admit"
 
 
 def test_the_long_run_rate_is_exact_despite_late_admissions():
@@ -196,10 +215,25 @@ def test_a_bucket_held_by_the_provider_is_not_idle():
     limits = Limits(per_second=10, provider_per_second=2)
     assert admission.admit(request(limits=limits)).verdict == "admit"
     backs = [admission.admit(request(limits=limits)).come_back_after for _ in range(10)]
-    assert backs[-1] == pytest.approx(1.0)
+    # Parked at the provider's rate, the binding one: its schedule spaces them.
+    assert backs == pytest.approx([0.5 * n for n in range(1, 11)])
     clock.us += 500_000  # the provider's turn; the stream's TAT passed 0.4 s ago
     assert admission.admit(request(limits=limits)).verdict == "admit"
-    assert admission.admit(request(limits=limits)).come_back_after == pytest.approx(0.6)
+    assert admission.admit(request(limits=limits)).come_back_after == pytest.approx(5.0)
+
+
+def test_a_backlog_held_by_the_provider_alone_comes_back_at_its_rate():
+    """With no rate of the stream's own, parked messages take places on the provider's
+    schedule: they come back a turn apart, not all when the first turn comes (each to be
+    parked again)."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    limits = Limits(provider_per_second=10)
+    assert admission.admit(request(limits=limits)).verdict == "admit"
+    backs = [admission.admit(request(limits=limits)).come_back_after for _ in range(3)]
+    assert backs == pytest.approx([0.1, 0.2, 0.3])
+    other_stream = dataclasses.replace(request(limits=limits), stream_id="other")
+    assert admission.admit(other_stream).come_back_after == pytest.approx(0.4)
 
 
 def test_no_slot_is_reserved_past_the_messages_expiry():
