@@ -18,10 +18,11 @@ threads at 100/s, the one turn going to whoever asked first). A thread that dies
 sleep leaves its turn unused: the rate is then under-used, never exceeded.
 
 Otherwise the message spends nothing and is parked until ``come_back_after``: a place on
-the waiting schedule of each bucket it waits for (the stream's, the provider's), the later
-of the two. A schedule spaces parked messages at its bucket's rate, so a backlog returns a
-few at a time instead of all at once; each asks again when it returns. Only parked
-messages take places.
+the waiting schedule of the stream, or of the provider when the provider holds it back
+longest (a stream held back by its own rate leaves the provider's schedule alone, or its
+backlog would push back every other stream of the provider). A schedule spaces parked
+messages at its bucket's rate, so a backlog returns a few at a time instead of all at
+once; each asks again when it returns. Only parked messages take places.
 
 A place is a promise that its message comes back then and uses the bucket, so a schedule
 keeps only promises that can still be kept, and errs early when unsure: a message that
@@ -169,13 +170,18 @@ if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now - tolerance
 if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
   local back = wait
   if wait > budget then
-    -- Parked: a place on the schedule of each bucket it waits for, the later of the two.
-    local slot = 0
-    if si > 0 then slot = place(KEYS[2], KEYS[7], si, stat) end
-    if pi > 0 then slot = math.max(slot, place(KEYS[8], KEYS[9], pi, ptat)) end
+    -- Parked: a place on the stream's schedule, or on the provider's when the provider
+    -- holds it back longest. A stream held back by its own rate leaves the provider's
+    -- schedule alone: it would push back every other stream of the provider.
+    local sslot, pslot = 0, 0
+    if si > 0 then sslot = place(KEYS[2], KEYS[7], si, stat) end
+    if pi > 0 and ptat - now - tolerance > 0 then pslot = place(KEYS[8], KEYS[9], pi, ptat) end
+    local slot = math.max(sslot, pslot)
     if expiry == 0 or slot < expiry then
       if si > 0 then store(KEYS[2], slot + cost * si); store(KEYS[7], si, slot + cost * si) end
-      if pi > 0 then store(KEYS[8], slot + cost * pi); store(KEYS[9], pi, slot + cost * pi) end
+      if pslot > 0 and pslot >= sslot then
+        store(KEYS[8], slot + cost * pi); store(KEYS[9], pi, slot + cost * pi)
+      end
     end
     back = math.max(back, slot - now)
   end
@@ -295,24 +301,23 @@ class LocalAdmission:
             if wait > budget or (wait > 0 and expiry and now + wait >= expiry):
                 back = wait
                 if wait > budget:
-                    slot = 0.0
+                    stream_slot = provider_slot = 0.0
                     if si:
-                        slot = self._parking_slot(waiting_key, counted_in_key, max(stat, now), si)
-                    if pi:
-                        slot = max(
-                            slot,
-                            self._parking_slot(
-                                provider_waiting_key, provider_counted_in_key, max(ptat, now), pi
-                            ),
+                        stream_slot = self._parking_slot(
+                            waiting_key, counted_in_key, max(stat, now), si
                         )
+                    if pi and ptat - now - TOLERANCE_US > 0:
+                        provider_slot = self._parking_slot(
+                            provider_waiting_key, provider_counted_in_key, max(ptat, now), pi
+                        )
+                    slot = max(stream_slot, provider_slot)
                     if not expiry or slot < expiry:
-                        for key, interval_key, interval in (
-                            (waiting_key, counted_in_key, si),
-                            (provider_waiting_key, provider_counted_in_key, pi),
-                        ):
-                            if interval:
-                                self._values[key] = slot + cost * interval
-                                self._values[interval_key] = interval
+                        if si:
+                            self._values[waiting_key] = slot + cost * si
+                            self._values[counted_in_key] = si
+                        if provider_slot and provider_slot >= stream_slot:
+                            self._values[provider_waiting_key] = slot + cost * pi
+                            self._values[provider_counted_in_key] = pi
                     back = max(back, slot - now)
                 return Ticket("wait", wait / 1e6, back / 1e6)
             if si and max(stat, ptat) < now - TOLERANCE_US:

@@ -156,7 +156,8 @@ def retry_not_due(hold_reason: str | None, not_before: datetime | None, now: dat
 def place_not_due(hold_reason: str | None, not_before: datetime | None, now: datetime) -> bool:
     """A queued row parked for its place under a rate, more than ``RETRY_EARLY_SLACK``
     ahead: a job for it now is another one (a redelivery, the relay's for a mark not yet
-    written). Its own job comes at its place, or the relay's when due."""
+    written), or its own come early from a host whose clock is behind: the caller hands
+    it to the relay for its place."""
     return (
         hold_reason == RATE_HOLD
         and not_before is not None

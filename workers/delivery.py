@@ -78,6 +78,7 @@ from workers.admission import Admission
 from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
     PAUSED_STREAM_STATUSES,
+    RATE_HOLD,
     RETRY_HOLD,
     STREAMS,
     ClaimNumber,
@@ -308,9 +309,13 @@ class Delivery:
         if row.status == MessageStatus.queued.value and place_not_due(
             row.hold_reason, row.not_before, now
         ):
-            # Taken on, it would be parked again, at the end of the schedule, and its place
-            # would go unused (or, were its turn near, booked twice).
-            log_.debug("delivery_place_not_due", not_before=as_utc(row.not_before).isoformat())
+            # Another job for a message parked for its place (a redelivery): taken on, it
+            # would book or park the message again. It is handed to the relay for its
+            # place, in case this is its own job come early (the clocks of two hosts
+            # differ): a second job then costs at most a turn left unused.
+            due = as_utc(row.not_before)
+            hold(session, row.id, now, until=due, reason=RATE_HOLD)
+            log_.debug("delivery_place_not_due", not_before=due.isoformat())
             return None
         if row.stream_deleted_at is not None:
             transition(

@@ -176,3 +176,23 @@ def test_turns_and_places_answer_as_in_process(redis_client):
             ("wait", 0.28, 0.4),  # the next place on the provider's schedule
         ]
     )
+
+
+def test_a_stream_held_back_by_its_own_rate_leaves_the_providers_schedule_alone(redis_client):
+    """The review's regression, on Redis: another stream's backlog, parked by its own rate,
+    does not push back this stream's parked messages on their shared provider."""
+    admission = RedisAdmission(redis_client)
+    slow = Limits(per_second=1, provider_per_second=1000)
+    fast = Limits(per_second=100, provider_per_second=1000)
+    budget = {"inline_budget": 0.25}
+    assert admission.admit(dataclasses.replace(request("a0", slow, "A"), **budget)).verdict == (
+        "admit"
+    )
+    for n in range(1, 50):
+        admission.admit(dataclasses.replace(request(f"a{n}", slow, "A"), **budget))
+    tickets = [
+        admission.admit(dataclasses.replace(request(f"b{n}", fast, "B"), **budget))
+        for n in range(30)
+    ]
+    parked = [t for t in tickets if t.verdict == "wait"]
+    assert parked and parked[0].come_back_after < 1.0, parked[0]

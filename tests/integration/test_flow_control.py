@@ -301,6 +301,30 @@ def test_a_second_job_for_a_parked_message_neither_moves_its_place_nor_takes_ano
     assert timedelta(seconds=0.9) < fifth - place < timedelta(seconds=1.1)
 
 
+def test_its_own_job_from_a_host_whose_clock_is_behind_does_not_strand_it(
+    runtime, client, make_stream
+):
+    """Review regression: a parked message's own delayed job, taken by a worker whose clock
+    is 2 s behind, was skipped as not due, and with the message marked enqueued nothing
+    brought it back. It is handed to the relay for its place."""
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    stream = make_stream(settings={"max_per_second": 2})
+    first, second = (r["message_id"] for r in send(client, stream["token"], message(), message()))
+    delivery.deliver(first, "transactional")
+    delivery.deliver(second, "transactional")  # parked for its place, its job on the broker
+    real = runtime.clock
+    runtime.clock = lambda: real() - timedelta(seconds=2)
+    try:
+        delivery.deliver(second, "transactional")  # its own job, on the slow host
+    finally:
+        runtime.clock = real
+    runtime.clock = lambda: real() + timedelta(seconds=1)
+    try:
+        assert Relay(runtime).sweep().held_released == 1, "the relay brings it back"
+    finally:
+        runtime.clock = real
+
+
 def test_a_message_parked_for_its_place_keeps_the_earlier_of_two(runtime, client, make_stream):
     """``hold`` under a rate keeps a place still ahead against a later one (a second job's),
     takes an earlier one, and takes any once its place has passed."""

@@ -236,6 +236,26 @@ def test_a_backlog_held_by_the_provider_alone_comes_back_at_its_rate():
     assert admission.admit(other_stream).come_back_after == pytest.approx(0.4)
 
 
+def test_a_stream_held_back_by_its_own_rate_leaves_the_providers_schedule_alone():
+    """Review regression: stream A, at 1/s, parked 100 messages up to 100 s ahead, and its
+    places went on the provider's schedule though the provider (1000/s) stood idle. Stream
+    B's next parked message then came back 100 s on, behind A's backlog (or expired)."""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    slow = Limits(per_second=1, provider_per_second=1000)
+    fast = Limits(per_second=100, provider_per_second=1000)
+
+    def ask(stream: str, message_id: str, limits: Limits):  # type: ignore[no-untyped-def]
+        own = dataclasses.replace(request(limits=limits, message_id=message_id), stream_id=stream)
+        return admission.admit(dataclasses.replace(own, inline_budget=0.25))
+
+    assert ask("A", "a0", slow).verdict == "admit"
+    assert ask("A", "a100", slow).verdict == "wait" and ask("A", "a101", slow).verdict == "wait"
+    tickets = [ask("B", f"b{n}", fast) for n in range(30)]
+    parked = [t for t in tickets if t.verdict == "wait"]
+    assert parked and parked[0].come_back_after < 1.0, parked[0]
+
+
 def test_no_slot_is_reserved_past_the_messages_expiry():
     """A message that would come back after it expires is expired by the caller and never
     comes back: it takes no slot."""
