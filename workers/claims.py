@@ -101,10 +101,11 @@ _LOAD = (
 RETRY_HOLD = "retry"
 #: ``hold_reason`` of a message parked for its place under a rate (``workers.admission``).
 RATE_HOLD = "rate_limited"
-#: How early a message waiting out a retry's back-off may still be claimed: a retry job's
-#: broker delay is counted in whole milliseconds from its worker's clock, and the claiming
-#: worker's clock may differ a little; a job that comes sooner is another one (redelivered).
-RETRY_EARLY_SLACK = timedelta(seconds=1)
+#: How early a message waiting out a retry's back-off, or parked for its place, may still
+#: be taken: its job's broker delay is counted in whole milliseconds from its worker's
+#: clock, and the taking worker's clock may differ a little; a job that comes sooner is
+#: another one (redelivered).
+EARLY_SLACK = timedelta(seconds=1)
 
 
 def attempts_used() -> ColumnElement[int]:
@@ -143,25 +144,20 @@ def may_retake(
     )
 
 
-def retry_not_due(hold_reason: str | None, not_before: datetime | None, now: datetime) -> bool:
-    """A queued row the claim refuses (``_CLAIMABLE``): its retry's back-off has more than
-    ``RETRY_EARLY_SLACK`` to run."""
-    return (
-        hold_reason == RETRY_HOLD
-        and not_before is not None
-        and as_utc(not_before) > now + RETRY_EARLY_SLACK
-    )
+#: Holds a job may take only when due (``hold_not_due``).
+TIMED_HOLDS = (RETRY_HOLD, RATE_HOLD)
 
 
-def place_not_due(hold_reason: str | None, not_before: datetime | None, now: datetime) -> bool:
-    """A queued row parked for its place under a rate, more than ``RETRY_EARLY_SLACK``
-    ahead: a job for it now is another one (a redelivery, the relay's for a mark not yet
-    written), or its own come early from a host whose clock is behind: the caller hands
-    it to the relay for its place."""
+def hold_not_due(hold_reason: str | None, not_before: datetime | None, now: datetime) -> bool:
+    """A queued row waiting out a retry's back-off (or a carrier's Retry-After), or parked
+    for its place under a rate, with more than ``EARLY_SLACK`` to go. A job for it now is
+    another one (a redelivery, the relay's for an enqueue mark not yet written), or its own
+    come early from a host whose clock is behind: the caller hands it to the relay for its
+    time. The claim refuses such a retry's row too (``_CLAIMABLE``)."""
     return (
-        hold_reason == RATE_HOLD
+        hold_reason in TIMED_HOLDS
         and not_before is not None
-        and as_utc(not_before) > now + RETRY_EARLY_SLACK
+        and as_utc(not_before) > now + EARLY_SLACK
     )
 
 
@@ -180,7 +176,7 @@ def spent_claim(cutoff: Any, max_attempts: Any) -> ColumnElement[bool]:
 
 
 #: A queued message, unless it waits out a retry's back-off (a provider's Retry-After) that
-#: has more than ``RETRY_EARLY_SLACK`` to run: only its own delayed job, or the relay, may
+#: has more than ``EARLY_SLACK`` to run: only its own delayed job, or the relay, may
 #: take it then, not a job redelivered early. Or a stale claim that may be taken again.
 _CLAIMABLE = or_(
     and_(
@@ -255,7 +251,7 @@ def _claim_parameters(
     return {
         "ids": list(ids),
         "now": now,
-        "retry_due": now + RETRY_EARLY_SLACK,
+        "retry_due": now + EARLY_SLACK,
         "cutoff": now - timedelta(seconds=lease_seconds),
         "max_attempts": max_attempts,
     }

@@ -78,17 +78,14 @@ from workers.admission import Admission
 from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
     PAUSED_STREAM_STATUSES,
-    RATE_HOLD,
-    RETRY_HOLD,
     STREAMS,
     ClaimNumber,
     claim_for_sending,
     claim_ungated,
+    hold_not_due,
     load_messages,
     may_retake,
-    place_not_due,
     release_claims,
-    retry_not_due,
 )
 from workers.gates import Gates, gated_providers
 from workers.group_commit import GroupCommit
@@ -295,27 +292,17 @@ class Delivery:
         if not self._waiting(row.status, row.stream_type, row.claimed_at, used, now):
             log_.debug("delivery_skipped", status=row.status)
             return None
-        if row.status == MessageStatus.queued.value and retry_not_due(
+        if row.status == MessageStatus.queued.value and hold_not_due(
             row.hold_reason, row.not_before, now
         ):
-            # Another job for a message waiting out its back-off (a redelivery): it must not
-            # go early. It is handed to the relay for its time, in case this is the retry's
-            # own job come early (the clocks of two hosts differ); a second job then is
-            # harmless, since only one claim can take it.
+            # Another job for a message waiting out a back-off or parked for its place (a
+            # redelivery): taken on, it would send the message early, or book or park it
+            # again. It is handed to the relay for its time, in case this is the message's
+            # own job come early (the clocks of two hosts differ): a second job then costs
+            # at most a turn left unused, since only one claim can take the message.
             due = as_utc(row.not_before)
-            hold(session, row.id, now, until=due, reason=RETRY_HOLD)
-            log_.info("delivery_retry_not_due", not_before=due.isoformat())
-            return None
-        if row.status == MessageStatus.queued.value and place_not_due(
-            row.hold_reason, row.not_before, now
-        ):
-            # Another job for a message parked for its place (a redelivery): taken on, it
-            # would book or park the message again. It is handed to the relay for its
-            # place, in case this is its own job come early (the clocks of two hosts
-            # differ): a second job then costs at most a turn left unused.
-            due = as_utc(row.not_before)
-            hold(session, row.id, now, until=due, reason=RATE_HOLD)
-            log_.debug("delivery_place_not_due", not_before=due.isoformat())
+            hold(session, row.id, now, until=due, reason=row.hold_reason)
+            log_.info("delivery_not_due", hold_reason=row.hold_reason, not_before=due.isoformat())
             return None
         if row.stream_deleted_at is not None:
             transition(

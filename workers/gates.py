@@ -138,14 +138,14 @@ class Gates:
         if ticket.verdict == "reject":
             self.outcomes.reject(job, ticket.reason or "limit", log_)
             return False
-        if ticket.verdict == "admit" and not ticket.wait_seconds:
+        if ticket.verdict == "admit":
+            if ticket.wait_seconds:
+                # Its turn, paid for (``workers.admission``): sleep until it, then send.
+                metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
+                self._sleep(ticket.wait_seconds)
+                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.wait_seconds)
             return True
         metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
-        if ticket.verdict == "admit":
-            # Its turn, paid for (``workers.admission``): sleep until it, then send.
-            self._sleep(ticket.wait_seconds)
-            metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.wait_seconds)
-            return True
         metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.come_back_after)
         back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
         return self.outcomes.wait_until(job, back, RATE_HOLD, log_)

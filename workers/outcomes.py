@@ -142,7 +142,9 @@ class Outcomes:
     def enqueue_held(self, job: Job, delay: timedelta, reason: str, log_: Any) -> None:
         """Put a message held for ``reason`` (committed) on the broker with ``delay`` and
         mark it enqueued, so it does not wait for a relay sweep. If the broker is down, it
-        stays held and the relay releases it when due."""
+        stays held and the relay releases it when due. Unlike ``wait_until``, it enqueues
+        after the hold's commit: a retry's row is ``sending`` until then, and a job that came
+        sooner would find it so and be dropped, leaving the row marked and no job."""
         if not self._enqueue(job, delay, log_):
             return
         with self.runtime.session_factory() as session:

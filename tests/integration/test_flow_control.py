@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+import redis as redis_lib
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
@@ -323,6 +324,32 @@ def test_its_own_job_from_a_host_whose_clock_is_behind_does_not_strand_it(
         assert Relay(runtime).sweep().held_released == 1, "the relay brings it back"
     finally:
         runtime.clock = real
+
+
+@pytest.mark.parametrize("broker_up", [True, False], ids=["broker-up", "broker-down"])
+def test_a_message_parked_for_a_place_due_soon_is_on_the_broker_or_left_to_the_relay(
+    runtime, client, make_stream, monkeypatch, broker_up
+):
+    """Invariant 1: parked for a place half a second on, the message goes on the broker with
+    its delay at once, marked so the relay leaves it. With the broker down it stays held,
+    unmarked, and the relay brings it back: nothing is lost either way."""
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    stream = make_stream(settings={"max_per_second": 2})
+    first, second = (r["message_id"] for r in send(client, stream["token"], message(), message()))
+    delivery.deliver(first, "transactional")
+    if not broker_up:
+
+        def down(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+            raise redis_lib.ConnectionError("Redis is down")
+
+        monkeypatch.setattr(runtime.broker, "enqueue", down)
+    delivery.deliver(second, "transactional")
+    monkeypatch.undo()
+    with runtime.session_factory() as session:
+        row = session.get(Message, uuid.UUID(second))
+        assert row is not None and (row.status, row.hold_reason) == ("queued", "rate_limited")
+        assert (row.enqueued_at is not None) is broker_up
+    assert Relay(runtime).sweep().held_released == (0 if broker_up else 1)
 
 
 def test_a_message_parked_for_its_place_keeps_the_earlier_of_two(runtime, client, make_stream):
