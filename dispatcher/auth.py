@@ -108,9 +108,10 @@ def runtime_of(request: Request) -> Runtime:
 
 def request_client_address(request: Request) -> Any:
     peer = request.client.host if request.client else None
-    return client_address(
-        peer, request.headers.get("x-forwarded-for"), request.app.state.trusted_proxies
-    )
+    # Every line, in order: a proxy that adds a line of its own (rather than appending to
+    # the client's) leaves the client's words in the first.
+    forwarded_for = ", ".join(request.headers.getlist("x-forwarded-for")) or None
+    return client_address(peer, forwarded_for, request.app.state.trusted_proxies)
 
 
 def find_account(runtime: Runtime, key: str) -> uuid.UUID | None:

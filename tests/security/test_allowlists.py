@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 
 from core.settings import Settings
 from dispatcher.app import create_app
-from schemas.tables import Stream
+from schemas.tables import Message, Stream
 from tests.conftest import auth, message
 
 STREAMS = "/api/v1/streams"
@@ -146,3 +146,39 @@ def test_forwarded_for_from_a_peer_outside_the_trusted_proxies_is_ignored(
     assert spoofed.status_code == 403, spoofed.text
     assert spoofed.json()["error"]["code"] == "ip_not_allowed"
     assert "198.51.100.9" in spoofed.json()["error"]["message"]
+
+
+def test_forwarded_for_over_two_header_lines_is_read_as_one_list(settings, runtime, make_stream):
+    """A proxy that adds a header line of its own (HAProxy's ``option forwardfor``) leaves
+    the client's line first: ``X-Forwarded-For: <an allowed address>`` from the client, then
+    the proxy's ``X-Forwarded-For: 198.51.100.9``. The lines are one list (RFC 9110), read
+    from the right: the client is 198.51.100.9, outside the allowlist, and nothing is
+    stored. Reading the first line alone would take the client's word for it."""
+    stream = make_stream(allowed_ips=["203.0.113.0/24"])
+    behind_proxies = settings.model_copy(update={"trusted_proxies": ["10.0.0.0/8"]})
+    app = create_app(behind_proxies, runtime=runtime)
+    with TestClient(app, client=("10.0.0.1", 1234)) as proxy:
+        spoofed = proxy.post(
+            "/v1/messages",
+            json={"messages": [message()]},
+            headers=[
+                *auth(stream["token"]).items(),
+                ("X-Forwarded-For", "203.0.113.5"),  # the client's own line
+                ("X-Forwarded-For", "198.51.100.9"),  # the proxy's: the real client
+            ],
+        )
+        allowed = proxy.post(
+            "/v1/messages",
+            json={"messages": [message()]},
+            headers=[
+                *auth(stream["token"]).items(),
+                ("X-Forwarded-For", "198.51.100.9"),
+                ("X-Forwarded-For", "203.0.113.5"),
+            ],
+        )
+    assert spoofed.status_code == 403, spoofed.text
+    assert spoofed.json()["error"]["code"] == "ip_not_allowed"
+    assert "198.51.100.9" in spoofed.json()["error"]["message"]
+    assert allowed.status_code == 202, allowed.text
+    with runtime.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Message)) == 1
