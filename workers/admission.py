@@ -24,6 +24,14 @@ backlog would push back every other stream of the provider). A schedule spaces p
 messages at its bucket's rate, so a backlog returns a few at a time instead of all at
 once; each asks again when it returns. Only parked messages take places.
 
+A ``priority`` message (an OTP code) is never parked behind what other streams parked on
+their shared provider: it takes a place on the provider's priority schedule, counted from
+the provider's TAT, and the plain schedule moves back by the turn it takes. So a
+marketing backlog on the carrier's rate holds a code back by the turns already paid for
+(at most the inline budget) and one interval, not by the backlog (invariant 6). A place
+the backlog was promised earlier may then find its turn taken: that message books the
+next turn, or is parked again.
+
 A place is a promise that its message comes back then and uses the bucket, so a schedule
 keeps only promises that can still be kept, and errs early when unsure: a message that
 returns too early is parked again, one that returns too late is held up for nothing.
@@ -115,6 +123,8 @@ class Request:
     inline_budget: float = 0.0
     #: When the caller will expire the message: it takes no place on the schedule after it.
     expires_at: datetime | None = None
+    #: Goes ahead of other streams' parked messages on a shared provider (an OTP code).
+    priority: bool = False
 
 
 class Admission(Protocol):
@@ -148,6 +158,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local si, pi, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tolerance, budget, expiry = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local priority = ARGV[10] == '1'
 local function num(key) return tonumber(redis.call('GET', key) or '0') end
 local function store(key, value, lasts_until)
   local ttl = math.floor(((lasts_until or value) - now) / 1000) + 60000
@@ -173,14 +184,26 @@ if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
     -- Parked: a place on the stream's schedule, or on the provider's when the provider
     -- holds it back longest. A stream held back by its own rate leaves the provider's
     -- schedule alone: it would push back every other stream of the provider.
+    -- A priority message queues behind priority places only (KEYS[10]); every plain place
+    -- (KEYS[8]) comes after those.
     local sslot, pslot = 0, 0
     if si > 0 then sslot = place(KEYS[2], KEYS[7], si, stat) end
-    if pi > 0 and ptat - now - tolerance > 0 then pslot = place(KEYS[8], KEYS[9], pi, ptat) end
+    if pi > 0 and ptat - now - tolerance > 0 then
+      pslot = place(KEYS[10], KEYS[11], pi, ptat)
+      if not priority then pslot = place(KEYS[8], KEYS[9], pi, pslot) end
+    end
     local slot = math.max(sslot, pslot)
     if expiry == 0 or slot < expiry then
       if si > 0 then store(KEYS[2], slot + cost * si); store(KEYS[7], si, slot + cost * si) end
       if pslot > 0 and pslot >= sslot then
-        store(KEYS[8], slot + cost * pi); store(KEYS[9], pi, slot + cost * pi)
+        local wkey, ikey = KEYS[8], KEYS[9]
+        if priority then
+          wkey, ikey = KEYS[10], KEYS[11]
+          -- The turn it takes is one the plain schedule counted on: push that back by it.
+          local plain = num(KEYS[8])
+          if plain > slot then store(KEYS[8], plain + cost * pi) end
+        end
+        store(wkey, slot + cost * pi); store(ikey, pi, slot + cost * pi)
       end
     end
     back = math.max(back, slot - now)
@@ -189,7 +212,9 @@ if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
 end
 -- Nothing held this message back: idle past its turn, the places promised went unused.
 if si > 0 and math.max(stat, ptat) < now - tolerance then redis.call('DEL', KEYS[2], KEYS[7]) end
-if pi > 0 and ptat < now - tolerance then redis.call('DEL', KEYS[8], KEYS[9]) end
+if pi > 0 and ptat < now - tolerance then
+  redis.call('DEL', KEYS[8], KEYS[9], KEYS[10], KEYS[11])
+end
 local per_day, per_recipient = tonumber(ARGV[4]), tonumber(ARGV[5])
 if per_day > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 0 then
   -- KEYS[6]: the day's plain counter, as kept before ids were; read until it expires.
@@ -240,6 +265,8 @@ class RedisAdmission:
             f"{p}stream:{request.stream_id}:waiting:interval",
             f"{p}provider:{request.provider}:waiting",
             f"{p}provider:{request.provider}:waiting:interval",
+            f"{p}provider:{request.provider}:waiting:priority",
+            f"{p}provider:{request.provider}:waiting:priority:interval",
         ]
         limits = request.limits
         args = [
@@ -252,6 +279,7 @@ class RedisAdmission:
             TOLERANCE_US,
             int(request.inline_budget * 1_000_000),
             _epoch_us(request.expires_at),
+            1 if request.priority else 0,
         ]
         verdict, first, second = (
             part.decode() if isinstance(part, bytes) else str(part)
@@ -292,6 +320,8 @@ class LocalAdmission:
             waiting_key, counted_in_key = f"w:{request.stream_id}", f"wi:{request.stream_id}"
             provider_waiting_key = f"pw:{request.provider}"
             provider_counted_in_key = f"pwi:{request.provider}"
+            priority_key = f"pp:{request.provider}"
+            priority_counted_in_key = f"ppi:{request.provider}"
             stat = self._values.get(stream_key, 0) if si else 0
             ptat = self._values.get(provider_key, 0) if pi else 0
             wait = max(
@@ -308,24 +338,40 @@ class LocalAdmission:
                         )
                     if pi and ptat - now - TOLERANCE_US > 0:
                         provider_slot = self._parking_slot(
-                            provider_waiting_key, provider_counted_in_key, max(ptat, now), pi
+                            priority_key, priority_counted_in_key, max(ptat, now), pi
                         )
+                        if not request.priority:
+                            provider_slot = self._parking_slot(
+                                provider_waiting_key, provider_counted_in_key, provider_slot, pi
+                            )
                     slot = max(stream_slot, provider_slot)
                     if not expiry or slot < expiry:
                         if si:
                             self._values[waiting_key] = slot + cost * si
                             self._values[counted_in_key] = si
                         if provider_slot and provider_slot >= stream_slot:
-                            self._values[provider_waiting_key] = slot + cost * pi
-                            self._values[provider_counted_in_key] = pi
+                            if request.priority:
+                                self._values[priority_key] = slot + cost * pi
+                                self._values[priority_counted_in_key] = pi
+                                plain = self._values.get(provider_waiting_key, 0)
+                                if plain > slot:
+                                    self._values[provider_waiting_key] = plain + cost * pi
+                            else:
+                                self._values[provider_waiting_key] = slot + cost * pi
+                                self._values[provider_counted_in_key] = pi
                     back = max(back, slot - now)
                 return Ticket("wait", wait / 1e6, back / 1e6)
             if si and max(stat, ptat) < now - TOLERANCE_US:
                 self._values.pop(waiting_key, None)
                 self._values.pop(counted_in_key, None)
             if pi and ptat < now - TOLERANCE_US:
-                self._values.pop(provider_waiting_key, None)
-                self._values.pop(provider_counted_in_key, None)
+                for key in (
+                    provider_waiting_key,
+                    provider_counted_in_key,
+                    priority_key,
+                    priority_counted_in_key,
+                ):
+                    self._values.pop(key, None)
             day = self._days.setdefault(f"d:{request.stream_id}:{request.day.isoformat()}", set())
             if limits.per_day and request.message_id not in day and len(day) >= limits.per_day:
                 return Ticket("reject", reason="max_per_day")

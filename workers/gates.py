@@ -100,6 +100,8 @@ class Gates:
             limits=self.limits(job, provider),
             day=self.runtime.clock().date(),
             expires_at=job.expires_at,
+            # Invariant 6: a code goes ahead of marketing's backlog on a shared carrier.
+            priority=job.stream_type is StreamType.otp,
         )
 
     def give_back(self, job: Job, attempt: int) -> None:

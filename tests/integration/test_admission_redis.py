@@ -16,6 +16,22 @@ def request(message_id: str, limits: Limits, stream: str = "s", cost: int = 1) -
     return Request(stream, "sandbox", "+1", message_id, cost, limits, date(2026, 1, 1))
 
 
+def both_answers(redis_client, asks) -> dict[str, list[tuple[str, float, float]]]:
+    """Each ``(request, changes)`` asked in turn of Redis and of the in-process rules, each
+    on a provider of its own: (verdict, wait, come back after), to the hundredth of a
+    second (the Redis clock moves on between calls)."""
+    answers = {}
+    for name, admission in (("redis", RedisAdmission(redis_client)), ("local", LocalAdmission())):
+        tickets = [
+            admission.admit(dataclasses.replace(asked, provider=f"carrier-{name}", **changes))
+            for asked, changes in asks
+        ]
+        answers[name] = [
+            (t.verdict, round(t.wait_seconds, 2), round(t.come_back_after, 2)) for t in tickets
+        ]
+    return answers
+
+
 def test_two_clients_share_one_limit(redis_client):
     first = RedisAdmission(redis_lib.Redis.from_url(REDIS_URL))
     second = RedisAdmission(redis_lib.Redis.from_url(REDIS_URL))
@@ -149,22 +165,10 @@ def test_turns_and_places_answer_as_in_process(redis_client):
     Redis clock moves on between calls)."""
     limits = Limits(provider_per_second=10)
     asks = [("first", 0), ("a", 0.25), ("b", 0.25), ("c", 0.25), ("d", 0)]
-    answers = {}
-    for name, admission in (
-        ("redis", RedisAdmission(redis_client)),
-        ("local", LocalAdmission()),
-    ):
-        tickets = [
-            admission.admit(
-                dataclasses.replace(
-                    request(message_id, limits), provider=f"carrier-{name}", inline_budget=budget
-                )
-            )
-            for message_id, budget in asks
-        ]
-        answers[name] = [
-            (t.verdict, round(t.wait_seconds, 2), round(t.come_back_after, 2)) for t in tickets
-        ]
+    answers = both_answers(
+        redis_client,
+        [(request(message_id, limits), {"inline_budget": budget}) for message_id, budget in asks],
+    )
     assert (
         answers["redis"]
         == answers["local"]
@@ -196,3 +200,32 @@ def test_a_stream_held_back_by_its_own_rate_leaves_the_providers_schedule_alone(
     ]
     parked = [t for t in tickets if t.verdict == "wait"]
     assert parked and parked[0].come_back_after < 1.0, parked[0]
+
+
+def test_a_priority_message_parks_ahead_of_the_providers_plain_schedule(redis_client):
+    """Marketing parked on the provider's schedule; an OTP code (``priority``) then takes a
+    place counted from the provider's TAT, behind other codes only, and pushes the plain
+    schedule back by its turn. The same answers from Redis as in-process."""
+    limits = Limits(provider_per_second=10)
+    asks = [("m0", False), ("m1", False), ("m2", False), ("m3", False)]
+    asks += [("otp1", True), ("otp2", True), ("m4", False)]
+    answers = {
+        name: [(verdict, back) for verdict, _, back in tickets]
+        for name, tickets in both_answers(
+            redis_client,
+            [(request(message_id, limits), {"priority": first}) for message_id, first in asks],
+        ).items()
+    }
+    assert (
+        answers["redis"]
+        == answers["local"]
+        == [
+            ("admit", 0.0),
+            ("wait", 0.1),  # the plain schedule: 0.1, 0.2, 0.3
+            ("wait", 0.2),
+            ("wait", 0.3),
+            ("wait", 0.1),  # codes: from the provider's TAT, behind codes only
+            ("wait", 0.2),
+            ("wait", 0.6),  # after the plain schedule, pushed back by the codes' two turns
+        ]
+    )
