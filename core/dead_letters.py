@@ -10,9 +10,10 @@ from sqlalchemy import event, inspect, select, update
 from sqlalchemy.orm import Session, SessionTransaction
 
 from core import metrics
+from core.clock import as_utc
 from core.message_states import transition
 from schemas.enums import MessageStatus
-from schemas.tables import DeadLetter, Message, ProviderReceipt
+from schemas.tables import DeadLetter, Message, ProviderReceipt, Stream
 
 
 def record_dead_letter(
@@ -86,9 +87,10 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
     The letter is claimed first with a conditional update of ``replayed_at`` (it row-locks
     the letter until the transaction ends), so of two racing replays, even one acting on a
     stale read, only one goes on (invariant 2). Raises ``ReplayRefused`` when it was
-    replayed already, its message moved on, or the carrier has reported on the message since
-    (it took it: the outcome was only unknown to us); the caller then rolls back. Otherwise the
-    caller commits, then enqueues the message.
+    replayed already, its message moved on, the carrier has reported on the message since
+    (it took it: the outcome was only unknown to us), or it could never be sent (its stream
+    is deleted, its validity over); the caller then rolls back. Otherwise the caller commits,
+    then enqueues the message.
     """
     claimed = session.execute(
         update(DeadLetter)
@@ -113,6 +115,7 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
             f"The carrier has reported this message {reported} since it failed; "
             "a replay would send it twice.",
         )
+    _refuse_what_cannot_be_sent(session, letter.message_id, at)
     change = transition(
         session,
         letter.message_id,
@@ -140,3 +143,23 @@ def replay_dead_letter(session: Session, letter: DeadLetter, at: datetime) -> Me
         )
     message = session.scalars(select(Message).where(Message.id == letter.message_id)).one()
     return message
+
+
+def _refuse_what_cannot_be_sent(session: Session, message_id: uuid.UUID, at: datetime) -> None:
+    """A replay that could only fail again (its stream is deleted) or expire (its validity
+    is over) is refused, rather than answered "queued" with its letter used up."""
+    deleted_at, expires_at = session.execute(
+        select(Stream.deleted_at, Message.expires_at)
+        .join(Stream, Stream.id == Message.stream_id)
+        .where(Message.id == message_id)
+    ).one()
+    if deleted_at is not None:
+        raise ReplayRefused(
+            "stream_deleted", "The message's stream was deleted; it can no longer be sent."
+        )
+    if expires_at is not None and as_utc(expires_at) <= at:
+        raise ReplayRefused(
+            "expired",
+            f"The message's validity ended at {as_utc(expires_at).isoformat()}; "
+            "it can no longer be sent.",
+        )

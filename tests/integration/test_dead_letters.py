@@ -23,7 +23,7 @@ from schemas.tables import DeadLetter, Message, MessageEvent
 from tests.conftest import auth, message
 from tests.deliveries import delivery_with, move, states
 from tests.deploy.test_deploy_files import check_expression
-from tests.processes import pipeline, wait_until
+from tests.processes import MovableClock, pipeline, wait_until
 from tests.scrape import parse, value
 from workers.admission import RedisAdmission
 from workers.claims import claim_for_sending
@@ -239,6 +239,34 @@ def test_a_refused_replay_is_not_counted(runtime, client, make_stream, account_k
     again = client.post(url, headers=auth(account_key))
     assert (again.status_code, again.json()["error"]["code"]) == (409, "already_replayed")
     assert value(scrape(client), REPLAYS, type="transactional") == before + 1
+
+
+@pytest.mark.parametrize("why", ["stream_deleted", "expired"])
+def test_a_replay_that_could_never_send_is_refused_and_changes_nothing(
+    runtime, client, make_stream, account_key, why
+):
+    """A replay of a letter whose stream was deleted since, or whose message's validity is
+    over, could only fail again or expire: 409 naming why, and the letter stays unused
+    (replayable should the answer ever change), the message failed, the replay uncounted."""
+    clock = MovableClock(runtime.clock())
+    runtime.clock = clock
+    stream = make_stream()
+    [message_id] = send(client, stream["token"], message(validity_seconds=60))
+    letter_id = fail_as_dead_letter(runtime, message_id)
+    if why == "stream_deleted":
+        deleted = client.delete(f"/api/v1/streams/{stream['id']}", headers=auth(account_key))
+        assert deleted.status_code == 204
+    else:
+        clock.advance(60)
+    before = value(scrape(client), REPLAYS, type="transactional")
+
+    refused = client.post(f"/api/v1/dead-letters/{letter_id}/replay", headers=auth(account_key))
+
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["code"] == why
+    assert status_of(runtime, message_id) == "failed"
+    assert [letter.replayed_at for letter in letters_of(runtime, message_id)] == [None]
+    assert value(scrape(client), REPLAYS, type="transactional") == before
 
 
 @pytest.mark.parametrize("reported", ["delivered", "undelivered"])
