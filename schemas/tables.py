@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     column,
     literal,
     or_,
@@ -107,6 +108,12 @@ OUTBOX_PREDICATE = (
 )
 #: Messages parked until their stream accepts sends again.
 PARKED_PREDICATE = f"status = 'queued' AND hold_reason = '{STREAM_PAUSED_HOLD}'"
+#: ``hold_reason`` of a marketing message held until its recipient's window opens.
+QUIET_HOURS_HOLD = "quiet_hours"
+#: Messages held off the broker for quiet hours, which a change of the window releases.
+QUIET_HELD_PREDICATE = (
+    f"status = 'queued' AND hold_reason = '{QUIET_HOURS_HOLD}' AND enqueued_at IS NULL"
+)
 
 
 def _partial(name: str, *columns: str | ColumnElement[Any], where: str) -> Index:
@@ -136,6 +143,8 @@ class Message(Base):
         _partial("ix_messages_sending_claimed", "claimed_at", where="status = 'sending'"),
         _partial("ix_messages_outbox_not_before", "not_before", where=OUTBOX_PREDICATE),
         _partial("ix_messages_parked_stream", "stream_id", where=PARKED_PREDICATE),
+        # A change of a stream's quiet hours releases what they held (migration 0016).
+        _partial("ix_messages_quiet_held_stream", "stream_id", where=QUIET_HELD_PREDICATE),
         # The relay expires parked messages at the end of their validity (migration 0015).
         _partial(
             "ix_messages_parked_expires",
@@ -206,6 +215,18 @@ def status_is(*statuses: MessageStatus) -> ColumnElement[bool]:
         literal(status.value, String(20), literal_execute=True) for status in sorted(statuses)
     ]
     return column == constants[0] if len(constants) == 1 else column.in_(constants)
+
+
+def is_quiet_held() -> ColumnElement[bool]:
+    """The message is held off the broker for quiet hours, spelled as
+    ``QUIET_HELD_PREDICATE`` is, with constants, so its partial index serves the search."""
+    column = Message.__table__.c
+    constant = literal(QUIET_HOURS_HOLD, String(32), literal_execute=True)
+    return and_(
+        status_is(MessageStatus.queued),
+        column.hold_reason == constant,
+        column.enqueued_at.is_(None),
+    )
 
 
 def is_parked(parked: bool = True) -> ColumnElement[bool]:

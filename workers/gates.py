@@ -21,6 +21,7 @@ from core import metrics
 from core.quiet_hours import SendingWindow, next_send_time, zones_for_number
 from core.runtime import Runtime
 from schemas.enums import StreamType
+from schemas.tables import QUIET_HOURS_HOLD
 from workers.admission import Admission, Limits, Release, Request
 from workers.claims import LIMIT_SETTINGS, RATE_HOLD
 from workers.jobs import Job
@@ -73,7 +74,7 @@ class Gates:
                 else zones_for_number(job.recipient),
             )
             if opens > now:
-                return self.outcomes.wait_until(job, opens, "quiet_hours", log_)
+                return self.outcomes.wait_until(job, opens, QUIET_HOURS_HOLD, log_)
         return self._admit(job, provider, log_)
 
     @staticmethod
