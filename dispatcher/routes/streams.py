@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
@@ -42,7 +42,7 @@ from schemas.streams import (
     TokenOut,
     TokenReset,
 )
-from schemas.tables import Message, Stream, StreamTag, status_is
+from schemas.tables import Message, Stream, StreamTag, is_quiet_held, status_is
 
 router = APIRouter(prefix="/api/v1/streams", tags=["streams"])
 log = structlog.get_logger(__name__)
@@ -115,11 +115,36 @@ def checked_settings(
     return checked.model_dump(mode="json", exclude_none=True)
 
 
-def _set_settings(stream: Stream, settings: dict[str, Any], now: datetime) -> None:
-    """Replace the stream's settings, noting when its callback set-up changes."""
+def _set_settings(
+    session: Session, stream: Stream, settings: dict[str, Any], now: datetime
+) -> None:
+    """Replace the stream's settings, noting when its callback set-up changes. A change of
+    its quiet hours (on, off, or another window or zone) makes what they held due now, in
+    ``session``'s transaction: the relay's next sweep releases those messages, and the gate
+    holds each again, until the new window opens, if it must."""
     if settings.get("callback_url") != stream.settings.get("callback_url"):
         stream.callbacks_changed_at = now
+    if _window(settings) != _window(stream.settings):
+        _release_quiet_holds(session, stream.id, now)
     stream.settings = settings
+
+
+def _window(settings: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    quiet = settings.get("quiet_hours")
+    return (quiet["start"], quiet["end"], quiet.get("timezone")) if quiet else None
+
+
+def _release_quiet_holds(session: Session, stream_id: uuid.UUID, now: datetime) -> None:
+    """Make the stream's quiet-hours holds due at ``now``. They are read off
+    ``ix_messages_quiet_held_stream``, none of the stream's other messages; the relay then
+    enqueues them in its batches (``ix_messages_outbox_not_before``), as any hold come due."""
+    released = session.execute(
+        update(Message)
+        .where(Message.stream_id == stream_id, is_quiet_held())
+        .values(not_before=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    log.info("quiet_holds_released", stream_id=str(stream_id), count=released)
 
 
 def _normalised_tags(tags: list[str]) -> list[str]:
@@ -335,7 +360,7 @@ def patch_stream(
         if "settings" in given and body.settings is not None:
             changes = body.settings.model_dump(exclude_unset=True)
             merged = {**stream.settings, **changes}
-            _set_settings(stream, checked_settings(StreamType(stream.type), merged), now)
+            _set_settings(session, stream, checked_settings(StreamType(stream.type), merged), now)
         stream.updated_at = now
         _refresh_status(stream)
         session.commit()
@@ -462,7 +487,7 @@ def put_settings(
         settings = checked_settings(
             StreamType(stream.type), body.model_dump(exclude_none=True), prefix=""
         )
-        _set_settings(stream, settings, now)
+        _set_settings(session, stream, settings, now)
         stream.updated_at = now
         _refresh_status(stream)
         session.commit()

@@ -654,6 +654,104 @@ def test_quiet_hours_follow_the_recipients_time_zone(runtime, client, make_strea
     )  # 09:00 in Israel
 
 
+UTC_DAYTIME = {"start": "09:00", "end": "20:00", "timezone": "UTC"}
+
+
+def _held_overnight(runtime, client, make_stream, account_key):
+    """A marketing message held at 21:00 UTC by 09:00-20:00 UTC quiet hours. Returns the
+    clock, the stream, the message's id and the delivery that held it."""
+    clock = MovableClock(datetime(2026, 1, 15, 21, 0, tzinfo=UTC))
+    runtime.clock = clock
+    stream = make_stream(type="marketing", settings={"quiet_hours": UTC_DAYTIME})
+    promo = send(client, stream["token"], message())[0]["message_id"]
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    delivery.deliver(promo, "marketing")
+    held = get(client, account_key, promo)
+    assert (held["hold_reason"], held["not_before"]) == ("quiet_hours", "2026-01-16T09:00:00Z")
+    return clock, stream, promo, delivery
+
+
+def _relay_then_deliver(runtime, delivery, promo) -> int:
+    """One relay sweep, and the delivery of the message if the sweep put it on its queue."""
+    released = Relay(runtime).sweep().held_released
+    if released:
+        delivery.deliver(promo, "marketing")
+    return released
+
+
+def test_turning_quiet_hours_off_releases_the_messages_they_held(
+    runtime, client, make_stream, account_key
+):
+    """Quiet hours turned off: what they held goes out at once, not when the old window
+    would have opened."""
+    clock, stream, promo, delivery = _held_overnight(runtime, client, make_stream, account_key)
+    changed = client.patch(
+        f"/api/v1/streams/{stream['id']}",
+        json={"settings": {"quiet_hours": None}},
+        headers=auth(account_key),
+    )
+    assert changed.status_code == 200, changed.text
+    clock.advance(60)
+    assert _relay_then_deliver(runtime, delivery, promo) == 1
+    assert get(client, account_key, promo)["status"] == "delivered"
+
+
+@pytest.mark.parametrize(
+    ("route", "window", "opens"),
+    [
+        ("patch", {"start": "06:00", "end": "20:00", "timezone": "UTC"}, "2026-01-16T06:00:00Z"),
+        ("put", {**UTC_DAYTIME, "timezone": "Asia/Tokyo"}, "2026-01-16T00:00:00Z"),
+    ],
+    ids=["earlier-start", "other-zone"],
+)
+def test_a_changed_quiet_hours_window_holds_its_messages_until_the_new_opening(
+    runtime, client, make_stream, account_key, route, window, opens
+):
+    """Quiet hours changed, not removed (through PATCH or the settings PUT): what they held
+    is released and held again, by the gate, until the new window opens."""
+    clock, stream, promo, delivery = _held_overnight(runtime, client, make_stream, account_key)
+    url = f"/api/v1/streams/{stream['id']}"
+    if route == "patch":
+        changed = client.patch(
+            url, json={"settings": {"quiet_hours": window}}, headers=auth(account_key)
+        )
+    else:
+        changed = client.put(
+            f"{url}/settings", json={"quiet_hours": window}, headers=auth(account_key)
+        )
+    assert changed.status_code == 200, changed.text
+    clock.advance(60)
+    assert _relay_then_deliver(runtime, delivery, promo) == 1
+    held = get(client, account_key, promo)
+    assert (held["status"], held["hold_reason"], held["not_before"]) == (
+        "queued",
+        "quiet_hours",
+        opens,
+    )
+
+
+def test_an_unrelated_settings_edit_leaves_quiet_hours_holds_alone(
+    runtime, client, make_stream, account_key
+):
+    """Only a change of the window (start, end or zone) releases its holds: another setting
+    edited, or the same window sent again with it, leaves them waiting for their opening."""
+    clock, stream, promo, delivery = _held_overnight(runtime, client, make_stream, account_key)
+    url = f"/api/v1/streams/{stream['id']}"
+    edits = [
+        client.patch(url, json={"settings": {"max_per_second": 50}}, headers=auth(account_key)),
+        client.put(
+            f"{url}/settings",
+            json={"quiet_hours": UTC_DAYTIME, "max_per_second": 20},
+            headers=auth(account_key),
+        ),
+    ]
+    assert [edit.status_code for edit in edits] == [200, 200], [edit.text for edit in edits]
+    clock.advance(60)
+    assert _relay_then_deliver(runtime, delivery, promo) == 0
+    held = get(client, account_key, promo)
+    assert (held["hold_reason"], held["not_before"]) == ("quiet_hours", "2026-01-16T09:00:00Z")
+
+
 def test_a_validity_counts_from_a_send_at_already_past(runtime, client, make_stream, account_key):
     """A send_at an hour ago is sent now, but its validity runs from that send_at: with 60 s
     of validity the message expires instead of going out an hour late."""

@@ -229,3 +229,46 @@ def test_the_realtime_feed_counts_in_flight_messages_from_their_index(runtime, m
                 plan,
             )
             assert [(int(rows), int(loops)) for rows, loops in read] == [(2_500, 2)], plan
+
+
+def test_a_quiet_hours_change_reads_only_the_messages_they_held(
+    runtime, client, account_key, make_stream
+):
+    """Changing a stream's quiet hours releases what they held in the request's own
+    transaction: its search reads ``ix_messages_quiet_held_stream``, not the stream's history
+    or its other waiting messages, under a custom plan and a generic one alike."""
+    window = {"start": "09:00", "end": "20:00", "timezone": "UTC"}
+    promos = make_stream(type="marketing", settings={"quiet_hours": window})
+    account_id = account_of(runtime, promos)
+    now = runtime.clock()
+    rows = [
+        *message_rows(promos, account_id, 20_000, now, status="delivered"),
+        *message_rows(promos, account_id, 2_000, now, status="queued"),
+        *message_rows(promos, account_id, 3, now, status="queued", enqueued_at=None,
+                      hold_reason="quiet_hours", not_before=now + timedelta(hours=12)),
+    ]  # fmt: skip
+    with runtime.session_factory() as session:
+        session.execute(insert(Message), rows)
+        session.commit()
+    with runtime.engine.connect() as connection:
+        connection.execute(text("ANALYZE messages"))
+        connection.commit()
+
+    def change() -> None:
+        changed = client.patch(
+            f"/api/v1/streams/{promos['id']}",
+            json={"settings": {"quiet_hours": None}},
+            headers=auth(account_key),
+        )
+        assert changed.status_code == 200, changed.text
+
+    [(statement, parameters)] = statements_run(
+        runtime.engine,
+        change,
+        lambda statement: statement.lstrip().upper().startswith("UPDATE MESSAGES"),
+    )
+    with runtime.engine.connect() as connection:
+        custom = "\n".join(connection.exec_driver_sql("EXPLAIN " + statement, parameters).scalars())
+        for plan in (custom, generic_plan(connection, statement, parameters)):
+            assert "Seq Scan on messages" not in plan, plan
+            assert "ix_messages_quiet_held_stream" in plan, plan
