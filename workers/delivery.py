@@ -54,7 +54,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -63,6 +63,7 @@ from core.activity import ActivityTouch
 from core.broker import QUEUES
 from core.clock import as_utc
 from core.message_states import (
+    MESSAGES,
     Move,
     move_many,
     queue_changes,
@@ -73,7 +74,7 @@ from core.receipts import move_failed_on
 from core.runtime import Runtime
 from core.sealed_bodies import text_to_send
 from schemas.enums import MessageStatus, StreamType
-from schemas.tables import STREAM_PAUSED_HOLD
+from schemas.tables import STREAM_PAUSED_HOLD, status_is
 from workers.admission import Admission
 from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
@@ -427,16 +428,38 @@ class Delivery:
         if not ready:
             return
         numbers = self._claim([r.job for r in ready])
-        claimed = []
+        claimed, missed = [], []
         for item in ready:
             number = numbers.get(item.job.message_id)
             if number is None:
                 log.debug("delivery_already_claimed", message_id=str(item.job.message_id))
+                missed.append(item.job)
                 continue
             # The round as the claim found it: a replay since the load moved its base.
             job = dataclasses.replace(item.job, attempts_base=number.base)
             claimed.append(_Claimed(dataclasses.replace(item, job=job), number.attempt))
+        self._give_back_canceled(missed)
         self._send_and_record(claimed, started, stopping, result)
+
+    def _give_back_canceled(self, missed: list[Job]) -> None:
+        """Of the messages admitted but not claimed, those the account canceled meanwhile
+        (before any claim of theirs) never reach the carrier: they leave their stream's caps,
+        as a first claim refused for good does. One claimed by another job keeps its place."""
+        counted = [job for job in missed if job.attempts == 0 and Gates.stream_limits(job).counts]
+        if not counted:
+            return
+        with self.runtime.session_factory() as session:
+            canceled = set(
+                session.scalars(
+                    select(MESSAGES.c.id).where(
+                        MESSAGES.c.id.in_([job.message_id for job in counted]),
+                        status_is(MessageStatus.canceled),
+                    )
+                )
+            )
+        for job in counted:
+            if job.message_id in canceled:
+                self._gates.give_back(job, 1)
 
     def _send_and_record(
         self,

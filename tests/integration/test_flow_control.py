@@ -22,8 +22,11 @@ from schemas.tables import Message, MessageEvent
 from tests.conftest import auth, message
 from tests.deliveries import delivery_with
 from tests.processes import MovableClock, pipeline, wait_until, worker_pool
+from workers.admission import RedisAdmission
+from workers.delivery import Delivery
 from workers.outcomes import hold
 from workers.providers.base import ProviderError
+from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
 from workers.relay import Relay
 
@@ -253,6 +256,50 @@ def test_a_refusal_after_a_timeout_keeps_the_place_in_the_cap(
     delivery.deliver(second, "transactional")
     found = get(client, account_key, second)
     assert (found["status"], (found["error"] or {}).get("code")) == ("rejected", "max_per_day")
+
+
+class _CanceledOnAdmission(RedisAdmission):
+    """Admission as usual; then ``cancel`` runs for a message just admitted, before the
+    worker's claim: the race a customer's cancel can win."""
+
+    def __init__(self, client, cancel) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(client)
+        self.cancel = cancel
+
+    def admit(self, request):  # type: ignore[no-untyped-def]
+        ticket = super().admit(request)
+        if ticket.verdict == "admit":
+            self.cancel(request.message_id)
+        return ticket
+
+
+@pytest.mark.parametrize("cap", ["max_per_day", "max_per_recipient_per_hour"])
+def test_a_message_canceled_between_admission_and_claim_gives_its_place_back(
+    runtime, client, make_stream, account_key, cap
+):
+    """With a cap of 1, the account cancels the first message to a number after admission
+    counted it and before a worker claimed it: the cancel wins, nothing reaches the carrier,
+    so the next message to that number goes out rather than being rejected."""
+    stream = make_stream(settings={cap: 1})
+    first = send(client, stream["token"], message())[0]["message_id"]
+
+    def cancel(message_id: str) -> None:
+        if message_id == first:
+            canceled = client.post(f"/api/v1/messages/{first}/cancel", headers=auth(account_key))
+            assert canceled.status_code == 200, canceled.text
+
+    carrier = SandboxProvider(runtime.settings.sandbox, runtime.redis)
+    delivery = Delivery(
+        runtime,
+        ProviderRegistry({"sandbox": carrier}, "sandbox"),
+        _CanceledOnAdmission(runtime.redis, cancel),
+    )
+    delivery.deliver(first, "transactional")
+    found = get(client, account_key, first)
+    assert (found["status"], found["attempts"]) == ("canceled", 0)
+    second = send(client, stream["token"], message())[0]["message_id"]
+    delivery.deliver(second, "transactional")
+    assert get(client, account_key, second)["status"] == "delivered"
 
 
 class _ThrottlesOnce(SandboxProvider):
