@@ -92,7 +92,13 @@ from workers.gates import Gates, gated_providers
 from workers.group_commit import GroupCommit
 from workers.jobs import Job, message_log
 from workers.opt_out import is_marketing, reject_opted_out
-from workers.outcomes import VALIDITY_PASSED, WAITING, Outcomes, expire_in, hold
+from workers.outcomes import (
+    VALIDITY_PASSED,
+    Outcomes,
+    expire_in,
+    fail_stream_deleted,
+    hold,
+)
 from workers.provider_calls import Call, CallOutcome, ProviderCalls, make_call
 from workers.provider_requests import each_answer, provider_request, requests_for
 from workers.providers.base import Accepted, Provider, ProviderError
@@ -306,18 +312,7 @@ class Delivery:
             log_.info("delivery_not_due", hold_reason=row.hold_reason, not_before=due.isoformat())
             return None
         if row.stream_deleted_at is not None:
-            transition(
-                session,
-                row.id,
-                to=MessageStatus.failed,
-                allowed_from=WAITING,
-                at=now,
-                detail="stream deleted",
-                values={
-                    "error_code": "stream_deleted",
-                    "error_message": "The stream was deleted before sending.",
-                },
-            )
+            fail_stream_deleted(session, row.id, now)
             return None
         if row.stream_status in PAUSED_STREAM_STATUSES:
             if row.expires_at is not None and now >= as_utc(row.expires_at):

@@ -194,6 +194,29 @@ def expire_in(session: Session, key: uuid.UUID, now: datetime, why: str) -> None
     )
 
 
+def fail_stream_deleted(session: Session, key: uuid.UUID, now: datetime) -> bool:
+    """``failed`` with ``stream_deleted``, in ``session``'s transaction, if it is still
+    scheduled or queued: its stream was deleted, so it can never be sent. Its hold is
+    cleared; ``send_at`` stays as the customer set it. False when it had moved on."""
+    return (
+        transition(
+            session,
+            key,
+            to=MessageStatus.failed,
+            allowed_from=(MessageStatus.scheduled, *WAITING),
+            at=now,
+            detail="stream deleted",
+            values={
+                "error_code": "stream_deleted",
+                "error_message": "The stream was deleted before sending.",
+                "hold_reason": None,
+                "not_before": None,
+            },
+        )
+        is not None
+    )
+
+
 def hold(
     session: Session,
     key: uuid.UUID,
