@@ -42,9 +42,22 @@ class Account(Base):
     created_at: Mapped[datetime]
 
 
+#: Deleted streams whose waiting messages the relay has not ended yet.
+DELETED_WAITING_PREDICATE = "deleted_at IS NOT NULL AND waiting_ended_at IS NULL"
+
+
 class Stream(Base):
     __tablename__ = "streams"
-    __table_args__ = (Index("ix_streams_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_streams_account_created", "account_id", "created_at"),
+        # The relay ends the waiting messages of deleted streams (migration 0017).
+        Index(
+            "ix_streams_deleted_waiting",
+            "deleted_at",
+            postgresql_where=text(DELETED_WAITING_PREDICATE),
+            sqlite_where=text(DELETED_WAITING_PREDICATE),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     account_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("accounts.id"))
@@ -73,6 +86,9 @@ class Stream(Base):
     #: made before it is not called back by the history sweep (``workers.missed_callbacks``).
     callbacks_changed_at: Mapped[datetime | None]
     deleted_at: Mapped[datetime | None]
+    #: When the relay ended the last message a deleted stream still had waiting (scheduled,
+    #: queued or held); until then the stream is in ``ix_streams_deleted_waiting``.
+    waiting_ended_at: Mapped[datetime | None]
 
     tags: Mapped[list[StreamTag]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="StreamTag.position"
@@ -140,6 +156,8 @@ class Message(Base):
             "ix_messages_in_flight_stream", "stream_id", "created_at", where=IN_FLIGHT_PREDICATE
         ),
         _partial("ix_messages_scheduled_send_at", "send_at", where="status = 'scheduled'"),
+        # A deleted stream's scheduled messages, ended by the relay (migration 0017).
+        _partial("ix_messages_scheduled_stream", "stream_id", where="status = 'scheduled'"),
         _partial("ix_messages_sending_claimed", "claimed_at", where="status = 'sending'"),
         _partial("ix_messages_outbox_not_before", "not_before", where=OUTBOX_PREDICATE),
         _partial("ix_messages_parked_stream", "stream_id", where=PARKED_PREDICATE),
