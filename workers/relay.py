@@ -17,6 +17,9 @@ Each sweep:
   parked costs one probe per such stream, not a walk of their backlogs (migration 0013);
 * expires the parked messages whose validity has ended while their stream was paused, at
   that time rather than once the stream is back (migration 0015);
+* fails, with ``stream_deleted``, the messages a deleted stream still has waiting
+  (scheduled, queued, held), a page at a time, rather than each at its own time, which may
+  be weeks off; the streams still to look at are read off their own index (migration 0017);
 * enqueues again queued messages the broker lost: marked enqueued over
   ``relay_lost_after_seconds`` ago while their queue holds nothing in Redis (it restarted
   empty, or was flushed). An empty queue is the evidence: as long as anything is ready,
@@ -55,6 +58,7 @@ from core.settings import Settings
 from schemas.enums import MessageStatus, StreamStatus
 from schemas.events import StatusChange
 from schemas.tables import (
+    DELETED_WAITING_PREDICATE,
     PARKED_PREDICATE,
     STREAM_PAUSED_HOLD,
     Message,
@@ -63,7 +67,7 @@ from schemas.tables import (
     status_is,
 )
 from workers.claims import RETRY_HOLD, attempts_used, spent_claim, stale_claim
-from workers.outcomes import VALIDITY_PASSED, expire_in
+from workers.outcomes import VALIDITY_PASSED, expire_in, fail_stream_deleted
 from workers.queueing import (
     enqueue_deliveries,
     single_send_chunk_size,
@@ -109,6 +113,7 @@ class SweepReport:
     claims_spent: int = 0
     unparked: int = 0
     parked_expired: int = 0
+    deleted_ended: int = 0
 
     @property
     def total(self) -> int:
@@ -121,6 +126,7 @@ class SweepReport:
             + self.claims_spent
             + self.unparked
             + self.parked_expired
+            + self.deleted_ended
         )
 
 
@@ -171,8 +177,10 @@ class Relay:
         horizon = now + timedelta(seconds=settings.relay_lookahead_seconds)
         lease_cutoff = now - timedelta(seconds=settings.claim_lease_seconds)
         claims_spent = self._fail_spent_claims(lease_cutoff)
+        deleted_ended = self._end_deleted_waiting(now)
         report = SweepReport(
             claims_spent=claims_spent,
+            deleted_ended=deleted_ended,
             released=self._back_to_queued(
                 MessageStatus.scheduled,
                 (status_is(MessageStatus.scheduled), Message.send_at <= horizon),
@@ -221,6 +229,7 @@ class Relay:
                 relayed=report.relayed,
                 unparked=report.unparked,
                 parked_expired=report.parked_expired,
+                deleted_ended=report.deleted_ended,
                 lost_requeued=report.lost_requeued,
             )
         return report
@@ -379,6 +388,73 @@ class Relay:
         if due:
             log.info("relay_expired_parked", count=len(due))
         return len(due)
+
+    def _end_deleted_waiting(self, now: datetime) -> int:
+        """Fail, with ``stream_deleted``, what deleted streams still have waiting: their
+        scheduled messages and their queued ones (held, parked or on the broker), up to
+        ``relay_batch`` a sweep; returns how many. Nothing can send them any more, and their
+        own time may be weeks away. A stream with nothing scheduled, queued or being sent
+        left is marked (``waiting_ended_at``) and never looked at again, so a sweep costs one
+        probe of ``ix_streams_deleted_waiting`` once every deleted stream is done, and each
+        stream's messages are read off the indexes of waiting ones, never its history."""
+        budget = self.runtime.settings.relay_batch
+        ended = 0
+        finished: list[uuid.UUID] = []
+        with self.runtime.session_factory() as session:
+            streams = session.scalars(
+                select(Stream.id)
+                .where(text(DELETED_WAITING_PREDICATE))
+                .order_by(Stream.deleted_at)
+                .limit(budget)
+            ).all()
+            for stream_id in streams:
+                if ended >= budget:
+                    break
+                found = 0
+                for status in (MessageStatus.scheduled, MessageStatus.queued):
+                    waiting = session.scalars(
+                        select(Message.id)
+                        .where(status_is(status), Message.stream_id == stream_id)
+                        .limit(budget - ended)
+                        .with_for_update(skip_locked=True)
+                    ).all()
+                    found += len(waiting)
+                    ended += sum(fail_stream_deleted(session, key, now) for key in waiting)
+                if not found and not self._has_waiting(session, stream_id):
+                    finished.append(stream_id)
+            if finished:
+                session.execute(
+                    update(Stream)
+                    .where(Stream.id.in_(finished), Stream.waiting_ended_at.is_(None))
+                    .values(waiting_ended_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            session.commit()
+        if ended or finished:
+            log.info(
+                "relay_ended_deleted_streams_waiting",
+                failed=ended,
+                streams=len(streams),
+                streams_done=len(finished),
+            )
+        return ended
+
+    @staticmethod
+    def _has_waiting(session: Session, stream_id: uuid.UUID) -> bool:
+        """The stream has a message scheduled, queued or being sent (whose outcome may be a
+        retry, queued again), locked by another transaction or not."""
+        return any(
+            session.scalar(
+                select(Message.id)
+                .where(status_is(*statuses), Message.stream_id == stream_id)
+                .limit(1)
+            )
+            is not None
+            for statuses in (
+                (MessageStatus.scheduled,),
+                (MessageStatus.queued, MessageStatus.sending),
+            )
+        )
 
     def _release_parked(self) -> int:
         """Enqueue the parked messages of the streams that accept sends again (or were

@@ -25,6 +25,7 @@ STATUS_INDEXES = {
     "ix_messages_outbox_not_before",
     "ix_messages_queued_type_enqueued",
     "ix_messages_parked_expires",
+    "ix_messages_scheduled_stream",
 }
 
 
@@ -64,7 +65,16 @@ def test_status_searches_read_partial_indexes_with_the_status_as_a_constant(
         *message_rows(paused, account_id, 3, now, status="queued", enqueued_at=None,
                       hold_reason=STREAM_PAUSED_HOLD, expires_at=now + lease),
     ]  # fmt: skip
-    write_then_pause(runtime, client, account_key, paused, delivered + waiting + parked)
+    gone = make_stream(name="Gone")
+    left = [
+        *message_rows(gone, account_id, 3, now, status="scheduled", send_at=now + lease,
+                      enqueued_at=None),
+        *message_rows(gone, account_id, 3, now, status="queued", enqueued_at=None,
+                      hold_reason="quiet_hours", not_before=now + lease),
+    ]  # fmt: skip
+    deleted = client.delete(f"/api/v1/streams/{gone['id']}", headers=auth(account_key))
+    assert deleted.status_code == 204, deleted.text
+    write_then_pause(runtime, client, account_key, paused, delivered + waiting + parked + left)
 
     relay_runtime = build_runtime(runtime.settings.model_copy(update={"relay_batch": 50}))
     try:
@@ -102,6 +112,7 @@ def _expected_index(statement: str) -> str:
         ("messages.send_at <=", "ix_messages_scheduled_send_at"),
         ("messages.enqueued_at <", "ix_messages_queued_type_enqueued"),
         ("messages.enqueued_at IS NULL", "ix_messages_outbox_not_before"),
+        ("messages.status = 'scheduled' AND messages.stream_id", "ix_messages_scheduled_stream"),
         ("messages.stream_id", "ix_messages_in_flight_stream"),
     ):
         if fragment in statement:
@@ -198,6 +209,7 @@ def test_a_message_enters_a_status_index_only_in_the_states_it_searches(runtime,
         "ix_messages_provider_message_id_present": 2,  # sent, delivered
         "ix_messages_queued_type_enqueued": 1,  # queued (marked)
         "ix_messages_scheduled_send_at": 0,
+        "ix_messages_scheduled_stream": 0,
         "ix_messages_sending_claimed": 1,  # sending
         "ix_messages_outbox_not_before": 0,
         "ix_messages_parked_stream": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, insert, select, text
@@ -13,13 +13,15 @@ from sqlalchemy import event, func, insert, select, text
 from core.runtime import build_runtime
 from dispatcher.app import create_app
 from schemas.tables import STREAM_PAUSED_HOLD as PARKED
-from schemas.tables import Message
+from schemas.tables import Message, Stream
 from tests.conftest import CLIENT_IP, auth, message
+from tests.deliveries import delivery_with
 from tests.message_rows import account_of, message_rows, write_then_pause
-from tests.processes import private_redis, wait_until
+from tests.processes import MovableClock, private_redis, wait_until
 from tests.query_plans import statements_run
 from tests.queued_jobs import delayed_jobs_on, jobs_on
 from workers.pool import start_worker
+from workers.providers.base import ProviderError
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import enqueue_delivery
 from workers.relay import RELEASE_STEP_MS, Relay
@@ -443,3 +445,105 @@ def test_a_parked_message_expires_when_its_validity_ends_not_when_its_stream_is_
     assert "Seq Scan on messages" not in plan, plan
     read = re.findall(r"Scan using ix_messages_parked_expires .*actual rows=(\d+)", plan)
     assert read == ["0"], plan  # one probe, not a walk of the 2,000 still valid
+
+
+def _delete(client, account_key, stream) -> None:
+    deleted = client.delete(f"/api/v1/streams/{stream['id']}", headers=auth(account_key))
+    assert deleted.status_code == 204, deleted.text
+
+
+def _ended_as_deleted(client, account_key, message_id: str) -> dict:
+    found = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    assert (found["status"], (found["error"] or {}).get("code")) == ("failed", "stream_deleted")
+    assert found["hold_reason"] is None and found["not_before"] is None
+    assert found["history"][-1]["status"] == "failed"
+    return found
+
+
+def _held_then_ended_by_the_delete(runtime, client, account_key, stream, result, hold_reason):
+    """The message of ``result`` waits with ``hold_reason``; ``stream`` is deleted, and the
+    next sweep fails it."""
+    held = client.get(f"/api/v1/messages/{result['message_id']}", headers=auth(account_key))
+    assert held.json()["hold_reason"] == hold_reason
+    _delete(client, account_key, stream)
+
+    report = Relay(runtime).sweep()
+    _ended_as_deleted(client, account_key, result["message_id"])
+    assert report.deleted_ended == 1
+
+
+def test_a_deleted_streams_scheduled_message_fails_at_the_next_sweep_not_at_its_time(
+    runtime, client, make_stream, account_key
+):
+    """A message scheduled a month ahead of a stream then deleted is ``failed`` with
+    ``stream_deleted`` by the next sweep, its ``send_at`` kept as the customer set it. Once
+    the stream has nothing waiting, the relay marks it and looks at it no more."""
+    stream = make_stream()
+    send_at = runtime.clock() + timedelta(days=30)
+    answer = client.post(
+        "/v1/messages",
+        json={"messages": [message(send_at=send_at.isoformat())]},
+        headers=auth(stream["token"]),
+    )
+    [result] = answer.json()["results"]
+    assert result["status"] == "scheduled"
+    _delete(client, account_key, stream)
+
+    report = Relay(runtime).sweep()
+    found = _ended_as_deleted(client, account_key, result["message_id"])
+    assert report.deleted_ended == 1
+    assert found["send_at"] is not None
+    assert datetime.fromisoformat(found["send_at"]) == send_at
+
+    Relay(runtime).sweep()
+    with runtime.session_factory() as session:
+        done = session.get(Stream, uuid.UUID(stream["id"]))
+        assert done is not None and done.waiting_ended_at is not None
+
+
+def test_a_deleted_streams_message_held_for_quiet_hours_fails_at_the_next_sweep(
+    runtime, client, make_stream, account_key
+):
+    """A marketing message held for quiet hours until tomorrow morning, its stream then
+    deleted, is ``failed`` with ``stream_deleted`` by the next sweep."""
+    runtime.clock = MovableClock(datetime(2026, 1, 15, 21, 0, tzinfo=UTC))
+    stream = make_stream(
+        type="marketing",
+        settings={"quiet_hours": {"start": "09:00", "end": "20:00", "timezone": "UTC"}},
+    )
+    [result] = client.post(
+        "/v1/messages",
+        json={"messages": [message(message_content="Sale!")]},
+        headers=auth(stream["token"]),
+    ).json()["results"]
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    delivery.deliver(result["message_id"], "marketing")
+    _held_then_ended_by_the_delete(runtime, client, account_key, stream, result, "quiet_hours")
+
+
+class _ThrottlesForAnHour(SandboxProvider):
+    """Answers every call with a 429 asking for an hour."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def send(self, message):
+        self.calls += 1
+        raise ProviderError("provider_throttled", "HTTP 429", transient=True, retry_after=3600)
+
+
+def test_a_deleted_streams_message_waiting_out_a_retry_fails_at_the_next_sweep(
+    runtime, client, make_stream, account_key
+):
+    """A message waiting out the carrier's hour-long Retry-After, its stream then deleted,
+    is ``failed`` with ``stream_deleted`` by the next sweep, and never offered again."""
+    carrier = _ThrottlesForAnHour(runtime.settings.sandbox, runtime.redis)
+    stream = make_stream()
+    [result] = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"]
+    delivery_with(runtime, carrier).deliver(result["message_id"], "transactional")
+    _held_then_ended_by_the_delete(runtime, client, account_key, stream, result, "retry")
+    delivery_with(runtime, carrier).deliver(result["message_id"], "transactional")
+    assert carrier.calls == 1
