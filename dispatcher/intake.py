@@ -371,7 +371,10 @@ def store_prepared(
                 first_of[p.internal_id] = result
     for p in prepared:
         if p.index not in results and p.internal_id is not None:
-            original = first_of.get(p.internal_id) or known[p.internal_id]
+            original = known.get(p.internal_id)
+            if original is None:  # a repeat of an item of this request
+                first = first_of[p.internal_id]
+                original = first.model_copy(update={"message_status": first.status})
             results[p.index] = original.model_copy(update={"duplicate": True})
     to_enqueue = [ids[p.index] for p in to_insert if ids[p.index] in inserted and not p.send_at]
     return results, to_enqueue
@@ -407,6 +410,7 @@ def _existing_by_internal_id(
             status="scheduled" if row.status == MessageStatus.scheduled else "queued",
             segments=row.segments,
             encoding=row.encoding,
+            message_status=row.status,
         )
         for row in rows
     }

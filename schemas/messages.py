@@ -57,6 +57,9 @@ class SendResult(BaseModel):
     segments: int | None = None
     encoding: Literal["GSM-7", "UCS-2"] | None = None
     duplicate: bool | None = None
+    #: A duplicate's first message, as it stands now (``delivered``, ``canceled``...):
+    #: ``status`` says only that the item was taken, not that anything is on its way.
+    message_status: MessageStatus | None = None
     error: ItemError | None = None
 
 

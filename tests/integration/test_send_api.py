@@ -4,6 +4,7 @@ and repeated internal ids (invariant 2)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -268,8 +269,27 @@ def test_invariant_2_repeated_internal_id_returns_the_first_message(client, make
     ).json()
     assert again["results"][0]["message_id"] == first["message_id"]
     assert again["results"][0]["duplicate"] is True
-    assert "duplicate" not in first
+    assert "duplicate" not in first and "message_status" not in first
     assert count_messages(runtime) == 1
+
+
+def test_a_repeat_says_what_became_of_the_first_message(client, make_stream, runtime, account_key):
+    """The item is taken (``status`` queued: nothing new is sent), and ``message_status``
+    says where the first message stands now: a client retrying a send it had canceled is
+    not told that a message is on its way."""
+    stream = make_stream()
+    later = (runtime.clock() + timedelta(hours=2)).isoformat()
+    item = message(internal_id="promo-1", send_at=later)
+    first = send(client, stream["token"], item).json()["results"][0]
+    again = send(client, stream["token"], item).json()["results"][0]
+    assert (again["duplicate"], again["message_status"]) == (True, "scheduled")
+    canceled = client.post(
+        f"/api/v1/messages/{first['message_id']}/cancel", headers=auth(account_key)
+    )
+    assert canceled.status_code == 200, canceled.text
+    again = send(client, stream["token"], item).json()["results"][0]
+    assert (again["status"], again["duplicate"]) == ("queued", True)
+    assert again["message_status"] == "canceled"
 
 
 def test_invariant_2_repeat_inside_one_batch(client, make_stream, runtime):
@@ -278,7 +298,7 @@ def test_invariant_2_repeat_inside_one_batch(client, make_stream, runtime):
         client, stream["token"], message(internal_id="x"), message(internal_id="x")
     ).json()["results"]
     assert results[0]["message_id"] == results[1]["message_id"]
-    assert results[1]["duplicate"] is True
+    assert (results[1]["duplicate"], results[1]["message_status"]) == (True, "queued")
     assert count_messages(runtime) == 1
 
 
