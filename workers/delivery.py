@@ -438,8 +438,10 @@ class Delivery:
 
     def _give_back_canceled(self, missed: list[Job]) -> None:
         """Of the messages admitted but not claimed, those the account canceled meanwhile
-        (before any claim of theirs) never reach the carrier: they leave their stream's caps,
-        as a first claim refused for good does. One claimed by another job keeps its place."""
+        never reach the carrier if no claim of theirs was ever made: they leave their stream's
+        caps, as a first claim refused for good does. One claimed by another job (a
+        redelivery: its call may have reached the carrier before the cancel) keeps its place;
+        the database says which, not the attempts this job loaded."""
         counted = [job for job in missed if job.attempts == 0 and Gates.stream_limits(job).counts]
         if not counted:
             return
@@ -449,6 +451,7 @@ class Delivery:
                     select(MESSAGES.c.id).where(
                         MESSAGES.c.id.in_([job.message_id for job in counted]),
                         status_is(MessageStatus.canceled),
+                        MESSAGES.c.attempts == 0,
                     )
                 )
             )

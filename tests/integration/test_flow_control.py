@@ -258,19 +258,41 @@ def test_a_refusal_after_a_timeout_keeps_the_place_in_the_cap(
     assert (found["status"], (found["error"] or {}).get("code")) == ("rejected", "max_per_day")
 
 
-class _CanceledOnAdmission(RedisAdmission):
-    """Admission as usual; then ``cancel`` runs for a message just admitted, before the
-    worker's claim: the race a customer's cancel can win."""
+class _BeforeTheClaim(RedisAdmission):
+    """Admission as usual; right after it first admits a message, ``hook`` runs with its
+    id, before the worker's claim: where a cancel, or another job of the same message, can
+    come in between."""
 
-    def __init__(self, client, cancel) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, client, hook) -> None:  # type: ignore[no-untyped-def]
         super().__init__(client)
-        self.cancel = cancel
+        self.hook = hook
 
     def admit(self, request):  # type: ignore[no-untyped-def]
         ticket = super().admit(request)
-        if ticket.verdict == "admit":
-            self.cancel(request.message_id)
+        if ticket.verdict == "admit" and self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook(request.message_id)
         return ticket
+
+
+def _canceled_before_its_claim(  # type: ignore[no-untyped-def]
+    runtime, client, account_key, first: str, meanwhile=lambda: None
+) -> Delivery:
+    """A delivery through the sandbox in which, once admission has counted ``first``,
+    ``meanwhile`` runs and the account cancels it, before this delivery's claim."""
+
+    def cancel(message_id: str) -> None:
+        assert message_id == first
+        meanwhile()
+        canceled = client.post(f"/api/v1/messages/{first}/cancel", headers=auth(account_key))
+        assert canceled.status_code == 200, canceled.text
+
+    carrier = SandboxProvider(runtime.settings.sandbox, runtime.redis)
+    return Delivery(
+        runtime,
+        ProviderRegistry({"sandbox": carrier}, "sandbox"),
+        _BeforeTheClaim(runtime.redis, cancel),
+    )
 
 
 @pytest.mark.parametrize("cap", ["max_per_day", "max_per_recipient_per_hour"])
@@ -283,23 +305,51 @@ def test_a_message_canceled_between_admission_and_claim_gives_its_place_back(
     stream = make_stream(settings={cap: 1})
     first = send(client, stream["token"], message())[0]["message_id"]
 
-    def cancel(message_id: str) -> None:
-        if message_id == first:
-            canceled = client.post(f"/api/v1/messages/{first}/cancel", headers=auth(account_key))
-            assert canceled.status_code == 200, canceled.text
-
-    carrier = SandboxProvider(runtime.settings.sandbox, runtime.redis)
-    delivery = Delivery(
-        runtime,
-        ProviderRegistry({"sandbox": carrier}, "sandbox"),
-        _CanceledOnAdmission(runtime.redis, cancel),
-    )
+    delivery = _canceled_before_its_claim(runtime, client, account_key, first)
     delivery.deliver(first, "transactional")
     found = get(client, account_key, first)
     assert (found["status"], found["attempts"]) == ("canceled", 0)
     second = send(client, stream["token"], message())[0]["message_id"]
     delivery.deliver(second, "transactional")
     assert get(client, account_key, second)["status"] == "delivered"
+
+
+def test_a_canceled_message_whose_other_job_timed_out_at_the_carrier_keeps_its_cap_place(
+    settings, runtime, client, make_stream, account_key
+):
+    """Two jobs of one message (a redelivery) are loaded before any claim. The second
+    claims it first and the carrier times out (it may have taken the message); the retry
+    waits out its back-off and the account cancels it. The first job's claim then misses:
+    the message keeps the recipient's one place for the hour, as any message that may have
+    reached the carrier does, whatever the first job loaded."""
+    runtime.settings = settings.model_copy(update={"retry_backoff_seconds": 3600})
+    stream = make_stream(settings={"max_per_recipient_per_hour": 1})
+    first = send(client, stream["token"], message())[0]["message_id"]
+
+    timing_out = _FirstAnswers(runtime.settings.sandbox, runtime.redis, [TIMEOUT_ERROR])
+    other_job = Delivery(
+        runtime,
+        ProviderRegistry({"sandbox": timing_out}, "sandbox"),
+        RedisAdmission(runtime.redis),
+    )
+
+    def other_job_first() -> None:
+        other_job.deliver(first, "transactional")  # claim 1: carrier timeout, retry held
+        found = get(client, account_key, first)
+        assert (found["status"], found["attempts"]) == ("queued", 1), found
+
+    stale_job = _canceled_before_its_claim(runtime, client, account_key, first, other_job_first)
+    stale_job.deliver(first, "transactional")
+    found = get(client, account_key, first)
+    assert (found["status"], found["attempts"]) == ("canceled", 1)
+
+    second = send(client, stream["token"], message())[0]["message_id"]
+    stale_job.deliver(second, "transactional")
+    found = get(client, account_key, second)
+    assert (found["status"], (found["error"] or {}).get("code")) == (
+        "rejected",
+        "max_per_recipient_per_hour",
+    ), found
 
 
 class _ThrottlesOnce(SandboxProvider):
