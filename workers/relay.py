@@ -143,6 +143,11 @@ class _Due:
 #: The scheduled release promises its time to within a second.
 RELEASE_STEP_MS = 100
 _MICROSECOND = timedelta(microseconds=1)
+#: How long after its deletion a stream may still gain messages: a send authenticated just
+#: before the delete (or on an ingress whose token cache has not caught up, at most a
+#: second) stores its rows when its request ends. A deleted stream is not marked done
+#: before this has passed, so such rows are still found.
+DELETED_STREAM_SETTLE = timedelta(minutes=5)
 
 
 def _jobs(
@@ -394,20 +399,22 @@ class Relay:
         scheduled messages and their queued ones (held, parked or on the broker), up to
         ``relay_batch`` a sweep; returns how many. Nothing can send them any more, and their
         own time may be weeks away. A stream with nothing scheduled, queued or being sent
-        left is marked (``waiting_ended_at``) and never looked at again, so a sweep costs one
-        probe of ``ix_streams_deleted_waiting`` once every deleted stream is done, and each
-        stream's messages are read off the indexes of waiting ones, never its history."""
+        left, ``DELETED_STREAM_SETTLE`` after its deletion, is marked (``waiting_ended_at``)
+        and never looked at again, so a sweep costs one probe of
+        ``ix_streams_deleted_waiting`` once every deleted stream is done, and each stream's
+        messages are read off the indexes of waiting ones, never its history."""
         budget = self.runtime.settings.relay_batch
+        settled = now - DELETED_STREAM_SETTLE
         ended = 0
         finished: list[uuid.UUID] = []
         with self.runtime.session_factory() as session:
-            streams = session.scalars(
-                select(Stream.id)
+            streams = session.execute(
+                select(Stream.id, Stream.deleted_at)
                 .where(text(DELETED_WAITING_PREDICATE))
                 .order_by(Stream.deleted_at)
                 .limit(budget)
             ).all()
-            for stream_id in streams:
+            for stream_id, deleted_at in streams:
                 if ended >= budget:
                     break
                 found = 0
@@ -420,7 +427,11 @@ class Relay:
                     ).all()
                     found += len(waiting)
                     ended += sum(fail_stream_deleted(session, key, now) for key in waiting)
-                if not found and not self._has_waiting(session, stream_id):
+                if (
+                    not found
+                    and as_utc(deleted_at) <= settled
+                    and not self._has_waiting(session, stream_id)
+                ):
                     finished.append(stream_id)
             if finished:
                 session.execute(

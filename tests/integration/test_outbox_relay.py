@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, insert, select, text
 
+import dispatcher.intake as intake
 from core.runtime import build_runtime
 from dispatcher.app import create_app
 from schemas.tables import STREAM_PAUSED_HOLD as PARKED
@@ -24,7 +25,7 @@ from workers.pool import start_worker
 from workers.providers.base import ProviderError
 from workers.providers.sandbox import SandboxProvider
 from workers.queueing import enqueue_delivery
-from workers.relay import RELEASE_STEP_MS, Relay
+from workers.relay import DELETED_STREAM_SETTLE, RELEASE_STEP_MS, Relay
 
 
 def statuses(runtime) -> dict[str, int]:
@@ -477,7 +478,10 @@ def test_a_deleted_streams_scheduled_message_fails_at_the_next_sweep_not_at_its_
 ):
     """A message scheduled a month ahead of a stream then deleted is ``failed`` with
     ``stream_deleted`` by the next sweep, its ``send_at`` kept as the customer set it. Once
-    the stream has nothing waiting, the relay marks it and looks at it no more."""
+    the stream has nothing waiting, and no send begun before the delete can still store
+    rows, the relay marks it and looks at it no more."""
+    clock = MovableClock(runtime.clock())
+    runtime.clock = clock
     stream = make_stream()
     send_at = runtime.clock() + timedelta(days=30)
     answer = client.post(
@@ -495,10 +499,46 @@ def test_a_deleted_streams_scheduled_message_fails_at_the_next_sweep_not_at_its_
     assert found["send_at"] is not None
     assert datetime.fromisoformat(found["send_at"]) == send_at
 
+    def drained() -> bool:
+        with runtime.session_factory() as session:
+            done = session.get(Stream, uuid.UUID(stream["id"]))
+            assert done is not None
+            return done.waiting_ended_at is not None
+
     Relay(runtime).sweep()
-    with runtime.session_factory() as session:
-        done = session.get(Stream, uuid.UUID(stream["id"]))
-        assert done is not None and done.waiting_ended_at is not None
+    assert not drained()
+    clock.advance(DELETED_STREAM_SETTLE.total_seconds())
+    Relay(runtime).sweep()
+    assert drained()
+
+
+def test_a_send_that_stores_its_rows_after_the_delete_is_still_ended(
+    runtime, client, make_stream, account_key, monkeypatch
+):
+    """A send authenticated before the delete (or on an ingress whose token cache has not
+    caught up) stores its rows after it, with a sweep in between that found nothing waiting.
+    Those rows are failed too: the stream is not marked done so soon after its deletion."""
+    stream = make_stream()
+    send_at = runtime.clock() + timedelta(days=30)
+    store = intake.store_prepared
+
+    def delete_and_sweep_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        _delete(client, account_key, stream)
+        assert Relay(runtime).sweep().deleted_ended == 0
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(intake, "store_prepared", delete_and_sweep_first)
+    results = client.post(
+        "/v1/messages",
+        json={"messages": [message(send_at=send_at.isoformat())] * 2},
+        headers=auth(stream["token"]),
+    ).json()["results"]
+    monkeypatch.setattr(intake, "store_prepared", store)
+    assert [r["status"] for r in results] == ["scheduled", "scheduled"]
+
+    assert Relay(runtime).sweep().deleted_ended == 2
+    for result in results:
+        _ended_as_deleted(client, account_key, result["message_id"])
 
 
 def test_a_deleted_streams_message_held_for_quiet_hours_fails_at_the_next_sweep(
