@@ -16,8 +16,10 @@ from sqlalchemy.orm import Session
 from core import metrics
 from core.dead_letters import record_dead_letter
 from core.message_states import MESSAGES, transition
+from core.quiet_hours_changes import window_changed
 from core.runtime import Runtime
 from schemas.enums import MessageStatus
+from schemas.tables import QUIET_HOURS_HOLD
 from workers.claims import RATE_HOLD
 from workers.jobs import Job
 from workers.queueing import enqueue_delivery
@@ -126,6 +128,11 @@ class Outcomes:
         soon = until <= now + timedelta(seconds=self.runtime.settings.relay_lookahead_seconds)
         enqueued = soon and self._enqueue(job, until - now, log_)
         with self.runtime.session_factory() as session:
+            if reason == QUIET_HOURS_HOLD and window_changed(session, job.stream_id, job.settings):
+                # The account changed the window since this job read it, and released what
+                # it held: due now, the relay hands it to the gate again under the new one.
+                log_.info("quiet_hours_changed_meanwhile", until=until.isoformat())
+                until = now
             hold(
                 session,
                 job.message_id,

@@ -16,6 +16,7 @@ from core.clock import as_utc
 from core.credentials import digest, new_stream_token, new_webhook_secret
 from core.network import parse_network
 from core.phones import normalize_sender
+from core.quiet_hours_changes import lock_quiet_hours, quiet_window
 from core.runtime import Runtime
 from core.stream_rules import ACTIVITY_WINDOW, missing_steps, shown_status, stored_status
 from core.whatsapp_setup import whatsapp_steps
@@ -124,20 +125,19 @@ def _set_settings(
     holds each again, until the new window opens, if it must."""
     if settings.get("callback_url") != stream.settings.get("callback_url"):
         stream.callbacks_changed_at = now
-    if _window(settings) != _window(stream.settings):
+    if quiet_window(settings) != quiet_window(stream.settings):
         _release_quiet_holds(session, stream.id, now)
     stream.settings = settings
-
-
-def _window(settings: dict[str, Any]) -> tuple[str, str, str | None] | None:
-    quiet = settings.get("quiet_hours")
-    return (quiet["start"], quiet["end"], quiet.get("timezone")) if quiet else None
 
 
 def _release_quiet_holds(session: Session, stream_id: uuid.UUID, now: datetime) -> None:
     """Make the stream's quiet-hours holds due at ``now``. They are read off
     ``ix_messages_quiet_held_stream``, none of the stream's other messages; the relay then
-    enqueues them in its batches (``ix_messages_outbox_not_before``), as any hold come due."""
+    enqueues them in its batches (``ix_messages_outbox_not_before``), as any hold come due.
+    The stream's quiet-hours lock, taken first and kept until the commit, makes a worker's
+    hold under the old window either come before (and be found here) or after (and see the
+    new window): ``core.quiet_hours_changes``."""
+    lock_quiet_hours(session, stream_id, exclusive=True)
     released = session.execute(
         update(Message)
         .where(Message.stream_id == stream_id, is_quiet_held())

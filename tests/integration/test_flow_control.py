@@ -3,7 +3,9 @@ scheduling and cancel, quiet hours, expiry."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -14,6 +16,7 @@ from sqlalchemy import select, update
 from core.accounts import create_account
 from core.clock import as_utc
 from core.migrate import upgrade
+from core.quiet_hours_changes import window_changed
 from core.runtime import build_runtime
 from core.settings import Settings
 from dispatcher.app import create_app
@@ -847,6 +850,72 @@ def test_an_unrelated_settings_edit_leaves_quiet_hours_holds_alone(
     assert _relay_then_deliver(runtime, delivery, promo) == 0
     held = get(client, account_key, promo)
     assert (held["hold_reason"], held["not_before"]) == ("quiet_hours", "2026-01-16T09:00:00Z")
+
+
+def test_a_window_changed_while_a_worker_holds_its_message_releases_it_too(
+    runtime, client, make_stream, account_key
+):
+    """A worker has read the stream's quiet hours and decided to hold a message when the
+    account turns them off, and the change commits before the hold is written: the hold
+    sees the new window and is written due now, so the message goes out at the next sweep
+    rather than when the old window would have opened."""
+    clock = MovableClock(datetime(2026, 1, 15, 21, 0, tzinfo=UTC))
+    runtime.clock = clock
+    stream = make_stream(type="marketing", settings={"quiet_hours": UTC_DAYTIME})
+    promo = send(client, stream["token"], message())[0]["message_id"]
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    passes = delivery._gates.passes
+
+    def change_lands_first(job, provider, log_):  # type: ignore[no-untyped-def]
+        assert job.settings.get("quiet_hours") == UTC_DAYTIME
+        changed = client.patch(
+            f"/api/v1/streams/{stream['id']}",
+            json={"settings": {"quiet_hours": None}},
+            headers=auth(account_key),
+        )
+        assert changed.status_code == 200, changed.text
+        return passes(job, provider, log_)
+
+    delivery._gates.passes = change_lands_first  # type: ignore[method-assign]
+    delivery.deliver(promo, "marketing")
+    delivery._gates.passes = passes  # type: ignore[method-assign]
+    clock.advance(60)
+    assert _relay_then_deliver(runtime, delivery, promo) == 1
+    assert get(client, account_key, promo)["status"] == "delivered"
+
+
+def test_a_window_change_waits_for_a_hold_being_written_and_releases_it(
+    runtime, client, make_stream, account_key
+):
+    """The other order: a worker's hold is being written (its transaction holds the
+    stream's quiet-hours lock, shared) when the account turns quiet hours off. The change
+    waits for that hold's commit, then releases it with the rest."""
+    clock = MovableClock(datetime(2026, 1, 15, 21, 0, tzinfo=UTC))
+    runtime.clock = clock
+    stream = make_stream(type="marketing", settings={"quiet_hours": UTC_DAYTIME})
+    promo = send(client, stream["token"], message())[0]["message_id"]
+    key, stream_id = uuid.UUID(promo), uuid.UUID(stream["id"])
+    writing = runtime.session_factory()
+    try:
+        assert not window_changed(writing, stream_id, {"quiet_hours": UTC_DAYTIME})
+        hold(
+            writing, key, clock(), until=datetime(2026, 1, 16, 9, tzinfo=UTC), reason="quiet_hours"
+        )
+        with ThreadPoolExecutor(1) as pool:
+            change = pool.submit(
+                client.patch,
+                f"/api/v1/streams/{stream['id']}",
+                json={"settings": {"quiet_hours": None}},
+                headers=auth(account_key),
+            )
+            time.sleep(0.5)
+            assert not change.done(), "the change did not wait for the hold being written"
+            writing.commit()
+            assert change.result(timeout=10).status_code == 200
+    finally:
+        writing.close()
+    held = get(client, account_key, promo)
+    assert (held["hold_reason"], held["not_before"]) == ("quiet_hours", "2026-01-15T21:00:00Z")
 
 
 def test_a_validity_counts_from_a_send_at_already_past(runtime, client, make_stream, account_key):
