@@ -21,11 +21,11 @@ from pydantic import (
 from schemas.enums import StreamStatus, StreamType
 from schemas.request_body import RequestBody
 from schemas.templates import template_placeholders
-from schemas.text_rules import display_name, tag_text
+from schemas.text_rules import MAX_TAG_LENGTH, display_name, tag_text
 
 Tag = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_TAG_LENGTH),
     AfterValidator(tag_text),
 ]
 Name = Annotated[

@@ -7,7 +7,8 @@
   telling confusables apart needs Unicode's TR39 data, which a label does not warrant.
 * Tags (identifiers people filter by): NFKC-normalised, so ``ｆｕｌｌ`` (fullwidth) and
   ``full`` are one tag, and no format characters (zero-width, bidi), which would make
-  tags that look the same but never match.
+  tags that look the same but never match. The length bound holds after normalising, which
+  can lengthen text (U+FDFA is one character and becomes eighteen).
 """
 
 from __future__ import annotations
@@ -49,9 +50,16 @@ def display_name(value: str) -> str:
     return value
 
 
+#: The longest tag, counted once normalised (``stream_tags.tag`` is VARCHAR(64)).
+MAX_TAG_LENGTH = 64
+
+
 def tag_text(value: str) -> str:
-    """A tag NFKC-normalised, or ``ValueError`` for control and format characters."""
+    """A tag NFKC-normalised, or ``ValueError`` for control and format characters or for
+    more than ``MAX_TAG_LENGTH`` characters once normalised."""
     normalised = unicodedata.normalize("NFKC", value)
+    if len(normalised) > MAX_TAG_LENGTH:
+        raise ValueError(f"must be at most {MAX_TAG_LENGTH} characters once normalised (NFKC)")
     for character in normalised:
         if unicodedata.category(character) in ("Cc", "Cf"):
             raise ValueError(

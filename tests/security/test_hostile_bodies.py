@@ -23,7 +23,7 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from schemas.tables import Message, Stream
+from schemas.tables import Message, Stream, StreamTag
 from tests.conftest import auth, message
 from tests.processes import ingress
 from tests.two_way import post_signed_inbound, signing_secret
@@ -356,6 +356,27 @@ def test_names_keep_their_script_and_tags_are_normalised(client, account_key, ma
             headers=auth(account_key),
         )
         assert_error(refused, 422, field="tags[0]")
+
+
+def test_a_tag_that_normalises_past_64_characters_is_refused_naming_it(
+    client, runtime, account_key, make_stream
+):
+    """The 64-character bound holds after NFKC: four U+FDFA become 72 characters. Create
+    and PATCH (the console's forms too) answer 422 naming ``tags[0]`` and store nothing."""
+    stream = make_stream(tags=["kept"])
+    tag = "\ufdfa" * 4
+    created = client.post(
+        "/api/v1/streams",
+        json={"name": "n", "type": "transactional", "tags": [tag]},
+        headers=auth(account_key),
+    )
+    assert_error(created, 422, field="tags[0]")
+    patched = client.patch(
+        f"/api/v1/streams/{stream['id']}", json={"tags": [tag]}, headers=auth(account_key)
+    )
+    assert_error(patched, 422, field="tags[0]")
+    assert count(runtime, Stream) == 1
+    assert count(runtime, StreamTag) == 1
 
 
 def test_inbound_text_with_tricks_is_stored_as_sent(client, runtime, make_stream, account_key):
