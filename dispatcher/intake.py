@@ -49,6 +49,7 @@ from schemas.enums import MessageStatus, StreamType
 from schemas.events import StatusChange
 from schemas.messages import MAX_CONTENT_LENGTH, ItemError, SendItem, SendResponse, SendResult
 from schemas.tables import Message, Stream
+from schemas.text_rules import encodes_as_utf8
 from workers.queueing import enqueue_committed
 
 log = structlog.get_logger(__name__)
@@ -187,6 +188,16 @@ def prepare_item(
     )
 
 
+def _rejected_result(raw: Any, exc: ItemRejected) -> SendResult:
+    """The result of a rejected item, echoing its ``internal_id`` when that is text the
+    response can carry. A lone surrogate (``"\\udfff"`` in JSON) is not: echoed, it would
+    fail the response after the batch's other items were committed."""
+    internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
+    if not isinstance(internal_id, str) or not encodes_as_utf8(internal_id):
+        internal_id = None
+    return SendResult(internal_id=internal_id, message_id=None, status="rejected", error=exc.error)
+
+
 def _raise(code: str, message: str, field: str | None) -> Any:
     raise ItemRejected(code, message, field)
 
@@ -256,13 +267,7 @@ def accept_messages(
                 )
             )
         except ItemRejected as exc:
-            internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
-            results[index] = SendResult(
-                internal_id=internal_id if isinstance(internal_id, str) else None,
-                message_id=None,
-                status="rejected",
-                error=exc.error,
-            )
+            results[index] = _rejected_result(raw, exc)
             metrics.MESSAGES_REJECTED.labels(access.type.value, exc.error.code).inc()
 
     with runtime.session_factory() as session:
@@ -306,14 +311,7 @@ async def accept_single(
         item = prepare_item(0, raw, access, runtime.clock())
     except ItemRejected as exc:
         metrics.MESSAGES_REJECTED.labels(access.type.value, exc.error.code).inc()
-        internal_id = raw.get("internal_id") if isinstance(raw, dict) else None
-        rejected = SendResult(
-            internal_id=internal_id if isinstance(internal_id, str) else None,
-            message_id=None,
-            status="rejected",
-            error=exc.error,
-        )
-        return SendResponse(accepted=0, rejected=1, results=[rejected])
+        return SendResponse(accepted=0, rejected=1, results=[_rejected_result(raw, exc)])
     result = await committer.store(access, item)
     log.info(
         "messages_accepted",

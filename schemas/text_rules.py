@@ -1,6 +1,9 @@
 """What text the API takes in names, tags and free text. Pure.
 
 * NUL (U+0000) nowhere: PostgreSQL text cannot hold it, and no message needs it.
+* Nothing that does not encode as UTF-8 (lone surrogates): pydantic refuses it in ``str``
+  fields, but values taken as ``Any`` (template variables) and echoes of refused input
+  are checked with ``encodes_as_utf8``.
 * Names (display text): no control characters and no bidirectional overrides or isolates,
   which can make a name read differently in the console than it is (Trojan Source).
   Letters of any script stay, look-alikes included: they are real names somewhere, and
@@ -38,6 +41,16 @@ def refuse_nul(value: Any) -> Any:
     if contains_nul(value):
         raise ValueError("may not contain the NUL character (U+0000)")
     return value
+
+
+def encodes_as_utf8(value: str) -> bool:
+    """False for text holding a lone surrogate (a JSON ``"\\ud800"`` escape decodes to one):
+    it can be neither stored nor sent back."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def display_name(value: str) -> str:

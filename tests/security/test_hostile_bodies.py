@@ -194,6 +194,24 @@ def test_an_encoded_lone_surrogate_is_an_item_error(client, runtime, make_stream
     assert count(runtime, Message) == 0
 
 
+@pytest.mark.parametrize("batch", [True, False], ids=["batch", "single"])
+def test_a_lone_surrogate_internal_id_is_an_item_error(client, runtime, make_stream, batch):
+    """``"internal_id": "\\udfff"`` (a JSON escape of a lone surrogate) is this item's
+    error naming ``messages[i].internal_id``, and its result leaves the id out (it cannot be
+    encoded): the response does not fail once the batch's other items are committed."""
+    stream = make_stream()
+    good = b'{"recipient_phone": "+972524265292", "message_content": "ok"}, ' if batch else b""
+    bad = b'{"recipient_phone": "+972524265292", "message_content": "ok", "internal_id": '
+    bad += b'"\\udfff"}'
+    response = send(client, stream["token"], raw=b'{"messages": [' + good + bad + b"]}")
+    assert response.status_code == 202, response.text
+    rejected = response.json()["results"][-1]
+    assert rejected["status"] == "rejected"
+    assert rejected["error"]["field"] == f"messages[{int(batch)}].internal_id"
+    assert "internal_id" not in rejected or rejected["internal_id"] is None
+    assert count(runtime, Message) == int(batch)
+
+
 def test_nul_characters_are_refused_naming_the_item_and_its_field(client, runtime, make_stream):
     stream = make_stream()
     response = send(
