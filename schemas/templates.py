@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping
 from string import Formatter
 
+from schemas.text_rules import encodes_as_utf8
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _FORMATTER = Formatter()
 
@@ -88,8 +90,8 @@ def template_placeholders(template: str) -> tuple[str, ...]:
 def checked_variables(variables: Mapping[str, object]) -> dict[str, str]:
     """The variables as text. Names have 1 to 64 characters; values must be strings or
     numbers (not booleans, not null), at most ``MAX_VARIABLE_LENGTH`` characters once written
-    out; at most ``MAX_VARIABLES`` of them. Raises ``InvalidVariable`` naming the first bad
-    one."""
+    out and encodable as UTF-8; at most ``MAX_VARIABLES`` of them. Raises ``InvalidVariable``
+    naming the first bad one."""
     if len(variables) > MAX_VARIABLES:
         raise InvalidVariable("", f"at most {MAX_VARIABLES} variables")
     text: dict[str, str] = {}
@@ -106,6 +108,8 @@ def checked_variables(variables: Mapping[str, object]) -> dict[str, str]:
         written = value if isinstance(value, str) else str(value)
         if len(written) > MAX_VARIABLE_LENGTH:
             raise InvalidVariable(name, f"must be at most {MAX_VARIABLE_LENGTH} characters")
+        if not encodes_as_utf8(written):
+            raise InvalidVariable(name, "must be text that encodes as UTF-8 (no lone surrogates)")
         text[name] = written
     return text
 

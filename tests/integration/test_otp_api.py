@@ -375,6 +375,7 @@ def test_alphanumeric_client_codes_verify_in_any_case(client, runtime, otp_strea
         ({}, {"variables": {"app": True}}, "invalid_variable", "variables.app"),
         ({}, {"variables": {"app": ["x"]}}, "invalid_variable", "variables.app"),
         ({}, {"variables": {"app": "x" * 501}}, "invalid_variable", "variables.app"),
+        ({}, {"variables": {"app": "\udfff"}}, "invalid_variable", "variables.app"),
         (
             {"template": "{a}{b}{c}{d} {code}"},
             {"variables": {name: "x" * 500 for name in "abcd"}},

@@ -109,6 +109,7 @@ def test_variables_become_text() -> None:
         ({"huge": 10**5000}, "huge"),
         ({"nan": float("nan")}, "nan"),
         ({"inf": float("-inf")}, "inf"),
+        ({"lone": "a\ud800"}, "lone"),
         ({"": "x"}, ""),
         ({"n" * 65: "x"}, "n" * 64),
     ],
