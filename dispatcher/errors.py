@@ -148,6 +148,12 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI answers 400 "error parsing the body" for bytes that are not UTF-8; to
             # the contract that is a body that does not parse, like any other bad JSON.
             return error_response(422, "invalid_json", "The body is not valid JSON (UTF-8).")
+        if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+            # The same 400 for json.loads' other ValueError: an integer of more digits than
+            # Python converts (4,300).
+            return error_response(
+                422, "invalid_json", "The body's JSON has a number too long to read."
+            )
         if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
             # The same 400, for JSON nested deeper than the parser's recursion limit.
             return error_response(422, "invalid_json", "The body's JSON is nested too deeply.")

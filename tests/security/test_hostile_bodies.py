@@ -154,6 +154,23 @@ def test_deeply_nested_json_is_422_not_a_recursion_error(
     assert count(runtime, Stream) == 1
 
 
+def test_an_integer_of_5000_digits_is_422_invalid_json(client, runtime, make_stream, account_key):
+    """Python reads integers of at most 4,300 digits; a longer one is a body that does not
+    parse, on the management API and the send API alike."""
+    stream = make_stream()
+    big = b"9" * 5000
+    settings = client.put(
+        f"/api/v1/streams/{stream['id']}/settings",
+        content=b'{"max_per_second": ' + big + b"}",
+        headers={**auth(account_key), "Content-Type": "application/json"},
+    )
+    assert_error(settings, 422, "invalid_json")
+    item = b'{"recipient_phone": "+972524265292", "message_content": "x", "validity_seconds": '
+    sent = send(client, stream["token"], raw=b'{"messages": [' + item + big + b"}]}")
+    assert_error(sent, 422, "invalid_json")
+    assert count(runtime, Message) == 0
+
+
 def test_deeply_nested_json_on_a_signed_webhook_is_422(client, runtime, make_stream, account_key):
     stream = make_stream(
         name="Chat", type="two_way", demo=True, settings={"callback_url": "https://a.example/h"}
