@@ -5,15 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from schemas.messages import MAX_CONTENT_LENGTH
 from schemas.request_body import RequestBody
 from schemas.templates import template_placeholders
+from schemas.text_rules import display_name
 
 EVENT_KEY_PATTERN = r"^[a-z0-9_.\-]{1,64}$"
 EventKey = Annotated[str, StringConstraints(pattern=EVENT_KEY_PATTERN)]
-EventName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+#: Shown in the console like a stream's name, so held to the same rules (no control or
+#: text-direction characters).
+EventName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(display_name),
+]
 TemplateText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_CONTENT_LENGTH)]
 
 

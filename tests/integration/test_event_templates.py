@@ -142,6 +142,11 @@ def test_the_same_key_on_two_streams_is_fine(client, account_key, shop, make_str
         ({**SHIPPED, "key": "k" * 65}, "key"),
         ({**SHIPPED, "key": ""}, "key"),
         ({**SHIPPED, "name": "  "}, "name"),
+        # Display names, like stream names: no direction overrides (Trojan Source) or
+        # control characters (BEL, ESC).
+        ({**SHIPPED, "name": "Ship\u202edeppihs"}, "name"),
+        ({**SHIPPED, "name": "Ship\x07ped"}, "name"),
+        ({**SHIPPED, "name": "Ship\x1b[31mped"}, "name"),
         ({"key": "a", "template": "x"}, "name"),
         ({**SHIPPED, "colour": "blue"}, "colour"),
     ],
@@ -164,6 +169,7 @@ def test_bad_events_are_422_naming_the_field_and_change_nothing(
         {"template": None},
         {"name": None},
         {"name": ""},
+        {"name": "Ship\u202eped"},
         {"key": "renamed"},
     ],
 )
