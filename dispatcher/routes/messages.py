@@ -15,6 +15,7 @@ from core.message_states import transition
 from dispatcher.auth import StreamAccess, require_account, require_stream, runtime_of
 from dispatcher.errors import ApiError, not_found
 from dispatcher.intake import accept_messages, accept_single, is_plain_single
+from dispatcher.query_params import QueryText
 from schemas.enums import MessageStatus
 from schemas.errors import ErrorBody
 from schemas.messages import ItemError, MessageOut, SendRequest, SendResponse, StatusEventOut
@@ -68,7 +69,7 @@ def get_stream_message(
 def get_stream_message_by_internal_id(
     request: Request,
     access: Annotated[StreamAccess, Depends(require_stream)],
-    internal_id: Annotated[str, Query(min_length=1, max_length=128)],
+    internal_id: Annotated[QueryText, Query(min_length=1, max_length=128)],
 ) -> MessageOut:
     with runtime_of(request).session_factory() as session:
         message = session.scalars(

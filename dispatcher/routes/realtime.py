@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 
 from dispatcher.auth import require_account, runtime_of
 from dispatcher.errors import ApiError, json_error_responses
+from dispatcher.query_params import NameFilter, TagFilter
 from dispatcher.realtime_feed import FeedFilters, FeedLimiter, RealtimeFeed
 from schemas.enums import StreamStatus
 from schemas.stats import RealtimeSnapshot
@@ -57,17 +58,14 @@ SNAPSHOT_EVENT = {
 async def realtime(
     request: Request,
     account_id: Account,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: NameFilter = None,
     status: StreamStatus | None = None,
-    tag: Annotated[list[str] | None, Query(max_length=20)] = None,
+    tag: TagFilter = None,
 ) -> RealtimeFeed:
     """An activity snapshot of each of the account's streams (filtered like the stream list)
     every second: messages per second in and out, in flight, errors in the last minute and
     status."""
-    tags = tuple(t.strip() for t in tag or [])
-    for index, value in enumerate(tags):
-        if not value or len(value) > 64:
-            raise ApiError(422, "invalid_tag", "a tag is 1 to 64 characters", field=f"tag[{index}]")
+    tags = tuple(tag or ())
     limiter: FeedLimiter = request.app.state.feed_limiter
     if not limiter.acquire(account_id):
         raise ApiError(

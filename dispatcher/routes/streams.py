@@ -25,6 +25,7 @@ from dispatcher.errors import ApiError, invalid_field
 from dispatcher.intake import accept_messages
 from dispatcher.no_store import NO_STORE
 from dispatcher.ownership import owned_stream
+from dispatcher.query_params import NameFilter, TagFilter
 from schemas.enums import IN_FLIGHT_MESSAGE_STATUSES, StreamStatus, StreamType
 from schemas.errors import ErrorBody
 from schemas.messages import SendResult
@@ -38,7 +39,6 @@ from schemas.streams import (
     StreamPage,
     StreamPatch,
     StreamSettings,
-    Tag,
     TestSend,
     TokenOut,
     TokenReset,
@@ -292,9 +292,9 @@ def _status_condition(status: StreamStatus, now: datetime):  # type: ignore[no-u
 def list_streams(
     request: Request,
     account_id: Account,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: NameFilter = None,
     status: StreamStatus | None = None,
-    tag: Annotated[list[Tag] | None, Query(max_length=20)] = None,
+    tag: TagFilter = None,
     type: StreamType | None = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,

@@ -468,6 +468,27 @@ def test_a_malformed_panel_id_is_refused_by_name_and_not_echoed(
     assert "page: Input should be greater than or equal to 1" in paged.text
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/console/streams/table", {"name": "a\x00"}),
+        ("/console/streams/table", {"tag": "a\x00"}),
+        ("/console/realtime/feed", {"name": "a\x00"}),
+        ("/console/realtime/feed", {"tag": "a\x00"}),
+    ],
+)
+def test_a_nul_in_a_filter_is_refused_by_name(
+    console: tuple[TestClient, str], path: str, params: dict[str, str]
+) -> None:
+    """The console's filters take the API's query checks: a NUL is a 422 naming the filter,
+    before the table's query or the feed runs."""
+    client, _ = console
+    answer = client.get(path, params=params)
+    assert answer.status_code == 422, answer.text
+    (name,) = params
+    assert re.search(rf"{name}(\[0\])?: may not contain [^<]*U\+0000", answer.text), answer.text
+
+
 def test_console_responses_that_show_secrets_are_never_stored(
     console: tuple[TestClient, str],
     make_stream: Callable[..., dict[str, Any]],

@@ -236,7 +236,15 @@ def test_an_account_may_hold_five_feeds(served, account_key, other_account_key, 
 
 @pytest.mark.parametrize(
     ("params", "field"),
-    [({"status": "busy"}, "status"), ({"tag": "x" * 65}, "tag[0]"), ({"name": "n" * 201}, "name")],
+    [
+        ({"status": "busy"}, "status"),
+        ({"tag": "x" * 65}, "tag[0]"),
+        ({"tag": "\ufdfa" * 4}, "tag[0]"),
+        ({"name": "n" * 201}, "name"),
+        # Refused before the feed starts: a NUL would end a running feed at its first query.
+        ({"name": "a\x00"}, "name"),
+        ({"tag": "a\x00"}, "tag[0]"),
+    ],
 )
 def test_invariant_7_bad_filters_are_refused_naming_the_field(client, account_key, params, field):
     response = client.get("/api/v1/realtime", params=params, headers=auth(account_key))

@@ -265,8 +265,26 @@ def test_nul_characters_in_a_new_stream_are_422_naming_the_field(
     assert_error(response, 422, field=field)
     assert "U+0000" in response.json()["error"]["message"]
     assert count(runtime, Stream) == 0
-    listed = client.get("/api/v1/streams", params={"name": "a\x00"}, headers=auth(account_key))
-    assert_error(listed, 422, "invalid_text")
+
+
+@pytest.mark.parametrize(
+    ("credential", "path", "params", "field"),
+    [
+        ("account", "/api/v1/streams", {"name": "a\x00b"}, "name"),
+        ("account", "/api/v1/streams", {"tag": "a\x00b"}, "tag[0]"),
+        ("token", "/v1/messages", {"internal_id": "a\x00b"}, "internal_id"),
+    ],
+)
+def test_nul_in_a_query_parameter_is_422_naming_the_parameter(
+    client, make_stream, account_key, credential, path, params, field
+):
+    """Free-text query parameters refuse NUL before the route runs, naming the parameter
+    (as body fields do), instead of reaching PostgreSQL."""
+    stream = make_stream()
+    key = account_key if credential == "account" else stream["token"]
+    response = client.get(path, params=params, headers=auth(key))
+    assert_error(response, 422, field=field)
+    assert "U+0000" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

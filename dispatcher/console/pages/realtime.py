@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from dispatcher.console.access import CONSOLE_PATH, Session
 from dispatcher.console.rendering import render
+from dispatcher.query_params import NameFilter, TagFilter
 from dispatcher.routes import realtime as realtime_api
 from schemas.enums import StreamStatus
 
@@ -32,9 +33,9 @@ def realtime_page(
 async def realtime_feed(
     request: Request,
     signed_in: Session,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: NameFilter = None,
     status: StreamStatus | None = None,
-    tag: Annotated[list[str] | None, Query(max_length=20)] = None,
+    tag: TagFilter = None,
 ) -> Response:
     """``text/event-stream``: a ``snapshot`` per matching stream each second (the API's)."""
     return await realtime_api.realtime(request, signed_in.account_id, name, status, tag)

@@ -25,6 +25,7 @@ from dispatcher.console.rendering import (
     render,
 )
 from dispatcher.errors import ApiError
+from dispatcher.query_params import NameFilter, QueryText
 from dispatcher.routes import streams as streams_api
 from dispatcher.routes import whatsapp as whatsapp_api
 from schemas.enums import StreamStatus, StreamType
@@ -127,8 +128,7 @@ def _table_context(
     }
 
 
-Name = Annotated[str | None, Query(max_length=200)]
-Filter = Annotated[str | None, Query(max_length=200)]
+Filter = Annotated[QueryText | None, Query(max_length=200)]
 Page = Annotated[int, Query(ge=1, le=100_000)]
 
 
@@ -136,7 +136,7 @@ Page = Annotated[int, Query(ge=1, le=100_000)]
 def streams_page(
     request: Request,
     signed_in: Session,
-    name: Name = None,
+    name: NameFilter = None,
     status: Filter = None,
     tag: Filter = None,
     page: Page = 1,
@@ -152,7 +152,7 @@ def streams_page(
 def streams_table(
     request: Request,
     signed_in: Session,
-    name: Name = None,
+    name: NameFilter = None,
     status: Filter = None,
     tag: Filter = None,
     page: Page = 1,
