@@ -10,6 +10,10 @@ we could not learn (the provider's answer never came back, or the worker lost it
 the call), and a receipt proves the carrier took it after all. The receipt is the truth, so
 the message moves on to ``sent``, ``delivered`` or ``undelivered`` as it would have, its
 error is cleared, and the stats take it out of the failures of the minute it failed in.
+The same holds for an ``expired`` message that was claimed at least once: one whose attempt
+timed out may have been taken, and expires when its retry would come too late, or when it
+waits past its validity for a retry. One that expired before any claim was never sent, so a
+receipt naming it changes nothing.
 
 A message of several parts (segments) gets one final status: ``delivered`` once every part is
 reported delivered, ``undelivered`` (naming how many parts arrived) once every part is
@@ -38,11 +42,13 @@ from schemas.tables import Message, ProviderReceipt
 
 ReceiptStatus = Literal["sent", "delivered", "undelivered"]
 RECEIPT_STATUSES: frozenset[str] = frozenset({"sent", "delivered", "undelivered"})
-#: What a receipt moves a message on from (``failed`` apart: ``_move``).
+#: What a receipt moves a message on from (``failed`` and ``expired`` apart: ``_move``).
 _FINAL_FROM = (MessageStatus.sending, MessageStatus.sent)
 _SENT_FROM = (MessageStatus.sending,)
 #: What a receipt for a failed message clears, on top of what it sets.
 _NO_ERROR = {"error_code": None, "error_message": None}
+#: An ended message a receipt can contradict (``_contradictable``): the carrier may have it.
+_ENDED_UNSURE = (MessageStatus.failed, MessageStatus.expired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +134,15 @@ def move_failed_on(
     values: Mapping[str, object],
 ) -> StatusChange | None:
     """A receipt naming our own message id (the sandbox's, which needs no storing) for a
-    message that is ``failed``: moved on as ``record_receipt`` moves one (see the module's
-    docstring). None when the message is not failed. The caller commits."""
+    message that is ``failed``, or ``expired`` after a claim: moved on as ``record_receipt``
+    moves one (see the module's docstring). None for any other message. The caller
+    commits."""
     message = _locked_message(
-        session, Message.id == message_id, Message.status == MessageStatus.failed.value
+        session,
+        Message.id == message_id,
+        Message.status.in_([status.value for status in _ENDED_UNSURE]),
     )
-    if message is None:
+    if message is None or not _contradictable(message):
         return None
     return _move(session, message, to, now, "provider receipt", values)
 
@@ -241,30 +250,33 @@ def _move(
     detail: str,
     values: Mapping[str, object],
 ) -> StatusChange | None:
-    """Move ``message`` (as loaded, locked) to ``to`` on a receipt. From ``failed`` (see the
-    module's docstring), the error is cleared unless ``values`` sets one, the history says
-    why it moved on, and the failure is taken out of the stats, only if this very update
-    took it out of ``failed``: where the row lock is not taken (SQLite), a receipt beside
-    this one may have moved it since it was read."""
-    if message.status == MessageStatus.failed.value:
+    """Move ``message`` (as loaded, locked) to ``to`` on a receipt. From ``failed``, or
+    ``expired`` after a claim (see the module's docstring), the error is cleared unless
+    ``values`` sets one, the history says why it moved on, and the failure (or expiry) is
+    taken out of the stats, only if this very update took it out of that status: where the
+    row lock is not taken (SQLite), a receipt beside this one may have moved it since it
+    was read."""
+    if _contradictable(message):
         # Read now: the move below is a Core UPDATE, which does not touch ``message``.
-        failed_at, error_code = message.updated_at, message.error_code
+        ended = MessageStatus(message.status)
+        ended_at, error_code = message.updated_at, message.error_code
         change = transition(
             session,
             message.id,
             to=to,
-            allowed_from=[MessageStatus.failed],
+            allowed_from=[ended],
             at=now,
-            detail=f"{detail}: the carrier took it after all (it had failed: {error_code})",
+            detail=(
+                f"{detail}: the carrier took it after all (it had {ended.value}: {error_code})"
+            ),
             values={**_NO_ERROR, **values},
         )
         if change is not None:
-            # Counted in the minute it failed: its ``updated_at`` then, since nothing moves
-            # a failed message but a replay or a receipt.
-            failure = Retraction(
-                message.stream_id, MessageStatus.failed, failed_at, message.segments
+            # Counted in the minute it ended: its ``updated_at`` then, since nothing moves
+            # a failed or expired message but a replay or a receipt.
+            retract_from_rollup(
+                session, Retraction(message.stream_id, ended, ended_at, message.segments)
             )
-            retract_from_rollup(session, failure)
             return change
     return transition(
         session,
@@ -275,3 +287,11 @@ def _move(
         detail=detail,
         values=dict(values) or None,
     )
+
+
+def _contradictable(message: Message) -> bool:
+    """A receipt for ``message`` (as loaded) moves it on although it has ended: it failed,
+    or it expired after a claim, whose call the carrier may have taken."""
+    if message.status == MessageStatus.failed.value:
+        return True
+    return message.status == MessageStatus.expired.value and message.attempts > 0

@@ -4,9 +4,9 @@ Where it is written, and why there: a session's status changes are added to the 
 ``before_commit`` hook, in the same transaction as the changes themselves. The rollup can
 therefore never drift from the messages: a crash, a rollback or a failed commit loses both or
 neither (an after-commit listener would lose counts whenever a process died in between). It
-counts the history, with one correction: a failure the carrier contradicts later is taken
-out again (``Retraction``, ``core.receipts``), so a message counts as failed only while the
-failure stands.
+counts the history, with one correction: a failure (or an expiry after a claim) the carrier
+contradicts later is taken out again (``Retraction``, ``core.receipts``), so a message counts
+as failed or expired only while that stands.
 
 The cost is a row lock on the bucket being incremented. It is kept short and deadlock-free:
 the increments of a transaction are summed first (one row per stream, bucket and status, so
@@ -75,7 +75,7 @@ def bucket_start(moment: datetime, seconds: int) -> datetime:
 @dataclass(frozen=True, slots=True)
 class Retraction:
     """A count to take back: the message that entered ``status`` at ``at`` is no longer
-    counted there (a failure the carrier has since contradicted, ``core.receipts``)."""
+    counted there (a failure or expiry the carrier has since contradicted, ``core.receipts``)."""
 
     stream_id: uuid.UUID
     status: MessageStatus

@@ -2,8 +2,8 @@
 
 The stats rollup, the realtime feed and the metrics share these definitions, so the Info tab,
 the Realtime page and Prometheus never disagree about what "accepted" or "error" means. (What
-they count can differ once: a failure the carrier later contradicts is taken out of the
-rollup, ``core.receipts``, while the feed and the counters keep it as it happened.)
+they count can differ once: a failure (or expiry) the carrier later contradicts is taken out of
+the rollup, ``core.receipts``, while the feed and the counters keep it as it happened.)
 """
 
 from __future__ import annotations

@@ -748,9 +748,9 @@ class Delivery:
     # ------------------------------------------------------------------ receipts
 
     def apply_receipt(self, message_id: str, status: str) -> None:
-        """Record a delivery receipt. A ``sent`` message moves, and a ``failed`` one, which
-        the carrier took after all (``core.receipts``); a late or repeated receipt changes
-        nothing."""
+        """Record a delivery receipt. A ``sent`` message moves, and a ``failed`` one or one
+        ``expired`` after a claim, which the carrier took after all (``core.receipts``); a
+        late or repeated receipt changes nothing."""
         outcome = MessageStatus(status)
         if outcome not in (MessageStatus.delivered, MessageStatus.undelivered):
             raise ValueError(f"not a receipt status: {status}")
