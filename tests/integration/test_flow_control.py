@@ -1011,11 +1011,9 @@ def test_a_message_of_a_disabled_stream_past_its_validity_expires_rather_than_wa
     assert (parked["status"], parked["hold_reason"]) == ("queued", "stream_paused")
 
 
-def test_a_retry_that_would_come_after_the_validity_expires_the_message_now(
-    settings, runtime, client, make_stream, account_key
-):
-    """The carrier times out and the back-off (60 s) runs past the validity (10 s): the
-    message expires at once, naming the failed attempt, instead of waiting as queued."""
+def _timed_out_past_validity(settings, runtime, client, make_stream):
+    """A message whose one attempt times out at the carrier, its retry's back-off (60 s) past
+    its validity (10 s): its stream, its id and the delivery that tried it."""
     runtime.settings = settings.model_copy(
         update={"retry_backoff_seconds": 60, "retry_backoff_max_seconds": 60}
     )
@@ -1024,10 +1022,43 @@ def test_a_retry_that_would_come_after_the_validity_expires_the_message_now(
     message_id = send(client, stream["token"], item)[0]["message_id"]
     delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
     delivery.deliver(message_id, "transactional")
+    return stream, message_id, delivery
+
+
+def test_a_retry_that_would_come_after_the_validity_expires_the_message_now(
+    settings, runtime, client, make_stream, account_key
+):
+    """The carrier times out and the back-off (60 s) runs past the validity (10 s): the
+    message expires at once, naming the failed attempt, instead of waiting as queued."""
+    _, message_id, _ = _timed_out_past_validity(settings, runtime, client, make_stream)
     found = get(client, account_key, message_id)
     assert (found["status"], found["error"]["code"], found["attempts"]) == ("expired", "expired", 1)
     assert "sandbox_timeout" in found["error"]["message"]
     assert client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["total"] == 0
+
+
+def test_a_receipt_for_a_message_expired_after_an_attempt_leaves_the_stats_expiries(
+    settings, runtime, client, make_stream, account_key
+):
+    """The timed-out attempt may have reached the carrier: its receipt moves the expired
+    message on (``core.receipts``), and the stream's stats count it delivered and no longer
+    expired, taken out of the minute it expired in."""
+    stream, message_id, delivery = _timed_out_past_validity(settings, runtime, client, make_stream)
+    now = runtime.clock()
+    window = {
+        "from": (now - timedelta(hours=1)).isoformat(),
+        "to": (now + timedelta(hours=1)).isoformat(),
+    }
+    path = f"/api/v1/streams/{stream['id']}/stats"
+
+    def counts() -> tuple[int, int]:
+        found = client.get(path, params=window, headers=auth(account_key)).json()["counts"]
+        return found.get("expired", 0), found.get("delivered", 0)
+
+    assert (get(client, account_key, message_id)["status"], counts()) == ("expired", (1, 0))
+    delivery.apply_receipt(message_id, "delivered")
+    delivery.apply_receipt(message_id, "delivered")
+    assert (get(client, account_key, message_id)["status"], counts()) == ("delivered", (0, 1))
 
 
 def test_message_that_cannot_be_sent_in_time_expires_now(runtime, client, make_stream, account_key):

@@ -346,6 +346,69 @@ def test_multipart_is_delivered_only_when_every_part_is(client, runtime, make_st
     assert final["error"]["code"] == "undelivered" and "2 of 3 parts" in final["error"]["message"]
 
 
+def _send_one(client, stream, **fields) -> str:
+    response = client.post(
+        "/v1/messages", json={"messages": [message(**fields)]}, headers=auth(stream["token"])
+    )
+    return response.json()["results"][0]["message_id"]
+
+
+def _http_delivery(runtime) -> Delivery:
+    provider = HttpProvider(runtime.settings.http_provider)
+    return Delivery(
+        runtime, ProviderRegistry({"http": provider}, "http"), RedisAdmission(runtime.redis)
+    )
+
+
+def test_a_message_expired_after_a_timed_out_attempt_moves_on_with_the_carriers_receipt(
+    client, runtime, make_stream, account_key, sms
+):
+    """A timed-out request may have been taken. When its retry would come after the
+    message's validity, the message expires, but the carrier's receipt is the truth: it
+    moves the message on as it moves a failed one (``core.receipts``), and clears the
+    error."""
+    runtime.settings = runtime.settings.model_copy(update={"retry_backoff_seconds": 600.0})
+    message_id = _send_one(client, make_stream(), validity_seconds=120)
+    sms.fail_next(1, 200, delay_seconds=2.0)  # taken, but answered after the 1 s timeout
+    _http_delivery(runtime).deliver(message_id, "transactional")
+    assert wait_until(lambda: message_id in sms.by_reference, timeout=5), "the carrier took it"
+
+    def shown():
+        return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+    assert (shown()["status"], shown()["attempts"]) == ("expired", 1)
+    receipt = {"reference": message_id, "status": "DELIVRD"}
+    assert dlr(client, receipt).json()["applied"] == 1
+    assert dlr(client, receipt).json()["applied"] == 0
+    final = shown()
+    assert (final["status"], final["error"]) == ("delivered", None)
+    assert final["history"][-1]["detail"].endswith(
+        "the carrier took it after all (it had expired: expired)"
+    )
+
+
+def test_a_message_expired_before_any_attempt_ignores_a_receipt(
+    client, runtime, make_stream, account_key, sms
+):
+    """Expired before it was ever claimed, a message was never sent: a receipt naming it
+    (a carrier's mistake, a forgery with our key) changes nothing, on either path."""
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    message_id = _send_one(client, make_stream(), validity_seconds=30)
+    clock.advance(31)
+    delivery = _http_delivery(runtime)
+    delivery.deliver(message_id, "transactional")
+
+    def shown():
+        return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+    assert (shown()["status"], shown()["attempts"]) == ("expired", 0)
+    assert sms.requests == []
+    applied = dlr(client, {"reference": message_id, "status": "DELIVRD"}).json()["applied"]
+    delivery.apply_receipt(message_id, "delivered")
+    assert (applied, shown()["status"], shown()["error"]["code"]) == (0, "expired", "expired")
+
+
 def test_a_receipt_before_the_provider_id_is_known_waits_for_it(
     client, runtime, make_stream, account_key
 ):
