@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any
+
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 
 @dataclass
@@ -15,6 +19,25 @@ class Failure:
     headers: dict[str, str] = field(default_factory=dict)
     #: Sleep this long before answering (longer than the client's timeout = a timeout).
     delay_seconds: float = 0.0
+    #: Send the answer's body a byte at a time, this long apart: each byte comes within the
+    #: client's read timeout, the whole body long past it (a carrier behind a slow proxy).
+    drip_seconds: float = 0.0
+
+
+def scripted_answer(failure: Failure, body: Any, status_code: int) -> Response:
+    """``body`` as JSON with ``status_code`` and ``failure``'s headers, dripped if it says so."""
+    if not failure.drip_seconds:
+        return JSONResponse(body, status_code=status_code, headers=failure.headers)
+    content = json.dumps(body).encode()
+
+    async def drip():
+        for byte in content:
+            await asyncio.sleep(failure.drip_seconds)
+            yield bytes([byte])
+
+    return StreamingResponse(
+        drip(), status_code=status_code, headers=failure.headers, media_type="application/json"
+    )
 
 
 class FailurePlan:

@@ -21,11 +21,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.settings import HttpProviderSettings
-from tests.fakes.failures import Failure, FailurePlan
+from tests.fakes.failures import Failure, FailurePlan, scripted_answer
 
 API_KEY = "fake-sms-key-1234"
 WEBHOOK_SECRET = "http-provider-webhook-secret"
@@ -57,7 +57,7 @@ class FakeHttpSms:
     def accepted(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r.get("answered") == 200]
 
-    async def send(self, request: Request) -> JSONResponse:
+    async def send(self, request: Request) -> Response:
         key = request.headers.get("idempotency-key")
         body = await request.json()
         with self._lock:
@@ -86,7 +86,7 @@ class FakeHttpSms:
                 self.in_flight -= 1
                 self.keys_in_flight.discard(key or "")
 
-    async def _answer(self, request: Request, body: Any) -> JSONResponse:
+    async def _answer(self, request: Request, body: Any) -> Response:
         record = {"body": body, "headers": dict(request.headers)}
         with self._lock:
             self.requests.append(record)
@@ -95,7 +95,7 @@ class FakeHttpSms:
             await asyncio.sleep(failure.delay_seconds)
         if failure is not None and failure.status == 200 and failure.body is not None:
             record["answered"] = 200  # taken, with the scripted answer
-            return JSONResponse(failure.body)
+            return scripted_answer(failure, failure.body, 200)
         if failure is not None and failure.status != 200:
             record["answered"] = failure.status
             return JSONResponse(

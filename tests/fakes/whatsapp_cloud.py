@@ -23,10 +23,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.failures import Failure, FailurePlan
+from tests.fakes.failures import Failure, FailurePlan, scripted_answer
 
 VERSION = "v21.0"
 MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
@@ -66,7 +66,7 @@ class FakeWhatsAppCloud:
     def accepted(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["answered"] == 200]
 
-    async def messages(self, request: Request) -> JSONResponse:
+    async def messages(self, request: Request) -> Response:
         phone_number_id = request.path_params["phone_number_id"]
         try:
             body = await request.json()
@@ -87,7 +87,7 @@ class FakeWhatsAppCloud:
             if failure.delay_seconds:
                 await asyncio.sleep(failure.delay_seconds)
             record["answered"] = failure.status
-            return JSONResponse(failure.body, status_code=failure.status, headers=failure.headers)
+            return scripted_answer(failure, failure.body, failure.status)
         answer = self._check(phone_number_id, request.headers.get("authorization"), body)
         if answer is not None:
             record["answered"] = answer.status_code

@@ -5,6 +5,7 @@ inbound messages."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -111,6 +112,22 @@ def test_adapter_maps_errors(sms, status, kwargs, code, transient, retry_after):
         retry_after,
     )
     provider.close()
+
+
+def test_a_carrier_that_drips_its_answer_times_out_within_the_deadline(sms):
+    """httpx's timeout bounds each read, not the call: a carrier that answers at once and then
+    sends its body a byte every 0.3 s would hold a 1 s call for 15 s, past the claim lease.
+    The call ends as ``provider_timeout`` (the carrier may have taken it) near its 1 s."""
+    provider = HttpProvider(provider_settings(sms.base_url, timeout_seconds=1.0))
+    late = {"message_id": "sms-slow-1", "status": "accepted"}
+    sms.fail_next(1, 200, body=late, drip_seconds=0.3)
+    began = time.monotonic()
+    with pytest.raises(ProviderError) as raised:
+        provider.send(outbound())
+    took = time.monotonic() - began
+    provider.close()
+    assert (raised.value.code, raised.value.transient) == ("provider_timeout", True)
+    assert took < 2.0, f"a call with a 1 s timeout took {took:.1f}s"
 
 
 def test_adapter_refusals_are_permanent(sms):

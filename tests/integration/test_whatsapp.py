@@ -682,18 +682,24 @@ def test_whatsapp_config_rows_are_sealed(runtime, client, make_stream, account_k
     assert runtime.secret_box.open(config.app_secret_sealed) == APP_SECRET
 
 
+@pytest.mark.parametrize(
+    "lateness",
+    [{"delay_seconds": 1.5}, {"drip_seconds": 0.1}],
+    ids=["answers-late", "drips-its-answer"],
+)
 def test_invariant_2_an_answer_that_comes_too_late_is_never_sent_again(
-    client, runtime, make_stream, account_key, cloud
+    client, runtime, make_stream, account_key, cloud, lateness
 ):
-    """Meta takes the message but answers after our timeout. The Cloud API has no
-    idempotency key, so a retry would be a second WhatsApp message to the same person: the
+    """Meta takes the message but answers after our timeout (or begins at once and drips
+    its answer past it: the timeout bounds the whole call, not each read). The Cloud API has
+    no idempotency key, so a retry would be a second WhatsApp message to the same person: the
     message fails as outcome unknown and becomes a dead letter, replayable on purpose."""
     from tests.fakes.failures import Failure
 
     runtime.settings.whatsapp.timeout_seconds = 0.5
     stream = whatsapp_stream(make_stream, client, account_key)
     late = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.LATE"}]}
-    cloud.failures.fail_next(1, Failure(status=200, body=late, delay_seconds=1.5))
+    cloud.failures.fail_next(1, Failure(status=200, body=late, **lateness))
     sent = send(client, stream["token"], message_content="hello")
     started = start_worker(runtime, ["whatsapp"], threads=2)
     try:

@@ -25,7 +25,7 @@ from core.http_provider_format import request_body, response_message_id
 from core.settings import HttpProviderSettings
 from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.http_answers import error_text, retry_after_seconds
-from workers.providers.http_client import provider_client
+from workers.providers.http_client import post_within, provider_client
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +58,9 @@ class HttpProvider:
         if self._settings.auth_value is not None:
             headers[self._settings.auth_header] = self._settings.auth_value.get_secret_value()
         try:
-            response = self._client.post(self._url, json=body, headers=headers)
+            response = post_within(
+                self._client, self._url, self._settings.timeout_seconds, json=body, headers=headers
+            )
         except httpx.TimeoutException:
             raise ProviderError(
                 "provider_timeout", "The HTTP provider did not answer in time.", transient=True

@@ -1,7 +1,18 @@
-"""The HTTP client provider adapters share: pooled connections, bounded timeouts, and no
-redirects (a provider that redirects an API call is misconfigured, not to be followed)."""
+"""The HTTP client provider adapters share: pooled connections, bounded timeouts, no
+redirects (a provider that redirects an API call is misconfigured, not to be followed), and a
+deadline for each call as a whole.
+
+httpx's timeouts bound each network operation (a connect, a write, one read), not a request:
+a carrier that drips its answer a byte at a time, each inside the read timeout, would hold a
+call for as long as it likes, past the claim lease that was sized on the call's timeout
+(``Settings.lease_shorter_than_calls``). httpx has no total timeout (encode/httpx#1450), and
+in a synchronous client one cannot be imposed from outside without a second thread, so
+``post_within`` streams the answer and stops reading it once the deadline has passed."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import httpx
 
@@ -12,4 +23,46 @@ def provider_client(timeout_seconds: float) -> httpx.Client:
         timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5)),
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         follow_redirects=False,
+    )
+
+
+def post_within(
+    client: httpx.Client,
+    url: str,
+    seconds: float,
+    *,
+    json: Any,
+    headers: dict[str, str],
+) -> httpx.Response:
+    """POST ``json`` to ``url`` and read the whole answer within ``seconds`` of the call.
+
+    The client's timeouts still bound each connect, write and read; on top of them the
+    answer's body is read only while the deadline has not passed. A call that is answered
+    ends by its deadline, or at most one read timeout after it (a carrier that falls silent
+    in the middle of its answer). Only the body is watched: httpx reads the status line and
+    headers before it hands the answer over, so a carrier that drips those is bounded per
+    read only.
+
+    Raises what ``httpx.Client.post`` raises; ``httpx.ReadTimeout`` when the answer is not
+    complete by the deadline, so the adapters classify it as the read timeout it is (the
+    carrier may have taken the request)."""
+    deadline = time.monotonic() + seconds
+    request = client.build_request("POST", url, json=json, headers=headers)
+    response = client.send(request, stream=True)
+    try:
+        chunks: list[bytes] = []
+        for chunk in response.iter_raw():
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout(
+                    f"the answer was not complete within {seconds:g}s", request=request
+                )
+    finally:
+        response.close()
+    # The raw body, decoded (``Content-Encoding``) as ``Client.post`` would have.
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        content=b"".join(chunks),
+        request=request,
     )

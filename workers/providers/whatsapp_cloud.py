@@ -26,7 +26,7 @@ import structlog
 from core.settings import WhatsAppApiSettings
 from workers.providers.base import Accepted, OutboundMessage, ProviderError
 from workers.providers.http_answers import error_text, retry_after_seconds
-from workers.providers.http_client import provider_client
+from workers.providers.http_client import post_within, provider_client
 
 log = structlog.get_logger(__name__)
 
@@ -225,8 +225,10 @@ class WhatsAppCloudProvider:
             )
         url = f"{self._base}/{credentials.phone_number_id}/messages"
         try:
-            response = self._client.post(
+            response = post_within(
+                self._client,
                 url,
+                self._settings.timeout_seconds,
                 json=cloud_api_body(message),
                 headers={"Authorization": f"Bearer {credentials.access_token}"},
             )
