@@ -151,6 +151,30 @@ def test_adapter_refusals_are_permanent(sms):
     assert down.value.code == "provider_unreachable" and down.value.transient
 
 
+def test_a_refusal_whose_words_hold_a_nul_fails_the_message_at_once(
+    runtime, client, make_stream, account_key, sms
+):
+    """A 400 refuses the message for good, whatever its error text holds: the carrier's
+    words are stored without their control characters (PostgreSQL refuses a NUL, and a
+    refused outcome would leave the message ``sending``, offered again at each lease's end
+    until it ends as an ``outcome_unknown`` dead letter). One request, no dead letter."""
+    stream = make_stream()
+    message_id = client.post(
+        "/v1/messages", json={"messages": [message()]}, headers=auth(stream["token"])
+    ).json()["results"][0]["message_id"]
+    refusal = {"error": {"code": "invalid_number", "message": "cannot route \u0000+97252"}}
+    sms.fail_next(1, 400, body=refusal)
+    provider = HttpProvider(provider_settings(sms.base_url))
+    Delivery(
+        runtime, ProviderRegistry({"http": provider}, "http"), RedisAdmission(runtime.redis)
+    ).deliver(message_id, "transactional")
+    found = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    assert (found["status"], found["error"]["code"]) == ("failed", "provider_rejected")
+    assert "cannot route \ufffd+97252" in found["error"]["message"]
+    assert len(sms.requests) == 1
+    assert client.get("/api/v1/dead-letters", headers=auth(account_key)).json()["items"] == []
+
+
 def test_a_2xx_without_an_id_is_not_retried(sms):
     provider = HttpProvider(provider_settings(sms.base_url, response_id_field="data.id"))
     with pytest.raises(ProviderError) as raised:

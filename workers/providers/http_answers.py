@@ -1,7 +1,13 @@
-"""Reading a provider's HTTP answer: ``Retry-After`` and a short, safe error text. Pure."""
+"""Reading a provider's HTTP answer: ``Retry-After`` and a short, safe error text. Pure.
+
+The error text is the carrier's own words and goes into ``messages.error_message``: it is
+taken in as text PostgreSQL can store and a log line can show, with no control characters
+(PostgreSQL refuses a NUL, and a refused write would leave the message unsettled) and no
+lone surrogates (which UTF-8 cannot encode)."""
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -10,6 +16,8 @@ from core.logs import scrub
 
 _MAX_RETRY_AFTER = 24 * 3600.0
 _MAX_ERROR_TEXT = 200
+#: Unicode categories no message text should carry: control characters, lone surrogates.
+_UNSTORABLE = frozenset({"Cc", "Cs"})
 
 
 def retry_after_seconds(header: str | None, now: datetime | None = None) -> float | None:
@@ -31,8 +39,9 @@ def retry_after_seconds(header: str | None, now: datetime | None = None) -> floa
 
 
 def error_text(answer: Any, fallback: str) -> str:
-    """The provider's own words about an error, shortened and with anything secret-shaped
-    masked (they end up in the message's ``error_message`` and in logs)."""
+    """The provider's own words about an error, shortened, with anything secret-shaped
+    masked and every control character or lone surrogate replaced (they end up in the
+    message's ``error_message`` and in logs)."""
     candidates: list[Any] = []
     if isinstance(answer, dict):
         error = answer.get("error")
@@ -41,5 +50,14 @@ def error_text(answer: Any, fallback: str) -> str:
         candidates += [error, answer.get("message"), answer.get("detail")]
     for candidate in candidates:
         if isinstance(candidate, str) and candidate.strip():
-            return scrub(candidate.strip())[:_MAX_ERROR_TEXT]
+            return scrub(_storable(candidate).strip())[:_MAX_ERROR_TEXT]
     return fallback
+
+
+def _storable(text: str) -> str:
+    """``text`` with each control character or lone surrogate replaced: whitespace by a
+    space, anything else by U+FFFD, so a reader sees that something was there."""
+    return "".join(
+        (" " if char.isspace() else "\ufffd") if unicodedata.category(char) in _UNSTORABLE else char
+        for char in text
+    )
