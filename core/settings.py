@@ -252,12 +252,13 @@ class Settings(BaseSettings):
     callbacks: CallbackSettings = Field(default_factory=CallbackSettings)
 
     def lease_shorter_than_calls(self) -> float | None:
-        """The longest provider timeout when ``claim_lease_seconds`` is not more than twice
-        it, else None. A batch uses its claims for half the lease, and a call may run for
-        its timeout: past that, the relay takes a claim back (or, for WhatsApp, fails it as
-        an unknown outcome) while its call still runs."""
+        """The longest provider timeout when ``claim_lease_seconds`` is not more than four
+        times it, else None. A batch uses its claims for half the lease, and a call may run
+        for twice its timeout (its deadline, and one read that was waiting when it passed:
+        ``workers.providers.http_client.post_within``): past that, the relay takes a claim
+        back (or, for WhatsApp, fails it as an unknown outcome) while its call still runs."""
         longest = max(self.http_provider.timeout_seconds, self.whatsapp.timeout_seconds)
-        return longest if self.claim_lease_seconds <= 2 * longest else None
+        return longest if self.claim_lease_seconds <= 4 * longest else None
 
     @field_validator(
         "trusted_proxies", "doorbell_queues", "packed_single_send_queues", mode="before"

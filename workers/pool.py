@@ -85,7 +85,7 @@ def start_worker(runtime: Runtime, queues: Sequence[str], threads: int) -> Runni
             "claim_lease_too_short",
             claim_lease_s=runtime.settings.claim_lease_seconds,
             provider_timeout_s=longest,
-            advice="set STREAMS_CLAIM_LEASE_SECONDS above twice the longest provider timeout",
+            advice="set STREAMS_CLAIM_LEASE_SECONDS above 4 times the longest provider timeout",
         )
     return RunningWorker(worker, stopping)
 
