@@ -91,7 +91,8 @@ MESSAGES_HELD = Counter(
 )
 RELAYED = Counter(
     "streams_relay_enqueued_total",
-    "Messages the relay put on a queue, by reason (missed, held, scheduled, reclaimed, lost).",
+    "Messages the relay put on a queue, by reason (missed, held, scheduled, reclaimed, "
+    "unparked; lost: their queue held nothing in Redis; data_loss: Redis lost its data).",
     ["reason"],
 )
 MESSAGE_DEAD_LETTERS = Counter(

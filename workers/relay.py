@@ -20,10 +20,17 @@ Each sweep:
 * fails, with ``stream_deleted``, the messages a deleted stream still has waiting
   (scheduled, queued, held), a page at a time, rather than each at its own time, which may
   be weeks off; the streams still to look at are read off their own index (migration 0017);
-* enqueues again queued messages the broker lost: marked enqueued over
-  ``relay_lost_after_seconds`` ago while their queue holds nothing in Redis (it restarted
-  empty, or was flushed). An empty queue is the evidence: as long as anything is ready,
-  fetched or delayed there, the messages may still be on it and are left alone.
+* enqueues again queued messages the broker lost when Redis lost its data (it restarted
+  empty, failed over to an empty replica, or was flushed): the relay keeps a sentinel in
+  the broker's Redis (``workers.broker_epoch``), and once it finds the sentinel gone it
+  enqueues again, a page at a time, every queued message marked enqueued before that
+  (plus the ingress' grace, for marks written just after their enqueue), whatever else
+  waits on the queues by then; a job that did survive is turned into a no-op by the claim;
+* enqueues again queued messages marked enqueued over ``relay_lost_after_seconds`` ago
+  while their queue holds nothing in Redis (nothing ready, fetched or delayed). This covers
+  what the sentinel cannot see: jobs dropped while Redis kept its data (a failover to a
+  replica that lagged behind, a key evicted, a job dropped by a bug). As long as anything
+  waits on a queue, its messages may still be on it and are left alone.
 
 What is due within the look-ahead is enqueued with a broker delay for the remainder, so it
 starts on time rather than one sweep late. Messages of paused or draft streams stay put
@@ -66,6 +73,7 @@ from schemas.tables import (
     is_parked,
     status_is,
 )
+from workers import broker_epoch
 from workers.claims import RETRY_HOLD, attempts_used, spent_claim, stale_claim
 from workers.outcomes import VALIDITY_PASSED, expire_in, fail_stream_deleted
 from workers.queueing import (
@@ -174,6 +182,8 @@ class Relay:
         self.runtime = runtime
         #: When ``_requeue_lost`` last looked (``time.monotonic``); None before it first did.
         self._lost_looked_at: float | None = None
+        #: The broker epoch this relay last saw (``workers.broker_epoch``); for the logs.
+        self._epoch: str | None = None
 
     def sweep(self) -> SweepReport:
         """One pass. Safe to run concurrently with ingress, workers and other relays."""
@@ -220,9 +230,9 @@ class Relay:
             ),
             parked_expired=self._expire_parked(now),
             unparked=self._release_parked(),
-            lost_requeued=self._requeue_lost(
-                now - timedelta(seconds=settings.relay_lost_after_seconds)
-            ),
+            # The data-loss recovery first: what it enqueues makes a queue non-empty.
+            lost_requeued=self._requeue_after_data_loss(now)
+            + self._requeue_lost(now - timedelta(seconds=settings.relay_lost_after_seconds)),
         )
         if report.total:
             log.info(
@@ -532,9 +542,82 @@ class Relay:
         metrics.RELAYED.labels(reason).inc(len(done))
         return len(done)
 
+    def _requeue_after_data_loss(self, now: datetime) -> int:
+        """Once Redis has lost its data (its sentinel is gone: ``workers.broker_epoch``),
+        enqueue again every queued message marked enqueued before the loss was found, plus
+        the ingress' grace (``relay_grace_seconds``: a mark is written shortly after its
+        enqueue, so a job enqueued before the loss may be marked a little after it was
+        found). Returns how many this sweep enqueued.
+
+        The work starts once that moment has passed, so each message enqueued again is
+        marked after it and never picked a second time; several relays share it (``SKIP
+        LOCKED``), a page of ``relay_batch`` per type and sweep, over the lost sweep's index.
+        The loss stays recorded in the sentinel until none of those messages is left."""
+        client = self.runtime.redis
+        if client is None:
+            return 0  # the in-process broker of ``streams dev`` lives and dies with us
+        grace = timedelta(seconds=self.runtime.settings.relay_grace_seconds)
+        try:
+            epoch = broker_epoch.read_or_start(client, now, lost_before=now + grace)
+        except redis.RedisError:
+            return 0  # Redis is down: the next sweep looks again
+        if epoch.started:
+            log.warning(
+                "broker_data_loss_detected",
+                epoch=epoch.id,
+                previous_epoch=self._epoch,
+                marked_before=epoch.lost_before.isoformat() if epoch.lost_before else None,
+            )
+        self._epoch = epoch.id
+        if epoch.lost_before is None or now < epoch.lost_before:
+            return 0
+        marked_before = epoch.lost_before
+        counts = {
+            queue: self._enqueue_waiting(
+                (Message.stream_type == queue, Message.enqueued_at < marked_before),
+                reason="data_loss",
+                order=(Message.enqueued_at,),
+            )
+            for queue in QUEUES
+        }
+        done = sum(counts.values())
+        if done:
+            log.warning(
+                "broker_data_loss_requeued",
+                count=done,
+                queues={queue: count for queue, count in counts.items() if count},
+                epoch=epoch.id,
+            )
+        if not self._marked_before(marked_before):
+            try:
+                if broker_epoch.settle(client, epoch):
+                    log.info("broker_data_loss_settled", epoch=epoch.id)
+            except redis.RedisError:
+                pass  # the next sweep finds nothing left and settles it
+        return done
+
+    def _marked_before(self, moment: datetime) -> bool:
+        """Some queued message is marked enqueued before ``moment``, locked by another
+        relay or not (one probe of the lost sweep's index per type)."""
+        with self.runtime.session_factory() as session:
+            return any(
+                session.scalar(
+                    select(Message.id)
+                    .where(
+                        status_is(MessageStatus.queued),
+                        Message.stream_type == queue,
+                        Message.enqueued_at < moment,
+                    )
+                    .limit(1)
+                )
+                is not None
+                for queue in QUEUES
+            )
+
     def _requeue_lost(self, marked_before: datetime) -> int:
         """Enqueue again the waiting messages of queues that Redis holds nothing for,
-        retries waiting for their back-off included (with what is left of their delay).
+        retries waiting for their back-off included (with what is left of their delay): jobs
+        lost while Redis kept its sentinel (``_requeue_after_data_loss`` handles the rest).
 
         A lost job is only recognised after ``relay_lost_after_seconds``, so this looks a
         few times in that span rather than on every sweep. While it keeps finding full
