@@ -1,12 +1,14 @@
 """Invariant 1 when Redis comes back empty (a restart without persistence, a failover to an
 empty replica, a flush): messages that were on a queue, and marked enqueued, are gone from
-the broker. The relay notices a queue that holds nothing (ready, fetched or delayed) while
-the database says messages wait on it, enqueues them again, and each is delivered once."""
+the broker. The relay finds the sentinel it keeps in Redis gone, enqueues them again
+whatever else waits on the queue by then, and each is delivered once. A queue that holds
+nothing (ready, fetched or delayed) while the database says messages wait on it is evidence
+of a lost job too."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -19,8 +21,13 @@ from core.runtime import build_runtime
 from dispatcher.app import create_app
 from schemas.tables import Message
 from tests.conftest import CLIENT_IP, auth, message
+from tests.deliveries import delivery_with
 from tests.faults.outcomes import carrier_ledger, status_counts
-from tests.processes import pipeline, private_redis_server, wait_until
+from tests.processes import MovableClock, pipeline, private_redis_server, wait_until
+from tests.queued_jobs import jobs_on
+from workers import broker_epoch
+from workers.providers.base import ProviderError
+from workers.providers.sandbox import SandboxProvider
 from workers.relay import Relay
 
 pytestmark = pytest.mark.slow
@@ -99,3 +106,112 @@ def test_invariant_1_a_retry_waiting_out_its_back_off_is_enqueued_again_with_its
     assert (depth["ready"], depth["delayed"]) == (0, 1)  # still waiting out its back-off
     # On the broker again: another relay (a fresh look) leaves it alone.
     assert Relay(runtime).sweep().lost_requeued == 0
+
+
+class _ThrottlesForAnHour(SandboxProvider):
+    def send(self, message):  # type: ignore[no-untyped-def]
+        raise ProviderError("provider_throttled", "HTTP 429", transient=True, retry_after=3600)
+
+
+def _accepted_and_marked(runtime, client, token: str, count: int):  # type: ignore[no-untyped-def]
+    """Ids (``list[str]``) of ``count`` messages accepted, on the transactional queue and
+    marked enqueued."""
+    answer = client.post(
+        "/v1/messages",
+        json={"messages": [message(internal_id=f"m{uuid.uuid4().hex}") for _ in range(count)]},
+        headers=auth(token),
+    )
+    ids = [r["message_id"] for r in answer.json()["results"]]
+    runtime.enqueue_marks.flush()
+    with runtime.session_factory() as session:
+        marks = session.scalars(
+            select(Message.enqueued_at).where(Message.id.in_([uuid.UUID(i) for i in ids]))
+        ).all()
+    assert len(marks) == count and None not in marks
+    return ids
+
+
+def _a_retry_waits_an_hour(runtime, client, token: str) -> str:  # type: ignore[no-untyped-def]
+    """A new message meets a carrier 429 asking for an hour: its retry's delayed job waits on
+    the transactional queue, which is therefore never empty. (Its first job, the ingress',
+    stays ready: the delivery here did not take it.)"""
+    [busy] = _accepted_and_marked(runtime, client, token, 1)
+    carrier = _ThrottlesForAnHour(runtime.settings.sandbox, runtime.redis)
+    delivery_with(runtime, carrier).deliver(busy, "transactional")
+    assert read_depths(runtime.redis, NAMESPACE, ["transactional"])["transactional"]["delayed"]
+    return busy
+
+
+def _ids_on_queue(redis_client) -> list[str]:  # type: ignore[no-untyped-def]
+    return [i for _, ids in jobs_on(redis_client, "transactional") for i in ids]
+
+
+def test_invariant_1_jobs_redis_lost_are_enqueued_again_while_a_retry_waits_on_the_queue(
+    runtime, client, make_stream, redis_client
+):
+    """Redis is flushed under a relay that watches it, and life goes on: a retry waits out
+    a carrier's one-hour Retry-After on the same queue, so that queue never looks empty. The
+    relay's next sweep finds its sentinel gone and enqueues the lost messages again (and the
+    waiting retry, still delayed: a harmless copy); the sweeps after it enqueue nothing."""
+    runtime.clock = MovableClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    token = make_stream()["token"]
+    relay = Relay(runtime)
+    relay.sweep()
+    lost = _accepted_and_marked(runtime, client, token, 3)
+    redis_client.flushdb()
+    busy = _a_retry_waits_an_hour(runtime, client, token)
+
+    runtime.clock.advance(1)
+    assert relay.sweep().lost_requeued == len(lost) + 1
+    assert sorted(_ids_on_queue(redis_client)) == sorted([*lost, busy])
+    runtime.clock.advance(60)
+    assert relay.sweep().lost_requeued == Relay(runtime).sweep().lost_requeued == 0
+
+
+def test_two_relays_that_notice_one_loss_agree_on_one_epoch_and_share_the_requeue(
+    runtime, client, make_stream, redis_client
+):
+    """Two relays watch one Redis, which is flushed. The first to sweep writes the new
+    epoch; the other takes it as it is rather than writing its own. Between them, a page of
+    ``relay_batch`` at a time, every lost message is enqueued again once, and the loss is
+    then settled: the sentinel stays, with nothing left to recover."""
+    token = make_stream()["token"]
+    own = build_runtime(runtime.settings.model_copy(update={"relay_batch": 2}))
+    try:
+        first, second = Relay(own), Relay(own)
+        first.sweep()
+        second.sweep()
+        before = broker_epoch.Epoch.decode(redis_client.get(broker_epoch.KEY))
+        lost = _accepted_and_marked(runtime, client, token, 5)
+        redis_client.flushdb()
+        busy = _a_retry_waits_an_hour(runtime, client, token)
+
+        requeued = [relay.sweep().lost_requeued for _ in range(4) for relay in (first, second)]
+        epoch = broker_epoch.Epoch.decode(redis_client.get(broker_epoch.KEY))
+    finally:
+        own.close()
+    assert epoch.id != before.id and epoch.lost_before is None  # settled
+    assert requeued[:3] == [2, 2, 2] and sum(requeued) == len(lost) + 1
+    assert sorted(_ids_on_queue(redis_client)) == sorted([*lost, busy])  # each once
+
+
+def test_a_healthy_redis_keeps_its_sentinel_and_nothing_marked_is_enqueued_again(
+    runtime, client, make_stream, redis_client
+):
+    """While the sentinel stays, Redis has kept its data: an hour of sweeps, each by a
+    relay that has just started, leaves the messages marked enqueued to their own jobs, and
+    the epoch is never replaced."""
+    runtime.clock = MovableClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    token = make_stream()["token"]
+    Relay(runtime).sweep()
+    written = redis_client.get(broker_epoch.KEY)
+    assert written is not None
+    waiting = _accepted_and_marked(runtime, client, token, 3)
+
+    requeued = 0
+    for _ in range(60):
+        runtime.clock.advance(60)
+        requeued += Relay(runtime).sweep().lost_requeued
+    assert requeued == 0
+    assert sorted(_ids_on_queue(redis_client)) == sorted(waiting)
+    assert redis_client.get(broker_epoch.KEY) == written
