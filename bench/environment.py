@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import redis
 from core.accounts import create_account
 from core.database import build_engine, build_session_factory
 from core.migrate import upgrade
+from workers import broker_epoch
 
 BENCH_STREAM = {
     "name": "ingress benchmark",
@@ -47,13 +49,17 @@ def scratch_database(server_url: str) -> Iterator[str]:
 
 @contextmanager
 def scratch_redis(url: str) -> Iterator[str]:
-    """Flush the Redis database at ``url`` before and after use; yields ``url``.
+    """Flush the Redis database at ``url`` before and after use; yields ``url``. Like a
+    deployment's after ``streams migrate``, it holds the broker's sentinel
+    (``workers.broker_epoch``), so the relay does not take the backlog a benchmark puts on
+    its queues for jobs a lost Redis left behind.
 
     The database must be one nothing else uses: everything in it is deleted.
     """
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
+        broker_epoch.begin(client, datetime.now(UTC))
         yield url
     finally:
         client.flushdb()

@@ -138,6 +138,7 @@ def _run(args: argparse.Namespace) -> int:
 
         upgrade(settings.database_url)
         print("migrations applied")
+        _begin_broker_epoch(settings)
         return 0
     if args.command == "accounts":
         from core.accounts import create_account
@@ -150,6 +151,32 @@ def _run(args: argparse.Namespace) -> int:
         print(f"account key (shown once): {key}")
         return 0
     raise AssertionError(args.command)
+
+
+def _begin_broker_epoch(settings: Settings) -> None:
+    """Tell the relay that the broker's Redis, as it is, is the one in use: a relay that
+    finds no sentinel there takes it for a Redis that lost its data (``workers.broker_epoch``)
+    and enqueues every marked message again."""
+    if settings.redis_url is None:
+        return  # streams dev: the broker lives in the process
+    import redis
+
+    from core.clock import utcnow
+    from core.redis_clients import redis_client
+    from workers import broker_epoch
+
+    client = redis_client(settings.redis_url, settings)
+    try:
+        if broker_epoch.begin(client, utcnow()):
+            print("broker epoch begun")
+    except redis.RedisError as exc:
+        print(
+            f"broker epoch not written ({type(exc).__name__}): the relay will enqueue marked "
+            "messages once more when it first meets this Redis",
+            file=sys.stderr,
+        )
+    finally:
+        client.close()
 
 
 def _serve(host: str, port: int, workers: int) -> None:

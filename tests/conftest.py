@@ -22,11 +22,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from core.accounts import create_account
+from core.clock import utcnow
 from core.migrate import upgrade
 from core.runtime import Runtime, build_runtime
 from core.settings import SandboxSettings, Settings
 from dispatcher.app import create_app
 from schemas.tables import Base
+from workers import broker_epoch
 
 POSTGRES_SERVER = os.environ.get(
     "STREAMS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -51,8 +53,12 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture
 def redis_client() -> Iterator[redis.Redis]:
+    """The test's Redis, empty but for the broker's sentinel, as ``streams migrate`` leaves
+    a deployment's (``workers.broker_epoch``): a relay takes it for a Redis in use, not one
+    that lost its data."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
+    broker_epoch.begin(client, utcnow())
     yield client
     client.flushdb()
     client.close()

@@ -13,9 +13,11 @@ Writing it is atomic (only the first relay to find the key gone writes one), so 
 that notice the same loss agree on a single epoch. Should Redis lose the sentinel again
 mid-way, the next epoch's ``lost_before`` is later and covers what was left.
 
-A Redis that has never seen a relay cannot be told from one that lost its data: the first
-relay on a new Redis records a loss too, and messages already marked get one harmless
-extra job each (the claim is conditional).
+A Redis that has never seen a relay cannot be told from one that lost its data, so the
+deployment says which: ``streams migrate`` (run before each release's processes start)
+writes the sentinel where there is none, recording no loss (``begin``). A relay that finds
+none all the same records a loss: messages already marked get one harmless extra job each
+(the claim is conditional), a burst on a large backlog.
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ class Epoch:
             started=started,
             raw=text,
         )
+
+
+def begin(client: redis.Redis, now: datetime) -> bool:
+    """Write the sentinel, recording no loss, unless one is there: this Redis is the one
+    the deployment uses, with whatever it holds. True if written. Raises
+    ``redis.RedisError``."""
+    fresh = Epoch(id=uuid.uuid4().hex, written_at=now, lost_before=None)
+    return bool(client.set(KEY, fresh.encode(), nx=True))
 
 
 def read_or_start(client: redis.Redis, now: datetime, lost_before: datetime) -> Epoch:

@@ -10,6 +10,7 @@ from pathlib import Path
 from core.credentials import digest
 from schemas.tables import Account
 from tests.processes import STREAMS, environment, running, wait_until
+from workers import broker_epoch
 from workers.cpu_priority import autogroup_nice
 
 
@@ -40,6 +41,20 @@ def test_migrate_is_idempotent(settings):
     first, second = run(settings, "migrate"), run(settings, "migrate")
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert "migrations applied" in second.stdout
+
+
+def test_migrate_begins_the_broker_epoch_once(settings, redis_client):
+    """``streams migrate`` leaves the broker's sentinel in Redis, recording no loss, so the
+    relay does not take a Redis a release starts using for one that lost its data; run
+    again, it keeps the sentinel it finds (whatever loss that records)."""
+    redis_client.delete(broker_epoch.KEY)
+    first = run(settings, "migrate")
+    assert first.returncode == 0, first.stderr
+    written = redis_client.get(broker_epoch.KEY)
+    assert written is not None
+    assert broker_epoch.Epoch.decode(written).lost_before is None
+    assert run(settings, "migrate").returncode == 0
+    assert redis_client.get(broker_epoch.KEY) == written
 
 
 def test_commands_that_need_a_secret_key_say_so(settings):
