@@ -59,7 +59,7 @@ def scratch_redis(url: str) -> Iterator[str]:
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
-        broker_epoch.begin(client, datetime.now(UTC))
+        broker_epoch.begin(client, datetime.now(UTC), marked_waiting=False)
         yield url
     finally:
         client.flushdb()

@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
 
         upgrade(settings.database_url)
         print("migrations applied")
-        _begin_broker_epoch(settings)
+        begin_broker_epoch(settings)
         return 0
     if args.command == "accounts":
         from core.accounts import create_account
@@ -153,21 +153,35 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _begin_broker_epoch(settings: Settings) -> None:
+def begin_broker_epoch(settings: Settings) -> None:
     """Tell the relay that the broker's Redis, as it is, is the one in use: a relay that
     finds no sentinel there takes it for a Redis that lost its data (``workers.broker_epoch``)
     and enqueues every marked message again."""
     if settings.redis_url is None:
         return  # streams dev: the broker lives in the process
     import redis
+    from sqlalchemy import select
 
     from core.clock import utcnow
+    from core.database import build_engine
     from core.redis_clients import redis_client
+    from schemas.enums import MessageStatus
+    from schemas.tables import Message, status_is
     from workers import broker_epoch
 
+    engine = build_engine(settings.database_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            marked = connection.scalar(
+                select(Message.id)
+                .where(status_is(MessageStatus.queued), Message.enqueued_at.is_not(None))
+                .limit(1)
+            )
+    finally:
+        engine.dispose()
     client = redis_client(settings.redis_url, settings)
     try:
-        if broker_epoch.begin(client, utcnow()):
+        if broker_epoch.begin(client, utcnow(), marked_waiting=marked is not None):
             print("broker epoch begun")
     except redis.RedisError as exc:
         print(

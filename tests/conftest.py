@@ -58,7 +58,7 @@ def redis_client() -> Iterator[redis.Redis]:
     that lost its data."""
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
-    broker_epoch.begin(client, utcnow())
+    broker_epoch.begin(client, utcnow(), marked_waiting=False)
     yield client
     client.flushdb()
     client.close()

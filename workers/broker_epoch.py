@@ -13,11 +13,14 @@ Writing it is atomic (only the first relay to find the key gone writes one), so 
 that notice the same loss agree on a single epoch. Should Redis lose the sentinel again
 mid-way, the next epoch's ``lost_before`` is later and covers what was left.
 
-A Redis that has never seen a relay cannot be told from one that lost its data, so the
-deployment says which: ``streams migrate`` (run before each release's processes start)
-writes the sentinel where there is none, recording no loss (``begin``). A relay that finds
-none all the same records a loss: messages already marked get one harmless extra job each
-(the claim is conditional), a burst on a large backlog.
+A Redis that has never seen a relay cannot be told from one that lost its data by the
+sentinel alone, so ``streams migrate`` (run before each release's processes start) looks
+further (``begin``): where there is no sentinel, it writes one recording no loss if Redis
+holds the broker's data (its keys are there: it is the Redis in use) or nothing is marked
+enqueued (nothing can have been lost). Otherwise, an empty Redis while messages are marked
+enqueued, it writes nothing: the relay then finds the sentinel gone and recovers them. A
+relay that finds no sentinel records a loss: messages already marked get one harmless extra
+job each (the claim is conditional).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis
+
+from core.broker import NAMESPACE
 
 KEY = "streams:relay:broker_epoch"
 
@@ -85,10 +90,14 @@ class Epoch:
         )
 
 
-def begin(client: redis.Redis, now: datetime) -> bool:
-    """Write the sentinel, recording no loss, unless one is there: this Redis is the one
-    the deployment uses, with whatever it holds. True if written. Raises
-    ``redis.RedisError``."""
+def begin(client: redis.Redis, now: datetime, *, marked_waiting: bool) -> bool:
+    """Write the sentinel, recording no loss, where there is none, unless that would hide
+    a loss: Redis holds none of the broker's keys while messages are marked enqueued
+    (``marked_waiting``). True if written. Raises ``redis.RedisError``."""
+    if client.exists(KEY):
+        return False
+    if marked_waiting and next(client.scan_iter(match=f"{NAMESPACE}:*", count=1000), None) is None:
+        return False
     fresh = Epoch(id=uuid.uuid4().hex, written_at=now, lost_before=None)
     return bool(client.set(KEY, fresh.encode(), nx=True))
 

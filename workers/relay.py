@@ -158,6 +158,12 @@ _MICROSECOND = timedelta(microseconds=1)
 DELETED_STREAM_SETTLE = timedelta(minutes=5)
 
 
+def _due_at(not_before: datetime | None, send_at: datetime | None) -> datetime | None:
+    """When a waiting message may go: the later of its hold and its ``send_at``."""
+    times = [as_utc(moment) for moment in (not_before, send_at) if moment is not None]
+    return max(times) if times else None
+
+
 def _jobs(
     rows: Sequence[_Due], now: datetime, size: Callable[[str], int]
 ) -> Iterator[tuple[str, int, list[_Due]]]:
@@ -500,10 +506,12 @@ class Relay:
         order: Sequence[ColumnElement[Any]] = (Message.not_before,),
     ) -> int:
         """Enqueue the queued messages that ``where`` picks (off the broker, or lost by
-        it), a batch at a time in ``order``, each delayed until its ``not_before``; returns
-        how many. Those of a stream that accepts no sends now are parked instead, as a worker
-        would park them: read once here, then left out of every sweep until their stream is
-        back (``_release_parked``), rather than read and passed over again each second."""
+        it), a batch at a time in ``order``, each delayed until its ``not_before`` and never
+        before its ``send_at`` (a scheduled message the broker lost has no ``not_before``
+        left: its release put it on the broker with its delay); returns how many. Those of
+        a stream that accepts no sends now are parked instead, as a worker would park them:
+        read once here, then left out of every sweep until their stream is back
+        (``_release_parked``), rather than read and passed over again each second."""
         now = self.runtime.clock()
         with self.runtime.session_factory() as session:
             if session.get_bind().dialect.name == "postgresql":
@@ -517,6 +525,7 @@ class Relay:
                     Message.id,
                     Message.stream_type,
                     Message.not_before,
+                    Message.send_at,
                     _SENDABLE_STREAM.label("sendable"),
                 )
                 .join(Stream, Stream.id == Message.stream_id)
@@ -535,7 +544,11 @@ class Relay:
                 log.info("relay_parked", count=len(paused), reason=reason)
             done = self._enqueue(
                 session,
-                [_Due(r.id, r.stream_type, r.not_before) for r in rows if r.sendable],
+                [
+                    _Due(r.id, r.stream_type, _due_at(r.not_before, r.send_at))
+                    for r in rows
+                    if r.sendable
+                ],
                 now,
             )
             session.commit()

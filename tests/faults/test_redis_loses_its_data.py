@@ -15,6 +15,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
+from cli.main import begin_broker_epoch
 from core.broker import NAMESPACE
 from core.queue_depth import read_depths
 from core.runtime import build_runtime
@@ -24,7 +25,7 @@ from tests.conftest import CLIENT_IP, auth, message
 from tests.deliveries import delivery_with
 from tests.faults.outcomes import carrier_ledger, status_counts
 from tests.processes import MovableClock, pipeline, private_redis_server, wait_until
-from tests.queued_jobs import jobs_on
+from tests.queued_jobs import delayed_jobs_on, jobs_on
 from workers import broker_epoch
 from workers.providers.base import ProviderError
 from workers.providers.sandbox import SandboxProvider
@@ -215,3 +216,65 @@ def test_a_healthy_redis_keeps_its_sentinel_and_nothing_marked_is_enqueued_again
     assert requeued == 0
     assert sorted(_ids_on_queue(redis_client)) == sorted(waiting)
     assert redis_client.get(broker_epoch.KEY) == written
+
+
+def test_migrate_run_after_redis_lost_its_data_does_not_hide_the_loss(
+    settings, runtime, client, make_stream, redis_client
+):
+    """A deployment restarts with a Redis that kept no data (compose down/up, no
+    persistence): ``streams migrate`` runs first, then the relay, while traffic resumes (a
+    retry waiting out a carrier's Retry-After keeps the queue non-empty). Migrate finds
+    neither the sentinel nor the broker's keys while messages are marked enqueued: it
+    leaves the sentinel out, and the relay recovers them as after any loss."""
+    runtime.clock = MovableClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    token = make_stream()["token"]
+    Relay(runtime).sweep()  # a relay watched the old Redis: its sentinel was there
+    lost = _accepted_and_marked(runtime, client, token, 3)
+
+    redis_client.flushdb()  # Redis comes back empty
+    begin_broker_epoch(settings)  # the release's `streams migrate`, before any process
+    assert redis_client.get(broker_epoch.KEY) is None
+    busy = _a_retry_waits_an_hour(runtime, client, token)  # traffic resumes
+
+    relay = Relay(runtime)  # the relay starts after migrate
+    for _ in range(5):
+        runtime.clock.advance(60)
+        relay.sweep()
+    on_queue = set(_ids_on_queue(redis_client))
+    assert busy in on_queue
+    assert set(lost) <= on_queue, "messages lost with Redis's data were never enqueued again"
+
+
+def test_a_scheduled_message_enqueued_again_after_a_data_loss_still_waits_for_its_send_at(
+    runtime, client, make_stream, redis_client
+):
+    """A scheduled message released within the relay's look-ahead (30 s here) is on the
+    broker with a delay until its ``send_at``, and its row keeps no hold. Redis then loses
+    its data: enqueued again, it is still delayed until its ``send_at``, never sent early."""
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    runtime.settings = runtime.settings.model_copy(update={"relay_lookahead_seconds": 30})
+    stream = make_stream()
+    send_at = clock() + timedelta(seconds=25)
+    answer = client.post(
+        "/v1/messages",
+        json={"messages": [message(send_at=send_at.isoformat())]},
+        headers=auth(stream["token"]),
+    )
+    assert answer.status_code == 202, answer.text
+    message_id = answer.json()["results"][0]["message_id"]
+    relay = Relay(runtime)
+    relay.sweep()  # released with a 25 s broker delay, and marked
+    assert message_id in [
+        i for _, ids in delayed_jobs_on(redis_client, "transactional") for i in ids
+    ]
+
+    redis_client.flushdb()  # Redis loses its data
+    clock.advance(1)
+    grace = runtime.settings.relay_grace_seconds
+    requeued = relay.sweep().lost_requeued  # finds its sentinel gone: the loss is recorded
+    clock.advance(grace + 1)  # past the ingress' grace: the data-loss pass runs
+    assert requeued + relay.sweep().lost_requeued == 1
+    assert clock() < send_at
+    ready = [i for _, ids in jobs_on(redis_client, "transactional") for i in ids]
+    assert message_id not in ready, "enqueued ready to go, well before its send_at"
