@@ -654,6 +654,7 @@ class Delivery:
             detail=VALIDITY_PASSED,
             allowed_from=(MessageStatus.sending,),
             claim=attempt,
+            call_made=False,
         )
         if expired:
             self._gates.give_back(job, attempt)  # this claim's call was never made

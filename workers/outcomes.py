@@ -52,12 +52,18 @@ class Outcomes:
         detail: str | None = None,
         dead_letter: str | None = None,
         claim: int | None = None,
+        call_made: bool = True,
     ) -> bool:
         """Move the message to a final ``status`` with its error, in one transaction (and
         keep it as a dead letter when asked). ``claim``: the attempt of the caller's claim,
-        for a move out of ``sending`` (``core.message_states.transition``). False when it was
-        no longer in ``allowed_from`` (or on that claim), and nothing changed."""
+        for a move out of ``sending`` (``core.message_states.transition``); without
+        ``call_made``, that claim's call was never made and it is not counted in
+        ``attempts``, which then tell whether any call may have reached the carrier. False
+        when it was no longer in ``allowed_from`` (or on that claim), and nothing changed."""
         now = self.runtime.clock()
+        values: dict[str, object] = {"error_code": code, "error_message": reason}
+        if claim is not None and not call_made:
+            values["attempts"] = MESSAGES.c.attempts - 1
         with self.runtime.session_factory() as session:
             moved = transition(
                 session,
@@ -66,7 +72,7 @@ class Outcomes:
                 allowed_from=allowed_from,
                 at=now,
                 detail=detail or code,
-                values={"error_code": code, "error_message": reason},
+                values=values,
                 claim=claim,
             )
             if moved and dead_letter:

@@ -428,16 +428,29 @@ def test_a_message_expired_after_a_timed_out_attempt_moves_on_with_the_carriers_
     )
 
 
-def test_a_message_expired_before_any_attempt_ignores_a_receipt(
-    client, runtime, make_stream, account_key, sms
+@pytest.mark.parametrize("expired", ["before_any_claim", "between_its_claim_and_the_call"])
+def test_a_message_expired_before_any_call_ignores_a_receipt(
+    client, runtime, make_stream, account_key, sms, expired
 ):
-    """Expired before it was ever claimed, a message was never sent: a receipt naming it
-    (a carrier's mistake, a forgery with our key) changes nothing, on either path."""
+    """Expired before it was ever claimed, or claimed and expired before its call was
+    made (the worker stalled in between: that claim is not counted), a message was never
+    sent: a receipt naming it (a carrier's mistake, a forgery with our key) changes nothing,
+    on either path."""
     clock = MovableClock(datetime.now(UTC))
     runtime.clock = clock
     message_id = _send_one(client, make_stream(), validity_seconds=30)
-    clock.advance(31)
     delivery = _http_delivery(runtime)
+    if expired == "before_any_claim":
+        clock.advance(31)
+    else:
+        for name in ("_claim", "_claim_ungated"):
+
+            def claim_then_stall(keys, claim=getattr(delivery, name)):  # type: ignore[no-untyped-def]
+                claimed = claim(keys)
+                clock.advance(31)
+                return claimed
+
+            setattr(delivery, name, claim_then_stall)
     delivery.deliver(message_id, "transactional")
 
     def shown():
