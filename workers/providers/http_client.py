@@ -45,15 +45,22 @@ def post_within(
 
     Raises what ``httpx.Client.post`` raises; ``httpx.ReadTimeout`` when the answer is not
     complete by the deadline, so the adapters classify it as the read timeout it is (the
-    carrier may have taken the request)."""
+    carrier may have taken the request). An answer with a Content-Length that arrives whole
+    in the read that crosses the deadline is kept; a chunked one cannot be known to be
+    complete then."""
     deadline = time.monotonic() + seconds
     request = client.build_request("POST", url, json=json, headers=headers)
     response = client.send(request, stream=True)
+    length = _content_length(response)
     try:
         chunks: list[bytes] = []
+        received = 0
         for chunk in response.iter_raw():
             chunks.append(chunk)
-            if time.monotonic() > deadline:
+            received += len(chunk)
+            if time.monotonic() > deadline and (length is None or received < length):
+                # Past the deadline with the answer still coming. One that is complete (all
+                # its Content-Length read) is kept, however late: the carrier has answered.
                 raise httpx.ReadTimeout(
                     f"the answer was not complete within {seconds:g}s", request=request
                 )
@@ -66,3 +73,11 @@ def post_within(
         content=b"".join(chunks),
         request=request,
     )
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The answer's declared length, if it declares one (a chunked answer does not)."""
+    try:
+        return int(response.headers["content-length"])
+    except (KeyError, ValueError):
+        return None
