@@ -4,16 +4,20 @@ past the deadline, is the carrier's answer, not a timeout."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from core.settings import WhatsAppApiSettings
 from workers.providers.base import OutboundMessage
+from workers.providers.http_client import post_within, provider_client
 from workers.providers.whatsapp_cloud import WhatsAppCloudProvider, WhatsAppCredentials
 
 ANSWER = json.dumps({"messaging_product": "whatsapp", "messages": [{"id": "wamid.TAKEN"}]})
@@ -82,3 +86,84 @@ def test_a_complete_whatsapp_answer_read_just_past_the_deadline_is_not_thrown_aw
     finally:
         provider.close()
     assert accepted.provider_message_id == "wamid.TAKEN"
+
+
+def _serve(answer: Callable[[socket.socket], None]) -> Iterator[str]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def run() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            try:
+                answer(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def _drips_chunked_with_small_length(conn: socket.socket) -> None:
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\n\r\n"
+    )
+    for _ in range(12):  # 12 x 0.25 s: every read inside a 0.5 s read timeout
+        conn.sendall(b"1\r\n \r\n")
+        time.sleep(0.25)
+    conn.sendall(b"2\r\n{}\r\n0\r\n\r\n")
+
+
+@pytest.fixture
+def dripping() -> Iterator[str]:
+    yield from _serve(_drips_chunked_with_small_length)
+
+
+def test_a_chunked_answer_with_a_stray_content_length_still_ends_by_the_deadline(dripping):
+    """A chunked answer dripped a byte every 0.25 s, with a stray Content-Length of 1
+    beside it: HTTP/1.1 frames the body by its chunks, so that length says nothing about
+    when it ends, and the deadline still cuts the call off."""
+    client = provider_client(0.5)
+    began = time.monotonic()
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            post_within(client, dripping, 0.5, json={}, headers={})
+    finally:
+        client.close()
+    assert time.monotonic() - began < 1.5
+
+
+def _gzip_in_two_parts(conn: socket.socket) -> None:
+    body = gzip.compress(b'{"id": "taken"}' * 50)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    conn.sendall(body[:10])
+    time.sleep(0.7)
+    conn.sendall(body[10:])
+
+
+@pytest.fixture
+def gzipped() -> Iterator[str]:
+    yield from _serve(_gzip_in_two_parts)
+
+
+def test_a_complete_gzip_answer_past_the_deadline_is_kept(gzipped):
+    """A gzipped answer, complete 0.7 s into a 0.5 s call: its Content-Length counts the
+    compressed bytes, as they are read, so it is kept, and decoded."""
+    client = provider_client(1.0)
+    try:
+        response = post_within(client, gzipped, 0.5, json={}, headers={})
+    finally:
+        client.close()
+    assert response.content == b'{"id": "taken"}' * 50

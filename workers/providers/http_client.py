@@ -76,7 +76,10 @@ def post_within(
 
 
 def _content_length(response: httpx.Response) -> int | None:
-    """The answer's declared length, if it declares one (a chunked answer does not)."""
+    """The answer's declared length, if it declares one. A chunked answer ends with its
+    last chunk, whatever a Content-Length beside it says (HTTP/1.1 ignores that one)."""
+    if "transfer-encoding" in response.headers:
+        return None
     try:
         return int(response.headers["content-length"])
     except (KeyError, ValueError):
