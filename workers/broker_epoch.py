@@ -14,13 +14,13 @@ that notice the same loss agree on a single epoch. Should Redis lose the sentine
 mid-way, the next epoch's ``lost_before`` is later and covers what was left.
 
 A Redis that has never seen a relay cannot be told from one that lost its data by the
-sentinel alone, so ``streams migrate`` (run before each release's processes start) looks
-further (``begin``): where there is no sentinel, it writes one recording no loss if Redis
-holds the broker's data (its keys are there: it is the Redis in use) or nothing is marked
-enqueued (nothing can have been lost). Otherwise, an empty Redis while messages are marked
-enqueued, it writes nothing: the relay then finds the sentinel gone and recovers them. A
-relay that finds no sentinel records a loss: messages already marked get one harmless extra
-job each (the claim is conditional).
+sentinel alone. ``streams migrate`` (run before each release's processes start) writes one
+recording no loss where there is none only if nothing is marked enqueued (``begin``):
+nothing can have been lost then. Otherwise it writes nothing, and the relay, finding no
+sentinel, records a loss: messages already marked get one extra job each, harmless (the
+claim is conditional) but a burst on a large backlog, once, the first time a relay meets
+that Redis. The broker's keys are no evidence either way: workers and the ingress write new
+ones as soon as they run against an emptied Redis.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis
-
-from core.broker import NAMESPACE
 
 KEY = "streams:relay:broker_epoch"
 
@@ -91,12 +89,10 @@ class Epoch:
 
 
 def begin(client: redis.Redis, now: datetime, *, marked_waiting: bool) -> bool:
-    """Write the sentinel, recording no loss, where there is none, unless that would hide
-    a loss: Redis holds none of the broker's keys while messages are marked enqueued
-    (``marked_waiting``). True if written. Raises ``redis.RedisError``."""
-    if client.exists(KEY):
-        return False
-    if marked_waiting and next(client.scan_iter(match=f"{NAMESPACE}:*", count=1000), None) is None:
+    """Write the sentinel, recording no loss, where there is none, unless messages are
+    marked enqueued (``marked_waiting``): their jobs may be what a lost Redis took. True if
+    written. Raises ``redis.RedisError``."""
+    if marked_waiting:
         return False
     fresh = Epoch(id=uuid.uuid4().hex, written_at=now, lost_before=None)
     return bool(client.set(KEY, fresh.encode(), nx=True))

@@ -278,3 +278,31 @@ def test_a_scheduled_message_enqueued_again_after_a_data_loss_still_waits_for_it
     assert clock() < send_at
     ready = [i for _, ids in jobs_on(redis_client, "transactional") for i in ids]
     assert message_id not in ready, "enqueued ready to go, well before its send_at"
+
+
+def test_migrate_after_traffic_resumed_on_an_emptied_redis_does_not_hide_the_loss(
+    settings, runtime, client, make_stream, redis_client
+):
+    """Redis comes back empty while no relay runs, and the ingress and workers go on (a
+    retry now waits on the queue) before the release's ``streams migrate``: the broker's new
+    keys are no evidence that Redis kept its data, so migrate, with messages marked
+    enqueued, writes no sentinel, and the relay recovers them."""
+    runtime.clock = MovableClock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    token = make_stream()["token"]
+    Relay(runtime).sweep()
+    lost = _accepted_and_marked(runtime, client, token, 3)
+
+    redis_client.flushdb()  # Redis comes back empty; no relay is running
+    busy = _a_retry_waits_an_hour(runtime, client, token)  # the web/workers go on
+    begin_broker_epoch(settings)  # then the release's `streams migrate`
+    sentinel_written = redis_client.get(broker_epoch.KEY) is not None
+
+    relay = Relay(runtime)
+    for _ in range(5):
+        runtime.clock.advance(60)
+        relay.sweep()
+    on_queue = set(_ids_on_queue(redis_client))
+    assert busy in on_queue
+    assert set(lost) <= on_queue, (
+        f"sentinel written by migrate: {sentinel_written}; lost messages never enqueued again"
+    )
