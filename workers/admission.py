@@ -28,9 +28,12 @@ A ``priority`` message (an OTP code) is never parked behind what other streams p
 their shared provider: it takes a place on the provider's priority schedule, counted from
 the provider's TAT, and the plain schedule moves back by the turn it takes. So a
 marketing backlog on the carrier's rate holds a code back by the turns already paid for
-(at most the inline budget) and one interval, not by the backlog (invariant 6). A place
-the backlog was promised earlier may then find its turn taken: that message books the
-next turn, or is parked again.
+(at most the inline budget) and two intervals, not by the backlog (invariant 6). While a
+code waits for its place, no other message books a turn ahead (its inline budget is 0):
+booked, that turn could be the one the code comes back for, and a backlog coming back at
+its places would take every such turn before the code. A place the backlog was promised
+earlier may then find its turn taken: that message books the next turn, or is parked
+again.
 
 A place is a promise that its message comes back then and uses the bucket, so a schedule
 keeps only promises that can still be kept, and errs early when unsure: a message that
@@ -177,6 +180,9 @@ end
 local stat, ptat, wait = 0, 0, 0
 if si > 0 then stat = num(KEYS[1]); wait = math.max(wait, stat - now - tolerance) end
 if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now - tolerance) end
+-- While codes wait for places on the provider, nothing else books a turn ahead: a turn
+-- booked now could be the one a code comes back for.
+if pi > 0 and not priority and num(KEYS[10]) > now then budget = 0 end
 -- Its turn is past the budget, or comes only when (or after) it expires: not admitted.
 if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
   local back = wait
@@ -328,6 +334,8 @@ class LocalAdmission:
                 stat - now - TOLERANCE_US if si else 0, ptat - now - TOLERANCE_US if pi else 0, 0
             )
             budget, expiry = int(request.inline_budget * 1_000_000), _epoch_us(request.expires_at)
+            if pi and not request.priority and self._values.get(priority_key, 0) > now:
+                budget = 0  # codes wait for places: no turn booked ahead of them
             if wait > budget or (wait > 0 and expiry and now + wait >= expiry):
                 back = wait
                 if wait > budget:

@@ -229,3 +229,22 @@ def test_a_priority_message_parks_ahead_of_the_providers_plain_schedule(redis_cl
             ("wait", 0.6),  # after the plain schedule, pushed back by the codes' two turns
         ]
     )
+
+
+def test_while_a_code_waits_for_its_place_nothing_else_books_a_turn_ahead(redis_client):
+    """A code is parked for the provider's next turn; a campaign message that could book a
+    turn within its inline budget parks instead, after the code, on Redis as in-process:
+    booked, it would take the turn the code comes back for."""
+    limits = Limits(provider_per_second=10)
+    budget = {"inline_budget": 0.25}
+    asks = [
+        (request("m0", limits), budget),
+        (request("otp", limits), {"priority": True}),
+        (request("m1", limits), budget),
+    ]
+    answers = both_answers(redis_client, asks)
+    assert (
+        answers["redis"]
+        == answers["local"]
+        == [("admit", 0.0, 0.0), ("wait", 0.08, 0.1), ("wait", 0.08, 0.2)]
+    )

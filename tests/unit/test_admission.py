@@ -3,6 +3,7 @@ implementation runs the same rules in Lua; tests/integration/test_admission_redi
 both to the same answers."""
 
 import dataclasses
+import heapq
 from datetime import UTC, date, datetime
 
 import pytest
@@ -283,3 +284,50 @@ def test_a_new_limit_rescales_the_schedule():
     assert backs == pytest.approx([1.030, 1.031])
     # Lowered again, what is parked takes longer, and the schedule says so.
     assert admission.admit(request(limits=slow)).come_back_after == pytest.approx(33.0)
+
+
+def test_codes_parked_ahead_of_a_backlog_keep_the_providers_rate():
+    """Invariant 5 with priority places: a campaign of 50 and 10 codes (arriving every
+    0.35 s) share a carrier's 10 a second, every message coming back at its place and
+    booking its turn as the workers do. Every message goes, no ten consecutive sends fit in
+    less than a second (less the tolerance), and each code goes within the inline budget
+    and two intervals of its arrival, not behind the campaign. (Before codes held back the
+    campaign's booked turns, the campaign's returning messages took the turn each code came
+    back for, again and again: a code went 4.2 s after its arrival.)"""
+    clock = Clock()
+    admission = LocalAdmission(clock)
+    limits = Limits(provider_per_second=10)
+    start = clock.us
+    asks = [(start, f"m{n}", False) for n in range(50)]
+    asks += [(start + 350_000 * (n + 1), f"otp{n}", True) for n in range(10)]
+    heapq.heapify(asks)
+    sent: dict[str, int] = {}
+    while asks:
+        clock.us, message_id, priority = heapq.heappop(asks)
+        ticket = admission.admit(
+            Request(
+                "otp" if priority else "campaign",
+                "carrier",
+                "+1",
+                message_id,
+                1,
+                limits,
+                date(2026, 1, 1),
+                inline_budget=0.25,
+                priority=priority,
+            )
+        )
+        assert ticket.verdict != "reject"
+        if ticket.verdict == "admit":
+            sent[message_id] = clock.us + int(ticket.wait_seconds * 1e6)
+        else:
+            heapq.heappush(
+                asks, (clock.us + int(ticket.come_back_after * 1e6), message_id, priority)
+            )
+    assert len(sent) == 60
+    times = sorted(sent.values())
+    gaps = [later - earlier for earlier, later in zip(times, times[10:], strict=False)]
+    assert min(gaps) >= 1_000_000 - TOLERANCE_US
+    for n in range(10):
+        waited = sent[f"otp{n}"] - (start + 350_000 * (n + 1))
+        assert waited <= 250_000 + 2 * 100_000, (n, waited)
