@@ -586,12 +586,7 @@ class Relay:
             return 0
         marked_before = epoch.lost_before
         counts = {
-            queue: self._enqueue_waiting(
-                (Message.stream_type == queue, Message.enqueued_at < marked_before),
-                reason="data_loss",
-                order=(Message.enqueued_at,),
-            )
-            for queue in QUEUES
+            queue: self._enqueue_marked(queue, marked_before, "data_loss") for queue in QUEUES
         }
         done = sum(counts.values())
         if done:
@@ -608,6 +603,19 @@ class Relay:
             except redis.RedisError:
                 pass  # the next sweep finds nothing left and settles it
         return done
+
+    def _enqueue_marked(self, queue: str, marked_before: datetime, reason: str) -> int:
+        """Enqueue again a batch of ``queue``'s queued messages marked enqueued before
+        ``marked_before`` (their job may be lost); returns how many. The oldest marks first:
+        the partial index on queued, marked messages (status, stream_type, enqueued_at)
+        yields exactly those rows in that order, so the query reads them and stops, however
+        many the planner expects (held and delivered rows of the type mislead its
+        estimate)."""
+        return self._enqueue_waiting(
+            (Message.stream_type == queue, Message.enqueued_at < marked_before),
+            reason=reason,
+            order=(Message.enqueued_at,),
+        )
 
     def _marked_before(self, moment: datetime) -> bool:
         """Some queued message is marked enqueued before ``moment``, locked by another
@@ -648,17 +656,9 @@ class Relay:
             return 0  # Redis is down: the next sweep looks again
         if not empty:
             return 0
-        # One type at a time, the oldest marks first: the partial index on queued, marked
-        # messages (status, stream_type, enqueued_at) yields exactly those rows in that
-        # order, so the query reads the lost rows and stops, however many the planner
-        # expects (held and delivered rows of the type mislead its estimate).
         done = 0
         for queue in sorted(empty):
-            found = self._enqueue_waiting(
-                (Message.stream_type == queue, Message.enqueued_at < marked_before),
-                reason="lost",
-                order=(Message.enqueued_at,),
-            )
+            found = self._enqueue_marked(queue, marked_before, "lost")
             if found == self.runtime.settings.relay_batch:
                 self._lost_looked_at = None  # more may wait: look again on the next sweep
             done += found
