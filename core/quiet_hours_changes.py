@@ -14,12 +14,16 @@ SQLite (``streams dev``) has no such locks and one process: there the lock is a 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+import structlog
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from schemas.tables import Stream
+from schemas.tables import Message, Stream, is_quiet_held
+
+log = structlog.get_logger(__name__)
 
 #: The first key of the advisory locks taken here; the second is drawn from the stream id.
 _LOCK_SPACE = 0x51E7  # "quiet"
@@ -31,7 +35,7 @@ def quiet_window(settings: dict[str, Any]) -> tuple[str, str, str | None] | None
     return (quiet["start"], quiet["end"], quiet.get("timezone")) if quiet else None
 
 
-def lock_quiet_hours(session: Session, stream_id: uuid.UUID, *, exclusive: bool) -> None:
+def _lock_quiet_hours(session: Session, stream_id: uuid.UUID, *, exclusive: bool) -> None:
     """Take the stream's quiet-hours lock until ``session``'s transaction ends: exclusive
     to change the window, shared to hold a message under it."""
     if session.get_bind().dialect.name != "postgresql":
@@ -45,6 +49,25 @@ def window_changed(session: Session, stream_id: uuid.UUID, loaded: dict[str, Any
     """Whether the stream's quiet hours differ now from those in ``loaded`` (the settings a
     worker gated a message with). Takes the shared lock first, so a change committed after
     this answer releases what the caller then holds."""
-    lock_quiet_hours(session, stream_id, exclusive=False)
+    _lock_quiet_hours(session, stream_id, exclusive=False)
     settings = session.scalar(select(Stream.settings).where(Stream.id == stream_id))
     return quiet_window(settings or {}) != quiet_window(loaded)
+
+
+def release_quiet_holds(session: Session, stream_id: uuid.UUID, now: datetime) -> int:
+    """Make the stream's quiet-hours holds due at ``now``, in ``session``'s transaction (a
+    change of its window; the caller commits); returns how many. They are read off
+    ``ix_messages_quiet_held_stream``, none of the stream's other messages; the relay then
+    enqueues them in its batches (``ix_messages_outbox_not_before``), as any hold come due.
+    The exclusive lock, taken first and kept until the commit, makes a worker's hold under
+    the old window either come before (and be found here) or after (and see the new window:
+    ``window_changed``)."""
+    _lock_quiet_hours(session, stream_id, exclusive=True)
+    released = session.execute(
+        update(Message)
+        .where(Message.stream_id == stream_id, is_quiet_held())
+        .values(not_before=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    log.info("quiet_holds_released", stream_id=str(stream_id), count=released)
+    return released

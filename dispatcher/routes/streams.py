@@ -9,14 +9,14 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
 from sqlalchemy.orm import Session
 
 from core.clock import as_utc
 from core.credentials import digest, new_stream_token, new_webhook_secret
 from core.network import parse_network
 from core.phones import normalize_sender
-from core.quiet_hours_changes import lock_quiet_hours, quiet_window
+from core.quiet_hours_changes import quiet_window, release_quiet_holds
 from core.runtime import Runtime
 from core.stream_rules import ACTIVITY_WINDOW, missing_steps, shown_status, stored_status
 from core.whatsapp_setup import whatsapp_steps
@@ -43,7 +43,7 @@ from schemas.streams import (
     TokenOut,
     TokenReset,
 )
-from schemas.tables import Message, Stream, StreamTag, is_quiet_held, status_is
+from schemas.tables import Message, Stream, StreamTag, status_is
 
 router = APIRouter(prefix="/api/v1/streams", tags=["streams"])
 log = structlog.get_logger(__name__)
@@ -126,25 +126,8 @@ def _set_settings(
     if settings.get("callback_url") != stream.settings.get("callback_url"):
         stream.callbacks_changed_at = now
     if quiet_window(settings) != quiet_window(stream.settings):
-        _release_quiet_holds(session, stream.id, now)
+        release_quiet_holds(session, stream.id, now)
     stream.settings = settings
-
-
-def _release_quiet_holds(session: Session, stream_id: uuid.UUID, now: datetime) -> None:
-    """Make the stream's quiet-hours holds due at ``now``. They are read off
-    ``ix_messages_quiet_held_stream``, none of the stream's other messages; the relay then
-    enqueues them in its batches (``ix_messages_outbox_not_before``), as any hold come due.
-    The stream's quiet-hours lock, taken first and kept until the commit, makes a worker's
-    hold under the old window either come before (and be found here) or after (and see the
-    new window): ``core.quiet_hours_changes``."""
-    lock_quiet_hours(session, stream_id, exclusive=True)
-    released = session.execute(
-        update(Message)
-        .where(Message.stream_id == stream_id, is_quiet_held())
-        .values(not_before=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    log.info("quiet_holds_released", stream_id=str(stream_id), count=released)
 
 
 def _normalised_tags(tags: list[str]) -> list[str]:
