@@ -306,3 +306,39 @@ def test_migrate_after_traffic_resumed_on_an_emptied_redis_does_not_hide_the_los
     assert set(lost) <= on_queue, (
         f"sentinel written by migrate: {sentinel_written}; lost messages never enqueued again"
     )
+
+
+class _CountingCarrier(SandboxProvider):
+    """The sandbox, counting the messages it is handed (a single send is a batch of one)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.handed: list[str] = []
+
+    def send_batch(self, messages):  # type: ignore[no-untyped-def]
+        self.handed.extend(message.reference for message in messages)
+        return super().send_batch(messages)
+
+
+def test_invariant_2_a_loss_recorded_where_no_job_was_lost_sends_nothing_twice(
+    runtime, client, make_stream, redis_client
+):
+    """The relay meets a Redis without its sentinel whose jobs are all there (a Redis that
+    ``streams migrate`` never saw, with messages marked enqueued): it records a loss and
+    enqueues each marked message once more. Both jobs of each message run, and the carrier
+    is handed each message once: the second job finds it claimed."""
+    runtime.clock = MovableClock(datetime.now(UTC))
+    token = make_stream()["token"]
+    marked = _accepted_and_marked(runtime, client, token, 3)
+    redis_client.delete(broker_epoch.KEY)
+    runtime.clock.advance(1)
+    assert Relay(runtime).sweep().lost_requeued == len(marked)
+    on_queue = _ids_on_queue(redis_client)
+    assert sorted(on_queue) == sorted(marked * 2)
+
+    carrier = _CountingCarrier(runtime.settings.sandbox, runtime.redis)
+    delivery = delivery_with(runtime, carrier)
+    for message_id in on_queue:
+        delivery.deliver(message_id, "transactional")
+    assert sorted(carrier.handed) == sorted(marked)
+    assert status_counts(runtime.session_factory) == {"delivered": len(marked)}
