@@ -8,7 +8,7 @@ import json
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
@@ -25,7 +25,7 @@ from tests.conftest import auth, message
 from tests.deliveries import move
 from tests.fakes.customer import FakeCustomer, dripping_customer
 from tests.fakes.server import serve
-from tests.processes import private_redis_server, wait_until
+from tests.processes import MovableClock, private_redis_server, wait_until
 from tests.two_way import post_signed_inbound, signing_secret
 from workers import callback_sweep, status_followup
 from workers.callback_sweep import CallbackSweep
@@ -164,6 +164,10 @@ def test_a_callback_whose_request_cannot_be_made_is_retried_then_dead(
     swept up again for ever, and never became a dead letter. It is a failed attempt now."""
     windowed = callback_settings(retry_window_seconds=0.5)
     runtime.settings = settings.model_copy(update={"callbacks": windowed})
+    # A clock of the test's own: a slow machine must not spend the window before the first
+    # attempt (the row would be dead at once).
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
     stream = two_way_stream(make_stream, customer)
     secret = signing_secret(client, account_key, stream["id"])
     post_signed_inbound(client, stream["id"], secret, {"from": "+972524265292", "text": "Hi"})
@@ -183,7 +187,7 @@ def test_a_callback_whose_request_cannot_be_made_is_retried_then_dead(
     sender.deliver(str(row.id))
     [row] = deliveries(runtime)
     assert (row.state, row.attempts, row.last_error) == ("pending", 1, error)
-    time.sleep(0.6)  # the retry window has passed
+    clock.advance(0.6)  # the retry window has passed
     sender.deliver(str(row.id))
     [row] = deliveries(runtime)
     assert (row.state, row.attempts, row.last_error) == ("dead", 2, error)
