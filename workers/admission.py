@@ -54,6 +54,8 @@ limit plus 20 ms' worth.
 
 Caps (``max_per_day`` messages per UTC day, ``max_per_recipient_per_hour`` over a rolling
 hour) are counted only when a message is admitted, in the same call, and answer "reject".
+In the fleet both go by Redis's clock, so hosts whose clocks differ agree on the hour and
+on when a day begins.
 Both count messages, not admissions: each keeps the ids it admitted, so a message admitted
 again (a retry after a carrier timeout, a claim taken back after its lease, a job
 delivered twice) is neither counted twice nor refused by its own earlier count. The day's
@@ -72,7 +74,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Literal, Protocol
 
 import redis
@@ -120,6 +122,8 @@ class Request:
     message_id: str
     cost: int
     limits: Limits
+    #: The caller's UTC day. The fleet's admission counts ``max_per_day`` on the day of
+    #: Redis's clock, one for every host, when that is this day or one either side of it.
     day: date
     #: How long the caller would wait in its thread for the message's turn; a longer wait
     #: parks the message.
@@ -145,8 +149,8 @@ class Release:
     stream_id: str
     recipient: str
     message_id: str
-    #: The UTC days it may have been counted in: the day it was admitted, and the day
-    #: before, when the send ended past midnight.
+    #: The UTC days it may have been counted in: the caller's today and the days either
+    #: side (the send may have ended past midnight, and Redis's clock decides the day).
     days: tuple[date, ...]
 
 
@@ -222,9 +226,16 @@ if pi > 0 and ptat < now - tolerance then
   redis.call('DEL', KEYS[8], KEYS[9], KEYS[10], KEYS[11])
 end
 local per_day, per_recipient = tonumber(ARGV[4]), tonumber(ARGV[5])
-if per_day > 0 and redis.call('SISMEMBER', KEYS[4], ARGV[6]) == 0 then
-  -- KEYS[6]: the day's plain counter, as kept before ids were; read until it expires.
-  local admitted = redis.call('SCARD', KEYS[4]) + num(KEYS[6])
+-- The UTC day on Redis's clock, one for every host: the caller named its own day (KEYS[4],
+-- KEYS[6]) and the days either side (KEYS[12] to KEYS[15]); a host more than a day off
+-- keeps its own.
+local day_ids, day_count = KEYS[4], KEYS[6]
+local shift = math.floor(now / 86400000000) - tonumber(ARGV[11])
+if shift == -1 then day_ids, day_count = KEYS[12], KEYS[14] end
+if shift == 1 then day_ids, day_count = KEYS[13], KEYS[15] end
+if per_day > 0 and redis.call('SISMEMBER', day_ids, ARGV[6]) == 0 then
+  -- day_count: the day's plain counter, as kept before ids were; read until it expires.
+  local admitted = redis.call('SCARD', day_ids) + num(day_count)
   if admitted >= per_day then return {'reject', 'max_per_day', '0'} end
 end
 if per_recipient > 0 then
@@ -236,13 +247,16 @@ if per_recipient > 0 then
   redis.call('ZADD', KEYS[5], now, ARGV[6])
   redis.call('PEXPIRE', KEYS[5], 3600000)
 end
-if per_day > 0 then redis.call('SADD', KEYS[4], ARGV[6]); redis.call('EXPIRE', KEYS[4], 172800) end
+if per_day > 0 then redis.call('SADD', day_ids, ARGV[6]); redis.call('EXPIRE', day_ids, 172800) end
 -- Admitted for its turn, now + wait: both buckets are paid as of then.
 local go = now + wait
 if si > 0 then store(KEYS[1], math.max(stat, go) + cost * si) end
 if pi > 0 then store(KEYS[3], math.max(ptat, go) + cost * pi) end
 return {'admit', string.format('%.0f', wait), '0'}
 """
+
+
+_EPOCH_DAY = date(1970, 1, 1)
 
 
 def _epoch_us(at: datetime | None) -> int:
@@ -261,18 +275,24 @@ class RedisAdmission:
 
     def admit(self, request: Request) -> Ticket:
         p = self.PREFIX
+        day = f"{p}stream:{request.stream_id}:day:"
+        before, after = request.day - timedelta(days=1), request.day + timedelta(days=1)
         keys = [
             f"{p}stream:{request.stream_id}:tat",
             f"{p}stream:{request.stream_id}:waiting",
             f"{p}provider:{request.provider}:tat",
-            f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}:ids",
+            f"{day}{request.day.isoformat()}:ids",
             f"{p}stream:{request.stream_id}:recipient:{request.recipient}",
-            f"{p}stream:{request.stream_id}:day:{request.day.isoformat()}",
+            f"{day}{request.day.isoformat()}",
             f"{p}stream:{request.stream_id}:waiting:interval",
             f"{p}provider:{request.provider}:waiting",
             f"{p}provider:{request.provider}:waiting:interval",
             f"{p}provider:{request.provider}:waiting:priority",
             f"{p}provider:{request.provider}:waiting:priority:interval",
+            f"{day}{before.isoformat()}:ids",
+            f"{day}{after.isoformat()}:ids",
+            f"{day}{before.isoformat()}",
+            f"{day}{after.isoformat()}",
         ]
         limits = request.limits
         args = [
@@ -286,6 +306,7 @@ class RedisAdmission:
             int(request.inline_budget * 1_000_000),
             _epoch_us(request.expires_at),
             1 if request.priority else 0,
+            (request.day - _EPOCH_DAY).days,
         ]
         verdict, first, second = (
             part.decode() if isinstance(part, bytes) else str(part)

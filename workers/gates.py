@@ -119,7 +119,7 @@ class Gates:
             stream_id=str(job.stream_id),
             recipient=job.recipient,
             message_id=str(job.message_id),
-            days=(today, today - timedelta(days=1)),
+            days=(today - timedelta(days=1), today, today + timedelta(days=1)),
         )
         try:
             self.admission.release(release)

@@ -100,6 +100,31 @@ def test_the_daily_count_kept_before_ids_still_counts(redis_client):
     assert admission.admit(request("b", limits)).reason == "max_per_day"
 
 
+def test_hosts_whose_clocks_disagree_at_midnight_count_one_day(redis_client):
+    """The daily cap's day is Redis's: a worker whose clock is still on yesterday, and one
+    already on tomorrow, count in the day every other host counts in, not in a day of their
+    own with the cap unused. A release from such a host finds the message too."""
+    seconds, _ = redis_client.time()
+    if seconds % 86_400 > 86_400 - 5:  # Redis's midnight is seconds away: wait it out
+        time.sleep(6)
+        seconds, _ = redis_client.time()
+    today = datetime.fromtimestamp(seconds, UTC).date()
+    admission = RedisAdmission(redis_client)
+    limits = Limits(per_day=1)
+
+    def on(day: date, message_id: str) -> Request:
+        return dataclasses.replace(request(message_id, limits), day=day)
+
+    yesterday, tomorrow = today - timedelta(days=1), today + timedelta(days=1)
+    assert admission.admit(on(today, "a")).verdict == "admit"
+    assert admission.admit(on(yesterday, "b")).reason == "max_per_day"
+    assert admission.admit(on(tomorrow, "c")).reason == "max_per_day"
+    behind = (yesterday - timedelta(days=1), yesterday, today)  # as Gates.give_back names them
+    admission.release(Release("s", "+1", "a", behind))
+    assert admission.admit(on(yesterday, "b")).verdict == "admit"
+    assert redis_client.sismember(f"streams:limits:stream:s:day:{today.isoformat()}:ids", "b")
+
+
 def test_a_high_rate_is_never_exceeded_by_rounding(redis_client):
     """50,001 a second is 19.99 µs per segment: rounded down to 19 µs it would allow 52,631
     a second. After one message worth a second's allowance, the bucket is busy for a
