@@ -1,6 +1,6 @@
 """What follows a provider's refusal (``ProviderError``): a permanent error fails the
 message at once; a transient one is retried with exponential back-off and jitter (at least
-the provider's ``Retry-After``) until ``max_send_attempts``, and then fails as a dead
+the provider's ``Retry-After``, jittered too) until ``max_send_attempts``, and then fails as a dead
 letter, as does a send whose outcome is unknown (it can be replayed once checked) and one
 refused for our set-up rather than for itself (credentials: it can be replayed once they are
 mended). A retry that could only come after the message's validity expires it now
@@ -63,11 +63,12 @@ class Retries:
             if failed and not error.transient and not error.outcome_unknown:
                 self._give_back(job, attempt)
             return
-        delay = backoff_seconds(
-            used, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds
+        delay = retry_delay_seconds(
+            used,
+            settings.retry_backoff_seconds,
+            settings.retry_backoff_max_seconds,
+            error.retry_after,
         )
-        if error.retry_after is not None:
-            delay = max(delay, error.retry_after)
         now = self.runtime.clock()
         if job.expires_at is not None and now + timedelta(seconds=delay) >= job.expires_at:
             # The retry would come too late: the message expires now, as one that a limit
@@ -137,6 +138,22 @@ def dead_letter_reason(error: ProviderError) -> str | None:
     if error.outcome_unknown:
         return "outcome_unknown"
     return "configuration" if error.configuration else None
+
+
+#: Messages a carrier refused together with one ``Retry-After`` come back spread over this
+#: share of it beyond it.
+RETRY_AFTER_SPREAD = 0.25
+
+
+def retry_delay_seconds(attempt: int, base: float, cap: float, retry_after: float | None) -> float:
+    """The wait before retrying ``attempt``: the back-off, and never less than the
+    carrier's ``Retry-After``. A carrier throttling a burst answers each of its messages
+    with the same ``Retry-After``; had they all waited exactly that, they would come back
+    in the same instant and meet the same refusal, so each waits up to a quarter more."""
+    delay = backoff_seconds(attempt, base, cap)
+    if retry_after is None:
+        return delay
+    return max(delay, retry_after + random.uniform(0, retry_after * RETRY_AFTER_SPREAD))
 
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:

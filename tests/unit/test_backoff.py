@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.retries import backoff_seconds
+from workers.retries import RETRY_AFTER_SPREAD, backoff_seconds, retry_delay_seconds
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 5, 64, 65, 1030, 5000])
@@ -20,3 +20,13 @@ def test_the_backoff_doubles_until_the_cap():
     assert backoff_seconds(1, 2.0, 600.0) <= 2.0
     assert 4.0 <= backoff_seconds(3, 2.0, 600.0) <= 8.0
     assert backoff_seconds(12, 2.0, 600.0) >= 300.0
+
+
+def test_a_retry_after_is_a_floor_and_a_throttled_burst_comes_back_spread():
+    """A carrier answers a burst's messages with one Retry-After (60 s): each waits at
+    least that, and they do not all come back in the same instant."""
+    delays = [retry_delay_seconds(1, 2.0, 600.0, 60.0) for _ in range(200)]
+    assert all(60.0 <= d <= 60.0 * (1 + RETRY_AFTER_SPREAD) for d in delays)
+    assert max(delays) - min(delays) > 60.0 * RETRY_AFTER_SPREAD / 2, "spread, not one instant"
+    assert retry_delay_seconds(12, 2.0, 600.0, 1.0) >= 300.0, "the back-off when it is longer"
+    assert 1.0 <= retry_delay_seconds(1, 2.0, 600.0, None) <= 2.0
