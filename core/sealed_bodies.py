@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from core.credentials import SecretBox
 from core.database import SessionFactory
+from core.otp_codes import MASK_CHARACTER
 from core.status_feed import PENDING_KEY
 from schemas.enums import FINAL_MESSAGE_STATUSES, MessageStatus, StreamType
 from schemas.tables import Message
@@ -40,6 +41,33 @@ def text_to_send(message: _Texts, box: SecretBox) -> str:
     if message.sealed_body is None:
         return message.body
     return box.open(message.sealed_body)
+
+
+def hidden_parts(text: str, masked: str) -> frozenset[str]:
+    """The runs of ``text`` that its ``masked`` copy hides (the code: a mask puts one ``*``
+    in place of each character, so the two line up). A masked copy that does not line up
+    hides all of ``text``."""
+    if len(text) != len(masked):
+        return frozenset({text})
+    parts, run = set(), []
+    for real, shown in zip(text, masked, strict=True):
+        if shown == MASK_CHARACTER and real != MASK_CHARACTER:
+            run.append(real)
+        elif run:
+            parts.add("".join(run))
+            run = []
+    if run:
+        parts.add("".join(run))
+    return frozenset(parts)
+
+
+def without_hidden(words: str, hidden: frozenset[str]) -> str:
+    """``words`` (a carrier's, say: they quote the text they refuse) with every part of
+    ``hidden`` masked as the message's body masks it; the longest first, so a part inside
+    another goes with it."""
+    for part in sorted(hidden, key=len, reverse=True):
+        words = words.replace(part, MASK_CHARACTER * len(part))
+    return words
 
 
 def forget_sealed_bodies(session_factory: SessionFactory) -> None:

@@ -72,7 +72,7 @@ from core.message_states import (
 )
 from core.receipts import move_failed_on
 from core.runtime import Runtime
-from core.sealed_bodies import text_to_send
+from core.sealed_bodies import hidden_parts, text_to_send, without_hidden
 from schemas.enums import MessageStatus, StreamType
 from schemas.tables import STREAM_PAUSED_HOLD, status_is
 from workers.admission import Admission
@@ -343,7 +343,7 @@ class Delivery:
             stream_type=StreamType(row.stream_type),
             sender=row.sender,
             recipient=row.recipient,
-            body=text_to_send(row, self.runtime.secret_box),
+            body=(body := text_to_send(row, self.runtime.secret_box)),
             segments=row.segments,
             encoding=row.encoding,
             attempts=row.attempts,
@@ -353,6 +353,7 @@ class Delivery:
             settings=dict(row.settings or {}),
             content=row.content,
             callback_url=row.callback_url,
+            hidden=hidden_parts(body, row.body) if row.sealed_body is not None else frozenset(),
         )
 
     def _through_gates(self, job: Job, log_: Any) -> _Ready | None:
@@ -518,14 +519,14 @@ class Delivery:
                     for wave in waves:
                         for index, call in wave:
                             request = [together[i] for i in requests[index]]
-                            answers = zip(request, each_answer(call, len(request)), strict=True)
+                            answers = zip(request, _answers(call, request), strict=True)
                             sent += [s for c, a in answers if (s := settle(c, a)) is not None]
                         wave_sent, sent = sent, []
                         record(wave_sent)
                 while alone:
                     claim = alone.popleft()
                     call = make_call(self._request([claim.item], go_on), go_on)
-                    if (outcome := settle(claim, each_answer(call, 1)[0])) is not None:
+                    if (outcome := settle(claim, _answers(call, [claim])[0])) is not None:
                         record([outcome])
             finally:
                 record(sent)
@@ -770,6 +771,24 @@ class Delivery:
             session.commit()
         if moved:
             log.info("message_receipt", message_id=message_id, status=outcome.value)
+
+
+def _answers(call: CallOutcome[Any], request: list[_Claimed]) -> list[CallOutcome[Accepted]]:
+    """Each message's answer to ``request`` (``each_answer``), with what the messages'
+    bodies mask (their codes) masked out of a carrier's words: carriers quote the text they
+    refuse, and those words are stored on the message and logged (invariant 8). Every
+    message's code is masked out of every answer: a refused request may quote them all."""
+    answers = each_answer(call, len(request))
+    hidden = frozenset().union(*(claim.item.job.hidden for claim in request))
+    if not hidden:
+        return answers
+    masked = []
+    for answer in answers:
+        if isinstance(answer.error, ProviderError):
+            words = without_hidden(answer.error.message, hidden)
+            answer = dataclasses.replace(answer, error=answer.error.with_message(words))
+        masked.append(answer)
+    return masked
 
 
 def _caused_by_items(error: BaseException) -> bool:

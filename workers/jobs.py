@@ -41,6 +41,9 @@ class Job:
     content: dict[str, Any] | None = None
     #: The message's own callback address, if it has one.
     callback_url: str | None = None
+    #: What the message's stored body masks of ``body`` (an OTP code): kept out of
+    #: whatever the pipeline keeps or logs of a carrier's words.
+    hidden: frozenset[str] = frozenset()
 
     def outbound(self) -> OutboundMessage:
         return OutboundMessage(

@@ -4,19 +4,24 @@ until the carrier has it, inside the sealed text). The carrier still gets the re
 
 from __future__ import annotations
 
+import json
 import uuid
 
+import pytest
 from sqlalchemy import select
 
 from core.logs import configure_logging
 from schemas.tables import Message, OtpCode
 from tests.conftest import auth
+from tests.fakes.http_sms import FakeHttpSms, provider_settings
+from tests.fakes.server import serve
 from tests.otp_codes import PHONE, code_of, send_code, verify
 from tests.processes import wait_until
 from workers.admission import RedisAdmission
 from workers.delivery import Delivery
 from workers.pool import start_worker
 from workers.providers.base import Accepted, OutboundMessage
+from workers.providers.http import HttpProvider
 from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
 
@@ -181,3 +186,41 @@ def test_forgetting_the_sealed_text_needs_no_second_connection(
     finally:
         narrow.close()
     assert stored(runtime, message_id)[1:] == (None, "delivered")  # receipt at once
+
+
+@pytest.fixture
+def sms():
+    fake = FakeHttpSms()
+    with serve(fake.app()) as base:
+        fake.base_url = base
+        yield fake
+
+
+def test_a_carrier_error_quoting_the_code_keeps_it_out_of_logs_and_bodies(
+    restore_logging, client, runtime, otp_stream, account_key, sms, capfd
+):
+    """Carriers quote the text they refuse ("text 'Your code is 918273' rejected"). Those
+    words are stored as the message's error and logged, here in ``message_expired`` (a
+    retry after 600 s would outlive the code's 120 s). The code is masked out of them as
+    the stored body masks it; the rest of the carrier's words are kept."""
+    configure_logging("DEBUG", "json")
+    code = "918273"
+    stream = otp_stream(code_mode="customer_code", code_length=6, ttl_seconds=120)
+    message_id = send_code(client, stream, code=code).json()["message_id"]
+    refusal = f"upstream refused text 'Your code is {code}', try later"
+    sms.fail_next(1, 503, body={"error": {"message": refusal}}, headers={"Retry-After": "600"})
+    carrier = HttpProvider(provider_settings(sms.base_url))
+    delivery = Delivery(
+        runtime, ProviderRegistry({"sandbox": carrier}, "sandbox"), RedisAdmission(runtime.redis)
+    )
+    try:
+        delivery.deliver(message_id, "otp")
+    finally:
+        carrier.close()
+    found = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    assert found["status"] == "expired", found
+    output = capfd.readouterr()
+    logged = output.out + output.err
+    assert '"event": "message_expired"' in logged
+    assert code not in logged and code not in json.dumps(found)
+    assert "Your code is ******" in json.dumps(found), "the carrier's words, masked"

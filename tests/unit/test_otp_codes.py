@@ -24,6 +24,7 @@ from core.otp_codes import (
     mask_code,
     normalize_code,
 )
+from core.sealed_bodies import hidden_parts, without_hidden
 from schemas.streams import OTP_DEFAULTS
 
 STREAM = uuid.UUID("8a7c1f0e-0000-4000-8000-000000000001")
@@ -193,3 +194,17 @@ def test_a_template_saved_before_the_rules_is_a_409_without_a_field() -> None:
         "invalid_template",
         None,
     )
+
+
+def test_what_a_mask_hides_is_masked_out_of_other_words():
+    """``core.sealed_bodies``: the parts a masked body hides (every code in it) are masked
+    out of a carrier's words, longest first; a copy that does not line up hides it all."""
+    text = "Acme: 4821 is your code, or use A1B2C3D4."
+    hidden = hidden_parts(text, mask_code(mask_code(text, "4821"), "A1B2C3D4"))
+    assert hidden == {"4821", "A1B2C3D4"}
+    words = "refused: 'Acme: 4821 is your code, or use A1B2C3D4.' (4821)"
+    assert without_hidden(words, hidden) == (
+        "refused: 'Acme: **** is your code, or use ********.' (****)"
+    )
+    assert hidden_parts("Your code is 1234", "Your code is ***") == {"Your code is 1234"}
+    assert without_hidden("no code here", frozenset()) == "no code here"

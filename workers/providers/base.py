@@ -75,6 +75,17 @@ class ProviderError(Exception):
         self.outcome_unknown = outcome_unknown
         self.configuration = configuration
 
+    def with_message(self, message: str) -> ProviderError:
+        """The same error in other words."""
+        return ProviderError(
+            self.code,
+            message,
+            transient=self.transient,
+            retry_after=self.retry_after,
+            outcome_unknown=self.outcome_unknown,
+            configuration=self.configuration,
+        )
+
 
 class Provider(Protocol):
     name: str
