@@ -28,6 +28,8 @@ from core.runtime import Runtime, build_runtime
 from core.settings import SandboxSettings, Settings
 from dispatcher.app import create_app
 from schemas.tables import Base
+from tests.fakes.http_sms import FakeHttpSms
+from tests.fakes.server import serve
 from workers import broker_epoch
 
 POSTGRES_SERVER = os.environ.get(
@@ -159,6 +161,16 @@ def restore_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     logging.getLogger().handlers[:] = []
+
+
+@pytest.fixture
+def sms() -> Iterator[FakeHttpSms]:
+    """A fake HTTP SMS API (``tests/fakes/http_sms.py``) on a local port, answering at once;
+    a module that needs it slower defines its own."""
+    fake = FakeHttpSms()
+    with serve(fake.app()) as base:
+        fake.base_url = base
+        yield fake
 
 
 @pytest.fixture

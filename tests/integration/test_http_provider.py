@@ -18,8 +18,7 @@ from core.settings import HttpProviderSettings
 from core.signatures import body_hmac
 from tests.conftest import auth, message
 from tests.deliveries import delivery_with
-from tests.fakes.http_sms import API_KEY, WEBHOOK_SECRET, FakeHttpSms, provider_settings
-from tests.fakes.server import serve
+from tests.fakes.http_sms import API_KEY, WEBHOOK_SECRET, provider_settings
 from tests.processes import MovableClock, wait_until
 from workers.admission import RedisAdmission
 from workers.delivery import Delivery
@@ -29,14 +28,6 @@ from workers.providers.http import HttpProvider
 from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
 from workers.waiting_receipts import WaitingReceipts
-
-
-@pytest.fixture
-def sms():
-    fake = FakeHttpSms()
-    with serve(fake.app()) as base:
-        fake.base_url = base
-        yield fake
 
 
 @pytest.fixture

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import uuid
 
-import pytest
 from sqlalchemy import select
 
 from core.logs import configure_logging
 from schemas.tables import Message, OtpCode
 from tests.conftest import auth
-from tests.fakes.http_sms import FakeHttpSms, provider_settings
-from tests.fakes.server import serve
+from tests.fakes.http_sms import provider_settings
 from tests.otp_codes import PHONE, code_of, send_code, verify
 from tests.processes import wait_until
 from workers.admission import RedisAdmission
@@ -186,14 +184,6 @@ def test_forgetting_the_sealed_text_needs_no_second_connection(
     finally:
         narrow.close()
     assert stored(runtime, message_id)[1:] == (None, "delivered")  # receipt at once
-
-
-@pytest.fixture
-def sms():
-    fake = FakeHttpSms()
-    with serve(fake.app()) as base:
-        fake.base_url = base
-        yield fake
 
 
 def test_a_carrier_error_quoting_the_code_keeps_it_out_of_logs_and_bodies(
