@@ -12,8 +12,10 @@ the message moves on to ``sent``, ``delivered`` or ``undelivered`` as it would h
 error is cleared, and the stats take it out of the failures of the minute it failed in.
 The same holds for an ``expired`` message that was claimed at least once: one whose attempt
 timed out may have been taken, and expires when its retry would come too late, or when it
-waits past its validity for a retry. One that expired before any claim was never sent, so a
-receipt naming it changes nothing.
+waits past its validity for a retry. So does a ``canceled`` one claimed at least once: it was
+canceled while it waited for a retry, after an attempt the carrier may have taken. One that
+expired or was canceled before any claim was never sent, so a receipt naming it changes
+nothing.
 
 A message of several parts (segments) gets one final status: ``delivered`` once every part is
 reported delivered, ``undelivered`` (naming how many parts arrived) once every part is
@@ -48,7 +50,7 @@ _SENT_FROM = (MessageStatus.sending,)
 #: What a receipt for a failed message clears, on top of what it sets.
 _NO_ERROR = {"error_code": None, "error_message": None}
 #: An ended message a receipt can contradict (``_contradictable``): the carrier may have it.
-_ENDED_UNSURE = (MessageStatus.failed, MessageStatus.expired)
+_ENDED_UNSURE = (MessageStatus.failed, MessageStatus.expired, MessageStatus.canceled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +136,9 @@ def move_failed_on(
     values: Mapping[str, object],
 ) -> StatusChange | None:
     """A receipt naming our own message id (the sandbox's, which needs no storing) for a
-    message that is ``failed``, or ``expired`` after a claim: moved on as ``record_receipt``
-    moves one (see the module's docstring). None for any other message. The caller
-    commits."""
+    message that is ``failed``, or ``expired`` or ``canceled`` after a claim: moved on as
+    ``record_receipt`` moves one (see the module's docstring). None for any other message.
+    The caller commits."""
     message = _locked_message(
         session,
         Message.id == message_id,
@@ -291,7 +293,8 @@ def _move(
 
 def _contradictable(message: Message) -> bool:
     """A receipt for ``message`` (as loaded) moves it on although it has ended: it failed,
-    or it expired after a claim, whose call the carrier may have taken."""
+    or it expired or was canceled after a claim, whose call the carrier may have taken."""
     if message.status == MessageStatus.failed.value:
         return True
-    return message.status == MessageStatus.expired.value and message.attempts > 0
+    after_a_claim = (MessageStatus.expired.value, MessageStatus.canceled.value)
+    return message.status in after_a_claim and message.attempts > 0

@@ -102,8 +102,10 @@ def get_account_message(
 def cancel_message(
     message_id: str, request: Request, account_id: Annotated[uuid.UUID, Depends(require_account)]
 ) -> MessageOut:
-    """Cancel a message that has not been handed to a worker yet (``scheduled`` or
-    ``queued``) → ``canceled``. 409 ``not_cancelable`` once it is being sent or done."""
+    """Cancel a message that waits (``scheduled`` or ``queued``, also for a retry) →
+    ``canceled``. 409 ``not_cancelable`` once it is being sent or done. Canceled while a
+    retry waited, it may have reached the carrier on an earlier attempt: a receipt saying
+    so moves it on (``core.receipts``)."""
     runtime = runtime_of(request)
     with runtime.session_factory() as session:
         message = _find(session, message_id, Message.account_id == account_id)

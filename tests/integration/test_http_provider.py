@@ -419,6 +419,35 @@ def test_a_message_expired_after_a_timed_out_attempt_moves_on_with_the_carriers_
     )
 
 
+def test_a_message_canceled_while_its_retry_waits_moves_on_with_the_carriers_receipt(
+    client, runtime, make_stream, account_key, sms
+):
+    """A timed-out request may have been taken. The account cancels the message while its
+    retry waits (``queued``, one attempt made): no retry goes, but the carrier's receipt is
+    the truth and moves it on, as it moves one expired after a claim. Canceled before any
+    claim, a message was never sent, and a receipt naming it changes nothing."""
+    runtime.settings = runtime.settings.model_copy(update={"retry_backoff_seconds": 600.0})
+    stream = make_stream()
+    message_id, never_sent = _send_one(client, stream), _send_one(client, stream)
+    sms.fail_next(1, 200, delay_seconds=2.0)  # taken, but answered after the 1 s timeout
+    _http_delivery(runtime).deliver(message_id, "transactional")
+    assert wait_until(lambda: message_id in sms.by_reference, timeout=5), "the carrier took it"
+
+    def shown(key: str) -> dict:
+        return client.get(f"/api/v1/messages/{key}", headers=auth(account_key)).json()
+
+    assert (shown(message_id)["status"], shown(message_id)["attempts"]) == ("queued", 1)
+    for key in (message_id, never_sent):
+        canceled = client.post(f"/api/v1/messages/{key}/cancel", headers=auth(account_key))
+        assert canceled.json()["status"] == "canceled"
+    assert dlr(client, {"reference": message_id, "status": "DELIVRD"}).json()["applied"] == 1
+    assert dlr(client, {"reference": never_sent, "status": "DELIVRD"}).json()["applied"] == 0
+    final = shown(message_id)
+    assert (final["status"], final["error"]) == ("delivered", None)
+    assert final["history"][-1]["detail"].endswith("(it had canceled: provider_timeout)")
+    assert shown(never_sent)["status"] == "canceled"
+
+
 @pytest.mark.parametrize("expired", ["before_any_claim", "between_its_claim_and_the_call"])
 def test_a_message_expired_before_any_call_ignores_a_receipt(
     client, runtime, make_stream, account_key, sms, expired
