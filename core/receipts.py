@@ -21,6 +21,11 @@ A message of several parts (segments) gets one final status: ``delivered`` once 
 reported delivered, ``undelivered`` (naming how many parts arrived) once every part is
 reported and one of them was not. A receipt naming a provider id that no message carries yet
 is kept and applied when the worker records the id (``resolve_waiting_receipts``).
+
+So is one that names a message waiting for its retry (``queued`` after a call that timed
+out, which the carrier may have taken): it is kept against the message, and applied when
+the retry's ``sent`` is recorded. One naming a message no call has been made for yet is
+not kept: the carrier cannot have it.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ _SENT_FROM = (MessageStatus.sending,)
 _NO_ERROR = {"error_code": None, "error_message": None}
 #: An ended message a receipt can contradict (``_contradictable``): the carrier may have it.
 _ENDED_UNSURE = (MessageStatus.failed, MessageStatus.expired, MessageStatus.canceled)
+#: What a message waits in until a worker sends it, for the first time or again.
+_WAITING = (MessageStatus.scheduled, MessageStatus.queued)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,8 @@ def record_receipt(
         if receipt.status != "sent" and receipt.provider_message_id:
             _store(session, receipt, None, receipt.provider_message_id, now)
         return None
+    if _never_called(message):
+        return None
     known_ids = (
         {}
         if message.provider_message_id or not receipt.provider_message_id
@@ -108,12 +117,14 @@ def record_receipt(
 def resolve_waiting_receipts(
     session: Session, message_id: uuid.UUID, now: datetime
 ) -> StatusChange | None:
-    """Attach receipts that arrived before the message's provider id was recorded, and apply
-    them. The caller commits."""
+    """Apply the receipts a message with a recorded provider id could not take when they
+    came: those that named that id before it was recorded (attached to the message now),
+    and those that named the message itself while it waited for a retry. Applied as on
+    arrival, so one applied before changes nothing. The caller commits."""
     message = _locked_message(session, Message.id == message_id)
     if message is None or not message.provider or not message.provider_message_id:
         return None
-    attached = session.execute(
+    session.execute(
         update(ProviderReceipt)
         .where(
             ProviderReceipt.provider == message.provider,
@@ -122,9 +133,7 @@ def resolve_waiting_receipts(
         )
         .values(message_id=message.id)
         .execution_options(synchronize_session=False)
-    ).rowcount
-    if not attached:
-        return None
+    )
     return _evaluate(session, message, now, {})
 
 
@@ -289,6 +298,12 @@ def _move(
         detail=detail,
         values=dict(values) or None,
     )
+
+
+def _never_called(message: Message) -> bool:
+    """``message`` (as loaded) waits for its first call: a receipt naming it is no
+    carrier's, and kept it would be applied when the message is sent."""
+    return message.status in {status.value for status in _WAITING} and message.attempts == 0
 
 
 def _contradictable(message: Message) -> bool:

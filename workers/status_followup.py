@@ -1,7 +1,7 @@
 """What follows a committed status change, off the sending path (``callbacks`` queue):
 
 * a ``sent`` message picks up delivery receipts that arrived before its provider id was
-  recorded (``core.receipts.resolve_waiting_receipts``);
+  recorded, or while it waited for a retry (``core.receipts.resolve_waiting_receipts``);
 * each change becomes a signed customer callback when the message has its own
   ``callback_url`` or its (two-way or WhatsApp) stream has one.
 """

@@ -27,6 +27,7 @@ from workers.providers.base import OutboundMessage, ProviderError
 from workers.providers.http import HttpProvider
 from workers.providers.registry import ProviderRegistry
 from workers.providers.sandbox import SandboxProvider
+from workers.status_followup import StatusFollowUp
 from workers.waiting_receipts import WaitingReceipts
 
 
@@ -481,6 +482,68 @@ def test_a_message_expired_before_any_call_ignores_a_receipt(
     applied = dlr(client, {"reference": message_id, "status": "DELIVRD"}).json()["applied"]
     delivery.apply_receipt(message_id, "delivered")
     assert (applied, shown()["status"], shown()["error"]["code"]) == (0, "expired", "expired")
+
+
+def test_a_receipt_that_comes_while_the_retry_waits_is_applied_once_the_retry_is_sent(
+    client, runtime, make_stream, account_key, sms
+):
+    """The first call times out although the carrier took the message, which goes back to
+    ``queued`` to wait out its retry's back-off. The carrier's receipt (``UNDELIV``, naming
+    our id as ``reference``) comes during that wait: it is stored against the message but
+    moves nothing, since a receipt moves only a ``sending`` or ``sent`` one. The retry then
+    goes, the carrier recognises the reference and answers with the same id, and the worker
+    records ``sent``. Its follow-up applies the stored receipt, once. (It used to look only
+    at receipts with no message yet, and the relay's sweep too: the message stayed ``sent``
+    for good, and the customer never learned that it was not delivered.)"""
+    runtime.settings = runtime.settings.model_copy(
+        update={"retry_backoff_seconds": 60.0, "retry_backoff_max_seconds": 60.0}
+    )
+    clock = MovableClock(datetime.now(UTC))
+    runtime.clock = clock
+    message_id = _send_one(client, make_stream())
+    delivery = _http_delivery(runtime)
+    sms.fail_next(1, 200, delay_seconds=2.0)  # taken, but answered after the 1 s timeout
+    delivery.deliver(message_id, "transactional")
+    assert wait_until(lambda: message_id in sms.by_reference, timeout=5), "the carrier took it"
+
+    def shown():
+        return client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+
+    assert (shown()["status"], shown()["attempts"], shown()["hold_reason"]) == (
+        "queued",
+        1,
+        "retry",
+    )
+    provider_id = sms.by_reference[message_id]
+    receipt = {"message_id": provider_id, "reference": message_id, "status": "UNDELIV"}
+    assert dlr(client, receipt).json()["applied"] == 0
+    assert shown()["status"] == "queued"
+
+    clock.advance(120)  # past the back-off: the retry's job comes
+    delivery.deliver(message_id, "transactional")
+    assert (shown()["status"], shown()["provider_message_id"]) == ("sent", provider_id)
+    sent = [[message_id, "sent", clock().isoformat(), None]]
+    StatusFollowUp(runtime).follow(sent)
+    assert (shown()["status"], shown()["error"]["code"]) == ("undelivered", "undelivered")
+
+    StatusFollowUp(runtime).follow(sent)  # the job again (at least once): nothing more
+    assert dlr(client, receipt).json()["applied"] == 0  # a late repeat neither
+    assert [h["status"] for h in shown()["history"]].count("undelivered") == 1
+
+
+def test_a_receipt_for_a_message_not_called_yet_is_not_kept_for_its_send(
+    client, runtime, make_stream, account_key, sms
+):
+    """A receipt naming a message that waits for its first call (a carrier's mistake, a
+    forgery with our key) is no carrier's: it is not kept, so the message's ``sent``,
+    when it comes, does not pick it up."""
+    message_id = _send_one(client, make_stream())
+    receipt = {"reference": message_id, "status": "DELIVRD"}
+    assert dlr(client, receipt).json()["applied"] == 0
+    _http_delivery(runtime).deliver(message_id, "transactional")
+    StatusFollowUp(runtime).follow([[message_id, "sent", runtime.clock().isoformat(), None]])
+    shown = client.get(f"/api/v1/messages/{message_id}", headers=auth(account_key)).json()
+    assert shown["status"] == "sent"
 
 
 def test_a_receipt_before_the_provider_id_is_known_waits_for_it(
