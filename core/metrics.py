@@ -145,6 +145,15 @@ OTP_SENDS_REJECTED = Counter(
     "OTP sends refused by the abuse limits, by reason (resend_cooldown, recipient_limit).",
     ["reason"],
 )
+INGRESS_QUOTA_REFUSALS = Counter(
+    "streams_ingress_quota_refusals_total",
+    "Send requests refused with 429 rate_limited at the ingress quota, by stream type.",
+    ["type"],
+)
+INGRESS_QUOTA_UNAVAILABLE = Counter(
+    "streams_ingress_quota_unavailable_total",
+    "Send requests let through unasked because the ingress quota's store (Redis) failed.",
+)
 OTP_VERIFICATIONS = Counter(
     "streams_otp_verifications_total",
     "OTP verifications by outcome (valid, wrong_code, expired, used, no_code, too_many_failures).",

@@ -199,6 +199,18 @@ class Settings(BaseSettings):
     #: out side by side, not one after another. 1 = always one after another.
     batch_send_concurrency: int = Field(default=8, ge=1, le=256)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    #: The ingress quota (API.md: 429 with Retry-After): messages a second one stream may
+    #: hand the send API (``/v1/messages``, ``/v1/otp/send``), counted in messages (a batch
+    #: of 100 is 100) and shared by every ingress process through Redis. 0 turns it off.
+    #: 1,000 a second is above what a stream's carriers take (the workers pace each
+    #: stream and provider far lower), so a normal client never meets it; it bounds what
+    #: one runaway client piles into PostgreSQL and the queues (3.6 million an hour).
+    ingress_quota_per_second: float = Field(default=1000.0, ge=0)
+    #: Messages a stream may send at once above that rate: five full batches back to back
+    #: from idle, so a client posting a backlog in batches of ``max_batch`` is not refused
+    #: at the start. A request bigger than the burst is let in only when the stream's
+    #: quota is idle.
+    ingress_quota_burst: int = Field(default=5000, ge=1)
     #: How long an ingress process trusts its cached view of a token (invariant 3: ≤ 1 s).
     auth_cache_seconds: float = Field(default=0.5, ge=0, le=1)
 

@@ -21,6 +21,7 @@ from dispatcher.body_limit import BodySizeLimit
 from dispatcher.console import install_console
 from dispatcher.errors import install_error_handlers
 from dispatcher.group_commit import GroupCommitter
+from dispatcher.ingress_quota import IngressGate, QuotaRule, build_ingress_quota
 from dispatcher.openapi_bodies import document_raw_bodies
 from dispatcher.otp import OneTimeCodes
 from dispatcher.realtime_feed import FeedLimiter
@@ -69,7 +70,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.activity_touch = ActivityTouch()
     app.state.group_committer = GroupCommitter(runtime, app.state.activity_touch)
     app.state.trusted_proxies = tuple(parse_network(cidr) for cidr in settings.trusted_proxies)
-    app.state.one_time_codes = OneTimeCodes.from_runtime(runtime, app.state.activity_touch)
+    app.state.ingress_gate = IngressGate(
+        build_ingress_quota(runtime.redis),
+        QuotaRule(settings.ingress_quota_per_second, settings.ingress_quota_burst),
+    )
+    app.state.one_time_codes = OneTimeCodes.from_runtime(
+        runtime, app.state.activity_touch, app.state.ingress_gate
+    )
     install_error_handlers(app)
     app.include_router(messages.router)
     app.include_router(streams.router)

@@ -8,6 +8,11 @@ cooldown, so two racing sends cannot both pass it, and a new send overwrites (su
 previous code. The message is enqueued on the ``otp`` queue after commit, like any accepted
 message (invariant 1).
 
+The stream's ingress quota (``dispatcher.ingress_quota``) is charged in the per-recipient
+cap's call, not one of its own: OTP latency is accept → provider call, and a second Redis
+round trip would add to every code. So an OTP send meets the quota after its duplicate and
+cooldown reads (a repeat is neither capped nor counted), still before any write.
+
 Verify: the presented code is compared with the stored digest in constant time, then ONE
 conditional UPDATE records the outcome — ``used_at`` for the right code, ``attempts_left - 1``
 for a wrong one — guarded by "still live and still the same code". Of two concurrent right
@@ -45,6 +50,7 @@ from core.runtime import Runtime
 from core.segments import count_segments
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import ApiError
+from dispatcher.ingress_quota import IngressGate, MemoryIngressQuota, QuotaRule
 from dispatcher.intake import DEMO_SENDER, PreparedItem, insert_messages
 from dispatcher.recipient_caps import RecipientCap, build_recipient_cap
 from schemas.messages import MAX_CONTENT_LENGTH
@@ -109,20 +115,33 @@ def _cap_key(access: StreamAccess, rules: OtpRules, recipient: str) -> str:
 
 class OneTimeCodes:
     def __init__(
-        self, runtime: Runtime, cap: RecipientCap, hasher: CodeHasher, touch: ActivityTouch
+        self,
+        runtime: Runtime,
+        cap: RecipientCap,
+        hasher: CodeHasher,
+        touch: ActivityTouch,
+        gate: IngressGate | None = None,
     ) -> None:
         self.runtime = runtime
         self.cap = cap
         self.hasher = hasher
         self.touch = touch
+        #: The stream's ingress quota, charged in the cap's own call (one Redis round trip).
+        self.gate = gate or IngressGate(MemoryIngressQuota(), QuotaRule(0, 1))
 
     @classmethod
-    def from_runtime(cls, runtime: Runtime, touch: ActivityTouch) -> OneTimeCodes:
+    def from_runtime(
+        cls, runtime: Runtime, touch: ActivityTouch, gate: IngressGate | None = None
+    ) -> OneTimeCodes:
+        quota = gate.quota if gate is not None else None
         return cls(
             runtime,
-            build_recipient_cap(runtime.redis),
+            build_recipient_cap(
+                runtime.redis, quota if isinstance(quota, MemoryIngressQuota) else None
+            ),
             CodeHasher(runtime.settings.require_secret_key()),
             touch,
+            gate,
         )
 
     # -------------------------------------------------------------- send
@@ -303,18 +322,23 @@ class OneTimeCodes:
     def _reserve(
         self, access: StreamAccess, key: str, rules: OtpRules, now: datetime
     ) -> str | None:
-        """A place under the per-recipient cap, or 429 ``recipient_limit``. If the cap's
-        store is unreachable the send goes ahead (codes are how people log in) and the
-        failure is logged."""
+        """A place under the per-recipient cap and the stream's ingress quota (one call), or
+        429 ``recipient_limit`` / ``rate_limited``. If their store is unreachable the send
+        goes ahead (codes are how people log in) and the failure is logged."""
+        quota = self.gate.charge_for(access, 1)
         try:
-            decision = self.cap.reserve(key, rules.codes_per_recipient_per_hour, now)
+            decision = self.cap.reserve(key, rules.codes_per_recipient_per_hour, now, quota)
         except Exception as exc:
             log.warning(
                 "otp_cap_unavailable", stream_id=str(access.stream_id), error=type(exc).__name__
             )
+            if quota is not None:
+                self.gate.unavailable(exc)
             return None
         if decision.allowed:
             return decision.member
+        if decision.by_quota and quota is not None:
+            self.gate.refuse(access, quota, decision.retry_after_seconds)
         metrics.OTP_SENDS_REJECTED.labels("recipient_limit").inc()
         log.info("otp_send_refused", stream_id=str(access.stream_id), reason="recipient_limit")
         account_wide = rules.codes_per_recipient_scope == "account"

@@ -36,7 +36,9 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422,
 async def send_messages(
     body: SendRequest, request: Request, access: Annotated[StreamAccess, Depends(require_stream)]
 ) -> SendResponse:
-    """Accept one message or a batch. A 202 means every accepted item is stored."""
+    """Accept one message or a batch. A 202 means every accepted item is stored. Over the
+    stream's ingress quota (messages a second, a batch counting each message): 429
+    ``rate_limited`` with ``Retry-After``, and nothing of the request is stored."""
     runtime = runtime_of(request)
     if len(body.messages) > runtime.settings.max_batch:
         raise ApiError(
@@ -46,6 +48,8 @@ async def send_messages(
             f"this one has {len(body.messages)}.",
             field="messages",
         )
+    # Before any database work: a request over the stream's quota stores nothing.
+    await request.app.state.ingress_gate.admit_async(access, len(body.messages))
     touch = request.app.state.activity_touch
     if is_plain_single(access, body.messages):
         return await accept_single(

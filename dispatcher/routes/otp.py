@@ -46,7 +46,8 @@ def _codes(request: Request) -> OneTimeCodes:
 )
 def send_code(body: OtpSendRequest, request: Request, access: OtpStream) -> OtpSendResponse:
     """Send a one-time code. It supersedes the number's previous code on this stream; a
-    resend inside the cooldown, or past the per-number cap, answers 429 with Retry-After. A
+    resend inside the cooldown, past the per-number cap, or over the stream's ingress quota
+    (``rate_limited``) answers 429 with Retry-After. A
     send repeating an earlier one's ``internal_id`` returns that one (``duplicate: true``)
     and sends nothing."""
     return _codes(request).send(access, body)
