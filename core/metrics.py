@@ -67,6 +67,12 @@ WORKER_PROCESSING = Histogram(
     ["queue"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WORKER_JOBS = Counter(
+    "streams_worker_jobs_total",
+    "Jobs a worker processed, by queue and outcome (done: it returned; failed: it raised, "
+    "and dramatiq retries it later or gives up on it). Every attempt counts.",
+    ["queue", "outcome"],
+)
 WORKER_GROUP_ITEMS = Histogram(
     "streams_worker_group_items",
     "Messages per group-committed step of a worker process (single-message jobs of its "

@@ -6,11 +6,13 @@ from __future__ import annotations
 import uuid
 
 from core.broker import NAMESPACE
+from core.credentials import SecretBox
 from core.queue_depth import ready_list_key
 from core.settings import Settings
 from dispatcher.app import create_app
 from schemas.tables import Message
 from tests.conftest import auth, message
+from tests.otp_codes import send_code
 from tests.processes import private_redis, wait_until
 from tests.scrape import parse, total, value
 from workers.pool import start_worker
@@ -77,6 +79,38 @@ def test_metrics_move_through_a_real_send(client, runtime, make_stream):
     assert moved("streams_delivery_latency_seconds_count", **queue) == 3
     # The +Inf bucket holds every observation; the latency of a fresh send is seconds at most.
     assert moved("streams_delivery_latency_seconds_bucket", le="5.0", **queue) == 3
+    assert moved("streams_worker_jobs_total", outcome="done", **queue) >= 1
+    assert moved("streams_worker_jobs_total", outcome="failed", **queue) == 0
+
+
+def test_a_delivery_job_that_keeps_raising_moves_a_failure_metric(
+    client, runtime, otp_stream, account_key
+):
+    """A delivery job that raises (here: an otp pool started with the wrong
+    ``STREAMS_SECRET_KEY`` cannot open the sealed text of any code; the same for a database
+    error or a bug) is retried by dramatiq for hours before it becomes a ``worker_error``
+    dead letter. Its first failed attempt must show in Prometheus, and must not be observed
+    as a delivery latency: its quick end would tell the OTP latency alert that codes go out
+    fast while not one does."""
+    stream = otp_stream(code_length=6)
+    message_id = send_code(client, stream).json()["message_id"]
+    runtime.secret_box = SecretBox("a-different-secret-key-than-the-ingress-used")
+    before = scrape(client)
+    worker = start_worker(runtime, ["otp"], threads=1)
+    try:
+        # dramatiq's first retry is delayed (min_backoff 1 s): the job raised once.
+        assert wait_until(lambda: runtime.redis.llen("dramatiq:otp.DQ") >= 1, timeout=15)
+    finally:
+        worker.stop(timeout=5_000)
+    after = scrape(client)
+    assert statuses(runtime, [message_id]) == ["queued"]
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("streams_worker_jobs_total", queue="otp", outcome="failed") >= 1
+    assert moved("streams_worker_jobs_total", queue="otp", outcome="done") == 0
+    assert moved("streams_delivery_latency_seconds_count", queue="otp") == 0
 
 
 def test_provider_errors_are_counted_by_provider(client, runtime, settings, make_stream):
