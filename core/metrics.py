@@ -101,6 +101,18 @@ RELAYED = Counter(
     "unparked; lost: their queue held nothing in Redis; data_loss: Redis lost its data).",
     ["reason"],
 )
+RELAY_SWEEPS = Counter(
+    "streams_relay_sweeps_total",
+    "Outbox relay sweeps, by outcome (ok, failed: the sweep raised and is tried again at the "
+    "next interval).",
+    ["outcome"],
+)
+RELAY_LAST_SUCCESS = Gauge(
+    "streams_relay_last_success_timestamp_seconds",
+    "When a relay sweep last succeeded (Unix time; 0 in a process that never ran one, "
+    "such as the ingress and the worker pools).",
+    multiprocess_mode="max",
+)
 MESSAGE_DEAD_LETTERS = Counter(
     "streams_message_dead_letters_total",
     "Messages kept as dead letters, counted once their row is committed, by stream type and "

@@ -145,6 +145,10 @@ class _Due:
     at: datetime | None
 
 
+#: ``streams_relay_sweeps_total``'s outcomes.
+SWEEP_OK = "ok"
+SWEEP_FAILED = "failed"
+
 #: On a packed queue, messages go as one job when their due times fall in one step of this
 #: many milliseconds; the job is delayed to the end of the step, so a message may go up to
 #: this much after its time, never before it (a retry that came early would be held again).
@@ -259,13 +263,28 @@ class Relay:
         """Sweep every ``relay_interval_seconds`` until ``stop`` is set."""
         log.info("relay_started", interval_s=self.runtime.settings.relay_interval_seconds)
         while not stop.is_set():
-            try:
-                while self.sweep().total >= self.runtime.settings.relay_batch and not stop.is_set():
-                    pass
-            except Exception as exc:
-                log.warning("relay_sweep_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            self._catch_up(stop)
             stop.wait(self.runtime.settings.relay_interval_seconds)
         log.info("relay_stopped")
+
+    def _catch_up(self, stop: threading.Event) -> None:
+        """Sweep until a sweep finds less than a batch (or ``stop`` is set, or a sweep
+        raises: the next interval tries again). Each sweep is counted by outcome in
+        ``streams_relay_sweeps_total`` and each success stamps
+        ``streams_relay_last_success_timestamp_seconds``: a relay whose sweeps fail looks
+        the same as one with nothing due in ``streams_relay_enqueued_total``, while
+        everything invariant 1 leans on it for has stopped."""
+        while not stop.is_set():
+            try:
+                report = self.sweep()
+            except Exception as exc:
+                metrics.RELAY_SWEEPS.labels(SWEEP_FAILED).inc()
+                log.warning("relay_sweep_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                return
+            metrics.RELAY_SWEEPS.labels(SWEEP_OK).inc()
+            metrics.RELAY_LAST_SUCCESS.set_to_current_time()
+            if report.total < self.runtime.settings.relay_batch:
+                return
 
     def _fail_spent_claims(self, lease_cutoff: datetime) -> int:
         """Fail, as dead letters, the messages whose claim outlived the lease and is never

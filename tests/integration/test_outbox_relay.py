@@ -4,13 +4,17 @@ is down at enqueue time the relay puts it on the queue later, and it is delivere
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import event, func, insert, select, text
+from structlog.testing import capture_logs
 
 import dispatcher.intake as intake
+from core.metrics import render_metrics
 from core.runtime import build_runtime
 from dispatcher.app import create_app
 from schemas.tables import STREAM_PAUSED_HOLD as PARKED
@@ -21,6 +25,7 @@ from tests.message_rows import account_of, message_rows, write_then_pause
 from tests.processes import MovableClock, private_redis, wait_until
 from tests.query_plans import statements_run
 from tests.queued_jobs import delayed_jobs_on, jobs_on
+from tests.scrape import parse, value
 from workers.pool import start_worker
 from workers.providers.base import ProviderError
 from workers.providers.sandbox import SandboxProvider
@@ -180,7 +185,6 @@ def test_invariant_1_a_released_message_taken_at_once_is_delivered(
     moment it is on the queue, before the relay's sweep has ended. The worker must read the
     release, not ``scheduled`` (it would drop the job, and the relay would then mark the
     row enqueued with no job anywhere: lost)."""
-    import threading
     from datetime import UTC, datetime
 
     import workers.relay as relay_module
@@ -588,3 +592,65 @@ def test_a_deleted_streams_message_waiting_out_a_retry_fails_at_the_next_sweep(
     _held_then_ended_by_the_delete(runtime, client, account_key, stream, result, "retry")
     delivery_with(runtime, carrier).deliver(result["message_id"], "transactional")
     assert carrier.calls == 1
+
+
+def _relay_samples() -> dict:
+    return parse(render_metrics()[0].decode())
+
+
+def _run_relay(relay: Relay, until) -> None:  # type: ignore[no-untyped-def]
+    """Run ``relay`` in a thread until ``until()`` holds, then stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert wait_until(until, timeout=10)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_a_relay_whose_sweeps_fail_moves_a_metric(runtime, monkeypatch):
+    """When every sweep raises (the database refuses it, a migration is missing, a bug),
+    ``Relay.run`` logs ``relay_sweep_failed`` and tries again. Prometheus must see it:
+    ``streams_relay_enqueued_total`` standing still reads the same as "nothing was due",
+    while scheduled releases, held releases, reclaims and lost-job recovery (invariant 1)
+    have all stopped. The failures are counted and the last success stays where it was,
+    for the alert on its age."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the database refused the sweep")
+
+    relay = Relay(runtime)
+    monkeypatch.setattr(relay, "_fail_spent_claims", broken)
+    runtime.settings = runtime.settings.model_copy(update={"relay_interval_seconds": 0.05})
+    before = _relay_samples()
+    with capture_logs() as logs:
+        _run_relay(relay, lambda: sum(x["event"] == "relay_sweep_failed" for x in logs) >= 2)
+    after = _relay_samples()
+    failed = sum(x["event"] == "relay_sweep_failed" for x in logs)
+    sweeps = {
+        outcome: value(after, "streams_relay_sweeps_total", outcome=outcome)
+        - value(before, "streams_relay_sweeps_total", outcome=outcome)
+        for outcome in ("ok", "failed")
+    }
+    assert sweeps == {"ok": 0, "failed": failed}
+    last_success = "streams_relay_last_success_timestamp_seconds"
+    assert value(after, last_success) == value(before, last_success)
+
+
+def test_a_relay_sweep_that_succeeds_stamps_its_time(runtime):
+    """Each successful sweep is counted and sets the last-success timestamp to now (Unix
+    time, as Prometheus' ``time()`` compares it)."""
+    runtime.settings = runtime.settings.model_copy(update={"relay_interval_seconds": 0.05})
+    started = time.time()
+    before = _relay_samples()
+    _run_relay(
+        Relay(runtime),
+        lambda: (
+            value(_relay_samples(), "streams_relay_sweeps_total", outcome="ok")
+            > value(before, "streams_relay_sweeps_total", outcome="ok")
+        ),
+    )
+    stamped = value(_relay_samples(), "streams_relay_last_success_timestamp_seconds")
+    assert started <= stamped <= time.time()
