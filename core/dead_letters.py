@@ -46,6 +46,17 @@ def record_dead_letter(
     return letter
 
 
+def dead_letter_log_fields(letter: DeadLetter) -> dict[str, object]:
+    """What a ``message_dead_lettered`` log event says of ``letter``, wherever the letter
+    was written: enough to follow the message and its stream, never its text."""
+    return {
+        "message_id": str(letter.message_id),
+        "stream_id": str(letter.stream_id),
+        "reason": letter.reason,
+        "attempts": letter.attempts,
+    }
+
+
 #: ``session.info`` key: the letters (with their labels) this session's transaction added,
 #: not yet counted.
 _UNCOUNTED = "streams.uncounted_dead_letters"

@@ -16,7 +16,7 @@ import dramatiq
 import structlog
 from dramatiq.middleware import Middleware
 
-from core.dead_letters import record_dead_letter
+from core.dead_letters import dead_letter_log_fields, record_dead_letter
 from core.message_states import transition
 from core.runtime import Runtime
 from schemas.enums import MessageStatus
@@ -80,8 +80,9 @@ class DeadLetters(Middleware):
                         "error_message": type(exception).__name__,
                     },
                 )
+                letter = None
                 if moved:
-                    record_dead_letter(
+                    letter = record_dead_letter(
                         session,
                         key,
                         reason="worker_error",
@@ -89,9 +90,11 @@ class DeadLetters(Middleware):
                         at=now,
                     )
                 session.commit()
-            if moved:
+            if letter is not None:
                 log.error(
-                    "message_dead_lettered", message_id=message_id, error=type(exception).__name__
+                    "message_dead_lettered",
+                    **dead_letter_log_fields(letter),
+                    error=type(exception).__name__,
                 )
         except Exception:
             log.exception("dead_letter_record_failed", message_id=message_id)

@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session
 from core import metrics
 from core.broker import NAMESPACE, QUEUES
 from core.clock import as_utc
-from core.dead_letters import record_dead_letter
+from core.dead_letters import dead_letter_log_fields, record_dead_letter
 from core.message_states import record_changes, transition
 from core.queue_depth import empty_queues
 from core.runtime import Runtime, build_runtime
@@ -68,6 +68,7 @@ from schemas.tables import (
     DELETED_WAITING_PREDICATE,
     PARKED_PREDICATE,
     STREAM_PAUSED_HOLD,
+    DeadLetter,
     Message,
     Stream,
     is_parked,
@@ -295,6 +296,7 @@ class Relay:
         operator's decision."""
         now = self.runtime.clock()
         budget = self.runtime.settings.max_send_attempts
+        letters: list[DeadLetter] = []
         with self.runtime.session_factory() as session:
             rows = session.execute(
                 select(Message.id, attempts_used().label("used"))
@@ -325,11 +327,18 @@ class Relay:
                     detail=detail,
                     values={"error_code": "claim_lease_expired", "error_message": reason},
                 )
+                letter = None
                 if moved is not None:
-                    record_dead_letter(
+                    letter = record_dead_letter(
                         session, row.id, reason="outcome_unknown", error_message=reason, at=now
                     )
+                if letter is not None:
+                    letters.append(letter)
             session.commit()
+        # Each by its id: the one dead letter an operator must check with the carrier
+        # before replaying it.
+        for letter in letters:
+            log.warning("message_dead_lettered", **dead_letter_log_fields(letter))
         if rows:
             log.warning("relay_failed_spent_claims", count=len(rows))
         return len(rows)

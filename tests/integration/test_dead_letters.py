@@ -320,13 +320,20 @@ def test_a_batch_job_dramatiq_gave_up_on_fails_its_waiting_messages_as_dead_lett
     move(runtime, sent, MessageStatus.sending, MessageStatus.sent)
     before = value(scrape(client), LETTERS, type="transactional", reason="worker_error")
 
-    DeadLetters(runtime).after_process_message(
-        runtime.broker,
-        given_up(delivery_batch_actor_name("transactional"), ([*waiting, sent],)),
-        exception=RuntimeError("database down"),
-    )
+    with capture_logs() as logs:
+        DeadLetters(runtime).after_process_message(
+            runtime.broker,
+            given_up(delivery_batch_actor_name("transactional"), ([*waiting, sent],)),
+            exception=RuntimeError("database down"),
+        )
 
     assert [status_of(runtime, i) for i in waiting] == ["failed", "failed"]
+    logged = [
+        (x["message_id"], x["reason"], x["error"])
+        for x in logs
+        if x["event"] == "message_dead_lettered"
+    ]
+    assert logged == [(i, "worker_error", "RuntimeError") for i in waiting]
     for message_id in waiting:
         [letter] = letters_of(runtime, message_id)
         assert (letter.reason, letter.error_message) == ("worker_error", "RuntimeError")
@@ -494,6 +501,40 @@ def test_a_replay_is_counted_and_logged_with_ids_only(runtime, client, make_stre
     assert line["queue"] == "transactional"
     assert content not in repr(line) and stream["token"] not in repr(line)
     assert value(scrape(client), REPLAYS, type="transactional") == before + 1
+
+
+def test_a_spent_claim_the_relay_dead_letters_is_logged_with_its_message_id(
+    settings, runtime, client, make_stream
+):
+    """The relay fails a claim that outlived its lease with its attempts used up (or a
+    WhatsApp claim) as an ``outcome_unknown`` dead letter: the carrier may have taken the
+    message, so it is the one dead letter an operator must check with the carrier before
+    replaying it. ``StreamsMessageDeadLetters`` sends the operator to the logs
+    (``message_dead_lettered``): each such message is logged there by its id and its
+    stream's, as the workers log theirs, never with its text."""
+    runtime.settings = settings.model_copy(update={"max_send_attempts": 1})
+    stream = make_stream()
+    content = "Your parcel 4411 is on its way"
+    [message_id] = send(client, stream["token"], message(message_content=content))
+    lease = runtime.settings.claim_lease_seconds
+    move(
+        runtime,
+        message_id,
+        MessageStatus.sending,
+        attempts=1,
+        claimed_at=runtime.clock() - timedelta(seconds=lease + 5),
+    )
+    with capture_logs() as logs:
+        assert Relay(runtime).sweep().claims_spent == 1
+    [line] = [x for x in logs if x["event"] == "message_dead_lettered"]
+    assert line["log_level"] == "warning"
+    assert {key: line[key] for key in ("message_id", "stream_id", "reason", "attempts")} == {
+        "message_id": message_id,
+        "stream_id": stream["id"],
+        "reason": "outcome_unknown",
+        "attempts": 1,
+    }
+    assert content not in repr(line) and stream["token"] not in repr(line)
 
 
 def test_an_alert_fires_on_new_message_dead_letters():
