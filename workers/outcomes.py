@@ -149,7 +149,11 @@ class Outcomes:
             )
             session.commit()
         metrics.MESSAGES_HELD.labels(job.stream_type.value, reason).inc()
-        log_.debug("message_held", reason=reason, until=until.isoformat())
+        # A quiet-hours hold happens once a message a night, may last twelve hours, and
+        # changes no status: this line is its only trace, kept at the production level. A
+        # throttled backlog parks each message many times: its parks stay at DEBUG.
+        level = log_.info if reason == QUIET_HOURS_HOLD else log_.debug
+        level("message_held", reason=reason, until=until.isoformat())
         return False
 
     def enqueue_held(self, job: Job, delay: timedelta, reason: str, log_: Any) -> None:

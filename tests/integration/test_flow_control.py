@@ -12,6 +12,7 @@ import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
+from structlog.testing import capture_logs
 
 from core.accounts import create_account
 from core.clock import as_utc
@@ -775,6 +776,37 @@ def _held_overnight(runtime, client, make_stream, account_key):
     held = get(client, account_key, promo)
     assert (held["hold_reason"], held["not_before"]) == ("quiet_hours", "2026-01-16T09:00:00Z")
     return clock, stream, promo, delivery
+
+
+def test_a_quiet_hours_hold_is_logged_at_info_with_its_message_id(
+    runtime, client, make_stream, account_key
+):
+    """A marketing message sent at night is held until the recipient's window opens,
+    possibly for twelve hours, with no status change and no history event: its
+    ``message_held`` line is the only record that it was held, why and until when, so it
+    is written at the production level (INFO), to answer "why did my campaign not go
+    out?". A rate-limit park stays at DEBUG: a throttled backlog parks each message many
+    times, a quiet-hours hold happens once a message a night."""
+    with capture_logs() as logs:
+        _, stream, promo, _ = _held_overnight(runtime, client, make_stream, account_key)
+    [held] = [x for x in logs if x["event"] == "message_held"]
+    assert held["log_level"] == "info"
+    assert {key: held[key] for key in ("message_id", "stream_id", "reason", "until")} == {
+        "message_id": promo,
+        "stream_id": stream["id"],
+        "reason": "quiet_hours",
+        "until": "2026-01-16T09:00:00+00:00",
+    }
+
+    delivery = delivery_with(runtime, SandboxProvider(runtime.settings.sandbox, runtime.redis))
+    limited = make_stream(name="Limited", settings={"max_per_second": 1})
+    ids = [r["message_id"] for r in send(client, limited["token"], message(), message())]
+    with capture_logs() as logs:
+        for message_id in ids:
+            delivery.deliver(message_id, "transactional")
+    [parked] = [x for x in logs if x["event"] == "message_held"]
+    assert (parked["message_id"], parked["reason"]) == (ids[1], "rate_limited")
+    assert parked["log_level"] == "debug"
 
 
 def _relay_then_deliver(runtime, delivery, promo) -> int:
