@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from schemas.errors import ErrorBody
 from schemas.messages import ItemError, MessageOut, SendRequest, SendResponse, StatusEventOut
 from schemas.tables import Message, MessageEvent
 
+log = structlog.get_logger(__name__)
 router = APIRouter()
 _ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422, 429)}
 
@@ -113,6 +115,7 @@ def cancel_message(
     runtime = runtime_of(request)
     with runtime.session_factory() as session:
         message = _find(session, message_id, Message.account_id == account_id)
+        left = message.status  # as read: scheduled or queued, which the log tells apart
         change = transition(
             session,
             message.id,
@@ -125,6 +128,12 @@ def cancel_message(
         if change is None:
             # A worker may have claimed it since it was read: name the status it has now.
             session.refresh(message)
+            log.info(
+                "message_cancel_refused",
+                message_id=str(message.id),
+                stream_id=str(message.stream_id),
+                status=message.status,
+            )
             raise ApiError(
                 409,
                 "not_cancelable",
@@ -132,6 +141,12 @@ def cancel_message(
                 "canceled.",
             )
         session.commit()
+        log.info(
+            "message_canceled",
+            message_id=str(message.id),
+            stream_id=str(message.stream_id),
+            from_status=left,
+        )
         session.refresh(message)
         return message_view(session, message)
 

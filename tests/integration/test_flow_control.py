@@ -682,6 +682,33 @@ def test_cancel_a_scheduled_message(runtime, client, make_stream, account_key, o
     assert get(client, account_key, message_id)["status"] == "canceled"
 
 
+def test_a_cancel_is_logged_with_its_message_id(runtime, client, make_stream, account_key):
+    """A cancel stops a message for good, and uvicorn's access log is at WARNING
+    (``core.logs``): without a line of its own, the logs cannot say who stopped which
+    message when, when a customer asks why a campaign never went out or a cancel races a
+    worker's claim. ``message_canceled`` names the message, its stream and the status it
+    left; a refused cancel (409) is ``message_cancel_refused`` with the status it is in.
+    Never the message's text (invariant 8)."""
+    stream = make_stream()
+    content = "Sale! 40% off until Sunday"
+    send_at = (runtime.clock() + timedelta(hours=1)).isoformat()
+    [sent] = send(client, stream["token"], message(message_content=content, send_at=send_at))
+    message_id = sent["message_id"]
+    url = f"/api/v1/messages/{message_id}/cancel"
+    with capture_logs() as logs:
+        assert client.post(url, headers=auth(account_key)).status_code == 200
+        assert client.post(url, headers=auth(account_key)).status_code == 409
+    followed = [x for x in logs if x.get("message_id") == message_id]
+    assert [(x["event"], x["log_level"]) for x in followed] == [
+        ("message_canceled", "info"),
+        ("message_cancel_refused", "info"),
+    ]
+    canceled, refused = followed
+    assert (canceled["stream_id"], canceled["from_status"]) == (stream["id"], "scheduled")
+    assert (refused["stream_id"], refused["status"]) == (stream["id"], "canceled")
+    assert content not in repr(followed) and stream["token"] not in repr(followed)
+
+
 def test_a_refused_cancel_names_the_status_the_message_has_now(
     runtime, client, make_stream, account_key, monkeypatch
 ):
