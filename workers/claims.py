@@ -3,7 +3,8 @@
 A batch job costs one statement to load its messages (with their streams) and one
 conditional UPDATE to claim those that passed their gates: ``queued → sending`` (or a
 ``sending`` whose claim is older than the lease: its worker died, and its provider would
-recognise the send if it took it already). Only the rows the UPDATE moved are sent, so a
+recognise the send if it took it already), of a stream that still sends: one paused or
+deleted since the load is left to the caller. Only the rows the UPDATE moved are sent, so a
 redelivered job, or two workers racing on one message, never send it twice (invariant 2).
 Nor does a redelivered job send a message early that waits out a retry's back-off. Both are
 Core statements built once.
@@ -190,6 +191,23 @@ _CLAIMABLE = or_(
     ),
     stale_claim(bindparam("cutoff"), bindparam("max_attempts")),
 )
+#: The message's stream still sends: not deleted, not paused (``PAUSED_STREAM_STATUSES``).
+#: Every claim joins the stream (by its primary key) for it, as the claim is the last step
+#: before the provider: a pause or a delete answered before it stops the message, however
+#: long ago its job loaded the stream (a rate-limited batch admits its messages one by one).
+_STREAM_SENDS = and_(
+    STREAMS.c.id == MESSAGES.c.stream_id,
+    STREAMS.c.deleted_at.is_(None),
+    STREAMS.c.status.not_in(PAUSED_STREAM_STATUSES),
+)
+
+
+def stream_sends(stream_status: str, stream_deleted_at: datetime | None) -> bool:
+    """``_STREAM_SENDS`` for a loaded row (``load_messages``' ``stream_status`` and
+    ``stream_deleted_at``)."""
+    return stream_deleted_at is None and stream_status not in PAUSED_STREAM_STATUSES
+
+
 _CLAIMED_VALUES = {
     "status": MessageStatus.sending.value,
     "claimed_at": bindparam("now"),
@@ -201,7 +219,7 @@ _CLAIMED_VALUES = {
 
 _CLAIM = (
     update(MESSAGES)
-    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)), _CLAIMABLE, _STREAM_SENDS)
     .values(**_CLAIMED_VALUES)
     .returning(MESSAGES.c.id, MESSAGES.c.attempts, MESSAGES.c.attempts_base)
 )
@@ -235,7 +253,8 @@ def claim_for_sending(
 ) -> dict[uuid.UUID, ClaimNumber]:
     """Claim the messages of ``ids`` that are queued (and not waiting out a retry's
     back-off), or whose claim is older than ``lease_seconds`` and may be taken again
-    (``stale_claim``). Returns each claimed message's attempt number, with the
+    (``stale_claim``), and whose stream still sends (not paused, not deleted: the load read
+    it some time ago). Returns each claimed message's attempt number, with the
     ``attempts_base`` its round began at as the claim found it; the caller records the
     changes and commits."""
     if not ids:
@@ -294,10 +313,8 @@ def _ungated_claim(gated_providers: frozenset[tuple[bool, str]]):  # type: ignor
     settings = STREAMS.c.settings
     conditions = [
         MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
-        STREAMS.c.id == MESSAGES.c.stream_id,
         _CLAIMABLE,
-        STREAMS.c.deleted_at.is_(None),
-        STREAMS.c.status.not_in(PAUSED_STREAM_STATUSES),
+        _STREAM_SENDS,
         or_(MESSAGES.c.expires_at.is_(None), MESSAGES.c.expires_at > bindparam("now")),
         *(settings[name].as_string().is_(None) for name in LIMIT_SETTINGS),
         or_(

@@ -16,6 +16,8 @@
    and may be taken again; the provider recognises the repeated reference. The messages of
    a batch that passed steps 2-4 are claimed with one statement (``workers.claims``); one
    admitted by a rate limit is claimed and sent at once, as the limit's spacing expects.
+   The claim reads the stream again: a message whose stream was paused or deleted since
+   step 1 is not claimed, and is parked or failed as step 1 would have done.
 6. **send**: the provider calls (``workers.provider_calls``: in the worker's thread, then
    side by side once a batch's calls have taken ``INLINE_SECONDS``, even while one of them
    still runs). A call is one request: a message, or the batch's messages to a carrier
@@ -54,7 +56,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -63,7 +65,6 @@ from core.activity import ActivityTouch
 from core.broker import QUEUES
 from core.clock import as_utc
 from core.message_states import (
-    MESSAGES,
     Move,
     move_many,
     queue_changes,
@@ -74,7 +75,7 @@ from core.receipts import move_failed_on
 from core.runtime import Runtime
 from core.sealed_bodies import hidden_parts, text_to_send, without_hidden
 from schemas.enums import MessageStatus, StreamType
-from schemas.tables import STREAM_PAUSED_HOLD, status_is
+from schemas.tables import STREAM_PAUSED_HOLD
 from workers.admission import Admission
 from workers.claims import (
     FOLDED_CLAIM_DIALECTS,
@@ -87,6 +88,7 @@ from workers.claims import (
     load_messages,
     may_retake,
     release_claims,
+    stream_sends,
 )
 from workers.gates import Gates, gated_providers
 from workers.group_commit import GroupCommit
@@ -434,30 +436,38 @@ class Delivery:
             # The round as the claim found it: a replay since the load moved its base.
             job = dataclasses.replace(item.job, attempts_base=number.base)
             claimed.append(_Claimed(dataclasses.replace(item, job=job), number.attempt))
-        self._give_back_canceled(missed)
+        self._settle_unclaimed(missed)
         self._send_and_record(claimed, started, stopping, result)
 
-    def _give_back_canceled(self, missed: list[Job]) -> None:
-        """Of the messages admitted but not claimed, those the account canceled meanwhile
-        never reach the carrier if no claim of theirs was ever made: they leave their stream's
-        caps, as a first claim refused for good does. One claimed by another job (a
-        redelivery: its call may have reached the carrier before the cancel) keeps its place;
-        the database says which, not the attempts this job loaded."""
-        counted = [job for job in missed if job.attempts == 0 and Gates.stream_limits(job).counts]
-        if not counted:
+    def _settle_unclaimed(self, missed: list[Job]) -> None:
+        """Of the messages admitted but not claimed, those whose stream was paused or
+        deleted since the load (the claim refuses them) are parked, or failed, as the load
+        would have done (``_screen``); left as they are, they would wait queued with no job.
+        Those of them no claim was ever made for never reached the carrier, and leave their
+        stream's caps, as a first claim refused for good does (one parked is counted again
+        when it is admitted again); so do those the account canceled meanwhile. One claimed
+        by another job (a redelivery: its call may have reached the carrier before the
+        cancel) keeps its place; the database says which, not the attempts this job
+        loaded."""
+        if not missed:
             return
+        now = self.runtime.clock()
         with self.runtime.session_factory() as session:
-            canceled = set(
-                session.scalars(
-                    select(MESSAGES.c.id).where(
-                        MESSAGES.c.id.in_([job.message_id for job in counted]),
-                        status_is(MessageStatus.canceled),
-                        MESSAGES.c.attempts == 0,
-                    )
-                )
-            )
-        for job in counted:
-            if job.message_id in canceled:
+            rows = load_messages(session, [job.message_id for job in missed])
+            stopped = {
+                row.id for row in rows if not stream_sends(row.stream_status, row.stream_deleted_at)
+            }
+            for row in rows:
+                if row.id in stopped:
+                    self._screen(session, row, now)
+            session.commit()
+        never_sent = {
+            row.id
+            for row in rows
+            if row.attempts == 0 and (row.id in stopped or row.status == MessageStatus.canceled)
+        }
+        for job in missed:
+            if job.message_id in never_sent:
                 self._gates.give_back(job, 1)
 
     def _send_and_record(

@@ -297,11 +297,17 @@ def _canceled_before_its_claim(  # type: ignore[no-untyped-def]
         canceled = client.post(f"/api/v1/messages/{first}/cancel", headers=auth(account_key))
         assert canceled.status_code == 200, canceled.text
 
+    return _delivery_before_the_claim(runtime, cancel)
+
+
+def _delivery_before_the_claim(runtime, hook) -> Delivery:  # type: ignore[no-untyped-def]
+    """A delivery through the sandbox that runs ``hook`` once admission first admits a
+    message, before its claim (``_BeforeTheClaim``)."""
     carrier = SandboxProvider(runtime.settings.sandbox, runtime.redis)
     return Delivery(
         runtime,
         ProviderRegistry({"sandbox": carrier}, "sandbox"),
-        _BeforeTheClaim(runtime.redis, cancel),
+        _BeforeTheClaim(runtime.redis, hook),
     )
 
 
@@ -360,6 +366,83 @@ def test_a_canceled_message_whose_other_job_timed_out_at_the_carrier_keeps_its_c
         "rejected",
         "max_per_recipient_per_hour",
     ), found
+
+
+def _stop_stream(client, account_key, stream, action: str) -> None:  # type: ignore[no-untyped-def]
+    """The customer's pause (``disable``) or a ``delete`` of ``stream``, answered."""
+    if action == "disable":
+        answer = client.post(f"/api/v1/streams/{stream['id']}/disable", headers=auth(account_key))
+        assert answer.status_code == 200, answer.text
+    else:
+        answer = client.delete(f"/api/v1/streams/{stream['id']}", headers=auth(account_key))
+        assert answer.status_code == 204, answer.text
+
+
+@pytest.mark.parametrize("action", ["disable", "delete"])
+def test_a_stream_paused_or_deleted_while_a_batch_is_being_gated_sends_nothing_more(
+    runtime, client, make_stream, account_key, action
+):
+    """A stream with a rate limit sends a batch job through the full pipeline: one load for
+    the whole batch (which reads the stream's status once), then each message admitted,
+    claimed and sent in turn, paced by the limit. The customer pauses the stream
+    (``POST /disable``: queued messages wait, nothing is dropped) or deletes it right after
+    the first message was admitted, before anything was claimed. No message of the batch
+    may go out after that answer, paced over the next moments as the batch goes on: the
+    claim reads the stream again, as the ungated claim does, and the messages are parked
+    until the stream is back (then released, none lost), or fail ``stream_deleted``, as a
+    load after the pause or the delete would have left them."""
+    stream = make_stream(settings={"max_per_second": 20})
+    ids = [r["message_id"] for r in send(client, stream["token"], *(message() for _ in range(5)))]
+
+    delivery = _delivery_before_the_claim(
+        runtime, lambda _: _stop_stream(client, account_key, stream, action)
+    )
+    delivery.deliver_many(ids, queue="transactional")
+
+    found = [get(client, account_key, i) for i in ids]
+    shown = {
+        (m["status"], m["attempts"], m["hold_reason"], (m["error"] or {}).get("code"))
+        for m in found
+    }
+    if action == "disable":
+        assert shown == {("queued", 0, "stream_paused", None)}
+        enabled = client.post(f"/api/v1/streams/{stream['id']}/enable", headers=auth(account_key))
+        assert enabled.status_code == 200, enabled.text
+        assert Relay(runtime).sweep().unparked == len(ids)  # back on the queue, none lost
+    else:
+        assert shown == {("failed", 0, None, "stream_deleted")}
+
+
+@pytest.mark.parametrize("cap", ["max_per_day", "max_per_recipient_per_hour"])
+def test_a_message_parked_between_admission_and_claim_gives_its_place_back(
+    runtime, client, make_stream, account_key, cap
+):
+    """With a cap of 1, the customer pauses the stream after admission counted the first
+    message to a number and before a worker claimed it: parked, it never reached the
+    carrier, so it leaves the cap. The account cancels it while the stream is paused, and
+    once the stream is back the next message to that number goes out rather than being
+    rejected."""
+    stream = make_stream(settings={cap: 1})
+    first = send(client, stream["token"], message())[0]["message_id"]
+
+    delivery = _delivery_before_the_claim(
+        runtime, lambda _: _stop_stream(client, account_key, stream, "disable")
+    )
+    delivery.deliver(first, "transactional")
+    found = get(client, account_key, first)
+    assert (found["status"], found["attempts"], found["hold_reason"]) == (
+        "queued",
+        0,
+        "stream_paused",
+    )
+    canceled = client.post(f"/api/v1/messages/{first}/cancel", headers=auth(account_key))
+    assert canceled.status_code == 200, canceled.text
+    enabled = client.post(f"/api/v1/streams/{stream['id']}/enable", headers=auth(account_key))
+    assert enabled.status_code == 200, enabled.text
+
+    second = send(client, stream["token"], message())[0]["message_id"]
+    delivery.deliver(second, "transactional")
+    assert get(client, account_key, second)["status"] == "delivered"
 
 
 class _ThrottlesOnce(SandboxProvider):
