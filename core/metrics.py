@@ -101,6 +101,13 @@ RELAYED = Counter(
     "unparked; lost: their queue held nothing in Redis; data_loss: Redis lost its data).",
     ["reason"],
 )
+HOLDS_RELEASED = Counter(
+    "streams_relay_holds_released_total",
+    "Held messages the relay put on a queue at the end of their hold, by the hold's reason "
+    "(quiet_hours, rate_limited, retry...): the held share of "
+    'streams_relay_enqueued_total{reason="held"}.',
+    ["reason"],
+)
 RELAY_SWEEPS = Counter(
     "streams_relay_sweeps_total",
     "Outbox relay sweeps, by outcome (ok, failed: the sweep raised and is tried again at the "

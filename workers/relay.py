@@ -44,6 +44,7 @@ import functools
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -554,6 +555,7 @@ class Relay:
                     Message.stream_type,
                     Message.not_before,
                     Message.send_at,
+                    Message.hold_reason,
                     _SENDABLE_STREAM.label("sendable"),
                 )
                 .join(Stream, Stream.id == Message.stream_id)
@@ -581,6 +583,13 @@ class Relay:
             )
             session.commit()
         metrics.RELAYED.labels(reason).inc(len(done))
+        # Which holds ended (the night's quiet hours, a carrier's throttling, back-offs).
+        enqueued = set(done)
+        ended = Counter(
+            r.hold_reason for r in rows if r.id in enqueued and r.hold_reason and r.not_before
+        )
+        for hold_reason, count in ended.items():
+            metrics.HOLDS_RELEASED.labels(hold_reason).inc(count)
         return len(done)
 
     def _requeue_after_data_loss(self, now: datetime) -> int:

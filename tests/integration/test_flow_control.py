@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import redis as redis_lib
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
@@ -917,6 +918,25 @@ def test_a_quiet_hours_hold_is_logged_at_info_with_its_message_id(
     [parked] = [x for x in logs if x["event"] == "message_held"]
     assert (parked["message_id"], parked["reason"]) == (ids[1], "rate_limited")
     assert parked["log_level"] == "debug"
+
+
+def test_the_relay_counts_the_holds_it_ends_by_their_reason(
+    runtime, client, make_stream, account_key
+):
+    """At 09:00 an operator asks whether the night's quiet-hours holds were released:
+    ``streams_relay_enqueued_total{reason="held"}`` counts every hold alike (quiet hours,
+    a carrier's throttling, retries' back-offs); ``streams_relay_holds_released_total``
+    says which hold each release ended."""
+    clock, _, _, _ = _held_overnight(runtime, client, make_stream, account_key)
+
+    def released() -> float:
+        name, labels = "streams_relay_holds_released_total", {"reason": "quiet_hours"}
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = released()
+    clock.advance(12 * 3600 + 1)  # 09:00:01 the next day
+    assert Relay(runtime).sweep().held_released == 1
+    assert released() - before == 1
 
 
 def _relay_then_deliver(runtime, delivery, promo) -> int:
