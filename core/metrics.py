@@ -87,8 +87,9 @@ ENQUEUE_FAILURES = Counter(
 )
 RATE_LIMIT_DELAYS = Counter(
     "streams_rate_limit_delays_total",
-    "Times a message had to wait for its stream's or provider's rate limit.",
-    ["type"],
+    "Times a message had to wait for a rate limit, by stream type and scope (stream: the "
+    "stream's own max_per_second; provider: the carrier's rate, shared by its streams).",
+    ["type", "scope"],
 )
 MESSAGES_HELD = Counter(
     "streams_messages_held_total",
@@ -211,8 +212,8 @@ REALTIME_FEEDS = Gauge(
 )
 RATE_LIMIT_DELAY = Histogram(
     "streams_rate_limit_delay_seconds",
-    "How long a stream's or provider's rate limit held a message back, by stream type.",
-    ["type"],
+    "How long a rate limit held a message back, by stream type and scope (stream, provider).",
+    ["type", "scope"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
 

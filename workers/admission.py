@@ -80,6 +80,7 @@ from typing import Literal, Protocol
 import redis
 
 Verdict = Literal["admit", "wait", "reject"]
+Scope = Literal["stream", "provider"]
 _HOUR_US = 3_600_000_000
 TOLERANCE_US = 20_000
 
@@ -112,6 +113,9 @@ class Ticket:
     wait_seconds: float = 0.0
     come_back_after: float = 0.0
     reason: str | None = None
+    #: Which rate set the wait (``admit`` and ``wait``): the stream's own limit, or the
+    #: provider's, shared by every stream on it.
+    scope: Scope = "stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +185,12 @@ local function place(wkey, ikey, interval, tat)
   end
   return math.max(ahead, base)
 end
-local stat, ptat, wait = 0, 0, 0
-if si > 0 then stat = num(KEYS[1]); wait = math.max(wait, stat - now - tolerance) end
+local stat, ptat, wait, swait = 0, 0, 0, 0
+if si > 0 then stat = num(KEYS[1]); swait = stat - now - tolerance; wait = math.max(wait, swait) end
 if pi > 0 then ptat = num(KEYS[3]); wait = math.max(wait, ptat - now - tolerance) end
+-- Which limit holds it back: the provider's when its turn comes later than the stream's.
+local scope = 'stream'
+if wait > math.max(swait, 0) then scope = 'provider' end
 -- While codes wait for places on the provider, nothing else books a turn ahead: a turn
 -- booked now could be the one a code comes back for.
 if pi > 0 and not priority and num(KEYS[10]) > now then budget = 0 end
@@ -203,6 +210,7 @@ if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
       if not priority then pslot = place(KEYS[8], KEYS[9], pi, pslot) end
     end
     local slot = math.max(sslot, pslot)
+    if pslot > sslot then scope = 'provider' elseif sslot > pslot then scope = 'stream' end
     if expiry == 0 or slot < expiry then
       if si > 0 then store(KEYS[2], slot + cost * si); store(KEYS[7], si, slot + cost * si) end
       if pslot > 0 and pslot >= sslot then
@@ -218,7 +226,7 @@ if wait > budget or (wait > 0 and expiry > 0 and now + wait >= expiry) then
     end
     back = math.max(back, slot - now)
   end
-  return {'wait', string.format('%.0f', wait), string.format('%.0f', back)}
+  return {'wait', string.format('%.0f', wait), string.format('%.0f', back), scope}
 end
 -- Nothing held this message back: idle past its turn, the places promised went unused.
 if si > 0 and math.max(stat, ptat) < now - tolerance then redis.call('DEL', KEYS[2], KEYS[7]) end
@@ -236,13 +244,13 @@ if shift == 1 then day_ids, day_count = KEYS[13], KEYS[15] end
 if per_day > 0 and redis.call('SISMEMBER', day_ids, ARGV[6]) == 0 then
   -- day_count: the day's plain counter, as kept before ids were; read until it expires.
   local admitted = redis.call('SCARD', day_ids) + num(day_count)
-  if admitted >= per_day then return {'reject', 'max_per_day', '0'} end
+  if admitted >= per_day then return {'reject', 'max_per_day', '0', ''} end
 end
 if per_recipient > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 3600000000)
   local seen = redis.call('ZSCORE', KEYS[5], ARGV[6])
   if not seen and redis.call('ZCARD', KEYS[5]) >= per_recipient then
-    return {'reject', 'max_per_recipient_per_hour', '0'}
+    return {'reject', 'max_per_recipient_per_hour', '0', ''}
   end
   redis.call('ZADD', KEYS[5], now, ARGV[6])
   redis.call('PEXPIRE', KEYS[5], 3600000)
@@ -252,11 +260,15 @@ if per_day > 0 then redis.call('SADD', day_ids, ARGV[6]); redis.call('EXPIRE', d
 local go = now + wait
 if si > 0 then store(KEYS[1], math.max(stat, go) + cost * si) end
 if pi > 0 then store(KEYS[3], math.max(ptat, go) + cost * pi) end
-return {'admit', string.format('%.0f', wait), '0'}
+return {'admit', string.format('%.0f', wait), '0', scope}
 """
 
 
 _EPOCH_DAY = date(1970, 1, 1)
+
+
+def _scope(answer: str) -> Scope:
+    return "provider" if answer == "provider" else "stream"
 
 
 def _epoch_us(at: datetime | None) -> int:
@@ -308,15 +320,15 @@ class RedisAdmission:
             1 if request.priority else 0,
             (request.day - _EPOCH_DAY).days,
         ]
-        verdict, first, second = (
+        verdict, first, second, scope = (
             part.decode() if isinstance(part, bytes) else str(part)
             for part in self._script(keys=keys, args=args)
         )
         if verdict == "reject":
             return Ticket("reject", reason=first)
         if verdict == "wait":
-            return Ticket("wait", int(first) / 1e6, int(second) / 1e6)
-        return Ticket("admit", int(first) / 1e6)
+            return Ticket("wait", int(first) / 1e6, int(second) / 1e6, scope=_scope(scope))
+        return Ticket("admit", int(first) / 1e6, scope=_scope(scope))
 
     def release(self, release: Release) -> None:
         p = f"{self.PREFIX}stream:{release.stream_id}"
@@ -351,9 +363,9 @@ class LocalAdmission:
             priority_counted_in_key = f"ppi:{request.provider}"
             stat = self._values.get(stream_key, 0) if si else 0
             ptat = self._values.get(provider_key, 0) if pi else 0
-            wait = max(
-                stat - now - TOLERANCE_US if si else 0, ptat - now - TOLERANCE_US if pi else 0, 0
-            )
+            stream_wait = stat - now - TOLERANCE_US if si else 0
+            wait = max(stream_wait, ptat - now - TOLERANCE_US if pi else 0, 0)
+            scope: Scope = "provider" if wait > max(stream_wait, 0) else "stream"
             budget, expiry = int(request.inline_budget * 1_000_000), _epoch_us(request.expires_at)
             if pi and not request.priority and self._values.get(priority_key, 0) > now:
                 budget = 0  # codes wait for places: no turn booked ahead of them
@@ -374,6 +386,8 @@ class LocalAdmission:
                                 provider_waiting_key, provider_counted_in_key, provider_slot, pi
                             )
                     slot = max(stream_slot, provider_slot)
+                    if provider_slot != stream_slot:
+                        scope = "provider" if provider_slot > stream_slot else "stream"
                     if not expiry or slot < expiry:
                         if si:
                             self._values[waiting_key] = slot + cost * si
@@ -389,7 +403,7 @@ class LocalAdmission:
                                 self._values[provider_waiting_key] = slot + cost * pi
                                 self._values[provider_counted_in_key] = pi
                     back = max(back, slot - now)
-                return Ticket("wait", wait / 1e6, back / 1e6)
+                return Ticket("wait", wait / 1e6, back / 1e6, scope=scope)
             if si and max(stat, ptat) < now - TOLERANCE_US:
                 self._values.pop(waiting_key, None)
                 self._values.pop(counted_in_key, None)
@@ -421,7 +435,7 @@ class LocalAdmission:
                 self._values[stream_key] = max(stat, go) + cost * si
             if pi:
                 self._values[provider_key] = max(ptat, go) + cost * pi
-            return Ticket("admit", wait / 1e6)
+            return Ticket("admit", wait / 1e6, scope=scope)
 
     def release(self, release: Release) -> None:
         with self._lock:

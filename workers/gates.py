@@ -144,12 +144,16 @@ class Gates:
         if ticket.verdict == "admit":
             if ticket.wait_seconds:
                 # Its turn, paid for (``workers.admission``): sleep until it, then send.
-                metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
+                metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value, ticket.scope).inc()
                 self._sleep(ticket.wait_seconds)
-                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.wait_seconds)
+                metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value, ticket.scope).observe(
+                    ticket.wait_seconds
+                )
             return True
-        metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value).inc()
-        metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value).observe(ticket.come_back_after)
+        metrics.RATE_LIMIT_DELAYS.labels(job.stream_type.value, ticket.scope).inc()
+        metrics.RATE_LIMIT_DELAY.labels(job.stream_type.value, ticket.scope).observe(
+            ticket.come_back_after
+        )
         back = self.runtime.clock() + timedelta(seconds=ticket.come_back_after)
         return self.outcomes.wait_until(job, back, RATE_HOLD, log_)
 

@@ -125,6 +125,27 @@ def test_hosts_whose_clocks_disagree_at_midnight_count_one_day(redis_client):
     assert redis_client.sismember(f"streams:limits:stream:s:day:{today.isoformat()}:ids", "b")
 
 
+@pytest.mark.parametrize("backend", ["redis", "local"])
+def test_a_ticket_says_whose_rate_held_the_message_back(redis_client, backend):
+    """A stream's own limit and a saturated carrier (which slows every stream on it) call
+    for different answers; the ticket says which held a message back, inline or parked,
+    and both admissions say the same."""
+    admission = RedisAdmission(redis_client) if backend == "redis" else LocalAdmission()
+
+    def scopes(limits: Limits, name: str) -> list[tuple[str, str]]:
+        asks = [
+            dataclasses.replace(request(m, limits, name), provider=name, inline_budget=0.3)
+            for m in "abc"
+        ]
+        return [(t.verdict, t.scope) for t in map(admission.admit, asks)]
+
+    own = Limits(per_second=5, provider_per_second=1000)
+    carrier = Limits(per_second=1000, provider_per_second=5)
+    assert scopes(own, "own") == [("admit", "stream"), ("admit", "stream"), ("wait", "stream")]
+    shared = scopes(carrier, "busy-carrier")
+    assert shared == [("admit", "stream"), ("admit", "provider"), ("wait", "provider")]
+
+
 def test_a_high_rate_is_never_exceeded_by_rounding(redis_client):
     """50,001 a second is 19.99 µs per segment: rounded down to 19 µs it would allow 52,631
     a second. After one message worth a second's allowance, the bucket is busy for a
