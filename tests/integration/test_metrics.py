@@ -96,10 +96,22 @@ def test_a_delivery_job_that_keeps_raising_moves_a_failure_metric(
     message_id = send_code(client, stream).json()["message_id"]
     runtime.secret_box = SecretBox("a-different-secret-key-than-the-ingress-used")
     before = scrape(client)
+
+    def failed_jobs() -> float:
+        return value(scrape(client), "streams_worker_jobs_total", queue="otp", outcome="failed")
+
     worker = start_worker(runtime, ["otp"], threads=1)
     try:
-        # dramatiq's first retry is delayed (min_backoff 1 s): the job raised once.
+        # dramatiq's first retry is delayed (min_backoff 1 s): the job raised once. The
+        # retry is on the delay queue before the metrics middleware has counted it.
         assert wait_until(lambda: runtime.redis.llen("dramatiq:otp.DQ") >= 1, timeout=15)
+        assert wait_until(
+            lambda: (
+                failed_jobs()
+                > value(before, "streams_worker_jobs_total", queue="otp", outcome="failed")
+            ),
+            timeout=5,
+        )
     finally:
         worker.stop(timeout=5_000)
     after = scrape(client)
