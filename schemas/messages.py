@@ -41,26 +41,35 @@ class SendRequest(BaseModel):
     messages: list[dict[str, Any]] = Field(min_length=1)
 
 
+def _unset(value: Any) -> bool:
+    return value is None
+
+
 class ItemError(BaseModel):
+    """An item's error, shaped as API.md's errors: ``field`` only where one field is at
+    fault."""
+
     code: str
     message: str
-    field: str | None = None
+    field: str | None = Field(default=None, exclude_if=_unset)
 
 
 class SendResult(BaseModel):
-    """One item's outcome. A rejected item has no ``message_id`` (and no ``internal_id``
-    when it did not give one): the keys are left out, so they are not required."""
+    """One item's outcome, as API.md fixes it: ``internal_id``, ``message_id``, ``status``,
+    ``segments`` and ``encoding`` are always there (``null`` when there is none: a rejected
+    item has no ``message_id``, nor an ``internal_id`` when it gave none); ``duplicate``,
+    ``message_status`` and ``error`` only when set."""
 
     internal_id: str | None = None
     message_id: str | None = None
     status: Literal["queued", "scheduled", "rejected"]
     segments: int | None = None
     encoding: Literal["GSM-7", "UCS-2"] | None = None
-    duplicate: bool | None = None
+    duplicate: bool | None = Field(default=None, exclude_if=_unset)
     #: A duplicate's first message, as it stands now (``delivered``, ``canceled``...):
     #: ``status`` says only that the item was taken, not that anything is on its way.
-    message_status: MessageStatus | None = None
-    error: ItemError | None = None
+    message_status: MessageStatus | None = Field(default=None, exclude_if=_unset)
+    error: ItemError | None = Field(default=None, exclude_if=_unset)
 
 
 class SendResponse(BaseModel):

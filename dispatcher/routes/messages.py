@@ -31,7 +31,6 @@ _ERRORS = {code: {"model": ErrorBody} for code in (401, 403, 404, 409, 413, 422,
     "/v1/messages",
     status_code=202,
     response_model=SendResponse,
-    response_model_exclude_none=True,
     responses=_ERRORS,
     tags=["send"],
 )

@@ -1124,7 +1124,7 @@ def test_a_send_at_out_of_bounds_is_refused_alone(runtime, client, make_stream, 
         message(send_at=send_at, validity_seconds=60),
         message(internal_id="fine"),
     )
-    assert bad["status"] == "rejected" and "message_id" not in bad
+    assert bad["status"] == "rejected" and bad["message_id"] is None
     assert bad["error"]["field"] == "messages[0].send_at"
     assert says in bad["error"]["message"]
     assert good["status"] == "queued"

@@ -171,6 +171,37 @@ def test_invariant_7_bad_item_in_batch_is_rejected_alone(client, make_stream, ru
         assert session.scalar(select(func.count()).select_from(MessageEvent)) == 2
 
 
+#: API.md: results: [{"internal_id", "message_id", "status", "segments", "encoding",
+#: "duplicate"?, "error"?}] -- only the keys marked "?" may be left out.
+RESULT_KEYS = {"internal_id", "message_id", "status", "segments", "encoding"}
+
+
+def test_send_results_carry_every_documented_key_for_every_item(client, make_stream):
+    """API.md, Send API: ``→ 202 {"accepted": N, "rejected": M, "results": [{"internal_id",
+    "message_id", "status": ..., "segments", "encoding": ..., "duplicate"?, "error"?}]}``.
+
+    Only ``duplicate`` and ``error`` are optional: an item sent without an ``internal_id``
+    still has the key (``null``), and a rejected item has ``message_id``, ``segments`` and
+    ``encoding`` as ``null``, so a client reading ``result["message_id"]`` of each item
+    never meets a KeyError. The optional keys stay out when unset."""
+    stream = make_stream()
+    response = send(
+        client,
+        stream["token"],
+        message(),
+        message(internal_id="bad", recipient_phone="+1555"),
+    )
+    assert response.status_code == 202, response.text
+    queued, rejected = response.json()["results"]
+    assert (queued["status"], rejected["status"]) == ("queued", "rejected")
+    assert queued.keys() >= RESULT_KEYS and rejected.keys() >= RESULT_KEYS
+    assert queued["internal_id"] is None and queued["message_id"]
+    assert "duplicate" not in queued and "error" not in queued
+    assert "message_status" not in queued
+    assert (rejected["message_id"], rejected["segments"], rejected["encoding"]) == (None,) * 3
+    assert rejected["error"]["code"] == "invalid_phone"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
