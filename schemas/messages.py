@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from schemas.enums import MessageStatus
 from schemas.request_body import RequestBody
@@ -32,13 +32,19 @@ class SendItem(RequestBody):
     media: dict[str, Any] | None = None
 
 
+#: A batch item as the envelope takes it: any JSON value, so that one which is not an object
+#: (``5``, ``null``) is that item's own ``invalid_item`` and not the batch's 422 (invariant
+#: 7). Described as an object, which is what a sender must send.
+RawItem = Annotated[Any, WithJsonSchema({"type": "object", "additionalProperties": True})]
+
+
 class SendRequest(BaseModel):
     """The envelope only; items are checked one by one by the ingress (so not a
     ``RequestBody``: a NUL in one item must not refuse the whole request)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[dict[str, Any]] = Field(min_length=1)
+    messages: list[RawItem] = Field(min_length=1)
 
 
 def _unset(value: Any) -> bool:

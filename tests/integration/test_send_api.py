@@ -171,6 +171,25 @@ def test_invariant_7_bad_item_in_batch_is_rejected_alone(client, make_stream, ru
         assert session.scalar(select(func.count()).select_from(MessageEvent)) == 2
 
 
+def test_a_batch_item_that_is_not_an_object_is_rejected_alone(client, make_stream, runtime):
+    """API.md, Send API: ``"results": [{..., "status": "queued"|"scheduled"|"rejected", ...,
+    "error"?}]``, ``Results are in request order`` and ``422 for a body that does not
+    parse``; DESIGN.md invariant 7: ``A bad item in a batch rejects that item alone.``
+
+    The body parses and its envelope is right: an item that is not a JSON object (``5``,
+    ``null``) is that item's ``invalid_item``, named by its place, and the good item beside
+    it is stored."""
+    stream = make_stream()
+    response = send(client, stream["token"], message(internal_id="good"), 5, None)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (1, 2)
+    assert [r["status"] for r in body["results"]] == ["queued", "rejected", "rejected"]
+    assert [r["error"]["field"] for r in body["results"][1:]] == ["messages[1]", "messages[2]"]
+    assert {r["error"]["code"] for r in body["results"][1:]} == {"invalid_item"}
+    assert count_messages(runtime) == 1
+
+
 #: API.md: results: [{"internal_id", "message_id", "status", "segments", "encoding",
 #: "duplicate"?, "error"?}] -- only the keys marked "?" may be left out.
 RESULT_KEYS = {"internal_id", "message_id", "status", "segments", "encoding"}
