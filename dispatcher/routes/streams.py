@@ -113,7 +113,8 @@ def checked_settings(
         # The body passed its own model; what fails here is the whole of the settings (a
         # PATCH merges the stored ones, which rules made since may refuse).
         raise invalid_field(exc, within=prefix.rstrip(".")) from None
-    return checked.model_dump(mode="json", exclude_none=True)
+    # Unset settings are left out; a window keeps its keys ("timezone": null included).
+    return {k: v for k, v in checked.model_dump(mode="json").items() if v is not None}
 
 
 def _set_settings(

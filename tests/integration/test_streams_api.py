@@ -682,6 +682,20 @@ def test_settings_put_replaces_and_get_reads_back(client, account_key, make_stre
     assert stream_of(client, account_key, stream["id"])["settings"] == got.json()
 
 
+def test_quiet_hours_read_back_with_their_timezone_key(client, make_stream, account_key):
+    """API.md, Settings fields: ``quiet_hours`` (``{"start": "09:00", "end": "20:00",
+    "timezone": null}``).
+
+    A stream created with exactly the documented window reads it back whole, on ``GET
+    /settings`` and in the stream's ``settings``: ``timezone`` is there as ``null`` (the
+    recipient's zone), not left out by a dump that drops unset settings."""
+    window = {"start": "09:00", "end": "20:00", "timezone": None}
+    stream = make_stream(type="marketing", settings={"quiet_hours": window})
+    shown = client.get(f"{STREAMS}/{stream['id']}/settings", headers=auth(account_key))
+    assert shown.json()["quiet_hours"] == window
+    assert stream_of(client, account_key, stream["id"])["settings"]["quiet_hours"] == window
+
+
 def test_settings_put_fills_otp_defaults(client, account_key, make_stream):
     stream = make_stream(type="otp")
 
