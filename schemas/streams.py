@@ -39,6 +39,18 @@ _HEADER_VALUE = re.compile(r"([\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?)?")
 _CLOCK = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")  # \d would take any Unicode digit
 
 
+def _clock_time(value: str) -> str:
+    if not _CLOCK.fullmatch(value):
+        raise ValueError("must be a 24-hour time HH:MM")
+    return value
+
+
+def _place_zone(value: str | None) -> str | None:
+    if value is None or value in _place_zones():
+        return value
+    raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)")
+
+
 class QuietHours(RequestBody):
     """The window in which marketing messages may go out, in the recipient's local time."""
 
@@ -50,9 +62,7 @@ class QuietHours(RequestBody):
     @field_validator("start", "end")
     @classmethod
     def _clock(cls, value: str) -> str:
-        if not _CLOCK.fullmatch(value):
-            raise ValueError("must be a 24-hour time HH:MM")
-        return value
+        return _clock_time(value)
 
     @field_validator("end")
     @classmethod
@@ -68,9 +78,27 @@ class QuietHours(RequestBody):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
-        if value is None or value in _place_zones():
-            return value
-        raise ValueError(f"{value!r} is not an IANA time zone (e.g. Europe/Paris)")
+        return _place_zone(value)
+
+
+class QuietHoursPatch(RequestBody):
+    """A PATCH of the window: only the fields given change, and one set to null goes back
+    to its default. Each field is checked here; the merged window is checked whole (its
+    ``end`` against the ``start`` it ends up with) by ``QuietHours``."""
+
+    start: str | None = None
+    end: str | None = None
+    timezone: str | None = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _clock(cls, value: str | None) -> str | None:
+        return None if value is None else _clock_time(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return _place_zone(value)
 
 
 @cache
@@ -159,6 +187,26 @@ class StreamSettings(RequestBody):
         return value
 
 
+class StreamSettingsPatch(StreamSettings):
+    """``StreamSettings`` as a PATCH gives them: the quiet-hours window may be partial."""
+
+    quiet_hours: QuietHoursPatch | None = None  # type: ignore[assignment]
+
+
+def patched_settings(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``current`` settings with a PATCH's ``changes`` merged in, as a JSON merge-patch (RFC
+    7396): a key given replaces the stream's, one set to null is cleared (or back to its
+    default), and the others are kept. The quiet-hours window merges field by field, so
+    ``{"quiet_hours": {"end": "21:00"}}`` keeps the window's start and zone; other objects
+    (``callback_headers``) are replaced whole."""
+    merged = {**current, **changes}
+    window = changes.get("quiet_hours")
+    if window is not None:
+        fields = {**(current.get("quiet_hours") or {}), **window}
+        merged["quiet_hours"] = {k: v for k, v in fields.items() if v is not None}
+    return merged
+
+
 class StreamCreate(RequestBody):
     name: Name
     type: StreamType
@@ -171,8 +219,9 @@ class StreamCreate(RequestBody):
 
 
 class StreamPatch(RequestBody):
-    """Every field optional; only those given change. ``settings`` keys merge into the
-    current settings (a key set to null is cleared)."""
+    """Every field optional; only those given change. ``settings`` merge into the current
+    settings (``patched_settings``: a key set to null is cleared, and a quiet-hours window
+    merges field by field)."""
 
     name: Name | None = None
     description: str | None = Field(default=None, max_length=2_000)
@@ -180,7 +229,7 @@ class StreamPatch(RequestBody):
     allowed_ips: list[str] | None = Field(default=None, max_length=100)
     default_sender: str | None = None
     demo: bool | None = None
-    settings: StreamSettings | None = None
+    settings: StreamSettingsPatch | None = None
 
     @field_validator("name")
     @classmethod

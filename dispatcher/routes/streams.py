@@ -42,6 +42,7 @@ from schemas.streams import (
     TestSend,
     TokenOut,
     TokenReset,
+    patched_settings,
 )
 from schemas.tables import Message, Stream, StreamTag, status_is
 
@@ -343,7 +344,7 @@ def patch_stream(
             stream.demo = body.demo
         if "settings" in given and body.settings is not None:
             changes = body.settings.model_dump(exclude_unset=True)
-            merged = {**stream.settings, **changes}
+            merged = patched_settings(stream.settings, changes)
             _set_settings(session, stream, checked_settings(StreamType(stream.type), merged), now)
         stream.updated_at = now
         _refresh_status(stream)

@@ -390,6 +390,64 @@ def test_patch_settings_key_set_to_null_is_cleared(client, account_key, make_str
     assert response.json()["settings"] == {"max_per_day": 1000}
 
 
+def test_a_patch_of_one_quiet_hours_field_keeps_the_others(client, make_stream, account_key):
+    """API.md: ``PATCH /api/v1/streams/{id}`` -- ``edit details and settings``; settings
+    fields: ``quiet_hours`` (``{"start", "end", "timezone"}``).
+
+    A PATCH changes what it names, the window's fields included (JSON merge-patch):
+    ``{"quiet_hours": {"end": "21:00"}}`` moves the end and keeps the stream's 08:00 start
+    and its Europe/Paris zone, where it used to reset them to 09:00 and the recipient's
+    zone; a field set to null goes back to its default."""
+    stream = make_stream(
+        type="marketing",
+        settings={"quiet_hours": {"start": "08:00", "end": "20:00", "timezone": "Europe/Paris"}},
+    )
+    url = f"{STREAMS}/{stream['id']}"
+
+    patched = client.patch(
+        url, json={"settings": {"quiet_hours": {"end": "21:00"}}}, headers=auth(account_key)
+    )
+
+    assert patched.status_code == 200, patched.text
+    window = patched.json()["settings"]["quiet_hours"]
+    assert window == {"start": "08:00", "end": "21:00", "timezone": "Europe/Paris"}
+    # The start is checked against the end the stream has, not the default one.
+    moved = client.patch(
+        url, json={"settings": {"quiet_hours": {"start": "20:00"}}}, headers=auth(account_key)
+    )
+    assert moved.json()["settings"]["quiet_hours"]["start"] == "20:00", moved.text
+    cleared = client.patch(
+        url,
+        json={"settings": {"quiet_hours": {"start": None, "timezone": None}}},
+        headers=auth(account_key),
+    )
+    assert cleared.json()["settings"]["quiet_hours"] == {
+        "start": "09:00",
+        "end": "21:00",
+        "timezone": None,
+    }
+    same = client.patch(
+        url, json={"settings": {"quiet_hours": {"end": "09:00"}}}, headers=auth(account_key)
+    )
+    assert error_of(same, 422)["field"] == "settings.quiet_hours.end"
+
+
+def test_settings_put_replaces_the_quiet_hours_window_whole(client, make_stream, account_key):
+    """``PUT .../settings`` replaces: a window given in part takes the defaults for the
+    rest, unlike a PATCH."""
+    stream = make_stream(
+        type="marketing",
+        settings={"quiet_hours": {"start": "08:00", "end": "20:00", "timezone": "Europe/Paris"}},
+    )
+    put = client.put(
+        f"{STREAMS}/{stream['id']}/settings",
+        json={"quiet_hours": {"end": "21:00"}},
+        headers=auth(account_key),
+    )
+    assert put.status_code == 200, put.text
+    assert put.json()["quiet_hours"] == {"start": "09:00", "end": "21:00", "timezone": None}
+
+
 def test_patch_callback_url_makes_a_two_way_draft_ready(client, account_key, make_stream):
     stream = make_stream(type="two_way")
     assert stream["missing_steps"] == ["settings.callback_url"]
