@@ -33,8 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument(
         "--queues", default=",".join(ALL_QUEUES), help="comma-separated (default: all)"
     )
-    worker.add_argument("--processes", type=int, default=1)
-    worker.add_argument("--threads", type=int, default=8)
+    # A pool of no process or no thread would run on and consume nothing: refused.
+    worker.add_argument("--processes", type=_positive_count, default=1, metavar="N")
+    worker.add_argument("--threads", type=_positive_count, default=8, metavar="M")
     worker.add_argument("--metrics-port", type=int, default=None)
     worker.add_argument(
         "--poll-ms",
@@ -75,6 +76,16 @@ def _nice_increment(text: str) -> int:
         value = -1
     if not 0 <= value <= 19:
         raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 19, not {text!r}")
+    return value
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return value
 
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from core.credentials import digest
 from schemas.tables import Account
 from tests.processes import STREAMS, environment, running, wait_until
@@ -102,3 +104,21 @@ def test_worker_nice_is_refused_out_of_range(settings):
     result = run(settings, "worker", "--queues", "marketing", "--nice", "-5")
     assert result.returncode == 2
     assert "--nice: must be a whole number from 0 to 19" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--processes", "0"), ("--processes", "-2"), ("--threads", "0")]
+)
+def test_worker_refuses_a_pool_that_could_consume_nothing(settings, flag, value):
+    """API.md, Command line: ``streams worker [--queues otp,transactional] [--processes N
+    --threads M]`` -- ``a worker pool for the named queues``.
+
+    A pool of no process (``--processes 0`` or a negative count) or no thread would run on,
+    exit 0 when stopped, and never send a message of its queue: an operator's typo
+    (``OTP_PROCESSES=0``) is refused with exit 2 and the flag named, as ``--nice -5`` is."""
+    try:
+        result = run(settings, "worker", "--queues", "marketing", flag, value)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`streams worker {flag} {value}` was still running after 60 s")
+    assert result.returncode == 2, result.stderr
+    assert f"{flag}: must be a whole number of at least 1" in result.stderr
