@@ -47,6 +47,7 @@ from bench.environment import (
 )
 from bench.ingress_report import format_table, machine_info, summarize, write_report
 from bench.load import Generator, LoadResult, LoadSpec, choose_generator, run_load
+from bench.pools import QUOTA_ASKED_NEVER_REFUSING
 from bench.profiles import ProfileSummary, format_summary, sampling, summarize_collapsed
 from bench.servers import Server, free_port, running_server
 
@@ -311,8 +312,10 @@ def _progress(label: str, measurement: Measurement) -> None:
 
 
 def server_environment(database_url: str, redis_url: str) -> dict[str, str]:
-    """The ingress' environment: this one plus the scratch services, quiet logging."""
+    """The ingress' environment: this one plus the scratch services, quiet logging, and
+    an ingress quota that is asked but never refuses (``QUOTA_ASKED_NEVER_REFUSING``)."""
     return {
+        **QUOTA_ASKED_NEVER_REFUSING,
         **os.environ,
         "STREAMS_DATABASE_URL": database_url,
         "STREAMS_REDIS_URL": redis_url,
