@@ -277,3 +277,22 @@ def test_compose_runs_every_part_and_prometheus_scrapes_them():
         relay_command[relay_command.index("--metrics-port") + 1]
     )
     assert prometheus["rule_files"] == ["alerts.yml"]
+
+
+def test_every_procfile_pool_and_the_relay_serve_metrics_on_ports_of_their_own():
+    """API.md: metrics on every worker pool. On one host (the Procfile) each process needs
+    a port of its own; the web serves them on its HTTP port."""
+    processes = dict(
+        line.split(": ", 1)
+        for line in (DEPLOY.parent / "Procfile").read_text().splitlines()
+        if line.strip()
+    )
+    assert set(QUEUES) | {"web", "relay", "callbacks"} == set(processes)
+    ports = {}
+    for name, command in processes.items():
+        if name == "web":
+            continue
+        match = re.search(r"--metrics-port \$\{\w+:-(\d+)\}", command)
+        assert match, f"{name} serves no metrics: {command}"
+        ports[name] = match.group(1)
+    assert len(set(ports.values())) == len(ports), f"two processes share a port: {ports}"
