@@ -68,11 +68,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.state.runtime = runtime
     app.state.token_cache = TokenCache(settings.auth_cache_seconds)
     app.state.activity_touch = ActivityTouch()
-    app.state.group_committer = GroupCommitter(runtime, app.state.activity_touch)
     app.state.trusted_proxies = tuple(parse_network(cidr) for cidr in settings.trusted_proxies)
     app.state.ingress_gate = IngressGate(
         build_ingress_quota(runtime.redis),
         QuotaRule(settings.ingress_quota_per_second, settings.ingress_quota_burst),
+    )
+    app.state.group_committer = GroupCommitter(
+        runtime, app.state.activity_touch, app.state.ingress_gate
     )
     app.state.one_time_codes = OneTimeCodes.from_runtime(
         runtime, app.state.activity_touch, app.state.ingress_gate

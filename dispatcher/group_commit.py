@@ -26,6 +26,8 @@ import structlog
 from core.activity import ActivityTouch
 from core.runtime import Runtime
 from dispatcher.auth import StreamAccess
+from dispatcher.errors import ApiError
+from dispatcher.ingress_quota import IngressGate
 from dispatcher.intake import PreparedItem, store_prepared
 from schemas.messages import SendResult
 from workers.queueing import enqueue_committed, single_send_chunk_size
@@ -44,9 +46,17 @@ class GroupCommitter:
     """One per process; its task runs on the event loop that serves requests (started on
     first use)."""
 
-    def __init__(self, runtime: Runtime, touch: ActivityTouch, max_group: int = 512) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        touch: ActivityTouch,
+        gate: IngressGate | None = None,
+        max_group: int = 512,
+    ) -> None:
+        """``gate``: the streams' ingress quota, asked for a whole group in one call."""
         self._runtime = runtime
         self._touch = touch
+        self._gate = gate
         self._max_group = max_group
         self._queue: asyncio.Queue[_Waiting] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -79,15 +89,29 @@ class GroupCommitter:
                         waiting.future.set_exception(exc)
                 continue
             for waiting, result in zip(group, results, strict=True):
-                if not waiting.future.done():
+                if waiting.future.done():
+                    continue
+                if isinstance(result, ApiError):
+                    waiting.future.set_exception(result)
+                else:
                     waiting.future.set_result(result)
 
-    def _commit_and_enqueue(self, group: list[_Waiting]) -> list[SendResult]:
-        """Commit, then enqueue, before anyone is answered: a 202 means stored and (unless
-        the broker failed, then the relay takes over) on its queue, as for a batch."""
-        results, to_enqueue = self._commit(group)
+    def _commit_and_enqueue(self, group: list[_Waiting]) -> list[SendResult | ApiError]:
+        """Ask the ingress quota for the group (one call: asked per request before the
+        group, it cost each send a thread hop and a round trip, and the groups formed
+        smaller), then commit what it let in, then enqueue, before anyone is answered: a
+        202 means stored and (unless the broker failed, then the relay takes over) on its
+        queue, as for a batch. A refused send gets its 429 and nothing is stored for it."""
+        refusals = (
+            self._gate.admit_many([(waiting.access, 1) for waiting in group])
+            if self._gate is not None
+            else [None] * len(group)
+        )
+        let_in = [waiting for waiting, refused in zip(group, refusals, strict=True) if not refused]
+        results, to_enqueue = self._commit(let_in) if let_in else ([], {})
         self._enqueue(to_enqueue)
-        return results
+        stored = iter(results)
+        return [refused or next(stored) for refused in refusals]
 
     def _commit(self, group: list[_Waiting]) -> tuple[list[SendResult], dict[str, list[uuid.UUID]]]:
         """Store the group in one transaction; results in group order, ids by queue."""

@@ -116,6 +116,11 @@ class IngressQuota(Protocol):
         count nothing otherwise. Raises whatever the store raises (the caller fails open)."""
         ...
 
+    def take_many(self, charges: list[QuotaCharge]) -> list[QuotaDecision]:
+        """``take`` for each of ``charges`` in turn, in one step (one round trip): what the
+        group committer asks for the single sends it gathered."""
+        ...
+
 
 #: GCRA on one key, shared with the OTP cap's script (one round trip for both). Numbers are
 #: microseconds since the epoch on Redis's clock (doubles: exact below 2^53).
@@ -129,30 +134,53 @@ local function quota_pay(key, now, new)
 end
 """
 
+#: Requests in turn, KEYS[i] with ARGV[3i-2..3i] (cost, interval, burst): for each, 0 with
+#: the wait or 1 (a key may repeat: a later request of a stream sees the earlier's payment).
 _TAKE_LUA = (
     QUOTA_LUA
     + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local wait, new = quota_wait(KEYS[1], now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
-if wait > 0 then return {0, string.format('%.0f', wait)} end
-quota_pay(KEYS[1], now, new)
-return {1, '0'}
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local n = 3 * (i - 1)
+  local wait, new = quota_wait(
+    key, now, tonumber(ARGV[n + 1]), tonumber(ARGV[n + 2]), tonumber(ARGV[n + 3]))
+  if wait > 0 then
+    answers[i] = string.format('%.0f', wait)
+  else
+    quota_pay(key, now, new)
+    answers[i] = '0'
+  end
+end
+return answers
 """
 )
 
 
 class RedisIngressQuota:
-    """Shared by every ingress process: one Lua call per request, on Redis's clock."""
+    """Shared by every ingress process: one Lua call per request (or group), on Redis's
+    clock."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._script = client.register_script(_TAKE_LUA)
 
     def take(self, charge: QuotaCharge) -> QuotaDecision:
-        allowed, wait = self._script(keys=[charge.key], args=charge.args)
-        if allowed:
-            return QuotaDecision(True)
-        return QuotaDecision(False, retry_after_seconds=retry_after(float(wait)))
+        return self.take_many([charge])[0]
+
+    def take_many(self, charges: list[QuotaCharge]) -> list[QuotaDecision]:
+        if not charges:
+            return []
+        waits = self._script(
+            keys=[c.key for c in charges], args=[arg for c in charges for arg in c.args]
+        )
+        return [_decision(float(wait)) for wait in waits]
+
+
+def _decision(wait_us: float) -> QuotaDecision:
+    if wait_us <= 0:
+        return QuotaDecision(True)
+    return QuotaDecision(False, retry_after_seconds=retry_after(wait_us))
 
 
 class MemoryIngressQuota:
@@ -165,12 +193,17 @@ class MemoryIngressQuota:
         self.lock = threading.Lock()
 
     def take(self, charge: QuotaCharge) -> QuotaDecision:
+        return self.take_many([charge])[0]
+
+    def take_many(self, charges: list[QuotaCharge]) -> list[QuotaDecision]:
+        decisions = []
         with self.lock:
-            wait, new_tat = self.measure(charge)
-            if wait > 0:
-                return QuotaDecision(False, retry_after_seconds=retry_after(wait))
-            self.pay(charge, new_tat)
-            return QuotaDecision(True)
+            for charge in charges:
+                wait, new_tat = self.measure(charge)
+                if wait <= 0:
+                    self.pay(charge, new_tat)
+                decisions.append(_decision(wait))
+        return decisions
 
     def measure(self, charge: QuotaCharge) -> tuple[int, int]:
         """``conform`` on this process's clock; the caller holds ``lock``."""
@@ -226,6 +259,25 @@ class IngressGate:
         if not decision.allowed:
             self.refuse(access, charge, decision.retry_after_seconds)
 
+    def admit_many(self, requests: list[tuple[StreamAccess, int]]) -> list[ApiError | None]:
+        """``admit`` for several requests in one step (one Redis round trip), in turn: for
+        each, None (counted, or not asked) or the 429 to answer it with."""
+        charges = [self.charge_for(access, cost) for access, cost in requests]
+        asked = [charge for charge in charges if charge is not None]
+        try:
+            decisions = iter(self.quota.take_many(asked))
+        except Exception as exc:
+            self.unavailable(exc)
+            return [None] * len(requests)
+        answers: list[ApiError | None] = []
+        for (access, _), charge in zip(requests, charges, strict=True):
+            decision = next(decisions) if charge is not None else QuotaDecision(True)
+            if decision.allowed or charge is None:
+                answers.append(None)
+            else:
+                answers.append(self.refusal(access, charge, decision.retry_after_seconds))
+        return answers
+
     async def admit_async(self, access: StreamAccess, cost: int) -> None:
         """``admit`` from the event loop: a Redis call goes to a thread (it may wait for a
         timeout); the in-process quota, or none, costs no thread hop."""
@@ -247,6 +299,11 @@ class IngressGate:
             log.warning("ingress_quota_unavailable", error=type(exc).__name__)
 
     def refuse(self, access: StreamAccess, charge: QuotaCharge, seconds: int) -> NoReturn:
+        raise self.refusal(access, charge, seconds)
+
+    def refusal(self, access: StreamAccess, charge: QuotaCharge, seconds: int) -> ApiError:
+        """The 429 for a refused ``charge`` (counted and, at most once a second a stream,
+        logged)."""
         metrics.INGRESS_QUOTA_REFUSALS.labels(access.type.value).inc()
         if self._log_due(access.stream_id):
             log.info(
@@ -257,7 +314,7 @@ class IngressGate:
                 retry_after_seconds=seconds,
             )
         whole = " A batch is taken whole or not at all." if charge.cost > 1 else ""
-        raise ApiError(
+        return ApiError(
             429,
             "rate_limited",
             f"This stream may send {self.rule.per_second:g} messages a second (bursts of "

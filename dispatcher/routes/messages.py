@@ -49,13 +49,14 @@ async def send_messages(
             f"this one has {len(body.messages)}.",
             field="messages",
         )
-    # Before any database work: a request over the stream's quota stores nothing.
-    await request.app.state.ingress_gate.admit_async(access, len(body.messages))
     touch = request.app.state.activity_touch
     if is_plain_single(access, body.messages):
+        # The group committer asks the stream's quota for its whole group, in one call.
         return await accept_single(
             runtime, access, body.messages[0], request.app.state.group_committer
         )
+    # Before any database work: a request over the stream's quota stores nothing.
+    await request.app.state.ingress_gate.admit_async(access, len(body.messages))
     return await run_in_threadpool(accept_messages, runtime, access, body.messages, touch)
 
 

@@ -4,6 +4,7 @@ counted in messages, shared by every ingress process through Redis; fails open."
 from __future__ import annotations
 
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import redis
@@ -12,6 +13,7 @@ from sqlalchemy import func, select
 
 from core.runtime import build_runtime
 from dispatcher.app import create_app
+from dispatcher.group_commit import GroupCommitter
 from dispatcher.ingress_quota import (
     IngressGate,
     MemoryIngressQuota,
@@ -61,6 +63,41 @@ def test_redis_and_memory_quotas_give_the_same_answers(redis_client) -> None:
     assert [a.allowed for a in answers[0]] == [True, True, False, True, False, False]
     assert all(a.retry_after_seconds >= 1 for a in answers[0] if not a.allowed)
     assert redis_client.pttl(f"streams:ingress:quota:{stream}") > 0  # the key expires
+
+
+def test_a_group_is_asked_in_one_step_in_turn_as_one_request_after_another(
+    redis_client,
+) -> None:
+    """The group committer asks for its gathered single sends at once: each in turn, a
+    later one of a stream seeing the earlier's payment, a refused one counting nothing;
+    the same answers as one request after another, from both backends."""
+    rule = QuotaRule(per_second=1, burst=2)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    group = [QuotaCharge(s, cost, rule) for s, cost in ((a, 1), (b, 1), (a, 1), (a, 1), (b, 2))]
+    answers = [
+        [d.allowed for d in quota.take_many(group)]
+        for quota in (RedisIngressQuota(redis_client), MemoryIngressQuota())
+    ]
+    assert answers == [[True, True, True, False, False]] * 2
+    assert RedisIngressQuota(redis_client).take(QuotaCharge(b, 1, rule)).allowed
+
+
+def test_concurrent_single_sends_past_the_quota_get_429_and_the_rest_are_stored(
+    settings, runtime, account_key
+) -> None:
+    """Single sends gathered into one group commit: the quota is asked for the group, the
+    sends over it answer 429 and store nothing, the others are stored."""
+    tight = settings.model_copy(update={"ingress_quota_per_second": 1, "ingress_quota_burst": 3})
+    with TestClient(create_app(tight, runtime=runtime), client=IP) as client:
+        stream = open_stream(client, account_key)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: send(client, stream["token"], [message()]), range(8)))
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [202] * 3 + [429] * 5
+        assert stored(runtime) == 3
+        assert all(
+            a.json()["error"]["code"] == "rate_limited" for a in answers if a.status_code == 429
+        )
 
 
 def test_redis_and_memory_caps_charge_the_quota_alike_in_one_step(redis_client) -> None:
@@ -147,7 +184,9 @@ def test_a_redis_that_cannot_be_asked_lets_sends_through(
     tight = settings.model_copy(update={"ingress_quota_per_second": 1, "ingress_quota_burst": 1})
     app = create_app(tight, runtime=runtime)
     nowhere = redis.Redis(port=free_port(), socket_connect_timeout=0.2)
-    app.state.ingress_gate = IngressGate(RedisIngressQuota(nowhere), QuotaRule(1, 1))
+    gate = IngressGate(RedisIngressQuota(nowhere), QuotaRule(1, 1))
+    app.state.ingress_gate = gate
+    app.state.group_committer = GroupCommitter(runtime, app.state.activity_touch, gate)
     with TestClient(app, client=IP) as client:
         stream = open_stream(client, account_key)
         before = value(
