@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from schemas.documented_as import DocumentedAs
 from schemas.enums import MessageStatus
 from schemas.request_body import RequestBody
 
@@ -34,8 +35,9 @@ class SendItem(RequestBody):
 
 #: A batch item as the envelope takes it: any JSON value, so that one which is not an object
 #: (``5``, ``null``) is that item's own ``invalid_item`` and not the batch's 422 (invariant
-#: 7). Described as an object, which is what a sender must send.
-RawItem = Annotated[Any, WithJsonSchema({"type": "object", "additionalProperties": True})]
+#: 7). Described as a ``SendItem``, which is what a sender must send and what the ingress
+#: checks each item against (``dispatcher.intake.prepare_item``).
+RawItem = Annotated[Any, DocumentedAs(SendItem)]
 
 
 class SendRequest(BaseModel):

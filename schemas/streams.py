@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
 )
 
+from schemas.documented_as import DocumentedAs
 from schemas.enums import StreamStatus, StreamType
 from schemas.request_body import RequestBody
 from schemas.templates import template_placeholders
@@ -187,6 +188,13 @@ class StreamSettings(RequestBody):
         return value
 
 
+#: A stream's settings as the API returns them (``StreamOut.settings``, ``GET`` and ``PUT
+#: .../settings``): the keys set, OTP defaults included, unset keys left out. They are
+#: returned as stored, not checked again (a rule made since must not break reading them);
+#: their schema is ``StreamSettings``.
+SettingsOut = Annotated[dict[str, Any], DocumentedAs(StreamSettings)]
+
+
 class StreamSettingsPatch(StreamSettings):
     """``StreamSettings`` as a PATCH gives them: the quiet-hours window may be partial."""
 
@@ -250,7 +258,7 @@ class StreamOut(BaseModel):
     allowed_ips: list[str]
     default_sender: str | None
     demo: bool
-    settings: dict[str, Any]
+    settings: SettingsOut
     restricted_reason: str | None = None
     #: What still keeps a draft stream from sending (empty when ready).
     missing_steps: list[str]

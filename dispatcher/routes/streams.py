@@ -34,6 +34,7 @@ from schemas.streams import (
     OTP_DEFAULTS,
     OTP_ONLY_SETTINGS,
     RestrictBody,
+    SettingsOut,
     StreamCreate,
     StreamOut,
     StreamPage,
@@ -454,13 +455,13 @@ def unrestrict_stream(stream_id: str, request: Request, account_id: Account) -> 
     return _set_hold(request, account_id, stream_id, restricted_reason=None)
 
 
-@router.get("/{stream_id}/settings", response_model=dict[str, Any], responses=_ERRORS)
+@router.get("/{stream_id}/settings", response_model=SettingsOut, responses=_ERRORS)
 def get_settings(stream_id: str, request: Request, account_id: Account) -> dict[str, Any]:
     with runtime_of(request).session_factory() as session:
         return dict(_owned(session, account_id, stream_id).settings)
 
 
-@router.put("/{stream_id}/settings", response_model=dict[str, Any], responses=_ERRORS)
+@router.put("/{stream_id}/settings", response_model=SettingsOut, responses=_ERRORS)
 def put_settings(
     stream_id: str, body: StreamSettings, request: Request, account_id: Account
 ) -> dict[str, Any]:
