@@ -38,6 +38,14 @@ FAST_RECOVERY = {
 }
 
 
+@pytest.fixture
+def settings(settings):
+    """The backlog goes in as fast as the ingress takes it (10,000 messages in seconds),
+    past the default ingress quota of 1,000 a second a stream: the quota is not what this
+    module tests."""
+    return settings.model_copy(update={"ingress_quota_per_second": 0})
+
+
 def test_invariants_1_and_2_worker_sigkilled_mid_drain_loses_nothing_sends_nothing_twice(
     settings, runtime, client, make_stream, tmp_path
 ):

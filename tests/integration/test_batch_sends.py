@@ -35,12 +35,13 @@ def test_invariant_2_a_batch_gives_back_claims_older_than_half_the_lease(
     ids = send(client, make_stream(), 3)
     # A carrier that takes one message per request, called one after another, each call
     # longer than half the lease: after the first, the others' claims are too old to use
-    # (the relay may reclaim them while the call runs).
+    # (the relay may reclaim them while the call runs). Half the lease (1 s) leaves a
+    # loaded machine time to make the first call (0.2 s did not, once in CI).
     own = settings.model_copy(
         update={
             "batch_send_concurrency": 1,
-            "claim_lease_seconds": 0.4,
-            "sandbox": SandboxSettings(latency_ms=300, receipt_delay_seconds=0, max_batch=1),
+            "claim_lease_seconds": 2.0,
+            "sandbox": SandboxSettings(latency_ms=1200, receipt_delay_seconds=0, max_batch=1),
         }
     )
     runtime = build_runtime(own)
