@@ -372,7 +372,9 @@ def store_prepared(
             original = known.get(p.internal_id)
             if original is None:  # a repeat of an item of this request
                 first = first_of[p.internal_id]
-                original = first.model_copy(update={"message_status": first.status})
+                # model_copy does not validate: the status as the field's type, not a str.
+                status = MessageStatus(first.status)
+                original = first.model_copy(update={"message_status": status})
             results[p.index] = original.model_copy(update={"duplicate": True})
     to_enqueue = [ids[p.index] for p in to_insert if ids[p.index] in inserted and not p.send_at]
     return results, to_enqueue
