@@ -43,6 +43,7 @@ import structlog
 from core import metrics
 from dispatcher.auth import StreamAccess
 from dispatcher.errors import ApiError
+from workers.admission import interval_us
 
 log = structlog.get_logger(__name__)
 
@@ -68,8 +69,8 @@ class QuotaRule:
 
     @property
     def interval_us(self) -> int:
-        """Microseconds per message, rounded up so that the rate is never exceeded."""
-        return math.ceil(1_000_000 / self.per_second)
+        """Microseconds per message, rounded up as the workers' admission rounds it."""
+        return interval_us(self.per_second)
 
 
 @dataclass(frozen=True, slots=True)
